@@ -1,0 +1,48 @@
+"""Exceptions that say what is wrong, with which file, and what to do about it.
+
+Each subclasses the built-in exception a caller would naturally catch (``FileNotFoundError``,
+``ValueError``, ...), so code that does not know eoseg still handles them sensibly, and every one also
+subclasses :class:`EosegError`, which the CLI turns into a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class EosegError(Exception):
+    """Base of every error eoseg raises on purpose (bad input, bad configuration)."""
+
+
+class SceneNotFoundError(EosegError, FileNotFoundError):
+    """The input scene (or store, or model) does not exist."""
+
+
+class CorruptSceneError(EosegError, ValueError):
+    """The file exists but GDAL cannot read it as a raster (corrupt, truncated, not a raster)."""
+
+
+class MissingCRSError(EosegError, ValueError):
+    """The raster has no coordinate reference system and ungeoreferenced input was not allowed."""
+
+
+class EmptySceneError(EosegError, ValueError):
+    """The raster has no pixels, or no valid (non-nodata) pixels."""
+
+
+class UnsupportedDtypeError(EosegError, TypeError):
+    """The raster's data type cannot be processed (e.g. complex values)."""
+
+
+class BandCountError(EosegError, ValueError):
+    """The number of bands does not match what a model or an option expects."""
+
+
+class OutputExistsError(EosegError, FileExistsError):
+    """The output already exists and ``overwrite`` was not given."""
+
+
+class IncompleteStoreError(EosegError, ValueError):
+    """A Zarr store exists but was not finished by eoseg (interrupted write) or is not an eoseg store."""
+
+
+class ConfigurationError(EosegError, ValueError):
+    """An option or configuration value is invalid."""

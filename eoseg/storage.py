@@ -1,0 +1,195 @@
+"""Where bytes live: local paths and ``s3://`` URIs, behind one small set of functions.
+
+S3 access goes through s3fs for Zarr stores and whole-object copies, and through GDAL's ``/vsis3/`` for
+GeoTIFF reads. Endpoint and credentials come only from the standard AWS environment variables and
+config files (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
+``AWS_REGION``), plus ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for S3-compatible stores such as
+MinIO or moto; eoseg never takes a credential as a parameter, so none can end up in a log or a flow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+S3_SCHEME = "s3://"
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    """True for ``s3://bucket/key`` URIs."""
+    return str(uri).startswith(S3_SCHEME)
+
+
+def normalise_uri(uri: str | os.PathLike[str]) -> str:
+    """An absolute local path, or the S3 URI unchanged (trailing slashes removed)."""
+    text = str(uri)
+    if is_s3(text):
+        return text.rstrip("/")
+    return str(Path(text).expanduser().resolve())
+
+
+def s3_endpoint_url() -> str | None:
+    """The S3 endpoint from the environment (``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_storage_options() -> dict[str, Any]:
+    """fsspec/s3fs options for the configured endpoint; credentials stay with botocore's own chain."""
+    options: dict[str, Any] = {}
+    endpoint = s3_endpoint_url()
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def s3_filesystem():  # -> s3fs.S3FileSystem
+    """An s3fs file system for the configured endpoint (instances are cached by s3fs)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(**s3_storage_options())
+
+
+def storage_options_for(uri: str) -> dict[str, Any] | None:
+    """``storage_options`` to hand to xarray/zarr for ``uri`` (None for local paths)."""
+    return s3_storage_options() if is_s3(uri) else None
+
+
+def exists(uri: str) -> bool:
+    """Whether a file, directory or S3 object/prefix exists at ``uri``."""
+    if is_s3(uri):
+        return bool(s3_filesystem().exists(uri))
+    return Path(uri).exists()
+
+
+def remove(uri: str) -> None:
+    """Delete a file, a directory tree, or everything under an S3 prefix; missing is fine."""
+    if is_s3(uri):
+        fs = s3_filesystem()
+        if fs.exists(uri):
+            fs.rm(uri, recursive=True)
+        return
+    path = Path(uri)
+    if path.is_dir() and not path.is_symlink():
+        # A cancelled Dask task may still be finishing a chunk write: retry until the tree is gone.
+        for attempt in range(20):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.1 * (attempt + 1))
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def size_of(uri: str) -> int:
+    """Size in bytes of a file or S3 object."""
+    if is_s3(uri):
+        return int(s3_filesystem().size(uri))
+    return Path(uri).stat().st_size
+
+
+def modified_time(uri: str) -> float:
+    """Last-modified time (POSIX seconds) of a file or S3 object."""
+    if is_s3(uri):
+        info = s3_filesystem().info(uri)
+        stamp = info.get("LastModified") or info.get("last_modified")
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+    return Path(uri).stat().st_mtime
+
+
+def gdal_path(uri: str) -> str:
+    """The path GDAL opens for ``uri``: ``/vsis3/bucket/key`` for S3, the local path otherwise."""
+    if is_s3(uri):
+        return "/vsis3/" + uri[len(S3_SCHEME) :]
+    return uri
+
+
+def gdal_config_for(uri: str) -> dict[str, str]:
+    """GDAL configuration options that point ``/vsis3/`` at the configured endpoint.
+
+    Credentials are not passed here: GDAL reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or the
+    AWS config files) itself, exactly as boto does.
+    """
+    config = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    if not is_s3(uri):
+        return config
+    endpoint = s3_endpoint_url()
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        config["AWS_S3_ENDPOINT"] = parsed.netloc
+        config["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
+        # S3-compatible servers on an IP or localhost cannot do virtual-hosted bucket names.
+        config["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    config["CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE"] = "YES"
+    return config
+
+
+@contextlib.contextmanager
+def gdal_env(uri: str) -> Iterator[None]:
+    """A ``rasterio.Env`` configured for reading ``uri``."""
+    import rasterio
+
+    with rasterio.Env(**gdal_config_for(uri)):
+        yield
+
+
+def sibling_temporary_uri(target: str, *, suffix: str = "") -> str:
+    """A unique name beside ``target`` that no reader mistakes for a finished output."""
+    token = uuid.uuid4().hex[:10]
+    if is_s3(target):
+        head, _, tail = target.rpartition("/")
+        return f"{head}/.{tail}.partial-{token}{suffix}"
+    path = Path(target)
+    return str(path.with_name(f".{path.name}.partial-{token}{suffix}"))
+
+
+@contextlib.contextmanager
+def atomic_output_file(target: str, *, overwrite: bool) -> Iterator[str]:
+    """Yield a local path to write; on success it becomes ``target`` in one step.
+
+    Locally the file is written beside the target and renamed (atomic on one file system). For S3 it is
+    written to a local temporary directory and uploaded with one PUT/multipart upload, so only a
+    completed upload ever exists under the final key. On any exception nothing is left behind.
+    """
+    if is_s3(target):
+        with tempfile.TemporaryDirectory(prefix="eoseg-upload-") as tmp_dir:
+            local = os.path.join(tmp_dir, Path(urlparse(target).path).name or "output")
+            yield local
+            fs = s3_filesystem()
+            if not overwrite and fs.exists(target):
+                raise FileExistsError(target)
+            fs.put_file(local, target)
+        return
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    temporary = sibling_temporary_uri(target)
+    try:
+        yield temporary
+        if not overwrite and Path(target).exists():
+            raise FileExistsError(target)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def fetch_to_local(uri: str, directory: str) -> str:
+    """A local path holding ``uri``'s bytes (the path itself for local files; a download for S3)."""
+    if not is_s3(uri):
+        return uri
+    local = os.path.join(directory, Path(urlparse(uri).path).name)
+    s3_filesystem().get_file(uri, local)
+    return local
+
+
+def publish_local_file(local: str, target: str, *, overwrite: bool) -> None:
+    """Copy a finished local file to ``target`` (local or S3) atomically."""
+    with atomic_output_file(target, overwrite=overwrite) as staging:
+        shutil.copyfile(local, staging)

@@ -1,0 +1,51 @@
+"""Flows for single storage stages: tile a scene, mosaic a store. The CLI's `tile` and `mosaic` call them."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from eoseg.cluster import ClusterSpec, dask_cluster
+from eoseg.config import MosaicOptions, TileOptions
+from tasks.storage_stages import mosaic_task, tile_task
+
+
+@flow(name="tile-scene", log_prints=True)
+def tile_scene_flow(
+    scene_uri: str,
+    store_uri: str,
+    options: TileOptions = TileOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    overwrite: bool = False,
+) -> dict:
+    """Tile one GeoTIFF (local path or s3:// URI) into a chunked Zarr v3 store, in parallel on Dask."""
+    logger = get_run_logger()
+    with dask_cluster(cluster) as address:
+        info = tile_task(
+            scene_uri,
+            store_uri,
+            chunk_size=options.chunk_size,
+            overwrite=overwrite,
+            allow_ungeoreferenced=options.allow_ungeoreferenced,
+            scheduler_address=address,
+        )
+    logger.info("tile store written: %s", store_uri)
+    return info
+
+
+@flow(name="mosaic-store", log_prints=True)
+def mosaic_flow(
+    store_uri: str,
+    cog_uri: str,
+    options: MosaicOptions = MosaicOptions(),
+    overwrite: bool = False,
+) -> dict:
+    """Write one band of a Zarr store (a label map, or an image band) as a Cloud-Optimized GeoTIFF."""
+    summary = mosaic_task(
+        store_uri,
+        cog_uri,
+        band=options.band,
+        overwrite=overwrite,
+        overview_resampling=options.overview_resampling,
+    )
+    get_run_logger().info("COG written: %s", cog_uri)
+    return summary

@@ -1,0 +1,250 @@
+"""mCL-LC losses (NT-Xent, MINE, Eq. 9 switches) and the pre-training / fine-tuning loops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from eo_models.augment import AugmentParams, make_view_pair, sample_matched_rois
+from eo_models.checkpoint import validate_checkpoint
+from eo_models.contrastive import nt_xent_loss, style_feature
+from eo_models.deeplabv3plus import DeepLabV3Plus
+from eo_models.mcl_lc import FinetuneParams, LossSwitches, MclLcModel, PretrainParams
+from eo_models.mine import MutualInformationEstimator
+from eo_models.predict import load_predictor
+from eo_models.train_clusterer import ArrayPatchSource
+from eo_models.train_mcl_lc import finetune_mcl_lc, finetune_step, pretrain_mcl_lc, segmentation_loss
+
+BAND_MEAN = [0.4, 0.5, 0.3]
+BAND_STD = [0.2, 0.1, 0.15]
+
+
+def test_nt_xent_matches_hand_computation() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.8, 0.6], [0.6, 0.8]])
+    tau = 0.5
+    # Cosine similarities of the unit vectors: a1.a2 = 0, a1.b1 = 0.8, a1.b2 = 0.6, a2.b1 = 0.6,
+    # a2.b2 = 0.8, b1.b2 = 0.96. Each anchor: -log(exp(pos/tau) / sum over the 3 others).
+    e = lambda s: math.exp(s / tau)  # noqa: E731
+    anchors = [
+        -math.log(e(0.8) / (e(0.0) + e(0.8) + e(0.6))),  # a1, positive b1
+        -math.log(e(0.8) / (e(0.0) + e(0.6) + e(0.8))),  # a2, positive b2
+        -math.log(e(0.8) / (e(0.8) + e(0.6) + e(0.96))),  # b1, positive a1
+        -math.log(e(0.8) / (e(0.6) + e(0.8) + e(0.96))),  # b2, positive a2
+    ]
+    expected = sum(anchors) / 4
+    assert nt_xent_loss(a, b, temperature=tau).item() == pytest.approx(expected, rel=1e-6)
+    # Cosine similarity: the scale of the embeddings does not matter.
+    assert nt_xent_loss(3 * a, 0.5 * b, temperature=tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_style_feature_is_channel_mean_and_std() -> None:
+    x = torch.randn(2, 3, 5, 4)
+    feature = style_feature(x, eps=0.0)
+    torch.testing.assert_close(feature[:, :3], x.mean(dim=(2, 3)))
+    torch.testing.assert_close(feature[:, 3:], x.std(dim=(2, 3), unbiased=False))
+
+
+def _train_mine(dependent: bool, *, steps: int = 300) -> float:
+    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    mine = MutualInformationEstimator(4, hidden_features=64)
+    optimizer = torch.optim.Adam(mine.parameters(), lr=3e-3)
+
+    def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(count, 4, generator=generator)
+        y = x + 0.3 * torch.randn(count, 4, generator=generator) if dependent else torch.randn(count, 4, generator=generator)
+        return x, y
+
+    for _ in range(steps):
+        x, y = draw(128)
+        loss = -mine(x, y).objective
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    mine.eval()
+    with torch.no_grad():
+        x, y = draw(4096)
+        return mine(x, y, shift=1).estimate.mean().item()
+
+
+def test_mine_estimate_higher_for_dependent_inputs() -> None:
+    dependent = _train_mine(dependent=True)
+    independent = _train_mine(dependent=False)
+    # True MI of the dependent pair: 4 * 0.5 * log(1 + 1 / 0.09) = 4.99 nats (the bound is looser).
+    assert dependent > 1.0
+    assert abs(independent) < 0.2
+    assert dependent > independent + 1.0
+
+
+def test_mine_refuses_a_shift_that_keeps_pairs_joint() -> None:
+    mine = MutualInformationEstimator(2)
+    with pytest.raises(ValueError, match="joint"):
+        mine(torch.randn(4, 2), torch.randn(4, 2), shift=4)
+
+
+@pytest.fixture(scope="module")
+def view_batch() -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.randn(4, 3, 64, 64, generator=generator)
+    views = make_view_pair(patches, params=AugmentParams(), generator=generator, band_mean=BAND_MEAN, band_std=BAND_STD)
+    rois = sample_matched_rois(
+        views.matrices_a, views.matrices_b, view_size=(64, 64), num_rois=12, roi_size=8, generator=generator
+    )
+    torch.manual_seed(0)
+    model = MclLcModel(in_channels=3).eval()  # eval: no dropout, so every call sees the same network
+    return {"views": views, "rois": rois, "model": model}
+
+
+def test_loss_switches_turn_terms_off_and_total_is_their_sum(view_batch: dict[str, Any]) -> None:
+    model, views, rois = view_batch["model"], view_batch["views"], view_batch["rois"]
+
+    def losses(switches: LossSwitches):
+        with torch.no_grad():
+            return model.compute_losses(views, rois, switches=switches, temperature=0.5, mine_shift=1)
+
+    full = losses(LossSwitches())
+    assert torch.isfinite(full.total)
+    assert full.total.item() == pytest.approx((full.feature + full.semantic + full.local_consistency).item(), rel=1e-6)
+    for feature in (True, False):
+        for semantic in (True, False):
+            for local in (True, False):
+                if not (feature or semantic or local):
+                    continue
+                part = losses(LossSwitches(feature=feature, semantic=semantic, local_consistency=local))
+                expected_terms = [
+                    (full.feature if feature else 0.0),
+                    (full.semantic if semantic else 0.0),
+                    (full.local_consistency if local else 0.0),
+                ]
+                for got, want in zip((part.feature, part.semantic, part.local_consistency), expected_terms):
+                    assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+                assert part.total.item() == pytest.approx(sum(float(t) for t in expected_terms), rel=1e-5, abs=1e-6)
+                assert math.isnan(part.mutual_information.item()) == (not local)
+
+
+def test_all_losses_off_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        LossSwitches(feature=False, semantic=False, local_consistency=False)
+
+
+def _tiny_source(seed: int = 0, count: int = 4) -> ArrayPatchSource:
+    rng = np.random.default_rng(seed)
+    scene = rng.normal(size=(3, 64, 64 * count)).astype(np.float32)
+    return ArrayPatchSource(scene, 64)
+
+
+def _tiny_pretrain_params(**overrides: Any) -> PretrainParams:
+    return PretrainParams(**{"epochs": 1, "batch_size": 4, "patch_size": 64, "device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def pretrained() -> dict[str, Any]:
+    reports: list[Any] = []
+    ckpt = pretrain_mcl_lc(
+        _tiny_source(), in_channels=3, params=_tiny_pretrain_params(), band_mean=BAND_MEAN, band_std=BAND_STD,
+        on_progress=reports.append,
+    )
+    return {"ckpt": ckpt, "reports": reports}
+
+
+def test_one_pretrain_step_gives_finite_losses(pretrained: dict[str, Any]) -> None:
+    ckpt, reports = pretrained["ckpt"], pretrained["reports"]
+    assert len(reports) == 1
+    report = reports[0]
+    for value in (report.loss, report.feature_loss, report.semantic_loss, report.local_consistency_loss):
+        assert math.isfinite(value)
+    assert report.loss == pytest.approx(report.feature_loss + report.semantic_loss + report.local_consistency_loss, rel=1e-5)
+    validate_checkpoint(ckpt)
+    assert ckpt["family"] == "mcl-lc" and ckpt["extra"]["stage"] == "pretrain" and ckpt["extra"]["epoch"] == 1
+
+
+def test_checkpoint_survives_weights_only_round_trip(pretrained: dict[str, Any], tmp_path) -> None:
+    path = tmp_path / "pretrain.pt"
+    torch.save(pretrained["ckpt"], path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["train_params"]["temperature"] == 0.5
+    assert set(loaded["state_dict"]) == set(pretrained["ckpt"]["state_dict"])
+    assert loaded["extra"]["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_continues_from_the_stored_epoch(pretrained: dict[str, Any], tmp_path) -> None:
+    path = tmp_path / "pretrain.pt"
+    torch.save(pretrained["ckpt"], path)
+    stored = torch.load(path, weights_only=True)
+    resumed = pretrain_mcl_lc(
+        _tiny_source(), in_channels=3, params=_tiny_pretrain_params(epochs=2), band_mean=BAND_MEAN,
+        band_std=BAND_STD, resume_from=stored,
+    )
+    assert resumed["extra"]["epoch"] == 2
+    assert len(resumed["history"]["loss"]) == 2
+    assert resumed["history"]["loss"][0] == stored["history"]["loss"][0]
+    assert resumed["extra"]["scheduler_state"]["last_epoch"] == 2
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(pretrained: dict[str, Any]) -> None:
+    params = _tiny_pretrain_params(epochs=2)
+    resumed = pretrain_mcl_lc(
+        _tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD,
+        resume_from=pretrained["ckpt"],
+    )
+    straight = pretrain_mcl_lc(_tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD)
+    for name, tensor in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], tensor, rtol=0, atol=0)
+
+
+class TinyLabelledSource:
+    """Labelled patches: class 1 where band 0 is positive, unlabelled (-1) on the first row."""
+
+    def __init__(self, count: int = 4) -> None:
+        rng = np.random.default_rng(3)
+        self.images = rng.normal(size=(count, 3, 64, 64)).astype(np.float32)
+        self.labels = (self.images[:, 0] > 0).astype(np.int64)
+        self.labels[:, 0, :] = -1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[list(indices)], self.labels[list(indices)]
+
+
+def test_one_finetune_step_lowers_cross_entropy() -> None:
+    source = TinyLabelledSource()
+    images, labels = (torch.from_numpy(a) for a in source.read(range(4)))
+    torch.manual_seed(0)
+    network = DeepLabV3Plus(in_channels=3, num_classes=2, aspp_dropout=0.0).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    before = finetune_step(network, optimizer, images, labels, ignore_index=-1)
+    with torch.no_grad():
+        after = segmentation_loss(network(images), labels, ignore_index=-1)
+    assert after < before
+
+
+def test_finetune_returns_a_checkpoint_that_predicts(pretrained: dict[str, Any], tmp_path) -> None:
+    params = FinetuneParams(num_classes=2, epochs=1, batch_size=4, device="cpu", freeze_encoder=True)
+    ckpt = finetune_mcl_lc(pretrained["ckpt"], TinyLabelledSource(), params=params)
+    validate_checkpoint(ckpt)
+    assert ckpt["num_classes"] == 2 and ckpt["model_config"]["num_classes"] == 2
+    # freeze_encoder: E (backbone, ASPP) keeps the pre-trained weights, BatchNorm statistics too.
+    for name in ("backbone.layer2.0.conv1.weight", "backbone.bn1.running_mean", "aspp.project.0.weight"):
+        torch.testing.assert_close(ckpt["state_dict"][name], pretrained["ckpt"]["state_dict"][f"network.{name}"])
+    path = tmp_path / "finetuned.pt"
+    torch.save(ckpt, path)
+    predictor = load_predictor(torch.load(path, weights_only=True), device="cpu")
+    assert predictor.halo == 64
+    labels = predictor.predict(np.random.default_rng(0).uniform(0, 1, size=(3, 40, 48)))
+    assert labels.shape == (40, 48) and labels.dtype == np.uint8 and labels.max() < 2
+
+
+def test_finetune_refuses_out_of_range_labels(pretrained: dict[str, Any]) -> None:
+    source = TinyLabelledSource()
+    source.labels[0, 5, 5] = 7
+    with pytest.raises(ValueError, match="num_classes"):
+        finetune_mcl_lc(pretrained["ckpt"], source, params=FinetuneParams(num_classes=2, epochs=1, batch_size=4, device="cpu"))
