@@ -79,7 +79,9 @@ class GeometricTransform:
         return cls(torch.eye(3, dtype=torch.float64), size, size)
 
     @classmethod
-    def crop_resize(cls, box: tuple[float, float, float, float], out_size: Size, source_size: Size) -> GeometricTransform:
+    def crop_resize(
+        cls, box: tuple[float, float, float, float], out_size: Size, source_size: Size
+    ) -> GeometricTransform:
         """Crop ``box`` = (top, left, height, width) of the source and resize it to ``out_size``."""
         top, left, height, width = box
         matrix = _affine(width / out_size[1], 0.0, left, 0.0, height / out_size[0], top)
@@ -109,7 +111,9 @@ class GeometricTransform:
     def then(self, following: GeometricTransform) -> GeometricTransform:
         """The transform of applying ``self`` and then ``following`` to the result."""
         if following.source_size != self.view_size:
-            raise ValueError(f"cannot chain: view size {self.view_size} != next source size {following.source_size}")
+            raise ValueError(
+                f"cannot chain: view size {self.view_size} != next source size {following.source_size}"
+            )
         return GeometricTransform(self.matrix @ following.matrix, self.source_size, following.view_size)
 
     def view_to_source(self, points: torch.Tensor) -> torch.Tensor:
@@ -168,7 +172,9 @@ def sample_points(images: torch.Tensor, points: torch.Tensor, frame_size: Sequen
     spatial = points.shape[1:-1]
     scale = torch.tensor([2.0 / frame_size[1], 2.0 / frame_size[0]], dtype=torch.float64)
     grid = (points.to(torch.float64) * scale - 1.0).to(images.dtype).reshape(batch, 1, -1, 2)
-    sampled = F.grid_sample(images, grid.to(images.device), mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = F.grid_sample(
+        images, grid.to(images.device), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return sampled.reshape(batch, images.shape[1], *spatial)
 
 
@@ -246,7 +252,9 @@ def _uniform(generator: torch.Generator, low: float, high: float, size: Sequence
     return low + (high - low) * torch.rand(tuple(size), generator=generator, dtype=torch.float64)
 
 
-def sample_geometric_params(source_size: Size, *, params: AugmentParams, generator: torch.Generator) -> GeometricParams:
+def sample_geometric_params(
+    source_size: Size, *, params: AugmentParams, generator: torch.Generator
+) -> GeometricParams:
     """Draws a random resized crop (torchvision's rule), flips and a quarter-turn rotation."""
     height, width = source_size
     area = height * width
@@ -428,7 +436,8 @@ def apply_radiometric_augmentations(
     if apply.any():
         mask, gain = random_pseudo_cloud_mask(count, images.shape[-2:], params=params, generator=generator)
         mask = mask * apply.reshape(-1, 1, 1)
-        images = add_pseudo_clouds(images, mask.to(images.device), gain, band_mean=band_mean, band_std=band_std)
+        mask = mask.to(images.device)
+        images = add_pseudo_clouds(images, mask, gain, band_mean=band_mean, band_std=band_std)
     apply = chosen(params.blur_probability)
     sigma = _uniform(generator, *params.blur_sigma, (count,))
     if apply.any():
@@ -510,16 +519,22 @@ def make_view_pair(
             if bool((box[2:] >= box[:2]).all()):
                 break
         else:
-            second = GeometricParams(first.crop_box, second.horizontal_flip, second.vertical_flip, second.rotate90_k)
+            second = GeometricParams(
+                first.crop_box, second.horizontal_flip, second.vertical_flip, second.rotate90_k
+            )
             matrix_b = second.to_transform(size, size).matrix
         matrices[0].append(matrix_a)
         matrices[1].append(matrix_b)
     stacked = [torch.stack(m) for m in matrices]
     views = [
         apply_radiometric_augmentations(
-            resample(patches, m, size), params=params, generator=generator, band_mean=band_mean, band_std=band_std
+            resample(patches, matrix, size),
+            params=params,
+            generator=generator,
+            band_mean=band_mean,
+            band_std=band_std,
         )
-        for m in stacked
+        for matrix in stacked
     ]
     return ViewPair(views[0], views[1], stacked[0], stacked[1])
 
@@ -560,7 +575,9 @@ def sample_matched_rois(
         roi_size: ROI side in view pixels (the paper uses 8).
         generator: Source of randomness.
     """
-    box = _overlap(_roi_centre_box(matrices_a, view_size, roi_size), _roi_centre_box(matrices_b, view_size, roi_size))
+    box = _overlap(
+        _roi_centre_box(matrices_a, view_size, roi_size), _roi_centre_box(matrices_b, view_size, roi_size)
+    )
     if bool((box[:, 2:] < box[:, :2]).any()):
         raise ValueError("a view pair has no room for a common ROI; make it with make_view_pair")
     unit = torch.rand(matrices_a.shape[0], num_rois, 2, generator=generator, dtype=torch.float64)

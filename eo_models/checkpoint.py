@@ -84,7 +84,9 @@ def validate_checkpoint(ckpt: Mapping[str, Any], *, source: str = "checkpoint") 
         raise CheckpointError(f"{source}: every 'band_std' value must be a positive finite number, got {band_std}")
     num_classes = ckpt["num_classes"]
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= 256:
-        raise CheckpointError(f"{source}: 'num_classes' must be an int in [1, 256] (labels are uint8), got {num_classes!r}")
+        raise CheckpointError(
+            f"{source}: 'num_classes' must be an int in [1, 256] (labels are uint8), got {num_classes!r}"
+        )
 
 
 def _is_finite_number(value: Any) -> bool:

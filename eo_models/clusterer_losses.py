@@ -62,7 +62,9 @@ def shuffled_contrastive_loss(y: Tensor, y_shuffled: Tensor) -> Tensor:
         Scalar in (0, 1].
     """
     if y.shape != y_shuffled.shape:
-        raise ValueError(f"y and y_shuffled must have the same shape, got {tuple(y.shape)} and {tuple(y_shuffled.shape)}")
+        raise ValueError(
+            f"y and y_shuffled must have the same shape, got {tuple(y.shape)} and {tuple(y_shuffled.shape)}"
+        )
     l1_distance = (y - y_shuffled).abs().sum(dim=1)
     return torch.exp(-l1_distance).mean()
 

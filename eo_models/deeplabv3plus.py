@@ -203,7 +203,9 @@ def build_mcl_lc_segmenter(model_config: Mapping[str, Any]) -> DeepLabV3Plus:
     """
     unknown = set(model_config) - _SEGMENTER_CONFIG_KEYS
     if unknown:
-        raise ValueError(f"unknown mCL-LC model_config keys {sorted(unknown)}; allowed: {sorted(_SEGMENTER_CONFIG_KEYS)}")
+        raise ValueError(
+            f"unknown mCL-LC model_config keys {sorted(unknown)}; allowed: {sorted(_SEGMENTER_CONFIG_KEYS)}"
+        )
     if int(model_config.get("num_classes", 0)) < 1:
         raise ValueError(
             "model_config has no classes: this is a pre-training checkpoint; run finetune_mcl_lc "

@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from eo_models.augment import AugmentParams, MatchedRois, ViewPair, extract_rois
-from eo_models.contrastive import DEFAULT_PROJECTION_DIM, ProjectionHead, channel_mean, nt_xent_loss, style_feature
+from eo_models.contrastive import (
+    DEFAULT_PROJECTION_DIM,
+    ProjectionHead,
+    channel_mean,
+    nt_xent_loss,
+    style_feature,
+)
 from eo_models.deeplabv3plus import DEFAULT_ASPP_RATES, FEATURE_CHANNELS, DeepLabV3Plus
 from eo_models.mine import DEFAULT_EMA_RATE, MutualInformationEstimator
 
@@ -146,7 +152,7 @@ class FinetuneParams:
     def __post_init__(self) -> None:
         _check_positive(num_classes=self.num_classes, epochs=self.epochs, learning_rate=self.learning_rate)
         if self.num_classes > 256:
-            raise ValueError(f"num_classes must be <= 256 (labels are written as uint8), got {self.num_classes}")
+            raise ValueError(f"num_classes must be <= 256 (labels are uint8), got {self.num_classes}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (BatchNorm needs two samples), got {self.batch_size}")
         if 0 <= self.ignore_index < self.num_classes:
@@ -222,7 +228,9 @@ class MclLcModel(nn.Module):
         self.feature_head = ProjectionHead(2 * FEATURE_CHANNELS, out_features=projection_dim)
         self.semantic_head = ProjectionHead(FEATURE_CHANNELS, out_features=projection_dim)
         self.mine = MutualInformationEstimator(
-            FEATURE_CHANNELS * roi_size * roi_size, hidden_features=mine_hidden_features, ema_rate=mine_ema_rate
+            FEATURE_CHANNELS * roi_size * roi_size,
+            hidden_features=mine_hidden_features,
+            ema_rate=mine_ema_rate,
         )
         self.roi_size = roi_size
 

@@ -141,7 +141,9 @@ class ResNet50Backbone(nn.Module):
                 nn.BatchNorm2d(out_channels),
             )
         layers = [
-            Bottleneck(self._channels, width, stride=stride, dilation=previous_dilation, downsample=downsample)
+            Bottleneck(
+                self._channels, width, stride=stride, dilation=previous_dilation, downsample=downsample
+            )
         ]
         self._channels = out_channels
         for _ in range(1, blocks):

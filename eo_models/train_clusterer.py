@@ -29,6 +29,7 @@ __all__ = [
     "TrainingProgress",
     "batch_indices_for_epoch",
     "clusterer_training_step",
+    "compute_clusterer_losses",
     "train_clusterer",
 ]
 
@@ -187,12 +188,14 @@ class ClustererLosses:
         return self.clustering + self.contrastive
 
 
-def clusterer_losses(model: nn.Module, batch: Tensor, shuffled_batch: Tensor) -> ClustererLosses:
+def compute_clusterer_losses(model: nn.Module, batch: Tensor, shuffled_batch: Tensor) -> ClustererLosses:
     """Forward the batch and the shuffled batch and compute L (Eq. 2) and L' (Eq. 3)."""
     features = model(batch)
-    # The shuffled batch goes through the network as its own forward pass, as in Algorithm 1. Given
-    # batch-statistics BatchNorm and per-sample attention this equals features[permutation] up to
-    # rounding; the second pass is kept to follow the paper literally.
+    # The shuffled batch goes through the network as its own forward pass, as in Algorithm 1. In train
+    # mode this equals features[permutation] up to rounding (BatchNorm's batch statistics do not depend
+    # on the order of the batch, and the attention works per patch), so it doubles the cost for no new
+    # information, and it also updates the BatchNorm running statistics twice per step. It is kept to
+    # follow the paper literally.
     shuffled_features = model(shuffled_batch)
     return ClustererLosses(
         clustering=clustering_loss(features),
@@ -208,7 +211,7 @@ def clusterer_training_step(
     Returns:
         The losses computed before the step, detached.
     """
-    losses = clusterer_losses(model, batch, shuffled_batch)
+    losses = compute_clusterer_losses(model, batch, shuffled_batch)
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()
     optimizer.step()
@@ -241,12 +244,15 @@ def _build_optimizer(params: ClustererTrainingParams, model: nn.Module) -> torch
     return torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=0.9)
 
 
-def _read_batch(patches: PatchSource, indices: np.ndarray, in_channels: int, device: torch.device) -> Tensor:
+def _read_batch(
+    patches: PatchSource, indices: np.ndarray, in_channels: int, patch_size: int, device: torch.device
+) -> Tensor:
     array = np.asarray(patches.read(indices.tolist()), dtype=np.float32)
-    if array.ndim != 4 or array.shape[0] != len(indices) or array.shape[1] != in_channels:
+    expected_shape = (len(indices), in_channels, patch_size, patch_size)
+    if array.shape != expected_shape:
         raise ValueError(
-            f"patch source returned shape {array.shape} for {len(indices)} patches; expected "
-            f"({len(indices)}, {in_channels}, patch, patch)"
+            f"patch source returned shape {array.shape} for {len(indices)} patches; expected {expected_shape} "
+            "(in_channels and params.patch_size must match the patch source)"
         )
     if not np.isfinite(array).all():
         raise ValueError("patch source returned NaN or infinite values; fill nodata (e.g. with 0) before training")
@@ -303,11 +309,12 @@ def train_clusterer(
     for epoch in range(1, params.epochs + 1):
         epoch_batches = batch_indices_for_epoch(num_patches, params.batch_size, generator)
         for batch_number, indices in enumerate(epoch_batches, start=1):
-            batch = _read_batch(patches, indices, in_channels, device)
+            batch = _read_batch(patches, indices, in_channels, params.patch_size, device)
             clustering_sum = torch.zeros((), device=device)
             contrastive_sum = torch.zeros((), device=device)
             for _ in range(params.iterations):
-                # A fresh derangement each update, so a patch meets several different negatives.
+                # Algorithm 1 shuffles inside the J loop (line 16): a fresh derangement each update, so
+                # every patch meets several different negatives.
                 shuffled_batch, _ = shuffle_batch(batch, generator)
                 losses = clusterer_training_step(model, optimizer, batch, shuffled_batch)
                 clustering_sum += losses.clustering

@@ -17,6 +17,7 @@ caller's global RNG state is left untouched.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 FAMILY = "mcl-lc"
+_PRETRAIN_METRICS = ("loss", "feature_loss", "semantic_loss", "local_consistency_loss", "mutual_information")
 
 
 @runtime_checkable
@@ -113,9 +115,13 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torc
 
 
 def _restore_optimisation(
-    extra: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int
+    extra: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    total_steps: int,
 ) -> int:
-    optimizer.load_state_dict(extra["optimizer_state"])
+    # A copy: the optimiser updates its state in place and must not change the caller's checkpoint.
+    optimizer.load_state_dict(copy.deepcopy(extra["optimizer_state"]))
     scheduler.load_state_dict(extra["scheduler_state"])
     factor = _cosine_factor(scheduler.last_epoch, total_steps)
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -175,7 +181,9 @@ def pretrain_step(
     return losses
 
 
-def _read_patches(patches: PatchSource, indices: list[int], in_channels: int, patch_size: int) -> torch.Tensor:
+def _read_patches(
+    patches: PatchSource, indices: list[int], in_channels: int, patch_size: int
+) -> torch.Tensor:
     array = np.asarray(patches.read(indices), dtype=np.float32)
     expected = (len(indices), in_channels, patch_size, patch_size)
     if array.shape != expected:
@@ -218,7 +226,9 @@ def pretrain_mcl_lc(
         FloatingPointError: If a loss becomes NaN or infinite.
     """
     if len(band_mean) != in_channels or len(band_std) != in_channels:
-        raise ValueError(f"expected {in_channels} band means and stds, got {len(band_mean)} and {len(band_std)}")
+        raise ValueError(
+            f"expected {in_channels} band means and stds, got {len(band_mean)} and {len(band_std)}"
+        )
     if min(float(s) for s in band_std) <= 0:
         raise ValueError(f"band_std values must be > 0, got {list(band_std)}")
     num_patches = len(patches)
@@ -227,9 +237,7 @@ def pretrain_mcl_lc(
     batch_size = min(params.batch_size, num_patches)
     steps = _steps_per_epoch(num_patches, batch_size, params.max_steps_per_epoch)
     device = resolve_device(params.device)
-    history: dict[str, list[float]] = {
-        key: [] for key in ("loss", "feature_loss", "semantic_loss", "local_consistency_loss", "mutual_information")
-    }
+    history: dict[str, list[float]] = {key: [] for key in _PRETRAIN_METRICS}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         model = MclLcModel(
@@ -240,13 +248,17 @@ def pretrain_mcl_lc(
         if params.encoder_weights is not None:
             load_resnet50_weights(model.network.backbone, params.encoder_weights)
         model.to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+        )
         scheduler = _cosine_schedule(optimizer, params.epochs * steps)
         start_epoch = 0
         if resume_from is not None:
             _check_resumable(resume_from, in_channels, params.epochs)
             model.load_state_dict(resume_from["state_dict"])
-            start_epoch = _restore_optimisation(resume_from["extra"], optimizer, scheduler, params.epochs * steps)
+            start_epoch = _restore_optimisation(
+                resume_from["extra"], optimizer, scheduler, params.epochs * steps
+            )
             history = {key: list(values) for key, values in resume_from["history"].items()}
         for epoch in range(start_epoch, params.epochs):
             seed = _epoch_seed(params.seed, epoch)
@@ -255,7 +267,8 @@ def pretrain_mcl_lc(
             order = torch.randperm(num_patches, generator=generator)
             sums = dict.fromkeys(history, 0.0)
             for step in range(steps):
-                batch = _read_patches(patches, _batch_indices(order, step, batch_size), in_channels, params.patch_size)
+                indices = _batch_indices(order, step, batch_size)
+                batch = _read_patches(patches, indices, in_channels, params.patch_size)
                 losses = pretrain_step(
                     model, optimizer, batch.to(device), params=params, generator=generator,
                     band_mean=band_mean, band_std=band_std,
@@ -302,18 +315,24 @@ def _check_resumable(ckpt: dict[str, Any], in_channels: int, epochs: int) -> Non
     if ckpt.get("family") != FAMILY or ckpt.get("extra", {}).get("stage") != "pretrain":
         raise ValueError("resume_from must be a pre-training checkpoint returned by pretrain_mcl_lc")
     if int(ckpt["extra"]["epoch"]) > epochs:
-        raise ValueError(f"resume_from has finished {ckpt['extra']['epoch']} epochs; set params.epochs above that")
+        raise ValueError(
+            f"resume_from has finished {ckpt['extra']['epoch']} epochs; set params.epochs above that"
+        )
     if ckpt["model_config"]["in_channels"] != in_channels:
-        raise ValueError(f"resume_from has {ckpt['model_config']['in_channels']} bands, in_channels is {in_channels}")
+        raise ValueError(
+            f"resume_from has {ckpt['model_config']['in_channels']} bands, in_channels is {in_channels}"
+        )
 
 
+# No copies: the model and optimiser are local to the training function and dropped after it, so
+# the checkpoint may keep their (CPU) storage; copying ~50 M parameters three times costs seconds.
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
 
 
 def _cpu_tree(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
+        return value.detach().cpu()
     if isinstance(value, dict):
         return {key: _cpu_tree(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -321,7 +340,9 @@ def _cpu_tree(value: Any) -> Any:
     return value
 
 
-def _random_flips(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_flips(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     # Exact index operations, identical for images and labels (no interpolation of labels).
     choices = torch.randint(0, 2, (images.shape[0], 2), generator=generator)
     turns = torch.randint(0, 4, (images.shape[0],), generator=generator)
@@ -364,11 +385,14 @@ def _read_labelled(
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels)
     if images.ndim != 4 or images.shape[:2] != (len(indices), in_channels):
-        raise ValueError(f"labelled source returned images of shape {images.shape}; expected ({len(indices)}, {in_channels}, P, P)")
+        raise ValueError(
+            f"labelled source returned images of shape {images.shape}; "
+            f"expected ({len(indices)}, {in_channels}, P, P)"
+        )
     if labels.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(f"labels have shape {labels.shape}, expected {(images.shape[0], *images.shape[2:])}")
     if not np.isfinite(images).all():
-        raise ValueError("labelled source returned NaN or infinite pixel values; fill nodata (e.g. with 0) first")
+        raise ValueError("labelled source returned NaN or infinite pixel values; fill nodata (e.g. 0) first")
     bad = (labels != params.ignore_index) & ((labels < 0) | (labels >= params.num_classes))
     if bad.any():
         raise ValueError(
@@ -380,12 +404,14 @@ def _read_labelled(
 
 def _network_from_checkpoint(ckpt: dict[str, Any], num_classes: int) -> DeepLabV3Plus:
     if ckpt.get("family") != FAMILY:
-        raise ValueError(f"expected an mCL-LC checkpoint (family 'mcl-lc'), got family {ckpt.get('family')!r}")
+        raise ValueError(f"expected an mCL-LC checkpoint (family 'mcl-lc'), got {ckpt.get('family')!r}")
     config = ckpt["model_config"]
     network = DeepLabV3Plus(
-        in_channels=int(config["in_channels"]), num_classes=num_classes,
+        in_channels=int(config["in_channels"]),
+        num_classes=num_classes,
         aspp_rates=tuple(config.get("aspp_rates", DEFAULT_ASPP_RATES)),
-        aspp_dropout=float(config.get("aspp_dropout", 0.5)), output_stride=int(config.get("output_stride", 16)),
+        aspp_dropout=float(config.get("aspp_dropout", 0.5)),
+        output_stride=int(config.get("output_stride", 16)),
     )
     stage = ckpt["extra"].get("stage")
     if stage == "pretrain":
@@ -400,7 +426,10 @@ def _network_from_checkpoint(ckpt: dict[str, Any], num_classes: int) -> DeepLabV
     result = network.load_state_dict(state, strict=False)
     missing = [key for key in result.missing_keys if not key.startswith("classifier.")]
     if missing or result.unexpected_keys:
-        raise ValueError(f"checkpoint weights do not fit DeepLabv3+: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"checkpoint weights do not fit DeepLabv3+: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
     return network
 
 
@@ -455,7 +484,8 @@ def finetune_mcl_lc(
             order = torch.randperm(num_patches, generator=generator)
             total = 0.0
             for step in range(steps):
-                images, labels = _read_labelled(labelled, _batch_indices(order, step, batch_size), in_channels, params)
+                indices = _batch_indices(order, step, batch_size)
+                images, labels = _read_labelled(labelled, indices, in_channels, params)
                 if params.augment_flips:
                     images, labels = _random_flips(images, labels, generator)
                 loss = finetune_step(

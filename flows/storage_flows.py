@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from eoseg import storage
 from eoseg.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, TileOptions
-from tasks.storage_stages import mosaic_task, tile_task
+from eoseg.errors import OutputExistsError
+from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
 
 @flow(name="tile-scene", log_prints=True)
@@ -19,6 +21,11 @@ def tile_scene_flow(
 ) -> dict:
     """Tile one GeoTIFF (local path or s3:// URI) into a chunked Zarr v3 store, in parallel on Dask."""
     logger = get_run_logger()
+    scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
+    logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
+                scene["band_count"], scene["dtype"])
+    if storage.exists(store_uri) and not overwrite:
+        raise OutputExistsError(f"{store_uri}: output already exists. Pass --overwrite to replace it.")
     with dask_cluster(cluster) as address:
         info = tile_task(
             scene_uri,

@@ -10,6 +10,7 @@ from prefect.tasks import exponential_backoff
 from eoseg.cluster import connect
 from eoseg.errors import EosegError
 from eoseg.mosaic import mosaic_to_cog
+from eoseg.scene import inspect_scene
 from eoseg.tiling import tile_scene
 
 # Storage hiccups (an S3 503, a dropped connection) are worth retrying; bad input is not.
@@ -24,6 +25,12 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     except Exception:
         return True
     return False
+
+
+@task(name="inspect-scene", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+def inspect_scene_task(scene_uri: str, *, allow_ungeoreferenced: bool) -> dict:
+    """Validate a scene before any cluster or output exists; returns its description."""
+    return asdict(inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced))
 
 
 @task(name="tile", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)

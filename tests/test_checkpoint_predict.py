@@ -48,7 +48,8 @@ def test_saved_checkpoint_loads_with_weights_only(trained_checkpoint: dict[str, 
         assert {key: value for key, value in ckpt.items() if key != "state_dict"} == {
             key: value for key, value in trained_checkpoint.items() if key != "state_dict"
         }
-        assert all(torch.equal(ckpt["state_dict"][name], tensor) for name, tensor in trained_checkpoint["state_dict"].items())
+        for name, tensor in trained_checkpoint["state_dict"].items():
+            assert torch.equal(ckpt["state_dict"][name], tensor)
     assert [entry.name for entry in path.parent.iterdir()] == ["clusterer.pt"]  # no temporary file left
 
 

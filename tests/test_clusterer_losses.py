@@ -21,8 +21,8 @@ from eo_models.train_clusterer import (
     ClustererTrainingParams,
     TrainingProgress,
     batch_indices_for_epoch,
-    clusterer_losses,
     clusterer_training_step,
+    compute_clusterer_losses,
     train_clusterer,
 )
 
@@ -113,6 +113,18 @@ def test_shuffle_batch_refuses_a_single_patch() -> None:
         shuffle_batch(torch.zeros(1, 3, 4, 4), np.random.default_rng(0))
 
 
+def test_array_patch_source_reads_the_patch_grid() -> None:
+    scene = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
+    patches = ArrayPatchSource(scene, patch_size=3, stride=2)
+    assert len(patches) == 2 * 3  # origins rows (0, 2) x cols (0, 2, 4)
+    read = patches.read([0, 5])
+    assert read.shape == (2, 2, 3, 3) and read.dtype == np.float32
+    np.testing.assert_array_equal(read[1], scene[:, 2:5, 4:7])
+    assert len(ArrayPatchSource(scene, patch_size=2)) == 2 * 3  # non-overlapping by default
+    with pytest.raises(ValueError, match="smaller than one"):
+        ArrayPatchSource(scene, patch_size=6)
+
+
 def test_epoch_batches_use_every_patch_once_and_never_leave_a_single_patch() -> None:
     batches = batch_indices_for_epoch(17, 4, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == list(range(17))
@@ -130,10 +142,10 @@ def test_one_training_step_lowers_the_combined_loss_on_a_fixed_batch(seed: int) 
     shuffled_batch, _ = shuffle_batch(batch, np.random.default_rng(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with torch.no_grad():
-        before = clusterer_losses(model, batch, shuffled_batch).total.item()
+        before = compute_clusterer_losses(model, batch, shuffled_batch).total.item()
     reported = clusterer_training_step(model, optimizer, batch, shuffled_batch)
     with torch.no_grad():
-        after = clusterer_losses(model, batch, shuffled_batch).total.item()
+        after = compute_clusterer_losses(model, batch, shuffled_batch).total.item()
     assert reported.total.item() == pytest.approx(before, rel=1e-5)
     assert after < before
 
@@ -171,3 +183,10 @@ def test_training_refuses_band_statistics_of_the_wrong_length() -> None:
         train_clusterer(
             patches, in_channels=3, params=ClustererTrainingParams(device="cpu"), band_mean=[0.0], band_std=[1.0]
         )
+
+
+def test_training_refuses_patches_of_another_size_than_the_params_say() -> None:
+    patches = ArrayPatchSource(np.zeros((3, 32, 32), dtype=np.float32), patch_size=16)
+    params = ClustererTrainingParams(iterations=1, patch_size=64, device="cpu")
+    with pytest.raises(ValueError, match=r"expected \(4, 3, 64, 64\)"):
+        train_clusterer(patches, in_channels=3, params=params, band_mean=[0.0] * 3, band_std=[1.0] * 3)

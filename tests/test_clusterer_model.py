@@ -122,7 +122,9 @@ def test_channel_attention_scales_each_channel_by_sigmoid_of_summed_descriptors(
     torch.testing.assert_close(attention(features), features * expected_weights[None, :, None, None])
 
 
-@pytest.mark.parametrize("bad", [{"in_channels": 0}, {"in_channels": 3, "num_classes": 1}, {"in_channels": 3, "depth": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"in_channels": 0}, {"in_channels": 3, "num_classes": 1}, {"in_channels": 3, "depth": 0}]
+)
 def test_config_refuses_impossible_values(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         ClustererConfig(**bad)

@@ -1,0 +1,46 @@
+# eoseg: two commands set everything up on a fresh machine.
+#   make demo   - create .venv, install (pinned CPU torch first), run the main job on a real scene
+#   make test   - same set-up, then the test suite (.ci/run calls this)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED_DATA ?= $(abspath ../shared/data)
+OUT ?= out/demo
+PYTEST_ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= eoseg
+export EOSEG_SHARED_DATA ?= $(SHARED_DATA)
+
+.PHONY: install demo test test-fast bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, pinned: an unpinned torch requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install eoseg with its pinned dependencies
+
+demo: install  ## run the main job on a real scene from ../shared/data and print where the outputs are
+	$(BIN)/python -m eoseg.demo --shared-data "$(SHARED_DATA)" --out "$(OUT)"
+
+test: install  ## run the test suite (real Prefect server, Dask LocalCluster, loopback S3)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the test suite without tests marked slow
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## benchmarks (print tables; figures go in README)
+	$(BIN)/python benchmarks/bench_tile_mosaic.py
+
+clean:  ## remove demo outputs (keeps .venv)
+	rm -rf out

@@ -1,0 +1,172 @@
+"""Shared fixtures: real components started by the tests themselves.
+
+- a temporary Prefect server for the whole session (``prefect_test_harness``);
+- a real ``distributed.LocalCluster`` with two worker processes;
+- a real S3 endpoint on loopback: moto's server in its own process (GDAL's /vsis3/ writes hang against
+  the in-process threaded server, see shared/ENVIRONMENT.md);
+- tiny GeoTIFFs with a real CRS and transform, written with a fixed seed, and the real scenes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EOSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+REAL_SCENES = {
+    "naip": SHARED_DATA / "naip" / "m_4709963_se_14_1_20090818.tif",
+    "landsat": SHARED_DATA / "landsat" / "RGB.byte.tif",
+    "aerial": SHARED_DATA / "aerial" / "cogeo.tif",
+    "spacenet": SHARED_DATA / "spacenet" / "sample_geotiff.tif",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run `gpu` tests only where CUDA exists; say so explicitly instead of counting them as passed."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA (runs on GPU machines only)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared data folder is missing: {SHARED_DATA} (set EOSEG_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One real temporary Prefect server for the session (every flow run in the tests goes to it)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "eoseg")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def dask_address():
+    """Scheduler address of a real LocalCluster: 2 worker processes x 1 thread."""
+    from distributed import LocalCluster
+
+    import logging
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.WARNING) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture()
+def dask_client(dask_address):
+    from distributed import Client
+
+    with Client(dask_address, set_as_default=False) as client:
+        yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "eoseg-test-key-id",
+    "AWS_SECRET_ACCESS_KEY": "eoseg-test-secret-value",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on loopback in its own process; AWS_* variables point eoseg at it."""
+    executable = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    saved = {key: os.environ.get(key) for key in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(S3_ENV)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint, request):
+    """A fresh, empty bucket on the loopback endpoint; returns its s3:// URI."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    name = "eoseg-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    yield f"s3://{name}"
+    fs.rm(f"s3://{name}", recursive=True)
+
+
+def write_geotiff(path: Path, array: np.ndarray, *, crs: str | None = "EPSG:32616", nodata=None,
+                  transform=None, **profile) -> Path:
+    """Write ``array`` (bands, rows, cols) as a small tiled GeoTIFF with a real georeference."""
+    import rasterio
+    from affine import Affine
+
+    array = array if array.ndim == 3 else array[None]
+    transform = transform or Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
+    options = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
+               "dtype": str(array.dtype), "crs": crs, "transform": transform, "nodata": nodata}
+    options.update(profile)
+    with rasterio.open(path, "w", **options) as dataset:
+        dataset.write(array)
+    return path
+
+
+@pytest.fixture()
+def tiny_scene(tmp_path) -> Path:
+    """A 3-band 70 x 90 uint8 GeoTIFF with a nodata collar, fixed seed."""
+    rng = np.random.default_rng(7)
+    array = rng.integers(1, 255, size=(3, 70, 90), dtype=np.uint8)
+    array[:, :5, :] = 0
+    return write_geotiff(tmp_path / "tiny.tif", array, nodata=0)
