@@ -31,13 +31,17 @@ __all__ = [
     "MatchedRois",
     "ViewPair",
     "add_pseudo_clouds",
+    "apply_radiometric_augmentations",
+    "colour_distortion",
     "extract_rois",
     "gaussian_blur",
     "make_view_pair",
+    "orientation",
     "random_pseudo_cloud_mask",
     "resample",
     "sample_geometric_params",
     "sample_matched_rois",
+    "sample_points",
 ]
 
 Size = tuple[int, int]
@@ -104,7 +108,7 @@ class GeometricTransform:
         for _ in range(k % 4):
             height, width = transform.view_size
             # view pixel (i, j) shows source pixel (j, width - 1 - i) of the previous image.
-            quarter = cls(_affine(0.0, -1.0, width, 1.0, 0.0, 0.0), (height, width), (width, height))
+            quarter = cls(_affine(0.0, 1.0, 0.0, -1.0, 0.0, height), (height, width), (width, height))
             transform = transform.then(quarter)
         return transform
 

@@ -172,6 +172,168 @@ def evaluate(
     typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())
 
 
+# Options of the clusterer's training, shared by `train clusterer` and `run` (defaults: the paper's I, J, K).
+KOption = Annotated[int, typer.Option("--k", min=2, max=254, help="K: number of clusters (paper: 8).")]
+EpochsOption = Annotated[int, typer.Option(min=1, help="I: passes over all patches (paper: 2).")]
+IterationsOption = Annotated[int, typer.Option(min=1, help="J: updates per batch (paper: 50).")]
+PatchSizeOption = Annotated[int, typer.Option(min=8, help="Training patch edge in pixels.")]
+BatchSizeOption = Annotated[int, typer.Option(min=2, help="Patches per batch.")]
+LrOption = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")]
+OptimizerOption = Annotated[str, typer.Option(help="'adam' or 'sgd' (momentum 0.9).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed (same seed, same weights on CPU).")]
+MaxPatchesOption = Annotated[
+    Optional[int], typer.Option(min=2, help="Train on a random subset of at most N patches (CPU shortcut).")
+]
+DeviceOption = Annotated[str, typer.Option(help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")]
+
+
+def _training_options(**values):
+    from eoseg.config import ClustererTrainingOptions
+
+    try:
+        return ClustererTrainingOptions(**values)
+    except ValueError as error:
+        _fail(EosegError(f"invalid training option: {error}"))
+
+
+train_app = typer.Typer(help="Train a model on tile stores.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("clusterer")
+def train_clusterer(
+    store: Annotated[str, typer.Argument(help="Tile store of the scene to learn from (from `eoseg tile`).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Checkpoint to write (MODEL.pt, path or s3://).")],
+    k: KOption = 8,
+    epochs: EpochsOption = 2,
+    iterations: IterationsOption = 50,
+    patch_size: PatchSizeOption = 64,
+    batch_size: BatchSizeOption = 16,
+    lr: LrOption = 1e-3,
+    optimizer: OptimizerOption = "adam",
+    seed: SeedOption = 0,
+    max_patches: MaxPatchesOption = None,
+    device: DeviceOption = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")] = False,
+) -> None:
+    """Train the single-scene clusterer of Saha et al. (2021) on one unlabelled scene.
+
+    Deep clustering with argmax pseudo-labels plus a shuffled-batch contrastive loss (Algorithm 1).
+    Runs on a GPU worker when the Dask cluster has one (resource GPU), else here; progress per batch.
+    """
+    from flows.segment_flows import train_clusterer_flow
+
+    options = _training_options(num_classes=k, epochs=epochs, iterations=iterations, patch_size=patch_size,
+                                batch_size=batch_size, learning_rate=lr, optimizer=optimizer, seed=seed,
+                                max_patches=max_patches, device=device)
+    summary = _run_flow(train_clusterer_flow, store, out, training=options, cluster=_cluster_spec(),
+                        overwrite=overwrite)
+    typer.echo(f"model: {summary['model_uri']}  ({summary['patches']} patches, {summary['seconds']} s, "
+               f"final loss {summary['final_loss']:.4f})")
+
+
+@app.command()
+def predict(
+    store: Annotated[str, typer.Argument(help="Tile store to segment (from `eoseg tile`).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint (any model family).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Label store to write (LABELS.zarr).")],
+    halo: Annotated[
+        Optional[int], typer.Option(min=0, help="Context pixels around each chunk; default: the model's.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing label store.")] = False,
+) -> None:
+    """Tiled inference over a tile store on Dask, chunk by chunk, with halos (no seams at chunk edges).
+
+    Weights load once per worker. Labels keep the input's grid and georeferencing; nodata input pixels
+    become nodata (255). An interrupted run is resumed by running the same command again.
+    """
+    from eoseg.config import PredictOptions
+    from flows.segment_flows import predict_flow
+
+    info = _run_flow(predict_flow, store, model, out, options=PredictOptions(halo=halo), cluster=_cluster_spec(),
+                     overwrite=overwrite)
+    typer.echo(f"label store: {out}  ({info['width']} x {info['height']} px, {info['num_classes']} classes)")
+
+
+@app.command()
+def run(
+    scene: Annotated[str, typer.Argument(help="Input GeoTIFF (path or s3://).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")],
+    model: Annotated[str, typer.Option("--model", help="Model family: 'clusterer' or 'mcl-lc'.")] = "clusterer",
+    weights: Annotated[
+        Optional[str], typer.Option(help="Existing checkpoint: segment without training (e.g. a similar scene).")
+    ] = None,
+    reference: Annotated[
+        Optional[str], typer.Option(help="Reference map (raster, or GeoJSON polygons) to score the result.")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=16, help="Tile store chunk edge in pixels.")] = 1024,
+    k: KOption = 8,
+    epochs: EpochsOption = 2,
+    iterations: IterationsOption = 50,
+    patch_size: PatchSizeOption = 64,
+    batch_size: BatchSizeOption = 16,
+    lr: LrOption = 1e-3,
+    optimizer: OptimizerOption = "adam",
+    seed: SeedOption = 0,
+    max_patches: MaxPatchesOption = None,
+    device: DeviceOption = "auto",
+    allow_ungeoreferenced: Annotated[
+        bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+) -> None:
+    """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
+
+    Outputs beside MAP.tif: MAP.tiles.zarr, MAP.model.pt (the trained checkpoint), MAP.labels.zarr,
+    MAP.png (quick-look) and, with --reference, MAP.scores.json.
+    """
+    from eoseg.config import TileOptions
+    from flows.segment_flows import segment_scene_flow
+
+    if model not in ("clusterer", "mcl-lc"):
+        _fail(EosegError(f"--model must be 'clusterer' or 'mcl-lc', got {model!r}"))
+    training = _training_options(num_classes=k, epochs=epochs, iterations=iterations, patch_size=patch_size,
+                                 batch_size=batch_size, learning_rate=lr, optimizer=optimizer, seed=seed,
+                                 max_patches=max_patches, device=device)
+    result = _run_flow(segment_scene_flow, scene, out, model=model, weights_uri=weights, reference_uri=reference,
+                       tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
+                       training=training, cluster=_cluster_spec(), overwrite=overwrite)
+    typer.echo(format_run_summary(result))
+
+
+def format_run_summary(result: dict) -> str:
+    """The lines `eoseg run` and `make demo` print at the end."""
+    lines = [f"map:        {result['map']}", f"quick-look: {result['quicklook']}", f"model:      {result['model']}",
+             f"tile store: {result['tiles']}", f"labels:     {result['labels']}"]
+    if result.get("training"):
+        t = result["training"]
+        lines.append(f"training:   {t['patches']} patches, {t['seconds']} s on {t['device']}, "
+                     f"final loss {t['final_loss']:.4f}")
+    if result.get("scores"):
+        lines.append(f"scores:     {result['scores_file']}")
+        for method, report in result["scores"].items():
+            lines.append(f"  {method:9s} F1 {report['f1']:.3f}  IoU {report['iou']:.3f}  OA {report['oa']:.3f}  "
+                         f"kappa {report['kappa']:.3f}")
+    return "\n".join(lines)
+
+
+@app.command()
+def quicklook(
+    scene: Annotated[str, typer.Argument(help="The scene (GeoTIFF).")],
+    label_map: Annotated[str, typer.Argument(help="Its label map (COG).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG to write.")],
+    max_size: Annotated[int, typer.Option(min=64, help="Longest side of each panel in pixels.")] = 1024,
+) -> None:
+    """Write a PNG with the scene and its label map side by side, in the map's class colours."""
+    from eoseg.quicklook import write_quicklook
+
+    try:
+        write_quicklook(scene, label_map, out, max_size=max_size)
+    except (EosegError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"quick-look: {out}")
+
+
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -38,3 +38,36 @@ class MosaicOptions(_Options):
     overview_resampling: Literal["nearest", "mode"] = Field(
         default="nearest", description="Overview resampling: nearest (fast) or mode (majority class)."
     )
+
+
+class ClustererTrainingOptions(_Options):
+    """Training of the single-scene clusterer (Saha et al. 2021, Algorithm 1). Defaults are the paper's
+    where it gives them (I, J, K); the rest are documented choices (see eo_models.train_clusterer)."""
+
+    num_classes: int = Field(default=8, ge=2, le=254, description="K: number of output features = clusters (paper: 8).")
+    epochs: int = Field(default=2, ge=1, description="I: passes over all patches (paper: 2).")
+    iterations: int = Field(default=50, ge=1, description="J: updates on each batch before the next (paper: 50).")
+    patch_size: int = Field(default=64, ge=8, description="Patch edge R' = C' in pixels (not given by the paper).")
+    batch_size: int = Field(default=16, ge=2, description="B: patches per batch (not given by the paper).")
+    learning_rate: float = Field(default=1e-3, gt=0, description="Optimiser learning rate (not given by the paper).")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="Adam, or SGD with momentum 0.9.")
+    seed: int = Field(default=0, description="Seed for weights, patch order and shuffles (reproducible on CPU).")
+    max_patches: int | None = Field(
+        default=None, ge=2,
+        description="Train on a seeded random subset of at most this many patches (a CPU shortcut; the paper "
+        "uses all patches). Empty: all patches.",
+    )  # fmt: skip
+    device: str = Field(default="auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")
+
+    def training_params(self) -> dict:
+        """Keyword arguments of eo_models.train_clusterer.ClustererTrainingParams."""
+        return self.model_dump(exclude={"max_patches"})
+
+
+class PredictOptions(_Options):
+    """Tiled inference over a tile store."""
+
+    halo: int | None = Field(
+        default=None, ge=0,
+        description="Context pixels read around each chunk (overlap-tile); empty: the model family's default.",
+    )  # fmt: skip

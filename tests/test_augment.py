@@ -51,12 +51,14 @@ def test_flips_and_rotations_match_torch(transform: GeometricTransform, referenc
 def test_crop_resize_and_inverse() -> None:
     transform = GeometricTransform.crop_resize((4.0, 6.0, 16.0, 20.0), (SIZE, SIZE), (SIZE, SIZE))
     corners = torch.tensor([[0.0, 0.0], [SIZE, SIZE]])
-    torch.testing.assert_close(transform.view_to_source(corners), torch.tensor([[6.0, 4.0], [26.0, 20.0]], dtype=torch.float64))
+    expected_corners = torch.tensor([[6.0, 4.0], [26.0, 20.0]], dtype=torch.float64)
+    torch.testing.assert_close(transform.view_to_source(corners), expected_corners)
     points = torch.rand(10, 2) * SIZE
     torch.testing.assert_close(transform.source_to_view(transform.view_to_source(points)), points.double())
     # Bilinear resampling reproduces a linear image exactly away from the border.
     view = transform.apply(coordinate_image(SIZE, SIZE))
-    expected = transform.view_to_source(coordinate_image(SIZE, SIZE).permute(1, 2, 0)).permute(2, 0, 1).float()
+    view_points = coordinate_image(SIZE, SIZE).permute(1, 2, 0)
+    expected = transform.view_to_source(view_points).permute(2, 0, 1).float()
     torch.testing.assert_close(view[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-4, rtol=0)
 
 
@@ -88,7 +90,12 @@ def test_matched_rois_point_to_the_same_source_pixel(name_a: str, name_b: str) -
     view_a = resample(source, matrices_a, (SIZE, SIZE))
     view_b = resample(source, matrices_b, (SIZE, SIZE))
     rois = sample_matched_rois(
-        matrices_a, matrices_b, view_size=(SIZE, SIZE), num_rois=5, roi_size=8, generator=torch.Generator().manual_seed(0)
+        matrices_a,
+        matrices_b,
+        view_size=(SIZE, SIZE),
+        num_rois=5,
+        roi_size=8,
+        generator=torch.Generator().manual_seed(0),
     )
     # The ROI centre read from each view's coordinate image is the sampled source centre.
     centre_a = rois.points_a.mean(dim=(2, 3))
@@ -102,9 +109,9 @@ def test_matched_rois_point_to_the_same_source_pixel(name_a: str, name_b: str) -
     assert torch.equal(torch.sign(offsets_a.round(decimals=9)), torch.sign(offsets_b.round(decimals=9)))
     if name_a == "identity" and name_b in PURELY_ORIENTATION:
         # No resampling scale: the two ROIs hold exactly the same source pixels.
-        torch.testing.assert_close(
-            extract_rois(view_a, rois.points_a, (SIZE, SIZE)), extract_rois(view_b, rois.points_b, (SIZE, SIZE)), atol=1e-4, rtol=0
-        )
+        rois_a = extract_rois(view_a, rois.points_a, (SIZE, SIZE))
+        rois_b = extract_rois(view_b, rois.points_b, (SIZE, SIZE))
+        torch.testing.assert_close(rois_a, rois_b, atol=1e-4, rtol=0)
 
 
 def _to_source(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -118,7 +125,12 @@ def test_random_view_pairs_are_matched_exactly() -> None:
     source = coordinate_image(SIZE, SIZE)[None].repeat(16, 1, 1, 1)
     views = make_view_pair(source, params=AugmentParams.geometric_only(), generator=generator, roi_size=8)
     rois = sample_matched_rois(
-        views.matrices_a, views.matrices_b, view_size=(SIZE, SIZE), num_rois=12, roi_size=8, generator=generator
+        views.matrices_a,
+        views.matrices_b,
+        view_size=(SIZE, SIZE),
+        num_rois=12,
+        roi_size=8,
+        generator=generator,
     )
     for view, points in ((views.view_a, rois.points_a), (views.view_b, rois.points_b)):
         centre = points.mean(dim=(2, 3))[:, :, None, None, :]
@@ -172,7 +184,9 @@ def test_gaussian_blur_keeps_constants_and_mean() -> None:
 def test_radiometric_augmentations_on_any_band_count(bands: int) -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(4, bands, 24, 24, generator=generator)
-    always = AugmentParams(colour_probability=1.0, blur_probability=1.0, noise_probability=1.0, cloud_probability=1.0)
+    always = AugmentParams(
+        colour_probability=1.0, blur_probability=1.0, noise_probability=1.0, cloud_probability=1.0
+    )
     out = apply_radiometric_augmentations(
         images, params=always, generator=generator, band_mean=[0.5] * bands, band_std=[0.2] * bands
     )

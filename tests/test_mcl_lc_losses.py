@@ -68,7 +68,8 @@ def _train_mine(dependent: bool, *, steps: int = 300) -> float:
 
     def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(count, 4, generator=generator)
-        y = x + 0.3 * torch.randn(count, 4, generator=generator) if dependent else torch.randn(count, 4, generator=generator)
+        noise = torch.randn(count, 4, generator=generator)
+        y = x + 0.3 * noise if dependent else noise
         return x, y
 
     for _ in range(steps):
@@ -102,7 +103,9 @@ def test_mine_refuses_a_shift_that_keeps_pairs_joint() -> None:
 def view_batch() -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     patches = torch.randn(4, 3, 64, 64, generator=generator)
-    views = make_view_pair(patches, params=AugmentParams(), generator=generator, band_mean=BAND_MEAN, band_std=BAND_STD)
+    views = make_view_pair(
+        patches, params=AugmentParams(), generator=generator, band_mean=BAND_MEAN, band_std=BAND_STD
+    )
     rois = sample_matched_rois(
         views.matrices_a, views.matrices_b, view_size=(64, 64), num_rois=12, roi_size=8, generator=generator
     )
@@ -120,7 +123,8 @@ def test_loss_switches_turn_terms_off_and_total_is_their_sum(view_batch: dict[st
 
     full = losses(LossSwitches())
     assert torch.isfinite(full.total)
-    assert full.total.item() == pytest.approx((full.feature + full.semantic + full.local_consistency).item(), rel=1e-6)
+    summed = full.feature + full.semantic + full.local_consistency
+    assert full.total.item() == pytest.approx(summed.item(), rel=1e-6)
     for feature in (True, False):
         for semantic in (True, False):
             for local in (True, False):
@@ -134,7 +138,8 @@ def test_loss_switches_turn_terms_off_and_total_is_their_sum(view_batch: dict[st
                 ]
                 for got, want in zip((part.feature, part.semantic, part.local_consistency), expected_terms):
                     assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
-                assert part.total.item() == pytest.approx(sum(float(t) for t in expected_terms), rel=1e-5, abs=1e-6)
+                expected_total = sum(float(t) for t in expected_terms)
+                assert part.total.item() == pytest.approx(expected_total, rel=1e-5, abs=1e-6)
                 assert math.isnan(part.mutual_information.item()) == (not local)
 
 
@@ -169,31 +174,41 @@ def test_one_pretrain_step_gives_finite_losses(pretrained: dict[str, Any]) -> No
     report = reports[0]
     for value in (report.loss, report.feature_loss, report.semantic_loss, report.local_consistency_loss):
         assert math.isfinite(value)
-    assert report.loss == pytest.approx(report.feature_loss + report.semantic_loss + report.local_consistency_loss, rel=1e-5)
+    summed = report.feature_loss + report.semantic_loss + report.local_consistency_loss
+    assert report.loss == pytest.approx(summed, rel=1e-5)
     validate_checkpoint(ckpt)
     assert ckpt["family"] == "mcl-lc" and ckpt["extra"]["stage"] == "pretrain" and ckpt["extra"]["epoch"] == 1
 
 
-def test_checkpoint_survives_weights_only_round_trip(pretrained: dict[str, Any], tmp_path) -> None:
-    path = tmp_path / "pretrain.pt"
+@pytest.fixture(scope="module")
+def reloaded(pretrained: dict[str, Any], tmp_path_factory) -> dict[str, Any]:
+    """The pre-training checkpoint after torch.save and torch.load(weights_only=True)."""
+    path = tmp_path_factory.mktemp("mcl_lc") / "pretrain.pt"
     torch.save(pretrained["ckpt"], path)
-    loaded = torch.load(path, weights_only=True)
-    assert loaded["train_params"]["temperature"] == 0.5
-    assert set(loaded["state_dict"]) == set(pretrained["ckpt"]["state_dict"])
-    assert loaded["extra"]["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    return torch.load(path, weights_only=True)
 
 
-def test_resume_continues_from_the_stored_epoch(pretrained: dict[str, Any], tmp_path) -> None:
-    path = tmp_path / "pretrain.pt"
-    torch.save(pretrained["ckpt"], path)
-    stored = torch.load(path, weights_only=True)
+def test_checkpoint_survives_weights_only_round_trip(
+    pretrained: dict[str, Any], reloaded: dict[str, Any]
+) -> None:
+    original = pretrained["ckpt"]
+    assert reloaded["train_params"] == original["train_params"]
+    assert reloaded["train_params"]["temperature"] == 0.5
+    assert reloaded["history"] == original["history"]
+    assert set(reloaded["state_dict"]) == set(original["state_dict"])
+    for name, tensor in original["state_dict"].items():
+        assert torch.equal(reloaded["state_dict"][name], tensor)
+    assert reloaded["extra"]["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_continues_from_the_stored_epoch(reloaded: dict[str, Any]) -> None:
     resumed = pretrain_mcl_lc(
         _tiny_source(), in_channels=3, params=_tiny_pretrain_params(epochs=2), band_mean=BAND_MEAN,
-        band_std=BAND_STD, resume_from=stored,
+        band_std=BAND_STD, resume_from=reloaded,
     )
     assert resumed["extra"]["epoch"] == 2
     assert len(resumed["history"]["loss"]) == 2
-    assert resumed["history"]["loss"][0] == stored["history"]["loss"][0]
+    assert resumed["history"]["loss"][0] == reloaded["history"]["loss"][0]
     assert resumed["extra"]["scheduler_state"]["last_epoch"] == 2
 
 
@@ -204,7 +219,9 @@ def test_resumed_run_equals_uninterrupted_run(pretrained: dict[str, Any]) -> Non
         _tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD,
         resume_from=pretrained["ckpt"],
     )
-    straight = pretrain_mcl_lc(_tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD)
+    straight = pretrain_mcl_lc(
+        _tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD
+    )
     for name, tensor in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][name], tensor, rtol=0, atol=0)
 
@@ -247,7 +264,8 @@ def test_finetune_returns_a_checkpoint_that_predicts(pretrained: dict[str, Any],
     assert ckpt["num_classes"] == 2 and ckpt["model_config"]["num_classes"] == 2
     # freeze_encoder: E (backbone, ASPP) keeps the pre-trained weights, BatchNorm statistics too.
     for name in ("backbone.layer2.0.conv1.weight", "backbone.bn1.running_mean", "aspp.project.0.weight"):
-        torch.testing.assert_close(ckpt["state_dict"][name], pretrained["ckpt"]["state_dict"][f"network.{name}"])
+        pretrained_value = pretrained["ckpt"]["state_dict"][f"network.{name}"]
+        torch.testing.assert_close(ckpt["state_dict"][name], pretrained_value)
     path = tmp_path / "finetuned.pt"
     torch.save(ckpt, path)
     predictor = load_predictor(torch.load(path, weights_only=True), device="cpu")
@@ -260,4 +278,5 @@ def test_finetune_refuses_out_of_range_labels(pretrained: dict[str, Any]) -> Non
     source = TinyLabelledSource()
     source.labels[0, 5, 5] = 7
     with pytest.raises(ValueError, match="num_classes"):
-        finetune_mcl_lc(pretrained["ckpt"], source, params=FinetuneParams(num_classes=2, epochs=1, batch_size=4, device="cpu"))
+        params = FinetuneParams(num_classes=2, epochs=1, batch_size=4, device="cpu")
+        finetune_mcl_lc(pretrained["ckpt"], source, params=params)

@@ -1,0 +1,169 @@
+"""Predict stage: tiled inference over a tile store, chunk by chunk on Dask, into a label store.
+
+Each Dask task reads one output chunk's window grown by a halo, predicts labels for the grown window,
+and keeps only the centre ("overlap-tile" blending: every kept pixel was predicted with at least
+``halo`` pixels of real context on each side that the scene has, so chunk edges are not where the network
+sees zero padding). Weights are loaded once per worker process and reused for every chunk it runs.
+Nodata input pixels become nodata (255) labels. The label store has the input's grid and georeferencing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from eoseg import storage
+from eoseg.colors import NODATA_LABEL
+from eoseg.compute import map_chunks
+from eoseg.errors import BandCountError
+from eoseg.geometry import Window
+from eoseg.store import (
+    StoreInfo,
+    chunks_done,
+    mark_chunk_done,
+    mark_complete,
+    open_data_array,
+    read_store_info,
+)
+from eoseg.tiling import prepare_output_store, publish_store, valid_pixel_mask
+
+logger = logging.getLogger("eoseg.inference")
+
+_predictors: dict[tuple[str, str], object] = {}
+_predictors_lock = threading.Lock()
+_scratch = tempfile.mkdtemp(prefix="eoseg-models-")
+
+
+def cached_predictor(model_uri: str, device: str | None = None):
+    """The predictor for ``model_uri`` in this process, loaded on first use (once per worker)."""
+    key = (model_uri, device or "auto")
+    with _predictors_lock:
+        if key not in _predictors:
+            from eo_models.predict import load_predictor
+
+            local = storage.fetch_to_local(model_uri, _scratch)
+            _predictors[key] = load_predictor(local, device=device)
+            logger.info("loaded %s in process %d", model_uri, os.getpid())
+        return _predictors[key]
+
+
+def loaded_model_count() -> int:
+    """How many models this process has loaded (used to check weights load once per worker)."""
+    return len(_predictors)
+
+
+@dataclass(frozen=True)
+class PredictChunkJob:
+    """One output chunk of the predict stage (small and picklable)."""
+
+    store_uri: str
+    labels_uri: str
+    model_uri: str
+    chunk_index: tuple[int, int]
+    window: Window
+    halo: int
+    device: str | None
+
+
+def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
+    """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
+    info = read_store_info(job.store_uri)
+    grown = job.window.grown(job.halo, height_limit=info.height, width_limit=info.width)
+    block = np.asarray(open_data_array(job.store_uri, info)[(slice(None), *grown.slices)])
+    valid = valid_pixel_mask(block, info.nodata)
+    predictor = cached_predictor(job.model_uri, job.device)
+    labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
+    if valid.any():
+        labels = predictor.predict(block, valid)
+        labels[~valid] = NODATA_LABEL
+    rows, cols = job.window.relative_to(grown).slices
+    centre = labels[rows, cols]
+    labels_info = read_store_info(job.labels_uri, require_complete=False)
+    open_data_array(job.labels_uri, labels_info, mode="r+")[job.window.slices] = centre
+    mark_chunk_done(job.labels_uri, job.chunk_index)
+    values, counts = np.unique(centre, return_counts=True)
+    return {"pid": os.getpid(), **{str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
+
+
+def predict_store(
+    store_uri: str,
+    model_uri: str,
+    labels_uri: str,
+    *,
+    halo: int | None = None,
+    overwrite: bool = False,
+    client=None,
+    use_gpu: bool = False,
+    show_progress: bool | None = None,
+) -> StoreInfo:
+    """Run tiled inference of the checkpoint at ``model_uri`` over ``store_uri`` into ``labels_uri``.
+
+    Args:
+        store_uri: a finished image store.
+        model_uri: a checkpoint (any model family).
+        labels_uri: the label store to create (resumed if an interrupted one matches).
+        halo: context pixels around each chunk; default: the model family's halo.
+        overwrite: replace an existing label store.
+        client: a ``distributed.Client`` (default: the active one, else local threads).
+        use_gpu: schedule chunks only on workers advertising ``GPU=1`` and predict on CUDA.
+        show_progress: terminal progress bar on/off.
+    """
+    from eo_models.registry import MODEL_BUILDERS
+
+    from eoseg.training import load_checkpoint_from
+
+    store_uri = storage.normalise_uri(store_uri)
+    model_uri = storage.normalise_uri(model_uri)
+    labels_uri = storage.normalise_uri(labels_uri)
+    info = read_store_info(store_uri)
+    checkpoint = load_checkpoint_from(model_uri)
+    bands = len(checkpoint["band_mean"])
+    if bands != info.band_count:
+        raise BandCountError(
+            f"{store_uri}: the scene has {info.band_count} band(s) but the model {model_uri} was trained on "
+            f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
+        )
+    family = checkpoint["family"]
+    halo = MODEL_BUILDERS[family].halo if halo is None else halo
+    num_classes = int(checkpoint["num_classes"])
+    wanted = replace(
+        info,
+        kind="labels",
+        band_count=1,
+        dtype="uint8",
+        nodata=NODATA_LABEL,
+        band_names=("class",),
+        band_descriptions=("class label",),
+        band_stats=None,
+        num_classes=num_classes,
+        model={"family": family, "checkpoint": model_uri, "halo": halo, "blending": "overlap-tile centre crop"},
+        source_uri=info.source_uri,
+        complete=False,
+    )
+    staging, labels_info, resuming = prepare_output_store(labels_uri, wanted, overwrite=overwrite)
+    try:
+        done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
+        device = "cuda" if use_gpu else None
+        jobs = [
+            PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device)
+            for index, window in info.grid.windows()
+            if not done[index]
+        ]
+        logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", len(jobs), len(info.grid),
+                    model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
+        results = map_chunks(predict_chunk, jobs, label="predict", client=client,
+                             resources={"GPU": 1} if use_gpu else None, show_bar=show_progress)
+        labels_info = mark_complete(staging, labels_info)
+    except BaseException as error:
+        if not isinstance(error, (KeyboardInterrupt, SystemExit)) and not resuming:
+            storage.remove(staging)
+        raise
+    publish_store(staging, labels_uri)
+    processes = sorted({r["pid"] for r in results})
+    logger.info("wrote %s (%d chunk(s) predicted in %d process(es))", labels_uri, len(jobs), len(processes))
+    return labels_info

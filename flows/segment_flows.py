@@ -1,0 +1,105 @@
+"""The end-to-end segmentation flow (tile -> train -> predict -> mosaic), and its model stages alone."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from eoseg import storage
+from eoseg.cluster import ClusterSpec, dask_cluster
+from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
+from eoseg.errors import ConfigurationError, OutputExistsError
+from eoseg.outputs import RunOutputs
+from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_clusterer_task
+from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
+
+
+@flow(name="train-clusterer", log_prints=True)
+def train_clusterer_flow(
+    store_uri: str,
+    model_uri: str,
+    training: ClustererTrainingOptions = ClustererTrainingOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    overwrite: bool = False,
+) -> dict:
+    """Train the single-scene clusterer (Saha et al.) on a tile store; GPU worker when the cluster has one."""
+    with dask_cluster(cluster) as address:
+        return train_clusterer_task(store_uri, model_uri, options=training, overwrite=overwrite,
+                                    scheduler_address=address)
+
+
+@flow(name="predict", log_prints=True)
+def predict_flow(
+    store_uri: str,
+    model_uri: str,
+    labels_uri: str,
+    options: PredictOptions = PredictOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    overwrite: bool = False,
+) -> dict:
+    """Tiled, haloed inference of a checkpoint over a tile store into a label store, on Dask."""
+    with dask_cluster(cluster) as address:
+        return predict_task(store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite,
+                            scheduler_address=address)
+
+
+@flow(name="segment-scene", log_prints=True)
+def segment_scene_flow(
+    scene_uri: str,
+    map_uri: str,
+    model: Literal["clusterer", "mcl-lc"] = "clusterer",
+    weights_uri: str | None = None,
+    reference_uri: str | None = None,
+    tile: TileOptions = TileOptions(),
+    training: ClustererTrainingOptions = ClustererTrainingOptions(),
+    predict: PredictOptions = PredictOptions(),
+    mosaic: MosaicOptions = MosaicOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    overwrite: bool = False,
+) -> dict:
+    """Segment one scene end to end: tile -> train (unless weights are given) -> predict -> mosaic.
+
+    Outputs sit beside the map: MAP.tiles.zarr, MAP.model.pt (when trained here), MAP.labels.zarr,
+    MAP.png (quick-look) and MAP.scores.json (when a reference is given).
+    """
+    logger = get_run_logger()
+    outputs = RunOutputs.for_map(map_uri)
+    if model == "mcl-lc" and weights_uri is None:
+        raise ConfigurationError("mcl-lc needs pre-trained, fine-tuned weights: run `eoseg train mcl-lc` and "
+                                 "`eoseg finetune`, then pass --weights")
+    if storage.exists(outputs.cog) and not overwrite:
+        raise OutputExistsError(f"{outputs.cog}: output already exists. Pass --overwrite to replace it.")
+    scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=tile.allow_ungeoreferenced)
+    logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
+                scene["band_count"], scene["dtype"])
+    with dask_cluster(cluster) as address:
+        tile_task(scene_uri, outputs.tiles, chunk_size=tile.chunk_size, overwrite=overwrite,
+                  allow_ungeoreferenced=tile.allow_ungeoreferenced, scheduler_address=address)
+        training_summary = None
+        model_uri = weights_uri
+        if model_uri is None:
+            training_summary = train_clusterer_task(outputs.tiles, outputs.model, options=training,
+                                                    overwrite=overwrite, scheduler_address=address)
+            model_uri = outputs.model
+            logger.info("trained model kept at %s", outputs.model)
+        predict_task(outputs.tiles, model_uri, outputs.labels, halo=predict.halo, overwrite=overwrite,
+                     scheduler_address=address)
+    mosaic_task(outputs.labels, outputs.cog, band=None, overwrite=overwrite,
+                overview_resampling=mosaic.overview_resampling)
+    quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
+    scores = None
+    if reference_uri:
+        scores = evaluate_task(outputs.cog, reference_uri, outputs.scores)
+    logger.info("map: %s; quick-look: %s; model: %s", outputs.cog, outputs.quicklook, model_uri)
+    return {
+        "scene": scene_uri,
+        "map": outputs.cog,
+        "quicklook": outputs.quicklook,
+        "model": model_uri,
+        "tiles": outputs.tiles,
+        "labels": outputs.labels,
+        "scores": scores,
+        "scores_file": outputs.scores if scores else None,
+        "training": training_summary,
+    }
