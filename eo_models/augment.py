@@ -108,7 +108,7 @@ class GeometricTransform:
         for _ in range(k % 4):
             height, width = transform.view_size
             # view pixel (i, j) shows source pixel (j, width - 1 - i) of the previous image.
-            quarter = cls(_affine(0.0, 1.0, 0.0, -1.0, 0.0, height), (height, width), (width, height))
+            quarter = cls(_affine(0.0, -1.0, width, 1.0, 0.0, 0.0), (height, width), (width, height))
             transform = transform.then(quarter)
         return transform
 

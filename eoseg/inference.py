@@ -35,6 +35,7 @@ from eoseg.tiling import prepare_output_store, publish_store, valid_pixel_mask
 logger = logging.getLogger("eoseg.inference")
 
 _predictors: dict[tuple[str, str], object] = {}
+_load_counts: dict[str, int] = {}
 _predictors_lock = threading.Lock()
 _scratch = tempfile.mkdtemp(prefix="eoseg-models-")
 
@@ -48,13 +49,14 @@ def cached_predictor(model_uri: str, device: str | None = None):
 
             local = storage.fetch_to_local(model_uri, _scratch)
             _predictors[key] = load_predictor(local, device=device)
+            _load_counts[model_uri] = _load_counts.get(model_uri, 0) + 1
             logger.info("loaded %s in process %d", model_uri, os.getpid())
         return _predictors[key]
 
 
-def loaded_model_count() -> int:
-    """How many models this process has loaded (used to check weights load once per worker)."""
-    return len(_predictors)
+def model_load_counts() -> dict[str, int]:
+    """How often this process loaded each model (tests check: once per worker, not once per chunk)."""
+    return dict(_load_counts)
 
 
 @dataclass(frozen=True)

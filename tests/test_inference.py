@@ -1,0 +1,98 @@
+"""Tiled, haloed inference over a store: agrees with whole-array inference, loads weights once per worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import REAL_SCENES
+from eoseg.colors import NODATA_LABEL
+from eoseg.errors import BandCountError
+from eoseg.inference import model_load_counts, predict_store
+from eoseg.store import open_data_array, read_store_info
+from eoseg.tiling import tile_scene, valid_pixel_mask
+from eoseg.training import train_clusterer_on_store
+
+TINY_TRAINING = dict(epochs=1, iterations=3, batch_size=4, patch_size=32, num_classes=6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def landsat_model(tmp_path_factory, shared_data):
+    """A small clusterer trained on the real Landsat scene (CPU, seconds)."""
+    folder = tmp_path_factory.mktemp("landsat_model")
+    store = folder / "landsat.zarr"
+    tile_scene(str(REAL_SCENES["landsat"]), str(store), chunk_size=200, show_progress=False)
+    model = folder / "landsat.pt"
+    train_clusterer_on_store(str(store), str(model), params=TINY_TRAINING, max_patches=16)
+    return store, model
+
+
+def test_tiled_inference_matches_whole_array_inference(landsat_model, tmp_path):
+    from eo_models.predict import load_predictor
+
+    store, model = landsat_model
+    labels = tmp_path / "labels.zarr"
+    labels_info = predict_store(str(store), str(model), str(labels), show_progress=False)
+    info = read_store_info(str(store))
+    tiled = np.asarray(open_data_array(str(labels), labels_info)[...])
+
+    scene = np.asarray(open_data_array(str(store), info)[...])
+    valid = valid_pixel_mask(scene, info.nodata)
+    whole = load_predictor(str(model)).predict(scene, valid)
+    whole[~valid] = NODATA_LABEL
+
+    agreement = float((tiled == whole).mean())
+    # Pixels within one halo of an internal chunk edge, against the rest.
+    halo = labels_info.model["halo"]
+    near_edge = np.zeros(tiled.shape, dtype=bool)
+    for edge in range(info.chunk_rows, info.height, info.chunk_rows):
+        near_edge[max(0, edge - halo): edge + halo, :] = True
+    for edge in range(info.chunk_cols, info.width, info.chunk_cols):
+        near_edge[:, max(0, edge - halo): edge + halo] = True
+    edge_disagreement = float((tiled != whole)[near_edge].mean())
+    interior_disagreement = float((tiled != whole)[~near_edge].mean())
+    print(f"\ntiled vs whole: agreement {agreement:.6f}; disagreement near chunk edges {edge_disagreement:.6f}, "
+          f"interior {interior_disagreement:.6f}")
+    assert agreement >= 0.999
+    # The only tile dependence left is the channel attention's global pooling, which acts on a whole
+    # tile at once: it must not concentrate along the chunk edges.
+    assert edge_disagreement <= max(2 * interior_disagreement, 0.001)
+    np.testing.assert_array_equal(tiled[~valid], NODATA_LABEL)  # nodata in -> nodata out
+    assert (tiled[valid] < 6).all()
+
+
+def test_weights_load_once_per_worker(landsat_model, tmp_path, dask_client):
+    store, model = landsat_model
+    labels = tmp_path / "labels.zarr"
+    info = predict_store(str(store), str(model), str(labels), client=dask_client, show_progress=False)
+    assert len(read_store_info(str(store)).grid) == 16
+    loads = dask_client.run(model_load_counts)
+    per_worker = [counts.get(str(model), 0) for counts in loads.values()]
+    assert sum(per_worker) >= 1 and max(per_worker) == 1, loads  # 16 chunks, at most one load per worker
+    assert info.complete and info.model["family"] == "clusterer"
+
+
+def test_label_map_keeps_grid_and_georeferencing(landsat_model, tmp_path):
+    from eoseg.mosaic import mosaic_to_cog
+    from rio_cogeo.cogeo import cog_validate
+
+    store, model = landsat_model
+    labels, cog = tmp_path / "labels.zarr", tmp_path / "map.tif"
+    predict_store(str(store), str(model), str(labels), show_progress=False)
+    mosaic_to_cog(str(labels), str(cog), show_progress=False)
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(REAL_SCENES["landsat"]) as src, rasterio.open(cog) as out:
+        assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        assert out.nodata == NODATA_LABEL
+        assert len(out.colormap(1)) >= 6
+        assert out.tags()["EOSEG_NUM_CLASSES"] == "6"
+
+
+def test_band_count_mismatch_is_refused(landsat_model, tmp_path, shared_data):
+    _, model = landsat_model
+    panchromatic = tmp_path / "spacenet.zarr"
+    tile_scene(str(REAL_SCENES["spacenet"]), str(panchromatic), show_progress=False)
+    with pytest.raises(BandCountError, match="has 1 band.*trained on 3"):
+        predict_store(str(panchromatic), str(model), str(tmp_path / "labels.zarr"), show_progress=False)
+    assert not (tmp_path / "labels.zarr").exists() and not (tmp_path / ".labels.zarr.partial").exists()
