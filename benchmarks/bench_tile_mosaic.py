@@ -6,8 +6,9 @@ Scenes are mosaics of the real NAIP scenes (``benchmarks/build_large_scene.py``)
 8000 px) and optionally 4x the pixel count, kept under ``--workdir`` (default ``/tmp/eoseg-bench``).
 Every measurement runs in a fresh Python subprocess (this script with ``--one CASE``), so one run's peak
 RSS cannot leak into the next; the child prints one JSON line that the parent collects. Peak RSS is the
-kernel's exact high-water mark (``ru_maxrss``) of each process, cross-checked by a psutil sampler that
-walks the process tree every 0.1 s (which also gives the peak of the tree's *total* RSS).
+kernel's high-water mark of each process's address space (``VmHWM`` in ``/proc/PID/status``), cross-checked
+by a psutil sampler that walks the process tree every 0.1 s (which also gives the peak of the tree's
+*total* RSS).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -72,6 +72,7 @@ class TreeSampler:
         self.interval = interval
         self.root = psutil.Process()
         self.peak_by_pid: dict[int, int] = {}
+        self.hwm_by_pid: dict[int, int] = {}
         self.names: dict[int, str] = {}
         self.peak_total = 0
         self._stop = threading.Event()
@@ -90,6 +91,9 @@ class TreeSampler:
             except psutil.Error:
                 continue
             total += rss
+            hwm = vm_hwm(process.pid)
+            if hwm > self.hwm_by_pid.get(process.pid, 0):
+                self.hwm_by_pid[process.pid] = hwm
             if rss > self.peak_by_pid.get(process.pid, 0):
                 self.peak_by_pid[process.pid] = rss
             if process.pid not in self.names:
@@ -114,12 +118,24 @@ class TreeSampler:
         self.sample()
 
 
+def vm_hwm(pid: int | str = "self") -> int:
+    """Peak RSS ("high-water mark") of a process's address space, in bytes, from ``/proc/PID/status``.
+
+    Not ``getrusage().ru_maxrss``: Linux carries the parent's peak into a child's ``ru_maxrss`` across
+    fork/vfork + exec, so a fresh subprocess of a big parent reports the parent's peak. ``VmHWM`` belongs to
+    the address space, which ``exec`` replaces, so it is the process's own peak.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def self_maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def children_maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return vm_hwm("self")
 
 
 def cpu_seconds() -> float:
@@ -167,14 +183,21 @@ def _remove(path: Path) -> None:
 
 
 def _run_command(command: list[str]) -> dict:
-    """Run an external command under the tree sampler; wall time and its exact peak RSS."""
+    """Run an external command under the tree sampler: wall and CPU time, and its peak RSS.
+
+    The peak is the last ``VmHWM`` (a running maximum) read from the process while it ran, every 0.02 s.
+    """
     cpu0 = children_cpu_seconds()
-    with TreeSampler() as sampler:
+    with TreeSampler(interval=0.02) as sampler:
         start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        code = process.wait()
         wall = time.perf_counter() - start
-    return {"wall_s": wall, "cpu_s": children_cpu_seconds() - cpu0, "peak_rss": children_maxrss(),
-            "peak_rss_sampled_total": sampler.peak_total}
+    if code != 0:
+        raise subprocess.CalledProcessError(code, command)
+    return {"wall_s": wall, "cpu_s": children_cpu_seconds() - cpu0,
+            "peak_rss": sampler.hwm_by_pid.get(process.pid, 0),
+            "peak_rss_sampled_total": sampler.peak_total}  # fmt: skip
 
 
 def _warm_worker() -> None:
@@ -535,9 +558,9 @@ def render(report: dict, *, markdown: bool) -> str:
         "wall s: median wall time of --repeat runs, each in a fresh process; imports excluded; for the cluster, "
         "cluster start-up and worker imports excluded (startup_s in the JSON). cpu s: user+system CPU seconds of "
         "the same run (for the cluster: client + workers), less sensitive than wall time to other load.",
-        "peak RSS MiB: the measuring process's ru_maxrss (GDAL rows: gdal_translate's). For the cluster: the "
+        "peak RSS MiB: the measuring process's VmHWM (GDAL rows: gdal_translate's). For the cluster: the "
         "client process (which also hosts the scheduler and nannies); max worker MiB: the largest worker's "
-        "ru_maxrss; all procs MiB: peak of the summed RSS of the whole process tree, sampled every 0.1 s.",
+        "VmHWM; all procs MiB: peak of the summed RSS of the whole process tree, sampled every 0.1 s.",
         "eoseg/gdal: eoseg wall time / gdal_translate wall time (tile: -of Zarr with the same Blosc codec; "
         "mosaic: -of COG without NUM_THREADS). Every input is in the page cache.",
     ]

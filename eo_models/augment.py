@@ -246,6 +246,22 @@ class AugmentParams:
     cloud_coverage: tuple[float, float] = (0.05, 0.3)
     cloud_gain: tuple[float, float] = (0.5, 1.0)
 
+    def __post_init__(self) -> None:
+        probabilities = ("flip", "rotate90", "colour", "blur", "noise", "cloud")
+        for name in probabilities:
+            value = getattr(self, f"{name}_probability")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}_probability must be in [0, 1], got {value}")
+        for name in ("crop_scale", "crop_ratio", "blur_sigma", "noise_std", "cloud_count", "cloud_coverage"):
+            low, high = getattr(self, name)
+            smallest = 0.0 if name == "noise_std" else 1e-12
+            if not smallest <= low <= high:
+                raise ValueError(f"{name} must be a range (low, high) of positive values, got {(low, high)}")
+        if not (self.crop_scale[1] <= 1.0 and self.cloud_coverage[1] < 1.0):
+            raise ValueError("crop_scale and cloud_coverage are fractions of the patch: keep them <= 1")
+        if not 0.0 <= self.cloud_gain[0] <= self.cloud_gain[1]:
+            raise ValueError(f"cloud_gain must be a range of non-negative increases, got {self.cloud_gain}")
+
     @classmethod
     def geometric_only(cls) -> AugmentParams:
         """Spatial transforms only (for checks of the geometry)."""
@@ -339,7 +355,12 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def random_pseudo_cloud_mask(
-    count: int, size: Size, *, params: AugmentParams, generator: torch.Generator
+    count: int,
+    size: Size,
+    *,
+    params: AugmentParams,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random cloud opacity masks and gains (the paper's pseudo-cloud noise, Sec. 3.3).
 
@@ -352,37 +373,41 @@ def random_pseudo_cloud_mask(
         count: Number of masks.
         size: (height, width).
         params: ``cloud_count``, ``cloud_coverage`` and ``cloud_gain`` are used.
-        generator: Source of randomness.
+        generator: CPU source of randomness (the same draws on every device).
+        device: Where the masks are computed.
 
     Returns:
-        Masks (count, H, W) in [0, 1] and gains (count,) in ``params.cloud_gain``.
+        Masks (count, H, W) in [0, 1] on ``device`` and gains (count,) in ``params.cloud_gain``.
     """
     height, width = size
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5).reshape(1, -1, 1) / height
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5).reshape(1, 1, -1) / width
-    density = torch.zeros(count, height, width)
+    ys = ((torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height).reshape(1, -1, 1)
+    xs = ((torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width).reshape(1, 1, -1)
+    density = torch.zeros(count, height, width, device=device)
+
+    def per_image(values: torch.Tensor) -> torch.Tensor:
+        return values.float().to(device).reshape(-1, 1, 1)
+
     clouds = torch.randint(params.cloud_count[0], params.cloud_count[1] + 1, (count,), generator=generator)
     for cloud in range(int(clouds.max())):
-        active = (clouds > cloud).float().reshape(-1, 1, 1)
+        active = per_image(clouds > cloud)
         centre = torch.rand(count, 2, generator=generator)
         spread = _uniform(generator, 0.05, 0.2, (count, 1)).float()
         for _ in range(int(torch.randint(3, 9, (), generator=generator))):
             puff = centre + spread * torch.randn(count, 2, generator=generator)
-            sigmas = _uniform(generator, 0.03, 0.12, (count, 2)).float()
-            angle = _uniform(generator, 0.0, math.pi, (count,)).float().reshape(-1, 1, 1)
-            dx, dy = xs - puff[:, 0].reshape(-1, 1, 1), ys - puff[:, 1].reshape(-1, 1, 1)
-            along = (dx * torch.cos(angle) + dy * torch.sin(angle)) / sigmas[:, 0].reshape(-1, 1, 1)
-            across = (-dx * torch.sin(angle) + dy * torch.cos(angle)) / sigmas[:, 1].reshape(-1, 1, 1)
+            sigmas = _uniform(generator, 0.03, 0.12, (count, 2))
+            angle = per_image(_uniform(generator, 0.0, math.pi, (count,)))
+            dx, dy = xs - per_image(puff[:, 0]), ys - per_image(puff[:, 1])
+            along = (dx * torch.cos(angle) + dy * torch.sin(angle)) / per_image(sigmas[:, 0])
+            across = (-dx * torch.sin(angle) + dy * torch.cos(angle)) / per_image(sigmas[:, 1])
             density += active * torch.exp(-0.5 * (along**2 + across**2))
-    coverage = _uniform(generator, *params.cloud_coverage, (count,)).float()
+    coverage = _uniform(generator, *params.cloud_coverage, (count,)).float().to(device)
     ordered = density.reshape(count, -1).sort(dim=1).values
     last = ordered.shape[1] - 1
-    edge = ordered.gather(1, ((1.0 - coverage) * last).round().long().reshape(-1, 1))
-    core = ordered.gather(1, ((1.0 - 0.5 * coverage) * last).round().long().reshape(-1, 1))
-    ramp = (density - edge.reshape(-1, 1, 1)) / (core - edge).clamp_min(1e-12).reshape(-1, 1, 1)
-    ramp = ramp.clamp(0.0, 1.0)
+    edge = ordered.gather(1, ((1.0 - coverage) * last).round().long().reshape(-1, 1)).reshape(-1, 1, 1)
+    core = ordered.gather(1, ((1.0 - 0.5 * coverage) * last).round().long().reshape(-1, 1)).reshape(-1, 1, 1)
+    ramp = ((density - edge) / (core - edge).clamp_min(1e-12)).clamp(0.0, 1.0)
     mask = ramp * ramp * (3.0 - 2.0 * ramp)
-    gain = _uniform(generator, *params.cloud_gain, (count,)).float()
+    gain = _uniform(generator, *params.cloud_gain, (count,)).float().to(device)
     return mask, gain
 
 
@@ -438,9 +463,10 @@ def apply_radiometric_augmentations(
         images = _select(apply, distorted, images)
     apply = chosen(params.cloud_probability)
     if apply.any():
-        mask, gain = random_pseudo_cloud_mask(count, images.shape[-2:], params=params, generator=generator)
-        mask = mask * apply.reshape(-1, 1, 1)
-        mask = mask.to(images.device)
+        mask, gain = random_pseudo_cloud_mask(
+            count, images.shape[-2:], params=params, generator=generator, device=images.device
+        )
+        mask = mask * apply.reshape(-1, 1, 1).to(mask)
         images = add_pseudo_clouds(images, mask, gain, band_mean=band_mean, band_std=band_std)
     apply = chosen(params.blur_probability)
     sigma = _uniform(generator, *params.blur_sigma, (count,))

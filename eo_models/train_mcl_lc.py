@@ -94,6 +94,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
+def _rng_devices(device: torch.device) -> list[int]:
+    # CUDA generators whose state fork_rng restores (torch.manual_seed reseeds them all).
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def _steps_per_epoch(num_patches: int, batch_size: int, cap: int | None) -> int:
     # Full batches only (BatchNorm and NT-Xent want full batches); at least one, of all patches.
     steps = max(1, num_patches // batch_size)
@@ -205,6 +212,7 @@ def pretrain_mcl_lc(
     band_std: Sequence[float],
     on_progress: Callable[[PretrainProgress], None] | None = None,
     resume_from: dict[str, Any] | None = None,
+    stop_after_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Self-supervised mCL-LC pre-training of DeepLabv3+ on unlabelled patches.
 
@@ -217,6 +225,9 @@ def pretrain_mcl_lc(
         on_progress: Called after every update.
         resume_from: A pre-training checkpoint of this function to continue from its stored epoch
             up to ``params.epochs``.
+        stop_after_epoch: Return after this many epochs (counted from the start of the run, not of
+            this call) although ``params.epochs`` are planned; the learning-rate schedule stays the
+            one of ``params.epochs``, so that chunks resumed one after another equal one whole run.
 
     Returns:
         Pre-training checkpoint dict (CPU tensors); feed it to :func:`finetune_mcl_lc`.
@@ -236,9 +247,10 @@ def pretrain_mcl_lc(
         raise ValueError(f"pre-training needs at least 2 patches (contrastive negatives), got {num_patches}")
     batch_size = min(params.batch_size, num_patches)
     steps = _steps_per_epoch(num_patches, batch_size, params.max_steps_per_epoch)
+    last_epoch = params.epochs if stop_after_epoch is None else min(stop_after_epoch, params.epochs)
     device = resolve_device(params.device)
     history: dict[str, list[float]] = {key: [] for key in _PRETRAIN_METRICS}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(params.seed)
         model = MclLcModel(
             in_channels=in_channels, projection_dim=params.projection_dim, roi_size=params.roi_size,
@@ -260,7 +272,7 @@ def pretrain_mcl_lc(
                 resume_from["extra"], optimizer, scheduler, params.epochs * steps
             )
             history = {key: list(values) for key, values in resume_from["history"].items()}
-        for epoch in range(start_epoch, params.epochs):
+        for epoch in range(start_epoch, last_epoch):
             seed = _epoch_seed(params.seed, epoch)
             torch.manual_seed(seed)  # dropout
             generator = torch.Generator().manual_seed(seed)
@@ -305,7 +317,7 @@ def pretrain_mcl_lc(
         "history": history,
         "state_dict": _cpu_state(model),
         "extra": {
-            "stage": "pretrain", "epoch": params.epochs,
+            "stage": "pretrain", "epoch": max(last_epoch, start_epoch),
             "optimizer_state": _cpu_tree(optimizer.state_dict()), "scheduler_state": scheduler.state_dict(),
         },
     }
@@ -463,7 +475,7 @@ def finetune_mcl_lc(
     steps = _steps_per_epoch(num_patches, batch_size, params.max_steps_per_epoch)
     device = resolve_device(params.device)
     history: dict[str, list[float]] = {"loss": []}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(params.seed)
         network = _network_from_checkpoint(checkpoint, params.num_classes).to(device)
         encoder = network.encoder_modules()

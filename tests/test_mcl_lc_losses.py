@@ -213,15 +213,18 @@ def test_resume_continues_from_the_stored_epoch(reloaded: dict[str, Any]) -> Non
 
 
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_run(pretrained: dict[str, Any]) -> None:
-    params = _tiny_pretrain_params(epochs=2)
+def test_chunked_run_equals_uninterrupted_run() -> None:
+    params = _tiny_pretrain_params(epochs=3, batch_size=2)
+    source = _tiny_source(count=2)
+    first = pretrain_mcl_lc(
+        source, in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD, stop_after_epoch=1
+    )
+    assert first["extra"]["epoch"] == 1 and len(first["history"]["loss"]) == 1
     resumed = pretrain_mcl_lc(
-        _tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD,
-        resume_from=pretrained["ckpt"],
+        source, in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD, resume_from=first
     )
-    straight = pretrain_mcl_lc(
-        _tiny_source(), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD
-    )
+    straight = pretrain_mcl_lc(source, in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD)
+    assert resumed["history"] == straight["history"]
     for name, tensor in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][name], tensor, rtol=0, atol=0)
 
