@@ -89,8 +89,15 @@ class ChannelAttention(nn.Module):
 
     def channel_weights(self, features: Tensor) -> Tensor:
         """Per-sample, per-channel weights in (0, 1), shape (B, C)."""
-        average_descriptor = features.mean(dim=(2, 3))
-        max_descriptor = features.amax(dim=(2, 3))
+        return self.weights_from_descriptors(features.mean(dim=(2, 3)), features.amax(dim=(2, 3)))
+
+    def weights_from_descriptors(self, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
+        """Channel weights from given (B, C) average- and max-pooled descriptors.
+
+        Tiled inference over a large scene pools the descriptors over the whole scene first (a cheap
+        reduction of per-tile sums and maxima) and passes them here, so every tile is rescaled exactly
+        as whole-scene inference would rescale it.
+        """
         return torch.sigmoid(self.shared_mlp(average_descriptor) + self.shared_mlp(max_descriptor))
 
     def forward(self, features: Tensor) -> Tensor:
@@ -137,6 +144,11 @@ class SingleSceneClusterer(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         return self.classifier(self.attention(self.features(x)))
+
+    def forward_with_descriptors(self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
+        """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
+        weights = self.attention.weights_from_descriptors(average_descriptor, max_descriptor)
+        return self.classifier(self.features(x) * weights[:, :, None, None])
 
 
 def clusterer_parameter_count(

@@ -64,7 +64,7 @@ class Predictor:
         self._band_mean = torch.tensor(band_mean, dtype=torch.float32, device=device)[:, None, None]
         self._band_std = torch.tensor(band_std, dtype=torch.float32, device=device)[:, None, None]
 
-    def predict(self, block: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, block: np.ndarray, valid: np.ndarray | None = None, *, descriptors=None) -> np.ndarray:
         """Label every pixel of one block.
 
         Args:
@@ -86,9 +86,9 @@ class Predictor:
             raise ValueError(f"block must have shape (bands, rows, cols), got shape {block.shape}")
         if valid is not None:
             valid = np.asarray(valid)[None]
-        return self.predict_batch(block[None], valid)[0]
+        return self.predict_batch(block[None], valid, descriptors=descriptors)[0]
 
-    def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None, *, descriptors=None) -> np.ndarray:
         """Label several same-size blocks in one forward pass.
 
         Each block is still processed independently of the others (eval-mode BatchNorm uses running
@@ -97,6 +97,9 @@ class Predictor:
         Args:
             blocks: Raw pixel values, shape (N, bands, rows, cols), any real numeric dtype.
             valid: Optional bool mask (N, rows, cols); see ``predict``.
+            descriptors: Optional ``(average, max)`` channel descriptors (C,) pooled over a whole
+                scene (see ``attention_moments``); the model then uses them instead of pooling over
+                each block, so tiled inference equals whole-scene inference.
 
         Returns:
             uint8 labels of shape (N, rows, cols).
@@ -120,17 +123,46 @@ class Predictor:
             raise ValueError(f"valid mask must have shape {expected_mask_shape}, got {np.shape(valid)}")
 
         with torch.inference_mode():
-            # Cast before normalising so that integer scenes (uint8, uint16) and float64 scenes all
-            # follow the same float32 arithmetic as the training patches.
-            pixels = torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.float32)).to(self.device)
-            normalised = (pixels - self._band_mean) / self._band_std
-            keep = torch.isfinite(normalised)
-            if valid is not None:
-                mask = torch.from_numpy(np.ascontiguousarray(valid, dtype=np.bool_)).to(self.device)
-                keep &= mask[:, None]
-            normalised = torch.where(keep, normalised, torch.zeros((), device=self.device))
-            labels = self.model(normalised).argmax(dim=1)
-            return labels.to(torch.uint8).cpu().numpy()
+            normalised = self._normalise(blocks, valid)
+            if descriptors is not None:
+                average, maximum = (torch.as_tensor(np.asarray(d, np.float32), device=self.device)[None]
+                                    for d in descriptors)
+                outputs = self.model.forward_with_descriptors(normalised, average, maximum)
+            else:
+                outputs = self.model(normalised)
+            return outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+    def _normalise(self, blocks: np.ndarray, valid: np.ndarray | None) -> torch.Tensor:
+        # Cast before normalising so that integer scenes (uint8, uint16) and float64 scenes all
+        # follow the same float32 arithmetic as the training patches.
+        pixels = torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.float32)).to(self.device)
+        normalised = (pixels - self._band_mean) / self._band_std
+        keep = torch.isfinite(normalised)
+        if valid is not None:
+            mask = torch.from_numpy(np.ascontiguousarray(valid, dtype=np.bool_)).to(self.device)
+            keep &= mask[:, None]
+        return torch.where(keep, normalised, torch.zeros((), device=self.device))
+
+    @property
+    def supports_scene_pooling(self) -> bool:
+        """Whether the model's global pooling can be computed over a whole scene, tile by tile."""
+        return hasattr(self.model, "forward_with_descriptors")
+
+    def attention_moments(self, block: np.ndarray, valid: np.ndarray | None, inner: tuple[slice, slice]):
+        """Sum and maximum over the ``inner`` pixels of the features that the channel attention pools.
+
+        Summed over the tiles of a scene (each tile read with a halo at least the convolutions'
+        radius, ``inner`` its own pixels), these give exactly the whole-scene average and max
+        descriptors. Returns ``(sum (C,), pixel count, max (C,))`` as float64/int.
+        """
+        if not self.supports_scene_pooling:
+            raise ValueError(f"the {self.family} model has no channel attention to pool over a scene")
+        with torch.inference_mode():
+            features = self.model.features(self._normalise(np.asarray(block)[None],
+                                                           None if valid is None else np.asarray(valid)[None]))
+            kept = features[0][:, inner[0], inner[1]]
+            return (kept.sum(dim=(1, 2)).double().cpu().numpy(), int(kept.shape[1] * kept.shape[2]),
+                    kept.amax(dim=(1, 2)).double().cpu().numpy())
 
 
 def load_predictor(

@@ -240,6 +240,9 @@ def predict(
     halo: Annotated[
         Optional[int], typer.Option(min=0, help="Context pixels around each chunk; default: the model's.")
     ] = None,
+    attention_pooling: Annotated[
+        str, typer.Option(help="Clusterer attention: 'scene' (two passes; tiled == whole-scene result) or 'tile'.")
+    ] = "scene",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing label store.")] = False,
 ) -> None:
     """Tiled inference over a tile store on Dask, chunk by chunk, with halos (no seams at chunk edges).
@@ -250,8 +253,11 @@ def predict(
     from eoseg.config import PredictOptions
     from flows.segment_flows import predict_flow
 
-    info = _run_flow(predict_flow, store, model, out, options=PredictOptions(halo=halo), cluster=_cluster_spec(),
-                     overwrite=overwrite)
+    try:
+        options = PredictOptions(halo=halo, attention_pooling=attention_pooling)
+    except ValueError as error:
+        _fail(EosegError(str(error)))
+    info = _run_flow(predict_flow, store, model, out, options=options, cluster=_cluster_spec(), overwrite=overwrite)
     typer.echo(f"label store: {out}  ({info['width']} x {info['height']} px, {info['num_classes']} classes)")
 
 

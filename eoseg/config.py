@@ -71,3 +71,8 @@ class PredictOptions(_Options):
         default=None, ge=0,
         description="Context pixels read around each chunk (overlap-tile); empty: the model family's default.",
     )  # fmt: skip
+    attention_pooling: Literal["scene", "tile"] = Field(
+        default="scene",
+        description="Clusterer's channel attention: 'scene' pools over the whole scene in a first pass "
+        "(tiled output equals whole-scene output), 'tile' pools per tile (one pass, faster).",
+    )

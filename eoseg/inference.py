@@ -4,6 +4,12 @@ Each Dask task reads one output chunk's window grown by a halo, predicts labels 
 and keeps only the centre ("overlap-tile" blending: every kept pixel was predicted with at least
 ``halo`` pixels of real context on each side that the scene has, so chunk edges are not where the network
 sees zero padding). Weights are loaded once per worker process and reused for every chunk it runs.
+
+Global pooling (the clusterer's channel attention) would make each tile's output depend on that tile
+as a whole. With ``attention_pooling="scene"`` (the default for models that support it) a first pass
+reduces the pooled descriptors over the whole scene, chunk by chunk, and the second pass predicts every
+chunk with them: tiled inference then equals whole-scene inference and no chunk can differ from its
+neighbour in how it weights the channels. ``"tile"`` skips the first pass (faster, per-tile pooling).
 Nodata input pixels become nodata (255) labels. The label store has the input's grid and georeferencing.
 """
 
@@ -70,20 +76,30 @@ class PredictChunkJob:
     window: Window
     halo: int
     device: str | None
+    descriptors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+
+def _read_with_halo(store_uri: str, window: Window, halo: int):
+    info = read_store_info(store_uri)
+    grown = window.grown(halo, height_limit=info.height, width_limit=info.width)
+    block = np.asarray(open_data_array(store_uri, info)[(slice(None), *grown.slices)])
+    return block, valid_pixel_mask(block, info.nodata), window.relative_to(grown).slices
+
+
+def attention_moments_chunk(job: PredictChunkJob):
+    """First pass of scene pooling: the chunk's feature sum, pixel count and maximum."""
+    block, valid, inner = _read_with_halo(job.store_uri, job.window, job.halo)
+    return cached_predictor(job.model_uri, job.device).attention_moments(block, valid, inner)
 
 
 def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
     """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
-    info = read_store_info(job.store_uri)
-    grown = job.window.grown(job.halo, height_limit=info.height, width_limit=info.width)
-    block = np.asarray(open_data_array(job.store_uri, info)[(slice(None), *grown.slices)])
-    valid = valid_pixel_mask(block, info.nodata)
+    block, valid, (rows, cols) = _read_with_halo(job.store_uri, job.window, job.halo)
     predictor = cached_predictor(job.model_uri, job.device)
     labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
     if valid.any():
-        labels = predictor.predict(block, valid)
+        labels = predictor.predict(block, valid, descriptors=job.descriptors)
         labels[~valid] = NODATA_LABEL
-    rows, cols = job.window.relative_to(grown).slices
     centre = labels[rows, cols]
     labels_info = read_store_info(job.labels_uri, require_complete=False)
     open_data_array(job.labels_uri, labels_info, mode="r+")[job.window.slices] = centre
@@ -101,6 +117,7 @@ def predict_store(
     overwrite: bool = False,
     client=None,
     use_gpu: bool = False,
+    attention_pooling: str = "scene",
     show_progress: bool | None = None,
 ) -> StoreInfo:
     """Run tiled inference of the checkpoint at ``model_uri`` over ``store_uri`` into ``labels_uri``.
@@ -113,6 +130,8 @@ def predict_store(
         overwrite: replace an existing label store.
         client: a ``distributed.Client`` (default: the active one, else local threads).
         use_gpu: schedule chunks only on workers advertising ``GPU=1`` and predict on CUDA.
+        attention_pooling: ``"scene"`` (two passes, tiled == whole-scene inference) or ``"tile"`` (one
+            pass); models without global pooling ignore it.
         show_progress: terminal progress bar on/off.
     """
     from eo_models.registry import MODEL_BUILDERS
@@ -132,6 +151,11 @@ def predict_store(
         )
     family = checkpoint["family"]
     halo = MODEL_BUILDERS[family].halo if halo is None else halo
+    if attention_pooling not in ("scene", "tile"):
+        from eoseg.errors import ConfigurationError
+
+        raise ConfigurationError(f"attention pooling must be 'scene' or 'tile', got {attention_pooling!r}")
+    scene_pooling = attention_pooling == "scene" and family == "clusterer"
     num_classes = int(checkpoint["num_classes"])
     wanted = replace(
         info,
@@ -143,7 +167,8 @@ def predict_store(
         band_descriptions=("class label",),
         band_stats=None,
         num_classes=num_classes,
-        model={"family": family, "checkpoint": model_uri, "halo": halo, "blending": "overlap-tile centre crop"},
+        model={"family": family, "checkpoint": model_uri, "halo": halo, "blending": "overlap-tile centre crop",
+               "attention_pooling": "scene" if scene_pooling else "tile"},
         source_uri=info.source_uri,
         complete=False,
     )
@@ -151,15 +176,27 @@ def predict_store(
     try:
         done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
         device = "cuda" if use_gpu else None
+        resources = {"GPU": 1} if use_gpu else None
+        descriptors = None
+        if scene_pooling:
+            moments = map_chunks(
+                attention_moments_chunk,
+                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device) for i, w in info.grid.windows()],
+                label="pool", client=client, resources=resources, show_bar=show_progress,
+            )  # fmt: skip
+            total = sum(m[0] for m in moments)
+            count = sum(m[1] for m in moments)
+            maximum = np.max(np.stack([m[2] for m in moments]), axis=0)
+            descriptors = (tuple((total / count).tolist()), tuple(maximum.tolist()))
         jobs = [
-            PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device)
+            PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, descriptors)
             for index, window in info.grid.windows()
             if not done[index]
         ]
         logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", len(jobs), len(info.grid),
                     model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
-        results = map_chunks(predict_chunk, jobs, label="predict", client=client,
-                             resources={"GPU": 1} if use_gpu else None, show_bar=show_progress)
+        results = map_chunks(predict_chunk, jobs, label="predict", client=client, resources=resources,
+                             show_bar=show_progress)
         labels_info = mark_complete(staging, labels_info)
     except BaseException as error:
         if not isinstance(error, (KeyboardInterrupt, SystemExit)) and not resuming:

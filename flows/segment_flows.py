@@ -41,7 +41,7 @@ def predict_flow(
     """Tiled, haloed inference of a checkpoint over a tile store into a label store, on Dask."""
     with dask_cluster(cluster) as address:
         return predict_task(store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite,
-                            scheduler_address=address)
+                            scheduler_address=address, attention_pooling=options.attention_pooling)
 
 
 @flow(name="segment-scene", log_prints=True)
@@ -84,7 +84,7 @@ def segment_scene_flow(
             model_uri = outputs.model
             logger.info("trained model kept at %s", outputs.model)
         predict_task(outputs.tiles, model_uri, outputs.labels, halo=predict.halo, overwrite=overwrite,
-                     scheduler_address=address)
+                     scheduler_address=address, attention_pooling=predict.attention_pooling)
     mosaic_task(outputs.labels, outputs.cog, band=None, overwrite=overwrite,
                 overview_resampling=mosaic.overview_resampling)
     quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")

@@ -48,6 +48,7 @@ def predict_task(
     halo: int | None,
     overwrite: bool,
     scheduler_address: str | None,
+    attention_pooling: str = "scene",
 ) -> dict:
     """Tiled inference on the cluster (GPU workers only, when there are any); returns label store metadata.
 
@@ -56,7 +57,7 @@ def predict_task(
     with connect(scheduler_address) as client:
         use_gpu = has_gpu_workers(client)
         info = predict_store(store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-                             use_gpu=use_gpu)
+                             use_gpu=use_gpu, attention_pooling=attention_pooling)
     return info.to_attrs()
 
 
