@@ -30,8 +30,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed  ## create .venv and install eoseg with its pinned dependencies
 
-demo: install  ## run the main job on a real scene from ../shared/data and print where the outputs are
-	$(BIN)/python -m eoseg.demo --shared-data "$(SHARED_DATA)" --out "$(OUT)"
+# The demo's small CPU training configuration (the paper's I=2, J=50 on every patch is for GPU runs):
+DEMO_TRAINING ?= --epochs 1 --iterations 10 --batch-size 8 --patch-size 64 --max-patches 64
+
+demo: install  ## segment the real SpaceNet scene end to end; prints the outputs and scores
+	@test -f "$(SHARED_DATA)/spacenet/sample_geotiff.tif" || { echo "error: $(SHARED_DATA)/spacenet/sample_geotiff.tif not found; set SHARED_DATA=/path/to/shared/data"; exit 2; }
+	$(BIN)/eoseg run "$(SHARED_DATA)/spacenet/sample_geotiff.tif" --out "$(OUT)/spacenet_map.tif" \
+		--reference "$(SHARED_DATA)/spacenet/geotiff_labels.geojson" --chunk-size 512 $(DEMO_TRAINING) --overwrite
 
 test: install  ## run the test suite (real Prefect server, Dask LocalCluster, loopback S3)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -418,14 +418,10 @@ def median_of(runs: list[dict]) -> dict:
     return chosen
 
 
-def measure(case: str, size: str, workdir: Path, chunk_size: int, repeat: int,
-            patches: list[str] | None = None) -> dict:  # fmt: skip
-    m = median_of([run_child(case, size, workdir, chunk_size, patches) for _ in range(repeat)])
-    label = f"{case}{' +' + '+'.join(patches) if patches else ''}"
-    print(f"[{size}] {label:40s} {m['wall_s']:7.2f} s  cpu {m.get('cpu_s', 0):6.1f} s  peak RSS "
+def report_run(size: str, case: str, m: dict, rep: int, repeat: int) -> None:
+    print(f"[{size}] {rep}/{repeat} {case:14s} {m['wall_s']:7.2f} s  cpu {m.get('cpu_s', 0):6.1f} s  peak RSS "
           f"{mib(m['peak_rss']):>6s} MiB" + (f"  max worker {mib(m['max_worker_rss'])} MiB" if "max_worker_rss" in m
                                              else "") + f"  (load {m.get('loadavg_1min', 0):.1f})", flush=True)
-    return m
 
 
 def mib(value: float | None) -> str:
@@ -574,51 +570,68 @@ TILE_VARIANTS: list[tuple[str, list[str]]] = [
     ("fast-moments", ["fast-moments"]),
     ("+ gdal-cache", ["fast-moments", "gdal-cache"]),
     ("+ direct-open", ["fast-moments", "gdal-cache", "direct-open"]),
-    ("+ clevel1", ["fast-moments", "gdal-cache", "direct-open", "clevel1"]),
+    ("+ no-worker-profiler", ["fast-moments", "gdal-cache", "direct-open", "no-worker-profiler"]),
+    ("+ clevel1", ["fast-moments", "gdal-cache", "direct-open", "no-worker-profiler", "clevel1"]),
 ]
-MOSAIC_VARIANTS: list[tuple[str, list[str]]] = [("as is", []), ("scratch-none", ["scratch-none"])]
+MOSAIC_VARIANTS: list[tuple[str, list[str]]] = [
+    ("as is", []),
+    ("scratch-none", ["scratch-none"]),
+    ("+ mosaic-cache", ["scratch-none", "mosaic-cache"]),
+]
 
 
 def run_experiments(size: str, workdir: Path, chunk_size: int, repeat: int, env: dict, out_dir: Path) -> str:
+    """Every variant and its GDAL reference, round-robin ``repeat`` times (so drifting load hits all alike)."""
     scene = build_named(size, workdir)
     paths = _paths(workdir, size)
     ensure_band1(paths)
-    refs = {case: measure(case, size, workdir, chunk_size, repeat) for case in ("gdal-zarr", "gdal-zarr-l1",
-                                                                                "gdal-cog")}  # fmt: skip
-    rows, raw = [], {"refs": refs, "tile": {}, "mosaic": {}}
-    for case in ("gdal-zarr", "gdal-zarr-l1"):
-        m = refs[case]
-        rows.append(["reference", CASE_LABELS[case], f"{m['wall_s']:.1f}", _secs(m.get("cpu_s")), mib(m["peak_rss"]),
-                     "-", "-"])  # fmt: skip
+    plan: list[tuple[str, str, list[str]]] = [("reference", "gdal-zarr", []), ("reference", "gdal-zarr-l1", [])]
+    plan += [(name, case, patches) for name, patches in TILE_VARIANTS for case in ("tile-threads", "tile-cluster")]
+    mosaic_plan = [("reference", "gdal-cog", [])] + [(name, "mosaic-eoseg", p) for name, p in MOSAIC_VARIANTS]
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for rep in range(repeat):
+        for name, case, patches in plan:
+            runs.setdefault((name, case), []).append(run_child(case, size, workdir, chunk_size, patches))
+        run_child("tile-threads", size, workdir, chunk_size)  # the store the mosaic reads, as eoseg writes it today
+        for name, case, patches in mosaic_plan:
+            runs.setdefault((name, case), []).append(run_child(case, size, workdir, chunk_size, patches))
+        print(f"[{size}] experiments: round {rep + 1}/{repeat} done", flush=True)
+    results = {key: median_of(value) for key, value in runs.items()}
+    refs = {case: results[("reference", case)] for case in ("gdal-zarr", "gdal-zarr-l1", "gdal-cog")}
+
+    def row(name: str, case: str, m: dict, reference: dict | None, worker: bool) -> list[str]:
+        cells = [name, CASE_LABELS[case], f"{m['wall_s']:.1f}", _secs(m.get("cpu_s")), mib(m["peak_rss"])]
+        if worker:
+            cells.append(mib(m.get("max_worker_rss")))
+        if reference is None:
+            return cells + ["-", "-"]
+        return cells + [f"{m['wall_s'] / reference['wall_s']:.2f}x", f"{m['cpu_s'] / reference['cpu_s']:.2f}x"]
+
+    tile_rows = [row("reference", c, refs[c], None, True) for c in ("gdal-zarr", "gdal-zarr-l1")]
     for name, patches in TILE_VARIANTS:
         reference = refs["gdal-zarr-l1" if "clevel1" in patches else "gdal-zarr"]
         for case in ("tile-threads", "tile-cluster"):
-            m = measure(case, size, workdir, chunk_size, repeat, patches)
-            raw["tile"][f"{name} | {case}"] = m
-            rows.append([name, CASE_LABELS[case], f"{m['wall_s']:.1f}", _secs(m.get("cpu_s")), mib(m["peak_rss"]),
-                         mib(m.get("max_worker_rss")), f"{m['wall_s'] / reference['wall_s']:.2f}x"])  # fmt: skip
-    m = refs["gdal-cog"]
-    mosaic_rows = [["reference", CASE_LABELS["gdal-cog"], f"{m['wall_s']:.1f}", _secs(m.get("cpu_s")),
-                    mib(m["peak_rss"]), "-"]]  # fmt: skip
-    measure("tile-threads", size, workdir, chunk_size, 1)  # the store the mosaic reads, as eoseg writes it today
-    for name, patches in MOSAIC_VARIANTS:
-        m = measure("mosaic-eoseg", size, workdir, chunk_size, repeat, patches)
-        raw["mosaic"][name] = m
-        mosaic_rows.append([name, CASE_LABELS["mosaic-eoseg"], f"{m['wall_s']:.1f}", _secs(m.get("cpu_s")),
-                            mib(m["peak_rss"]), f"{m['wall_s'] / refs['gdal-cog']['wall_s']:.2f}x"])  # fmt: skip
+            tile_rows.append(row(name, case, results[(name, case)], reference, True))
+    mosaic_rows = [row("reference", "gdal-cog", refs["gdal-cog"], None, False)]
+    mosaic_rows += [row(name, "mosaic-eoseg", results[(name, "mosaic-eoseg")], refs["gdal-cog"], False)
+                    for name, _ in MOSAIC_VARIANTS]  # fmt: skip
     _remove(paths["dir"])
-    out: list[str] = [f"# eoseg tile / mosaic experiments at {size} ({env['date']}, median of {repeat} run(s))", ""]
+    out: list[str] = [f"# eoseg tile / mosaic experiments at {size} ({env['date']}, median of {repeat} "
+                      "round-robin run(s))", ""]  # fmt: skip
     out += _header_lines(env, {size: scene}, "- ")
-    out += ["- patches (cumulative, see benchmarks/eoseg_patches.py): " + "; ".join(
-        f"{n}: {'+'.join(p) or 'none'}" for n, p in TILE_VARIANTS), ""]  # fmt: skip
+    out += ["- tile patches are cumulative (each row adds one to the row above); see benchmarks/eoseg_patches.py",
+            "- the tile rows with clevel1 are compared with GDAL at Blosc zstd level 1, the others with level 3",
+            "- wall/cpu vs gdal: eoseg wall (CPU) seconds / gdal_translate wall (CPU) seconds", ""]  # fmt: skip
     out += ["## Tile", ""]
-    out += _md_table(["variant", "case", "wall s", "cpu s", "peak RSS MiB", "max worker MiB", "vs gdal (same level)"],
-                     rows, "llrrrrr")  # fmt: skip
+    out += _md_table(["variant", "case", "wall s", "cpu s", "peak RSS MiB", "max worker MiB", "wall vs gdal",
+                      "cpu vs gdal"], tile_rows, "llrrrrrr")  # fmt: skip
     out += ["", "## Mosaic", ""]
-    out += _md_table(["variant", "case", "wall s", "cpu s", "peak RSS MiB", "vs gdal"], mosaic_rows, "llrrrr")
+    out += _md_table(["variant", "case", "wall s", "cpu s", "peak RSS MiB", "wall vs gdal", "cpu vs gdal"],
+                     mosaic_rows, "llrrrrr")  # fmt: skip
     text = "\n".join(out) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tile_experiments.md").write_text(text)
+    raw = {f"{name} | {case}": m for (name, case), m in results.items()}
     (out_dir / "tile_experiments.json").write_text(json.dumps({"environment": env, "size": size, "scene": scene,
                                                                "repeat": repeat, "raw": raw}, indent=2) + "\n")
     return text
@@ -681,8 +694,12 @@ def main(argv: list[str] | None = None) -> None:
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
         ensure_band1(_paths(workdir, size))
         repeats[size] = args.repeat_4x if size == "4x" else args.repeat
-        results[size] = {case: measure(case, size, workdir, args.chunk_size, repeats[size])
-                         for case in (*TILE_CASES, *MOSAIC_CASES)}  # fmt: skip
+        runs: dict[str, list[dict]] = {}
+        for rep in range(repeats[size]):  # round-robin, so drifting load hits every case alike
+            for case in (*TILE_CASES, *MOSAIC_CASES):
+                runs.setdefault(case, []).append(run_child(case, size, workdir, args.chunk_size))
+                report_run(size, case, runs[case][-1], rep + 1, repeats[size])
+        results[size] = {case: median_of(value) for case, value in runs.items()}
         if not args.keep:
             _remove(_paths(workdir, size)["dir"])
     report = build_report(env, scenes, results, sizes)

@@ -14,6 +14,10 @@ Patches:
                    instead of opening the group three times and parsing the ``eoseg`` attribute per chunk.
     clevel1        the store's Blosc zstd level 1 instead of 3 (``create_store(compression_level=1)``).
     scratch-none   mosaic: the scratch GeoTIFF uncompressed instead of ZSTD level 1.
+    mosaic-cache   mosaic: ``GDAL_CACHEMAX=64`` MiB (dirty scratch tiles otherwise pile up in the block cache).
+    no-worker-profiler
+                   cluster: ``distributed.worker.profile.enabled: False`` (Dask workers otherwise sample every
+                   thread's stack every 10 ms); must be applied before the cluster starts.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import os
 
 import numpy as np
 
-ALL = ("fast-moments", "gdal-cache", "direct-open", "clevel1", "scratch-none")
+ALL = ("fast-moments", "gdal-cache", "direct-open", "clevel1", "scratch-none", "mosaic-cache",
+       "no-worker-profiler")
 
 
 def _fast_of_block(cls, block: np.ndarray, valid: np.ndarray):
@@ -89,7 +94,12 @@ def apply(names: list[str] | tuple[str, ...]) -> list[str]:
     import eoseg.mosaic
     import eoseg.tiling
 
-    if "gdal-cache" in names:
+    if "no-worker-profiler" in names:
+        os.environ["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"  # inherited by worker processes
+        import dask
+
+        dask.config.set({"distributed.worker.profile.enabled": False})
+    if "gdal-cache" in names or "mosaic-cache" in names:
         os.environ["GDAL_CACHEMAX"] = "64"
         try:  # GDAL may already be initialised in this process: set the live value too.
             from rasterio.env import set_gdal_config

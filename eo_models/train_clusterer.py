@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from eo_models.checkpoint import FORMAT_VERSION
 from eo_models.clusterer import ClustererConfig, SingleSceneClusterer
-from eo_models.clusterer_losses import clustering_loss, shuffle_batch, shuffled_contrastive_loss
+from eo_models.clusterer_losses import clustering_loss, random_derangement, shuffled_contrastive_loss
 from eo_models.predict import resolve_device
 
 __all__ = [
@@ -188,15 +188,17 @@ class ClustererLosses:
         return self.clustering + self.contrastive
 
 
-def compute_clusterer_losses(model: nn.Module, batch: Tensor, shuffled_batch: Tensor) -> ClustererLosses:
-    """Forward the batch and the shuffled batch and compute L (Eq. 2) and L' (Eq. 3)."""
+def compute_clusterer_losses(model: nn.Module, batch: Tensor, permutation: Tensor) -> ClustererLosses:
+    """Forward the batch once and compute L (Eq. 2) and L' (Eq. 3) against the shuffled batch X'.
+
+    Algorithm 1 passes the shuffled batch X' = X[permutation] through the network. In train mode that
+    output is exactly ``model(X)[permutation]``: BatchNorm's batch statistics do not depend on the order
+    of the batch and the attention pools per patch (``tests/test_clusterer_losses.py`` checks the
+    equality). So X' is not forwarded again: same values, same gradients, half the cost, and the
+    BatchNorm running statistics are updated once per step instead of twice.
+    """
     features = model(batch)
-    # The shuffled batch goes through the network as its own forward pass, as in Algorithm 1. In train
-    # mode this equals features[permutation] up to rounding (BatchNorm's batch statistics do not depend
-    # on the order of the batch, and the attention works per patch), so it doubles the cost for no new
-    # information, and it also updates the BatchNorm running statistics twice per step. It is kept to
-    # follow the paper literally.
-    shuffled_features = model(shuffled_batch)
+    shuffled_features = features[permutation]
     return ClustererLosses(
         clustering=clustering_loss(features),
         contrastive=shuffled_contrastive_loss(features, shuffled_features),
@@ -204,14 +206,14 @@ def compute_clusterer_losses(model: nn.Module, batch: Tensor, shuffled_batch: Te
 
 
 def clusterer_training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, shuffled_batch: Tensor
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, permutation: Tensor
 ) -> ClustererLosses:
     """One update of Algorithm 1 (lines 9-18): compute L + L' and take one optimiser step.
 
     Returns:
         The losses computed before the step, detached.
     """
-    losses = compute_clusterer_losses(model, batch, shuffled_batch)
+    losses = compute_clusterer_losses(model, batch, permutation)
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()
     optimizer.step()
@@ -315,8 +317,8 @@ def train_clusterer(
             for _ in range(params.iterations):
                 # Algorithm 1 shuffles inside the J loop (line 16): a fresh derangement each update, so
                 # every patch meets several different negatives.
-                shuffled_batch, _ = shuffle_batch(batch, generator)
-                losses = clusterer_training_step(model, optimizer, batch, shuffled_batch)
+                permutation = torch.as_tensor(random_derangement(len(indices), generator), device=device)
+                losses = clusterer_training_step(model, optimizer, batch, permutation)
                 clustering_sum += losses.clustering
                 contrastive_sum += losses.contrastive
                 updates += 1

@@ -54,7 +54,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_server():
     """One real temporary Prefect server for the session (every flow run in the tests goes to it)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

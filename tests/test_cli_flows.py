@@ -18,6 +18,9 @@ from eoseg.cli import app
 
 runner = CliRunner()
 
+# Every flow run in these tests goes to one real temporary Prefect server.
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def run_eoseg(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the installed `eoseg` console script against the test session's Prefect server."""

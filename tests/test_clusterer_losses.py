@@ -139,13 +139,14 @@ def test_one_training_step_lowers_the_combined_loss_on_a_fixed_batch(seed: int) 
     torch.manual_seed(seed)
     model = SingleSceneClusterer(ClustererConfig(in_channels=3, num_classes=4)).train()
     batch = torch.randn(4, 3, 16, 16)
-    shuffled_batch, _ = shuffle_batch(batch, np.random.default_rng(seed))
+    _, permutation = shuffle_batch(batch, np.random.default_rng(seed))
+    permutation = torch.as_tensor(permutation)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with torch.no_grad():
-        before = compute_clusterer_losses(model, batch, shuffled_batch).total.item()
-    reported = clusterer_training_step(model, optimizer, batch, shuffled_batch)
+        before = compute_clusterer_losses(model, batch, permutation).total.item()
+    reported = clusterer_training_step(model, optimizer, batch, permutation)
     with torch.no_grad():
-        after = compute_clusterer_losses(model, batch, shuffled_batch).total.item()
+        after = compute_clusterer_losses(model, batch, permutation).total.item()
     assert reported.total.item() == pytest.approx(before, rel=1e-5)
     assert after < before
 
@@ -190,3 +191,14 @@ def test_training_refuses_patches_of_another_size_than_the_params_say() -> None:
     params = ClustererTrainingParams(iterations=1, patch_size=64, device="cpu")
     with pytest.raises(ValueError, match=r"expected \(4, 3, 64, 64\)"):
         train_clusterer(patches, in_channels=3, params=params, band_mean=[0.0] * 3, band_std=[1.0] * 3)
+
+
+def test_forwarding_the_shuffled_batch_equals_indexing_the_output_in_train_mode() -> None:
+    """Why training forwards X once: model(X[perm]) == model(X)[perm] (BatchNorm batch statistics are
+    order-free, attention pools per patch), so Algorithm 1's second pass adds nothing."""
+    torch.manual_seed(0)
+    model = SingleSceneClusterer(ClustererConfig(in_channels=3, num_classes=5)).train()
+    batch = torch.randn(6, 3, 20, 20)
+    shuffled, permutation = shuffle_batch(batch, np.random.default_rng(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(shuffled), model(batch)[torch.as_tensor(permutation)], rtol=1e-5, atol=1e-5)

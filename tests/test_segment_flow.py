@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import rasterio
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
@@ -15,6 +16,9 @@ from eoseg.config import ClustererTrainingOptions, TileOptions
 from flows.segment_flows import segment_scene_flow
 
 SMALL_TRAINING = ClustererTrainingOptions(epochs=1, iterations=3, batch_size=4, patch_size=32, max_patches=16)
+
+# Every flow run in these tests goes to one real temporary Prefect server.
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def test_segment_spacenet_end_to_end_with_scores(tmp_path, dask_address, shared_data):
