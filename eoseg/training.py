@@ -105,7 +105,7 @@ def train_clusterer_on_store(
         "seconds": round(seconds, 2),
         "patches_per_second": round(len(patches) * training.epochs * training.iterations / max(seconds, 1e-9), 2),
         "final_loss": float(losses[-1]) if losses else None,
-        "device": checkpoint["train_params"].get("device"),
+        "device": checkpoint["train_params"].get("resolved_device", checkpoint["train_params"].get("device")),
         "params": asdict(training),
     }
     logger.info("trained in %.1f s on %s; checkpoint %s", seconds, summary["device"], model_uri)
