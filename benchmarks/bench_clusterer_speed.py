@@ -75,7 +75,9 @@ def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 10.0, log
     announced = False
     while os.getloadavg()[0] > max_load and time.monotonic() - started < max_wait_s:
         if not announced:
-            log(f"    load {loads()} > {max_load}: waiting up to {max_wait_s:.0f} s for the machine to quieten")
+            log(
+                f"    load {loads()} > {max_load}: waiting up to {max_wait_s:.0f} s for the machine to quieten"
+            )
             announced = True
         time.sleep(poll_s)
     return round(time.monotonic() - started, 1)
@@ -117,26 +119,39 @@ def header_lines(header: dict) -> list[str]:
     return [
         f"date: {header['date']}",
         f"machine: {header['cpu']}, {header['cores']} cores, {header['ram_gib']} GiB RAM, CUDA: {header['cuda']}",
-        f"python {header['python']}, torch {header['torch']}, torch.get_num_threads() = {header['torch_threads']} "
-        f"(interop {header['torch_interop_threads']})",
+        (
+            f"python {header['python']}, torch {header['torch']}, torch.get_num_threads() = {header['torch_threads']} "
+            f"(interop {header['torch_interop_threads']})"
+        ),
         f"load averages (1/5/15 min): at start {header['load_at_start']}, at end {header.get('load_at_end')}",
     ]
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
-    out = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |",
-           "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"]
+    widths = [
+        max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
+    ]
+    out = [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |",
+        "|"
+        + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths))
+        + "|",
+    ]
     for r in rows:
-        out.append("| " + " | ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
-                                     for i, (v, w) in enumerate(zip(r, widths))) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))
+            )
+            + " |"
+        )
     return out
 
 
 def run_subprocess_case(script: Path, case: dict, *, timeout_s: float = 1800) -> dict:
     """Run ``script --one JSON`` in a fresh interpreter; its last stdout line is the JSON result."""
     command = [sys.executable, str(script), "--one", json.dumps(case)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"case {case} failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
     last = [line for line in completed.stdout.splitlines() if line.startswith("{")][-1]
@@ -189,10 +204,21 @@ def build_naip_grid(out_path: Path, tiles_x: int, tiles_y: int) -> dict:
             shapes.append((src.height, src.width))
     cell_h, cell_w = min(h for h, _ in shapes), min(w for _, w in shapes)
     with rasterio.open(paths[0]) as first:
-        profile = {"driver": "GTiff", "width": tiles_x * cell_w, "height": tiles_y * cell_h, "count": first.count,
-                   "dtype": first.dtypes[0], "crs": first.crs, "transform": first.transform, "nodata": first.nodata,
-                   "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "DEFLATE",
-                   "interleave": "pixel"}
+        profile = {
+            "driver": "GTiff",
+            "width": tiles_x * cell_w,
+            "height": tiles_y * cell_h,
+            "count": first.count,
+            "dtype": first.dtypes[0],
+            "crs": first.crs,
+            "transform": first.transform,
+            "nodata": first.nodata,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "DEFLATE",
+            "interleave": "pixel",
+        }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")
     used = []
@@ -205,8 +231,13 @@ def build_naip_grid(out_path: Path, tiles_x: int, tiles_y: int) -> dict:
                     cell = src.read(window=Window(0, 0, cell_w, cell_h))
                 dst.write(cell, window=Window(tx * cell_w, ty * cell_h, cell_w, cell_h))
     os.replace(partial, out_path)
-    return {"path": str(out_path), "width": profile["width"], "height": profile["height"],
-            "bands": profile["count"], "sources": used}
+    return {
+        "path": str(out_path),
+        "width": profile["width"],
+        "height": profile["height"],
+        "bands": profile["count"],
+        "sources": used,
+    }
 
 
 def tile_once(scene: str, store: str, chunk_size: int) -> None:
@@ -249,12 +280,18 @@ def case_train(case: dict) -> dict:
         model_path = os.path.join(case["workdir"], f"speed_{case['scene']}_{os.getpid()}.pt")
         result["load_start"] = loads()
         cpu0, started = _cpu_seconds(), time.perf_counter()
-        summary = train_clusterer_on_store(store, model_path, params=params, max_patches=max_patches, overwrite=True)
+        summary = train_clusterer_on_store(
+            store, model_path, params=params, max_patches=max_patches, overwrite=True
+        )
         seconds = time.perf_counter() - started
         result.update(cpu_s=_cpu_seconds() - cpu0, load_end=loads())
         os.remove(model_path)
-        result.update(patches=summary["patches"], seconds=seconds, loop_seconds=summary["seconds"],
-                      final_loss=summary["final_loss"])
+        result.update(
+            patches=summary["patches"],
+            seconds=seconds,
+            loop_seconds=summary["seconds"],
+            final_loss=summary["final_loss"],
+        )
     else:  # plain PyTorch: the same patches, in memory as one tensor; the same loop as train_clusterer
         source = ZarrPatchSource(store, training.patch_size, max_patches=max_patches, seed=training.seed)
         patches = torch.from_numpy(source.read(list(range(len(source)))))
@@ -263,7 +300,9 @@ def case_train(case: dict) -> dict:
         cpu0, started = _cpu_seconds(), time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(training.seed)
-            model = SingleSceneClusterer(ClustererConfig(in_channels=in_channels, num_classes=training.num_classes))
+            model = SingleSceneClusterer(
+                ClustererConfig(in_channels=in_channels, num_classes=training.num_classes)
+            )
         model.train()
         optimizer = _build_optimizer(training, model)
         generator = np.random.default_rng(training.seed)
@@ -319,8 +358,14 @@ def case_infer(case: dict) -> dict:
         for _ in range(repeats):
             load0, cpu0, t0 = loads(), _cpu_seconds(), time.perf_counter()
             labels = predictor.predict(block, valid)
-            result["runs"].append({"seconds": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - cpu0,
-                                   "load_start": load0, "load_end": loads()})
+            result["runs"].append(
+                {
+                    "seconds": time.perf_counter() - t0,
+                    "cpu_s": _cpu_seconds() - cpu0,
+                    "load_start": load0,
+                    "load_end": loads(),
+                }
+            )
         result["load_end"] = loads()
         result["label_histogram"] = np.bincount(labels.ravel(), minlength=8).tolist()
         result["first_seconds"] = result["model_load_s"] + result["runs"][0]["seconds"]
@@ -332,10 +377,20 @@ def case_infer(case: dict) -> dict:
         for index in range(repeats):
             labels_uri = os.path.join(case["workdir"], f"labels_{os.getpid()}_{index}.zarr")
             load0, cpu0, t0 = loads(), _cpu_seconds(), time.perf_counter()
-            inference.predict_store(case["store"], case["model"], labels_uri, client=client,
-                                    attention_pooling=case["pooling"], show_progress=False)
-            run = {"seconds": time.perf_counter() - t0, "cpu_s_main": _cpu_seconds() - cpu0,
-                   "load_start": load0, "load_end": loads()}
+            inference.predict_store(
+                case["store"],
+                case["model"],
+                labels_uri,
+                client=client,
+                attention_pooling=case["pooling"],
+                show_progress=False,
+            )
+            run = {
+                "seconds": time.perf_counter() - t0,
+                "cpu_s_main": _cpu_seconds() - cpu0,
+                "load_start": load0,
+                "load_end": loads(),
+            }
             result["runs"].append(run)
             shutil.rmtree(labels_uri, ignore_errors=True)
 
@@ -346,7 +401,10 @@ def case_infer(case: dict) -> dict:
         result["model_loads"] = inference.model_load_counts()
     else:
         started = time.perf_counter()
-        with dask_cluster(ClusterSpec(n_workers=2, threads_per_worker=1)) as address, connect(address) as client:
+        with (
+            dask_cluster(ClusterSpec(n_workers=2, threads_per_worker=1)) as address,
+            connect(address) as client,
+        ):
             result["cluster_startup_s"] = time.perf_counter() - started
 
             def worker_state():
@@ -354,7 +412,10 @@ def case_infer(case: dict) -> dict:
 
                 import torch as _torch
 
-                return {"torch_threads": _torch.get_num_threads(), "OMP_NUM_THREADS": _os.environ.get("OMP_NUM_THREADS")}
+                return {
+                    "torch_threads": _torch.get_num_threads(),
+                    "OMP_NUM_THREADS": _os.environ.get("OMP_NUM_THREADS"),
+                }
 
             def worker_loads():
                 from eoseg.inference import model_load_counts
@@ -382,9 +443,11 @@ def prepare_inputs(args, workdir: Path) -> dict:
     from eo_models.train_clusterer import ClustererTrainingParams, train_clusterer
     from eoseg.patches import ZarrPatchSource
 
-    naip_one = sorted(glob.glob(str(NAIP_DIR / "*.tif")))[0]
-    inputs = {"spacenet": {"scene": str(SPACENET), "store": str(workdir / "spacenet.zarr")},
-              "naip": {"scene": naip_one, "store": str(workdir / "naip_one.zarr")}}
+    naip_one = min(glob.glob(str(NAIP_DIR / "*.tif")))
+    inputs = {
+        "spacenet": {"scene": str(SPACENET), "store": str(workdir / "spacenet.zarr")},
+        "naip": {"scene": naip_one, "store": str(workdir / "naip_one.zarr")},
+    }
     for item in inputs.values():
         tile_once(item["scene"], item["store"], 1024)
     tiles_x, tiles_y = (int(v) for v in args.grid.lower().split("x"))
@@ -403,8 +466,13 @@ def prepare_inputs(args, workdir: Path) -> dict:
         # A real (briefly trained) checkpoint; speed does not depend on how well it is trained.
         params = ClustererTrainingParams(epochs=1, iterations=2, batch_size=4, device="cpu")
         source = ZarrPatchSource(str(big_store), params.patch_size, max_patches=8, seed=0)
-        checkpoint = train_clusterer(source, in_channels=source.band_count, params=params,
-                                     band_mean=source.band_mean, band_std=source.band_std)
+        checkpoint = train_clusterer(
+            source,
+            in_channels=source.band_count,
+            params=params,
+            band_mean=source.band_mean,
+            band_std=source.band_std,
+        )
         save_checkpoint(str(model), checkpoint)
     inputs["infer"] = {"scene": str(big), "store": str(big_store), "model": str(model), **built}
     return inputs
@@ -426,17 +494,30 @@ def main() -> None:
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR)
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--grid", default="2x2", help="inference scene: NAIP years side by side, COLSxROWS")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="tile store chunk edge (eoseg's default 1024)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=1024, help="tile store chunk edge (eoseg's default 1024)"
+    )
     parser.add_argument("--train-repeats", type=int, default=2, help="fresh-process runs per training case")
-    parser.add_argument("--infer-repeats", type=int, default=3,
-                        help="runs per inference case in one process (run 1 is cold: model load, warm-up)")
+    parser.add_argument(
+        "--infer-repeats",
+        type=int,
+        default=3,
+        help="runs per inference case in one process (run 1 is cold: model load, warm-up)",
+    )
     parser.add_argument("--iterations", type=int, default=5, help="J for the training cases")
     parser.add_argument("--max-patches", type=int, default=32)
     parser.add_argument("--max-load", type=float, default=2.5)
-    parser.add_argument("--max-wait", type=float, default=240, help="seconds to wait for a quiet machine per case")
-    parser.add_argument("--attempts", type=int, default=3, help="runs of a case that started on a busy machine")
-    parser.add_argument("--no-experiments", action="store_true",
-                        help="skip the extra rows (threaded stage with 1 torch thread)")
+    parser.add_argument(
+        "--max-wait", type=float, default=240, help="seconds to wait for a quiet machine per case"
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=3, help="runs of a case that started on a busy machine"
+    )
+    parser.add_argument(
+        "--no-experiments",
+        action="store_true",
+        help="skip the extra rows (threaded stage with 1 torch thread)",
+    )
     args = parser.parse_args()
 
     if args.one:
@@ -469,30 +550,57 @@ def main() -> None:
                 runs = []
                 for repeat in range(args.train_repeats):
                     print(f"  train {scene} {mode} run {repeat + 1}/{args.train_repeats} ...", flush=True)
-                    case = {"kind": "train", "scene": scene, "mode": mode, "store": inputs[scene]["store"],
-                            "params": train_params, "max_patches": args.max_patches, "workdir": str(workdir)}
+                    case = {
+                        "kind": "train",
+                        "scene": scene,
+                        "mode": mode,
+                        "store": inputs[scene]["store"],
+                        "params": train_params,
+                        "max_patches": args.max_patches,
+                        "workdir": str(workdir),
+                    }
                     result = run_case(case)
-                    print(f"    {result['patches_per_s']:.2f} patch-it/s in {result['seconds']:.1f} s, "
-                          f"load {load_str(result)}", flush=True)
+                    print(
+                        f"    {result['patches_per_s']:.2f} patch-it/s in {result['seconds']:.1f} s, "
+                        f"load {load_str(result)}",
+                        flush=True,
+                    )
                     runs.append(result)
-                report["train"].append({"scene": scene, "mode": mode, "runs": runs,
-                                        "median_patches_per_s": statistics.median(r["patches_per_s"] for r in runs)})
+                report["train"].append(
+                    {
+                        "scene": scene,
+                        "mode": mode,
+                        "runs": runs,
+                        "median_patches_per_s": statistics.median(r["patches_per_s"] for r in runs),
+                    }
+                )
 
     # ---- inference -------------------------------------------------------------------------------
     if args.only in (None, "infer"):
         infer = inputs["infer"]
-        base = {"kind": "infer", "scene": infer["scene"], "store": infer["store"], "model": infer["model"],
-                "workdir": str(workdir), "repeats": args.infer_repeats}
-        cases = [("bare forward (whole array, 1 process)", {"mode": "bare", "torch_threads": 2}),
-                 ("stage tile, threads", {"mode": "stage", "pooling": "tile", "executor": "threads"}),
-                 ("stage scene, threads", {"mode": "stage", "pooling": "scene", "executor": "threads"}),
-                 ("stage tile, LocalCluster 2x1", {"mode": "stage", "pooling": "tile", "executor": "cluster"}),
-                 ("stage scene, LocalCluster 2x1", {"mode": "stage", "pooling": "scene", "executor": "cluster"})]
+        base = {
+            "kind": "infer",
+            "scene": infer["scene"],
+            "store": infer["store"],
+            "model": infer["model"],
+            "workdir": str(workdir),
+            "repeats": args.infer_repeats,
+        }
+        cases = [
+            ("bare forward (whole array, 1 process)", {"mode": "bare", "torch_threads": 2}),
+            ("stage tile, threads", {"mode": "stage", "pooling": "tile", "executor": "threads"}),
+            ("stage scene, threads", {"mode": "stage", "pooling": "scene", "executor": "threads"}),
+            ("stage tile, LocalCluster 2x1", {"mode": "stage", "pooling": "tile", "executor": "cluster"}),
+            ("stage scene, LocalCluster 2x1", {"mode": "stage", "pooling": "scene", "executor": "cluster"}),
+        ]
         if not args.no_experiments:
-            cases += [("experiment: stage tile, threads, torch 1 thread",
-                       {"mode": "stage", "pooling": "tile", "executor": "threads", "torch_threads": 1}),
-                      ("experiment: bare forward, torch 1 thread",
-                       {"mode": "bare", "torch_threads": 1})]
+            cases += [
+                (
+                    "experiment: stage tile, threads, torch 1 thread",
+                    {"mode": "stage", "pooling": "tile", "executor": "threads", "torch_threads": 1},
+                ),
+                ("experiment: bare forward, torch 1 thread", {"mode": "bare", "torch_threads": 1}),
+            ]
         for name, extra in cases:
             print(f"  infer: {name} ...", flush=True)
             result = run_case({**base, **extra})
@@ -501,8 +609,11 @@ def main() -> None:
             result["steady_seconds"] = statistics.median(steady)
             result["first_mp_per_s"] = result["megapixels"] / result["first_seconds"]
             result["steady_mp_per_s"] = result["megapixels"] / result["steady_seconds"]
-            print(f"    first {result['first_seconds']:.1f} s, steady {result['steady_seconds']:.1f} s = "
-                  f"{result['steady_mp_per_s']:.3f} MP/s, load {load_str(result)}", flush=True)
+            print(
+                f"    first {result['first_seconds']:.1f} s, steady {result['steady_seconds']:.1f} s = "
+                f"{result['steady_mp_per_s']:.3f} MP/s, load {load_str(result)}",
+                flush=True,
+            )
             report["infer"].append(result)
 
     header["load_at_end"] = loads()
@@ -520,20 +631,28 @@ def render(report: dict) -> list[str]:
     header = report["header"]
     lines = ["# Clusterer speed", ""]
     lines += [f"- {line}" for line in header_lines(header)]
-    lines.append(f"- a case is re-run when the 1-minute load was > {report['args']['max_load']} when it started; "
-                 "`load` = 1-minute load average at start -> end of the kept run; `(busy)` = every attempt "
-                 "started above the threshold")
+    lines.append(
+        f"- a case is re-run when the 1-minute load was > {report['args']['max_load']} when it started; "
+        "`load` = 1-minute load average at start -> end of the kept run; `(busy)` = every attempt "
+        "started above the threshold"
+    )
     lines.append("")
     if report["train"]:
         params = report["args"]
-        lines += ["## Training throughput (CPU)", "",
-                  f"Default parameters except a short run: patch 64, batch B = 16, I = 1 epoch, "
-                  f"J = {params['iterations']}, max_patches = {params['max_patches']}, Adam 1e-3, K = 8. "
-                  "Throughput = patch-iterations per second (each of the J updates on a batch of B patches "
-                  "counts B). `eoseg` = `train_clusterer_on_store` end to end (patch index over the Zarr store, "
-                  "reads, normalisation, training loop, checkpoint written); `plain` = the same model, losses, "
-                  "optimiser, batches and derangements on the same patches already in memory as one tensor. "
-                  f"Median of {params['train_repeats']} fresh-process runs.", ""]
+        lines += [
+            "## Training throughput (CPU)",
+            "",
+            (
+                f"Default parameters except a short run: patch 64, batch B = 16, I = 1 epoch, "
+                f"J = {params['iterations']}, max_patches = {params['max_patches']}, Adam 1e-3, K = 8. "
+                "Throughput = patch-iterations per second (each of the J updates on a batch of B patches "
+                "counts B). `eoseg` = `train_clusterer_on_store` end to end (patch index over the Zarr store, "
+                "reads, normalisation, training loop, checkpoint written); `plain` = the same model, losses, "
+                "optimiser, batches and derangements on the same patches already in memory as one tensor. "
+                f"Median of {params['train_repeats']} fresh-process runs."
+            ),
+            "",
+        ]
         rows = []
         by_key = {(t["scene"], t["mode"]): t for t in report["train"]}
         for entry in report["train"]:
@@ -541,31 +660,61 @@ def render(report: dict) -> list[str]:
             ratio = entry["median_patches_per_s"] / plain["median_patches_per_s"] if plain else None
             runs = entry["runs"]
             bands = "1-band uint16 900x900" if entry["scene"] == "spacenet" else "4-band uint8 934x724"
-            rows.append([
-                f"{entry['scene']} ({bands})", entry["mode"], runs[0]["patches"], runs[0]["patch_iterations"],
-                " / ".join(f"{r['seconds']:.1f}" for r in runs),
-                fmt(entry["median_patches_per_s"]), fmt(ratio) if entry["mode"] == "eoseg" else "1.00",
-                " / ".join(f"{r['cpu_s'] / r['seconds']:.2f}" for r in runs),
-                "; ".join(load_str(r) for r in runs),
-            ])
-        lines += markdown_table(["scene", "loop", "patches", "patch-its", "wall s (runs)", "patch-its/s",
-                                 "eoseg/plain", "cpu/wall", "load"], rows)
+            rows.append(
+                [
+                    f"{entry['scene']} ({bands})",
+                    entry["mode"],
+                    runs[0]["patches"],
+                    runs[0]["patch_iterations"],
+                    " / ".join(f"{r['seconds']:.1f}" for r in runs),
+                    fmt(entry["median_patches_per_s"]),
+                    fmt(ratio) if entry["mode"] == "eoseg" else "1.00",
+                    " / ".join(f"{r['cpu_s'] / r['seconds']:.2f}" for r in runs),
+                    "; ".join(load_str(r) for r in runs),
+                ]
+            )
+        lines += markdown_table(
+            [
+                "scene",
+                "loop",
+                "patches",
+                "patch-its",
+                "wall s (runs)",
+                "patch-its/s",
+                "eoseg/plain",
+                "cpu/wall",
+                "load",
+            ],
+            rows,
+        )
         lines.append("")
     if report["infer"]:
         infer = report["inputs"]["infer"]
-        bare = next((r for r in report["infer"] if r["case"]["mode"] == "bare" and r["case"].get("torch_threads") == 2),
-                    None)
+        bare = next(
+            (
+                r
+                for r in report["infer"]
+                if r["case"]["mode"] == "bare" and r["case"].get("torch_threads") == 2
+            ),
+            None,
+        )
         bare_rate = bare["steady_mp_per_s"] if bare else None
-        lines += ["## Inference throughput (CPU)", "",
-                  f"Scene: {infer['width']} x {infer['height']} px ({infer['width'] * infer['height'] / 1e6:.2f} MP), "
-                  f"{infer['bands']} bands uint8, NAIP years side by side (`{Path(infer['scene']).name}`); "
-                  f"tile store chunks {report['args']['chunk_size']} px, halo 16 px (the clusterer's). "
-                  "`first` = the first run in a fresh process (model load, torch/oneDNN warm-up; for the stage "
-                  "also the model load in every worker); `steady` = median of the later runs in the same "
-                  "process/cluster (the model cached). Cluster start-up is not timed (warm cluster). "
-                  "Ratio = stage MP/s / bare forward MP/s (steady). Target: ratio >= 0.70 for the one-pass "
-                  "(`tile`) mode; the `scene` mode runs the convolutions twice (pooling pass + labelling "
-                  "pass), so ~0.5 is its ceiling.", ""]
+        lines += [
+            "## Inference throughput (CPU)",
+            "",
+            (
+                f"Scene: {infer['width']} x {infer['height']} px ({infer['width'] * infer['height'] / 1e6:.2f} MP), "
+                f"{infer['bands']} bands uint8, NAIP years side by side (`{Path(infer['scene']).name}`); "
+                f"tile store chunks {report['args']['chunk_size']} px, halo 16 px (the clusterer's). "
+                "`first` = the first run in a fresh process (model load, torch/oneDNN warm-up; for the stage "
+                "also the model load in every worker); `steady` = median of the later runs in the same "
+                "process/cluster (the model cached). Cluster start-up is not timed (warm cluster). "
+                "Ratio = stage MP/s / bare forward MP/s (steady). Target: ratio >= 0.70 for the one-pass "
+                "(`tile`) mode; the `scene` mode runs the convolutions twice (pooling pass + labelling "
+                "pass), so ~0.5 is its ceiling."
+            ),
+            "",
+        ]
         rows = []
         for r in report["infer"]:
             threads = r.get("torch_threads_workers")
@@ -580,15 +729,43 @@ def render(report: dict) -> list[str]:
             verdict = ""
             if r["case"]["mode"] == "stage" and not r["name"].startswith("experiment"):
                 target = 0.7 if r["case"]["pooling"] == "tile" else 0.5
-                verdict = ("PASS" if ratio_steady is not None and ratio_steady >= target else "MISS") + f" (>= {target})"
-            rows.append([r["name"], threads_s, fmt(r["first_seconds"], 1), fmt(r["steady_seconds"], 1),
-                         fmt(r["first_mp_per_s"], 3), fmt(r["steady_mp_per_s"], 3), fmt(ratio_first),
-                         fmt(ratio_steady), verdict, load_str(r)])
-        lines += markdown_table(["case", "threads", "first s", "steady s", "first MP/s", "steady MP/s",
-                                 "ratio first", "ratio steady", "target", "load"], rows)
+                verdict = (
+                    "PASS" if ratio_steady is not None and ratio_steady >= target else "MISS"
+                ) + f" (>= {target})"
+            rows.append(
+                [
+                    r["name"],
+                    threads_s,
+                    fmt(r["first_seconds"], 1),
+                    fmt(r["steady_seconds"], 1),
+                    fmt(r["first_mp_per_s"], 3),
+                    fmt(r["steady_mp_per_s"], 3),
+                    fmt(ratio_first),
+                    fmt(ratio_steady),
+                    verdict,
+                    load_str(r),
+                ]
+            )
+        lines += markdown_table(
+            [
+                "case",
+                "threads",
+                "first s",
+                "steady s",
+                "first MP/s",
+                "steady MP/s",
+                "ratio first",
+                "ratio steady",
+                "target",
+                "load",
+            ],
+            rows,
+        )
         lines.append("")
-        lines.append("For `scene` the target column is the two-pass ceiling of 0.5, not the issue's 0.7 (which is "
-                     "for the one-pass mode).")
+        lines.append(
+            "For `scene` the target column is the two-pass ceiling of 0.5, not the issue's 0.7 (which is "
+            "for the one-pass mode)."
+        )
         lines.append("")
     return lines
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -143,12 +144,23 @@ class SingleSceneClusterer(nn.Module):
                 f"expected input of shape (batch, {self.config.in_channels}, rows, cols), "
                 f"got {tuple(x.shape)}"
             )
-        return self.classifier(self.attention(self.features(x)))
+        return self._classify(self.attention(self.features(x)))
 
     def forward_with_descriptors(self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
         """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
         weights = self.attention.weights_from_descriptors(average_descriptor, max_descriptor)
-        return self.classifier(self.features(x) * weights[:, :, None, None])
+        return self._classify(self.features(x) * weights[:, :, None, None])
+
+    def _classify(self, features: Tensor) -> Tensor:
+        """The final 1x1 convolution; in eval mode computed in float64.
+
+        The float32 1x1 convolution sums its 64 products in an order that depends on the number of CPU
+        threads, so labels of near-tie pixels would depend on how many threads a Dask worker has. In
+        float64 the argmax is the same for any thread count; the layer is under 0.3 % of the FLOPs.
+        """
+        if self.training:
+            return self.classifier(features)
+        return F.conv2d(features.double(), self.classifier.weight.double(), self.classifier.bias.double())
 
 
 def clusterer_parameter_count(

@@ -161,7 +161,9 @@ class Predictor:
             features = self.model.features(self._normalise(np.asarray(block)[None],
                                                            None if valid is None else np.asarray(valid)[None]))
             kept = features[0][:, inner[0], inner[1]]
-            return (kept.sum(dim=(1, 2)).double().cpu().numpy(), int(kept.shape[1] * kept.shape[2]),
+            # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
+            # differs between Dask workers and this process; the labels must not.
+            return (kept.double().sum(dim=(1, 2)).cpu().numpy(), int(kept.shape[1] * kept.shape[2]),
                     kept.amax(dim=(1, 2)).double().cpu().numpy())
 
 

@@ -340,6 +340,11 @@ def quicklook(
     typer.echo(f"quick-look: {out}")
 
 
+from eoseg.cli_mcl_lc import register as _register_mcl_lc  # noqa: E402  (commands live in their own module)
+
+_register_mcl_lc(app, train_app)
+
+
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -80,7 +80,17 @@ def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
     spec = spec or ClusterSpec()
     address = spec.resolved_address()
     if address:
-        logger.info("using the Dask cluster at %s", address)
+        try:
+            from distributed import Client
+
+            with Client(address, set_as_default=False, timeout="30s") as client:
+                logger.info("using the Dask cluster at %s (%d workers); dashboard %s", address,
+                            len(client.scheduler_info(n_workers=-1)["workers"]), client.dashboard_link)
+        except OSError as error:
+            from eoseg.errors import ConfigurationError
+
+            raise ConfigurationError(f"cannot reach the Dask scheduler at {address} ({error}); check the "
+                                     f"address (--cluster / {CLUSTER_ENV_VAR}) and that the scheduler runs") from error
         yield address
         return
     cluster = _start_local_cluster(spec)

@@ -65,6 +65,16 @@ def active_client():
         return None
 
 
+def current_worker_address() -> str:
+    """The address of the Dask worker running this call, or ``"local"`` outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
 def map_chunks(
     function: Callable[..., T],
     items: Sequence[Any],

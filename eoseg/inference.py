@@ -25,7 +25,7 @@ import numpy as np
 
 from eoseg import storage
 from eoseg.colors import NODATA_LABEL
-from eoseg.compute import map_chunks
+from eoseg.compute import current_worker_address, map_chunks
 from eoseg.errors import BandCountError
 from eoseg.geometry import Window
 from eoseg.store import (
@@ -105,7 +105,8 @@ def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
     open_data_array(job.labels_uri, labels_info, mode="r+")[job.window.slices] = centre
     mark_chunk_done(job.labels_uri, job.chunk_index)
     values, counts = np.unique(centre, return_counts=True)
-    return {"pid": os.getpid(), **{str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
+    return {"pid": os.getpid(), "worker": current_worker_address(),
+            **{str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
 
 
 def predict_store(
@@ -129,7 +130,7 @@ def predict_store(
         halo: context pixels around each chunk; default: the model family's halo.
         overwrite: replace an existing label store.
         client: a ``distributed.Client`` (default: the active one, else local threads).
-        use_gpu: schedule chunks only on workers advertising ``GPU=1`` and predict on CUDA.
+        use_gpu: schedule chunks only on workers advertising ``GPU=1`` (which predict on CUDA when present).
         attention_pooling: ``"scene"`` (two passes, tiled == whole-scene inference) or ``"tile"`` (one
             pass); models without global pooling ignore it.
         show_progress: terminal progress bar on/off.
@@ -175,7 +176,7 @@ def predict_store(
     staging, labels_info, resuming = prepare_output_store(labels_uri, wanted, overwrite=overwrite)
     try:
         done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
-        device = "cuda" if use_gpu else None
+        device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
         resources = {"GPU": 1} if use_gpu else None
         descriptors = None
         if scene_pooling:
@@ -203,6 +204,6 @@ def predict_store(
             storage.remove(staging)
         raise
     publish_store(staging, labels_uri)
-    processes = sorted({r["pid"] for r in results})
-    logger.info("wrote %s (%d chunk(s) predicted in %d process(es))", labels_uri, len(jobs), len(processes))
+    workers = sorted({r["worker"] for r in results})
+    logger.info("wrote %s (%d chunk(s) predicted on %d worker(s))", labels_uri, len(jobs), len(workers))
     return labels_info

@@ -45,14 +45,24 @@ class ZarrPatchSource:
         min_valid_fraction: windows with fewer valid pixels (e.g. a nodata collar) are left out.
         max_patches: keep a random subset of at most this many windows (seeded); None keeps all.
         seed: seed for that subset.
+        normalisation: per-band ``(mean, std)`` to normalise with instead of the store's own statistics
+            (e.g. pooled over several stores, or a pre-trained checkpoint's).
     """
 
     def __init__(self, store_uri: str, patch_size: int, *, min_valid_fraction: float = 0.5,
-                 max_patches: int | None = None, seed: int = 0) -> None:
+                 max_patches: int | None = None, seed: int = 0,
+                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.store_uri = store_uri
         self.info = read_store_info(store_uri)
         self.patch_size = patch_size
-        self.band_mean, self.band_std = band_normalisation(self.info)
+        if normalisation is None:
+            self.band_mean, self.band_std = band_normalisation(self.info)
+        else:
+            self.band_mean = [float(value) for value in normalisation[0]]
+            self.band_std = [float(value) for value in normalisation[1]]
+            if len(self.band_mean) != self.info.band_count or len(self.band_std) != self.info.band_count:
+                raise ValueError(f"{store_uri}: {self.info.band_count} band(s), but the normalisation has "
+                                 f"{len(self.band_mean)} mean(s) and {len(self.band_std)} std(s)")
         if self.info.height < patch_size or self.info.width < patch_size:
             raise ValueError(
                 f"{store_uri}: the scene ({self.info.width} x {self.info.height} px) is smaller than one "

@@ -15,6 +15,7 @@ from typing import Any
 
 from eoseg import storage
 from eoseg.errors import ConfigurationError, OutputExistsError
+from eoseg.compute import current_worker_address
 from eoseg.patches import ZarrPatchSource
 
 logger = logging.getLogger("eoseg.training")
@@ -107,6 +108,7 @@ def train_clusterer_on_store(
         "final_loss": float(losses[-1]) if losses else None,
         "device": checkpoint["train_params"].get("resolved_device", checkpoint["train_params"].get("device")),
         "params": asdict(training),
+        "ran_on": current_worker_address(),
     }
     logger.info("trained in %.1f s on %s; checkpoint %s", seconds, summary["device"], model_uri)
     return summary

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 
 from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
 
 from eoseg import storage
 from eoseg.cluster import connect, has_gpu_workers
@@ -17,6 +19,11 @@ from eoseg.training import train_clusterer_on_store
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
 logger = logging.getLogger("eoseg.tasks")
+
+# Global concurrency limit that caps GPU stages across all flow runs. Create it once per server:
+#   prefect gcl create eoseg-gpu --limit <number of GPUs>
+# Without it the stages run unthrottled (non-strict), so a fresh install works out of the box.
+GPU_CONCURRENCY_LIMIT = "eoseg-gpu"
 
 
 @task(name="train-clusterer")
@@ -33,9 +40,12 @@ def train_clusterer_task(
     with connect(scheduler_address) as client:
         if has_gpu_workers(client):
             get_run_logger().info("training on a GPU worker of %s", scheduler_address)
-            future = client.submit(train_clusterer_on_store, store_uri, model_uri, resources={"GPU": 1},
-                                   pure=False, **kwargs)
-            return future.result()
+            with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1):
+                future = client.submit(train_clusterer_on_store, store_uri, model_uri, resources={"GPU": 1},
+                                       pure=False, **kwargs)
+                summary = future.result()
+            get_run_logger().info("trained on worker %s", summary["ran_on"])
+            return summary
     return train_clusterer_on_store(store_uri, model_uri, **kwargs)
 
 
@@ -56,8 +66,9 @@ def predict_task(
     """
     with connect(scheduler_address) as client:
         use_gpu = has_gpu_workers(client)
-        info = predict_store(store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-                             use_gpu=use_gpu, attention_pooling=attention_pooling)
+        with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1) if use_gpu else contextlib.nullcontext():
+            info = predict_store(store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
+                                 use_gpu=use_gpu, attention_pooling=attention_pooling)
     return info.to_attrs()
 
 

@@ -1,0 +1,416 @@
+"""The flows behind eoseg's deployments (``deployments/prefect.yaml``).
+
+- ``city-run``: segment a list of scenes, or every scene under a prefix, into OUTPUT_PREFIX/NAME.tif;
+- ``reprocess-new-acquisitions``: the same, only for scenes without an up-to-date map (scheduled, and
+  triggered by ``eoseg.acquisition.created`` events); a run with nothing new does nothing and says so;
+- ``train-model``: train a model on one scene or a set and publish the checkpoint where later runs
+  reference it (``weights_uri``).
+
+Each scene is one ``segment-scene`` subflow run followed by a ``catalogue`` task (STAC Item beside the
+map, listed in OUTPUT_PREFIX/catalog.json); all scenes of a run share one Dask cluster. A markdown
+artifact summarises every run. Credentials never travel as parameters: they come from the worker's
+environment (``AWS_*``) or from a Prefect Secret block whose *name* is a parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed
+
+from eoseg import storage
+from eoseg.acquisitions import (
+    SceneDecision,
+    SceneFile,
+    SceneStatus,
+    join_uri,
+    list_scenes,
+    map_uri_for,
+    plan_reprocessing,
+    reference_for,
+    scene_stem,
+)
+from eoseg.catalog import catalog_uri_for_prefix
+from eoseg.cluster import ClusterSpec, dask_cluster
+from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
+from eoseg.errors import ConfigurationError, EosegError
+from eoseg.training_sets import reusable_tile_store
+from flows.segment_flows import segment_scene_flow
+from tasks.catalog_stages import catalogue_map_task
+from tasks.storage_stages import tile_task
+from tasks.training_set_stages import train_clusterer_on_stores_task
+
+_ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+_CREDENTIAL_KEYS = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "region_name": "AWS_REGION",
+}
+
+
+class ScenesFailedError(EosegError, RuntimeError):
+    """Some scenes of a run failed; the others were mapped and catalogued."""
+
+
+def configured(value: str | None, name: str, *, required: bool = False) -> str | None:
+    """A parameter's value, None when empty; refuses a ``{{ $VAR }}`` left unresolved at deploy time."""
+    if value is None or not str(value).strip():
+        if required:
+            raise ConfigurationError(f"{name} is required")
+        return None
+    match = _ENV_PLACEHOLDER.search(str(value))
+    if match:
+        raise ConfigurationError(
+            f"{name} is {value!r}: the environment variable {match[1]} was not set when this deployment was "
+            f"created. Set it and run `prefect deploy` again, or pass {name} with the run."
+        )
+    return str(value).strip()
+
+
+@contextlib.contextmanager
+def s3_credentials(secret_block: str | None) -> Iterator[None]:
+    """Use the S3 credentials held by a Prefect Secret block for the duration (default: the environment).
+
+    The block holds a JSON object with ``aws_access_key_id``, ``aws_secret_access_key`` and optionally
+    ``aws_session_token``, ``endpoint_url``, ``region_name``. Values go into this process's environment
+    (which a local Dask cluster started inside inherits) and are never logged; a remote Dask cluster needs
+    the same credentials in its own environment (infra/k8s mounts them from a Kubernetes Secret).
+    """
+    if not secret_block:
+        yield
+        return
+    import s3fs
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(secret_block).get()
+    values = json.loads(value) if isinstance(value, str) else dict(value)
+    unknown = set(values) - set(_CREDENTIAL_KEYS)
+    if unknown or "aws_secret_access_key" not in values:
+        raise ConfigurationError(f"the Secret block {secret_block!r} must hold a JSON object with "
+                                 f"aws_access_key_id and aws_secret_access_key (unexpected keys: {sorted(unknown)})")
+    saved = {env: os.environ.get(env) for env in _CREDENTIAL_KEYS.values()}
+    os.environ.update({_CREDENTIAL_KEYS[key]: str(item) for key, item in values.items()})
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        for env, previous in saved.items():
+            if previous is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = previous
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _artifact_key(kind: str, prefix: str) -> str:
+    return f"eoseg-{kind}-{hashlib.sha1(prefix.encode()).hexdigest()[:10]}"
+
+
+def _format_scores(scores: dict | None) -> str:
+    if not scores:
+        return "-"
+    majority = scores.get("majority", {})
+    return f"F1 {majority.get('f1', float('nan')):.3f}, OA {majority.get('oa', float('nan')):.3f} (majority)"
+
+
+def _summary_markdown(title: str, lines: list[str], rows: list[dict[str, Any]]) -> str:
+    parts = [f"# {title}", "", *lines, ""]
+    if rows:
+        parts += ["| scene | status | pixels | seconds | map | STAC item | quick-look | scores |",
+                  "|---|---|---:|---:|---|---|---|---|"]
+        for row in rows:
+            parts.append("| {scene} | {status} | {pixels} | {seconds} | {map} | {item} | {quicklook} | {scores} |".format(
+                scene=PurePosixPath(row["scene"]).name, status=f"{row['status']} ({row['was']})",
+                pixels=f"{row['pixels']:,}" if row.get("pixels") else "-",
+                seconds=f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
+                map=row.get("map") or "-", item=row.get("item") or "-",
+                quicklook=f"[{PurePosixPath(row['quicklook']).name}]({row['quicklook']})" if row.get("quicklook")
+                else "-",
+                scores=_format_scores(row.get("scores")) if row["status"] != "failed" else row.get("error", "")[:200],
+            ))
+    return "\n".join(parts) + "\n"
+
+
+def _map_and_catalogue(
+    scene: SceneFile,
+    map_uri: str,
+    *,
+    status: str,
+    catalog_uri: str,
+    model: str,
+    weights_uri: str | None,
+    tile: TileOptions,
+    training: ClustererTrainingOptions,
+    predict: PredictOptions,
+    mosaic: MosaicOptions,
+    scheduler_address: str,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """One scene: a ``segment-scene`` subflow run, then its STAC item. Failures are reported, not raised."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    segment = segment_scene_flow.with_options(flow_run_name=f"segment-{scene.stem}")
+    state = segment(scene.uri, map_uri, model=model, weights_uri=weights_uri, reference_uri=scene.reference_uri,
+                    tile=tile, training=training, predict=predict, mosaic=mosaic,
+                    cluster=ClusterSpec(address=scheduler_address), overwrite=overwrite, return_state=True)
+    if not state.is_completed():
+        logger.error("%s failed: %s", scene.uri, state.message)
+        return {"scene": scene.uri, "status": "failed", "was": status, "error": state.message or state.name,
+                "seconds": time.perf_counter() - started}
+    result = state.result()
+    entry = catalogue_map_task(result["map"], scene_uri=scene.uri, model_uri=result["model"],
+                               quicklook_uri=result["quicklook"], scores_uri=result["scores_file"],
+                               catalog_uri=catalog_uri)
+    seconds = time.perf_counter() - started
+    pixels = int(entry["shape"][0]) * int(entry["shape"][1])
+    logger.info("%s (%s) -> %s: %d px in %.1f s; STAC item %s (datetime %s from the %s)", scene.name, status,
+                result["map"], pixels, seconds, entry["item"], entry["datetime"], entry["datetime_source"])
+    return {"scene": scene.uri, "status": "mapped", "was": status, "map": result["map"], "item": entry["item"],
+            "quicklook": result["quicklook"], "model": result["model"], "scores": result["scores"],
+            "pixels": pixels, "seconds": seconds, "datetime": entry["datetime"],
+            "datetime_source": entry["datetime_source"]}
+
+
+def _map_scenes(decisions: list[SceneDecision], *, output_prefix: str, cluster: ClusterSpec,
+                force_overwrite: bool = False, **options: Any) -> list[dict[str, Any]]:
+    """Map the scenes one after the other on one Dask cluster (each scene is parallel over its chunks).
+
+    Stale and partial outputs are replaced; a new scene's outputs are refused if they appeared meanwhile.
+    """
+    catalog_uri = catalog_uri_for_prefix(output_prefix)
+    with dask_cluster(cluster) as address:
+        return [
+            _map_and_catalogue(decision.scene, decision.map_uri, status=decision.status.value,
+                               catalog_uri=catalog_uri, scheduler_address=address,
+                               overwrite=force_overwrite or decision.status is not SceneStatus.NEW, **options)
+            for decision in decisions
+        ]
+
+
+def _finish(kind: str, title: str, lines: list[str], rows: list[dict[str, Any]], key_prefix: str,
+            result: dict[str, Any]):
+    """Publish the run's artifact; fail the run if a scene failed, else complete it with a summary message."""
+    create_markdown_artifact(_summary_markdown(title, lines, rows), key=_artifact_key(kind, key_prefix),
+                             description=title)
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed:
+        raise ScenesFailedError(f"{len(failed)} of {len(rows)} scene(s) failed: "
+                                + "; ".join(f"{row['scene']}: {row['error']}" for row in failed))
+    return Completed(message=title, data=result)
+
+
+@flow(name="city-run", log_prints=True)
+def city_run_flow(
+    output_prefix: str,
+    scene_uris: list[str] | None = None,
+    scenes_prefix: str | None = None,
+    recursive: bool = False,
+    model: Literal["clusterer", "mcl-lc"] = "clusterer",
+    weights_uri: str | None = None,
+    tile: TileOptions = TileOptions(),
+    training: ClustererTrainingOptions = ClustererTrainingOptions(),
+    predict: PredictOptions = PredictOptions(),
+    mosaic: MosaicOptions = MosaicOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    overwrite: bool = False,
+    credentials_secret: str | None = None,
+):
+    """Segment scenes end to end into OUTPUT_PREFIX/<scene name>.tif, each with a STAC item in the catalogue.
+
+    Args:
+        output_prefix: folder or s3:// prefix for maps, quick-looks, STAC items and catalog.json.
+        scene_uris: scenes to segment (GeoTIFF paths or s3:// URIs).
+        scenes_prefix: segment every *.tif/*.tiff under this folder or s3:// prefix as well.
+        recursive: with scenes_prefix, also look in sub-folders.
+        model: model family.
+        weights_uri: checkpoint to apply to every scene (e.g. from the train-model deployment). Empty: train
+            the clusterer on each scene (MAP.model.pt beside its map).
+        tile: tiling options.
+        training: clusterer training options (used when weights_uri is empty).
+        predict: inference options.
+        mosaic: COG options.
+        cluster: Dask cluster shared by all scenes of the run.
+        overwrite: replace existing maps.
+        credentials_secret: name of a Prefect Secret block holding S3 credentials (JSON); empty: the worker's
+            AWS_* environment. Never put a credential itself in a parameter.
+    """
+    logger = get_run_logger()
+    output_prefix = configured(output_prefix, "output_prefix", required=True)
+    weights = configured(weights_uri, "weights_uri")
+    prefix = configured(scenes_prefix, "scenes_prefix")
+    with s3_credentials(configured(credentials_secret, "credentials_secret")):
+        scenes = [SceneFile(uri=storage.normalise_uri(uri), modified=0.0, size=0, reference_uri=reference_for(uri))
+                  for uri in (scene_uris or [])]
+        if prefix:
+            scenes += list_scenes(prefix, recursive=recursive, exclude_prefix=output_prefix)
+        if not scenes:
+            raise ConfigurationError("no scene to segment: give scene_uris or a scenes_prefix that holds *.tif files")
+        stems = [scene.stem for scene in scenes]
+        duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if duplicates:
+            raise ConfigurationError(f"several scenes would write the same map: {duplicates}")
+        logger.info("city run: %d scene(s) -> %s", len(scenes), output_prefix)
+        decisions = [SceneDecision(scene, SceneStatus.NEW, map_uri_for(scene.uri, output_prefix), "requested")
+                     for scene in scenes]
+        started = time.perf_counter()
+        rows = _map_scenes(decisions, output_prefix=output_prefix, cluster=cluster, model=model,
+                           weights_uri=weights, tile=tile, training=training, predict=predict, mosaic=mosaic,
+                           force_overwrite=overwrite)
+    done = [row for row in rows if row["status"] != "failed"]
+    title = (f"city-run: {len(done)} of {len(rows)} scene(s) mapped, "
+             f"{sum(row.get('pixels', 0) for row in done):,} px in {time.perf_counter() - started:.0f} s")
+    lines = [f"Output prefix: `{output_prefix}`; catalogue: `{catalog_uri_for_prefix(output_prefix)}`",
+             f"Model: {model}, weights: `{weights or 'trained on each scene'}`"]
+    return _finish("city-run", title, lines, rows, output_prefix,
+                   {"output_prefix": output_prefix, "catalog": catalog_uri_for_prefix(output_prefix), "scenes": rows})
+
+
+@flow(name="reprocess-new-acquisitions", log_prints=True)
+def reprocess_new_acquisitions_flow(
+    scenes_prefix: str,
+    output_prefix: str,
+    recursive: bool = False,
+    model: Literal["clusterer", "mcl-lc"] = "clusterer",
+    weights_uri: str | None = None,
+    tile: TileOptions = TileOptions(),
+    training: ClustererTrainingOptions = ClustererTrainingOptions(),
+    predict: PredictOptions = PredictOptions(),
+    mosaic: MosaicOptions = MosaicOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    credentials_secret: str | None = None,
+):
+    """Map only the scenes under a prefix that have no up-to-date map; a run with nothing new does nothing.
+
+    A scene is redone when it has no COG (new, or an interrupted run), a COG older than the scene, or a COG
+    without its STAC item (the item is written last). Idempotent: run it as often as you like.
+
+    Args:
+        scenes_prefix: folder or s3:// prefix where new scenes (*.tif, *.tiff) arrive.
+        output_prefix: folder or s3:// prefix for maps, STAC items and catalog.json (not the scenes prefix).
+        recursive: also look in sub-folders of scenes_prefix.
+        model: model family.
+        weights_uri: checkpoint applied to every new scene (e.g. published by train-model). Empty: train the
+            clusterer on each scene.
+        tile: tiling options.
+        training: clusterer training options (used when weights_uri is empty).
+        predict: inference options.
+        mosaic: COG options.
+        cluster: Dask cluster shared by all scenes of the run (started only when there is work).
+        credentials_secret: name of a Prefect Secret block holding S3 credentials (JSON); empty: the worker's
+            AWS_* environment.
+    """
+    logger = get_run_logger()
+    scenes_prefix = configured(scenes_prefix, "scenes_prefix", required=True)
+    output_prefix = configured(output_prefix, "output_prefix", required=True)
+    weights = configured(weights_uri, "weights_uri")
+    with s3_credentials(configured(credentials_secret, "credentials_secret")):
+        plan = plan_reprocessing(scenes_prefix, output_prefix, recursive=recursive)
+        todo = [decision for decision in plan if decision.needs_processing]
+        for decision in plan:
+            logger.info("%s: %s (%s)", decision.scene.name, decision.status.value, decision.reason)
+        lines = [f"Scenes prefix: `{scenes_prefix}`; output prefix: `{output_prefix}`; catalogue: "
+                 f"`{catalog_uri_for_prefix(output_prefix)}`",
+                 f"Model: {model}, weights: `{weights or 'trained on each scene'}`"]
+        up_to_date = [d.scene.uri for d in plan if not d.needs_processing]
+        if not todo:
+            title = (f"reprocess-new-acquisitions: nothing new: all {len(plan)} scene(s) under {scenes_prefix} "
+                     f"have up-to-date maps")
+            logger.info(title)
+            return _finish("reprocess", title, lines, [], output_prefix,
+                           {"processed": [], "up_to_date": up_to_date, "message": title})
+        logger.info("%d of %d scene(s) need a map: %s", len(todo), len(plan),
+                    ", ".join(f"{d.scene.name} ({d.status.value})" for d in todo))
+        started = time.perf_counter()
+        rows = _map_scenes(todo, output_prefix=output_prefix, cluster=cluster, model=model, weights_uri=weights,
+                           tile=tile, training=training, predict=predict, mosaic=mosaic)
+    done = [row for row in rows if row["status"] != "failed"]
+    title = (f"reprocess-new-acquisitions: {len(done)} scene(s) mapped "
+             f"({', '.join(PurePosixPath(row['scene']).name for row in done) or 'none'}), "
+             f"{len(up_to_date)} already up to date; {sum(row.get('pixels', 0) for row in done):,} px in "
+             f"{time.perf_counter() - started:.0f} s")
+    logger.info(title)
+    return _finish("reprocess", title, lines, rows, output_prefix,
+                   {"processed": [row["scene"] for row in done], "up_to_date": up_to_date, "scenes": rows,
+                    "message": title})
+
+
+@flow(name="train-model", log_prints=True)
+def train_model_flow(
+    model_uri: str,
+    scene_uris: list[str] | None = None,
+    scenes_prefix: str | None = None,
+    model: Literal["clusterer"] = "clusterer",
+    work_prefix: str | None = None,
+    tile: TileOptions = TileOptions(),
+    training: ClustererTrainingOptions = ClustererTrainingOptions(),
+    cluster: ClusterSpec = ClusterSpec(),
+    overwrite: bool = False,
+    credentials_secret: str | None = None,
+):
+    """Train a model on one scene or a set, and publish the checkpoint at model_uri for later runs.
+
+    Later runs reference the checkpoint with ``weights_uri=<model_uri>`` (city-run and
+    reprocess-new-acquisitions). mCL-LC is pre-trained and fine-tuned by its own flows (train-mcl-lc).
+
+    Args:
+        model_uri: where to publish the checkpoint (path or s3:// URI, e.g. s3://bucket/models/naip-v1.pt).
+        scene_uris: training scenes.
+        scenes_prefix: train on every *.tif/*.tiff under this folder or s3:// prefix as well.
+        model: model family.
+        work_prefix: where the scenes' tile stores go (kept, and reused by a later run); empty: a folder
+            MODEL.work beside the checkpoint.
+        tile: tiling options.
+        training: training options (the paper's defaults; shrink them for CPU runs).
+        cluster: Dask cluster for tiling (training runs on a GPU worker when the cluster has one).
+        overwrite: replace an existing checkpoint.
+        credentials_secret: name of a Prefect Secret block holding S3 credentials; empty: the environment.
+    """
+    logger = get_run_logger()
+    model_uri = storage.normalise_uri(configured(model_uri, "model_uri", required=True))
+    prefix = configured(scenes_prefix, "scenes_prefix")
+    work = configured(work_prefix, "work_prefix") or (re.sub(r"\.pt$", "", model_uri) + ".work")
+    with s3_credentials(configured(credentials_secret, "credentials_secret")):
+        scenes = [storage.normalise_uri(uri) for uri in (scene_uris or [])]
+        if prefix:
+            scenes += [scene.uri for scene in list_scenes(prefix)]
+        if not scenes:
+            raise ConfigurationError("no scene to train on: give scene_uris or a scenes_prefix with *.tif files")
+        if storage.exists(model_uri) and not overwrite:
+            raise ConfigurationError(f"{model_uri}: a checkpoint is already published there; pass overwrite or "
+                                     "publish under a new name (e.g. a version suffix)")
+        started = time.perf_counter()
+        stores = []
+        with dask_cluster(cluster) as address:
+            for scene in scenes:
+                store = join_uri(work, f"{scene_stem(scene)}.tiles.zarr")
+                if reusable_tile_store(store, scene):
+                    logger.info("reusing the tile store %s", store)
+                else:
+                    tile_task(scene, store, chunk_size=tile.chunk_size, overwrite=True,
+                              allow_ungeoreferenced=tile.allow_ungeoreferenced, scheduler_address=address)
+                stores.append(store)
+            summary = train_clusterer_on_stores_task(stores, model_uri, options=training, overwrite=overwrite,
+                                                     scheduler_address=address)
+    seconds = time.perf_counter() - started
+    title = (f"train-model: {model} trained on {len(scenes)} scene(s), {summary['patches']} patches, "
+             f"published at {model_uri}")
+    lines = [f"Checkpoint: `{model_uri}` (use it as `weights_uri`)",
+             f"Training: {summary['seconds']:.1f} s on {summary['device']}, final loss {summary['final_loss']}; "
+             f"whole run {seconds:.0f} s", "", "Scenes:", *[f"- `{scene}`" for scene in scenes]]
+    create_markdown_artifact("\n".join([f"# {title}", "", *lines]) + "\n", key=_artifact_key("model", model_uri),
+                             description=title)
+    logger.info(title)
+    return Completed(message=title, data={"model_uri": model_uri, "scenes": scenes, "stores": stores,
+                                          "training": summary})
