@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import sys
@@ -236,6 +237,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="comma-separated fine-tuning seeds (label sample too)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("eoseg.mcl_lc").setLevel(logging.INFO)  # progress of pre-training and fine-tuning
 
     import torch
 

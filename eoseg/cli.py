@@ -31,6 +31,7 @@ app = typer.Typer(
 
 class _State:
     cluster_address: str | None = None
+    cluster_config: str | None = None
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "auto"
@@ -44,6 +45,7 @@ def _cluster_spec():
 
     return ClusterSpec(
         address=STATE.cluster_address,
+        config_file=STATE.cluster_config,
         n_workers=STATE.workers,
         threads_per_worker=STATE.threads_per_worker,
         memory_limit=STATE.memory_limit,
@@ -76,6 +78,15 @@ def main_options(
             "cluster for this command.",
         ),
     ] = None,
+    cluster_config: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cluster-config",
+            envvar="EOSEG_CLUSTER_CONFIG",
+            help="Cluster configuration file: local, an existing scheduler, Kubernetes (dask-kubernetes "
+            "operator) or an HPC queue (dask-jobqueue). Examples in infra/clusters/.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local cluster: worker processes.")] = 2,
     threads_per_worker: Annotated[int, typer.Option(min=1, help="Local cluster: threads per worker.")] = 1,
     memory_limit: Annotated[
@@ -85,6 +96,7 @@ def main_options(
 ) -> None:
     """Options shared by every command (give them before the command name)."""
     STATE.cluster_address = cluster
+    STATE.cluster_config = cluster_config
     STATE.workers = workers
     STATE.threads_per_worker = threads_per_worker
     STATE.memory_limit = memory_limit

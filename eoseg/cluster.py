@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger("eoseg.cluster")
 CLUSTER_ENV_VAR = "EOSEG_CLUSTER"
+CONFIG_ENV_VAR = "EOSEG_CLUSTER_CONFIG"
 
 
 class ClusterSpec(BaseModel):
@@ -38,9 +39,17 @@ class ClusterSpec(BaseModel):
         ge=0,
         description="Local cluster: how many of the workers advertise the GPU=1 resource (one model per GPU).",
     )
+    config_file: str | None = Field(
+        default=None,
+        description="A cluster configuration file (local, address, kubernetes or jobqueue; see "
+        f"infra/clusters/). Empty: the fields above, unless {CONFIG_ENV_VAR} names a file.",
+    )
 
     def resolved_address(self) -> str | None:
         return self.address or os.environ.get(CLUSTER_ENV_VAR) or None
+
+    def resolved_config_file(self) -> str | None:
+        return self.config_file or os.environ.get(CONFIG_ENV_VAR) or None
 
 
 def _start_local_cluster(spec: ClusterSpec):
@@ -79,6 +88,11 @@ def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
     """Yield a scheduler address: the configured one, or that of a local cluster started here."""
     spec = spec or ClusterSpec()
     address = spec.resolved_address()
+    config_file = spec.resolved_config_file()
+    if config_file and not address:
+        with _cluster_from_config_file(config_file) as configured:
+            yield configured
+        return
     if address:
         try:
             from distributed import Client
@@ -124,3 +138,33 @@ def has_gpu_workers(client) -> bool:
         return False
     workers = client.scheduler_info(n_workers=-1).get("workers", {}) if hasattr(client, "scheduler_info") else {}
     return any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values())
+
+
+@contextlib.contextmanager
+def _cluster_from_config_file(path: str) -> Iterator[str]:
+    from eoseg.cluster_config import load_cluster_config
+
+    config = load_cluster_config(path)
+    logger.info("cluster configuration %s: %s", path, config.kind)
+    if config.kind == "local":
+        local = ClusterSpec(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker,
+                            memory_limit=config.memory_limit, gpu_workers=config.gpu_workers)
+        with dask_cluster(local) as address:
+            yield address
+        return
+    if config.kind == "address":
+        with dask_cluster(ClusterSpec(address=config.address)) as address:
+            yield address
+        return
+    if config.kind == "kubernetes":
+        from dask_kubernetes.operator import KubeCluster
+
+        cluster = KubeCluster(custom_cluster_spec=config.cluster_spec(), namespace=config.namespace)
+    else:
+        cluster = config.make_cluster()
+        cluster.scale(jobs=config.jobs)
+    try:
+        logger.info("started a %s Dask cluster; dashboard %s", config.kind, cluster.dashboard_link)
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()

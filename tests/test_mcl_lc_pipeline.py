@@ -253,3 +253,17 @@ def test_help_explains_every_option(command):
         for name in param.opts:
             if name.startswith("--"):
                 assert name in text, f"{name} missing from `eoseg {' '.join(command)} --help`"
+
+
+def test_flow_parameters_are_typed_and_documented_for_the_ui():
+    for flow, options, required in [
+        (pretrain_mcl_lc_flow, "MclLcPretrainOptions", {"store_uris", "model_uri"}),
+        (finetune_mcl_lc_flow, "MclLcFinetuneOptions", {"model_uri", "store_uri", "labels_uri", "tuned_uri"}),
+    ]:
+        schema = flow.parameters.model_dump()
+        fields = schema["definitions"][options]["properties"]
+        assert fields and all(field.get("description") for field in fields.values())
+        assert set(schema["required"]) == required
+    schema = pretrain_mcl_lc_flow.parameters.model_dump()
+    assert schema["properties"]["store_uris"]["type"] == "array"
+    assert schema["definitions"]["MclLcPretrainOptions"]["properties"]["epochs"]["default"] == 200
