@@ -163,7 +163,9 @@ def mosaic(
 @app.command()
 def evaluate(
     label_map: Annotated[str, typer.Argument(help="Label map to score (GeoTIFF from `eoseg run`/`mosaic`).")],
-    reference: Annotated[str, typer.Argument(help="Reference raster on the same grid (any GDAL format).")],
+    reference: Annotated[
+        str, typer.Argument(help="Reference raster on the same grid (any GDAL format), or GeoJSON polygons.")
+    ],
     ignore: Annotated[
         Optional[list[int]], typer.Option("--ignore", help="Reference value to leave out (repeatable).")
     ] = None,
@@ -177,8 +179,15 @@ def evaluate(
 
     if matching not in ("majority", "hungarian"):
         _fail(EosegError(f"--matching must be 'majority' or 'hungarian', got {matching!r}"))
+    import tempfile
+
+    from eoseg.reference import is_vector_reference, rasterize_reference
+
     try:
-        report = evaluate_label_map(label_map, reference, ignore_values=tuple(ignore or ()), method=matching)
+        with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
+            if is_vector_reference(reference):  # polygons: burn them onto the map's grid first
+                reference = rasterize_reference(reference, label_map, f"{scratch}/reference.tif")
+            report = evaluate_label_map(label_map, reference, ignore_values=tuple(ignore or ()), method=matching)
     except (EosegError, FileNotFoundError, ValueError) as error:
         _fail(error)
     typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from conftest import REAL_SCENES
+from conftest import REAL_SCENES, SHARED_DATA
 from eoseg.cli import app
 
 runner = CliRunner()
@@ -110,3 +110,22 @@ def test_flow_parameters_are_typed_for_the_ui():
     cluster = schema["definitions"]["ClusterSpec"]["properties"]
     assert all(field.get("description") for field in cluster.values())
     assert set(schema["required"]) == {"scene_uri", "store_uri"}
+
+
+def test_cli_evaluate_json_against_geojson_footprints(tmp_path, shared_data):
+    """`eoseg evaluate --json` on a map of the SpaceNet grid, reference given as GeoJSON polygons."""
+    import json
+
+    from eoseg.reference import rasterize_reference
+
+    scene = REAL_SCENES["spacenet"]
+    footprints = SHARED_DATA / "spacenet" / "geotiff_labels.geojson"
+    perfect = rasterize_reference(str(footprints), str(scene), str(tmp_path / "perfect.tif"), burn_value=7,
+                                  background=3)  # a "map" whose clusters 3/7 are exactly rest/building
+    result = runner.invoke(app, ["evaluate", perfect, str(footprints), "--json", "--matching", "hungarian"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) >= {"f1", "iou", "oa", "kappa", "per_class", "mapping"}
+    assert report["mapping"] == {"3": 0, "7": 255}
+    assert report["f1"] == report["iou"] == report["oa"] == report["kappa"] == 1.0
+    assert 0.03 < report["per_class"]["255"]["support"] / 810_000 < 0.06  # buildings are ~4 % of the scene

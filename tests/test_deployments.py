@@ -78,8 +78,8 @@ def deployed(s3_endpoint, s3_dask_address, tmp_path_factory, shared_data):
                              params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32), max_patches=8)
 
     home = work / "prefect-home"
-    env = _subprocess_env(home, PREFECT=_prefect_cli())
-    pools = subprocess.run(["bash", str(REPO_ROOT / "deployments" / "create-work-pools.sh")], env=env, cwd=REPO_ROOT,
+    env = _subprocess_env(home)
+    pools = subprocess.run([sys.executable, "-m", "deployments.work_pools"], env=env, cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=300)
     assert pools.returncode == 0, pools.stdout + pools.stderr
     deploy_env = dict(env, EOSEG_SCENES_PREFIX=prefixes["scenes"], EOSEG_OUTPUT_PREFIX=prefixes["maps"],
@@ -175,6 +175,11 @@ def test_prefect_yaml_declares_the_deployments_the_server_holds(deployed):
         assert gpu_pool.base_job_template["variables"]["properties"]["gpu_limit"]["default"] == 1
         assert client.read_work_pool("eoseg-docker").type == "docker"
         assert client.read_work_pool("eoseg-process").type == "process"
+        from deployments.work_pools import GPU_CONCURRENCY_LIMIT
+        from tasks.model_stages import GPU_CONCURRENCY_LIMIT as acquired_by_gpu_stages
+
+        assert GPU_CONCURRENCY_LIMIT == acquired_by_gpu_stages
+        assert client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT).limit == 1
     print(deployed["deploy_output"][-1500:])
 
 
