@@ -39,6 +39,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -456,8 +457,10 @@ def main() -> None:
         nodata = src.nodata
     with rasterio.open(reference_tif) as r:
         reference = r.read(1)
-    with rasterio.open(MISALIGNED_MASK) as m:
-        old_mask = m.read(1) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # the mask has no CRS
+        with rasterio.open(MISALIGNED_MASK) as m:
+            old_mask = m.read(1) > 0
     building = reference == BUILDING
     mask_iou = float((old_mask & building).sum() / (old_mask | building).sum())
     valid = np.ones(scene.shape[1:], bool) if nodata is None else ~np.all(scene == nodata, axis=0)

@@ -101,12 +101,11 @@ def apply(names: list[str] | tuple[str, ...]) -> list[str]:
         dask.config.set({"distributed.worker.profile.enabled": False})
     if "gdal-cache" in names or "mosaic-cache" in names:
         os.environ["GDAL_CACHEMAX"] = "64"
-        try:  # GDAL may already be initialised in this process: set the live value too.
-            from rasterio.env import set_gdal_config
+        # GDAL may already be initialised in this process: set the live value too. rasterio takes
+        # GDAL_CACHEMAX as an int in *bytes* (GDALSetCacheMax64); the environment variable is in MiB.
+        from rasterio.env import set_gdal_config
 
-            set_gdal_config("GDAL_CACHEMAX", "64")
-        except Exception:  # noqa: BLE001
-            pass
+        set_gdal_config("GDAL_CACHEMAX", 64 * 2**20)
     if "fast-moments" in names and _original_of_block is None:
         _original_of_block = eoseg.tiling.BandMoments.__dict__["of_block"]
         eoseg.tiling.BandMoments.of_block = classmethod(_fast_of_block)

@@ -3,11 +3,12 @@
     python -m deployments.work_pools            # against PREFECT_API_URL; run once per server, and after
                                                 # changing a template in deployments/work-pools/
 
-| pool | type | flow runs are | template |
-|---|---|---|---|
-| ``eoseg-process`` | process | processes beside the worker (one machine, the docker-compose stack) | Prefect's default |
-| ``eoseg-docker`` | docker | one ``eoseg:0.1.0-cpu`` container each, on the ``eoseg`` network | ``work-pools/docker.json`` |
-| ``eoseg-kubernetes`` | kubernetes | one Job each, ``nvidia.com/gpu: {{ gpu_limit }}`` (default 1) | ``work-pools/kubernetes-gpu.json`` |
+- ``eoseg-process`` (process): flow runs are processes beside the worker (one machine, the compose stack);
+  Prefect's default template.
+- ``eoseg-docker`` (docker): one ``eoseg:0.1.0-cpu`` container per run on the ``eoseg`` network;
+  ``work-pools/docker.json``.
+- ``eoseg-kubernetes`` (kubernetes): one Job per run with ``nvidia.com/gpu: {{ gpu_limit }}`` (default 1);
+  ``work-pools/kubernetes-gpu.json``.
 
 The same with Prefect's CLI: ``prefect work-pool create eoseg-kubernetes --type kubernetes --overwrite
 --base-job-template deployments/work-pools/kubernetes-gpu.json`` (and likewise for the others), then
@@ -26,7 +27,11 @@ TEMPLATES = Path(__file__).resolve().parent / "work-pools"
 WORK_POOLS: dict[str, tuple[str, str | None, str]] = {
     "eoseg-process": ("process", None, "eoseg flow runs as processes beside the worker"),
     "eoseg-docker": ("docker", "docker.json", "eoseg flow runs in eoseg:0.1.0-cpu containers"),
-    "eoseg-kubernetes": ("kubernetes", "kubernetes-gpu.json", "eoseg flow runs as Kubernetes Jobs with a GPU"),
+    "eoseg-kubernetes": (
+        "kubernetes",
+        "kubernetes-gpu.json",
+        "eoseg flow runs as Kubernetes Jobs with a GPU",
+    ),
 }
 GPU_CONCURRENCY_LIMIT = "eoseg-gpu"  # the name tasks.model_stages acquires around GPU stages
 
@@ -53,23 +58,34 @@ def ensure_work_pools(*, gpus: int = 1) -> list[str]:
     with get_client(sync_client=True) as client:
         for name, (pool_type, template_file, description) in WORK_POOLS.items():
             client.create_work_pool(
-                WorkPoolCreate(name=name, type=pool_type, description=description,
-                               base_job_template=base_job_template(pool_type, template_file)),
+                WorkPoolCreate(
+                    name=name,
+                    type=pool_type,
+                    description=description,
+                    base_job_template=base_job_template(pool_type, template_file),
+                ),
                 overwrite=True,
             )
         try:
             client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
-            client.update_global_concurrency_limit(GPU_CONCURRENCY_LIMIT, GlobalConcurrencyLimitUpdate(limit=gpus))
+            client.update_global_concurrency_limit(
+                GPU_CONCURRENCY_LIMIT, GlobalConcurrencyLimitUpdate(limit=gpus)
+            )
         except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_CONCURRENCY_LIMIT,
-                                                                                limit=gpus))
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=GPU_CONCURRENCY_LIMIT, limit=gpus)
+            )
     return list(WORK_POOLS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Create or update eoseg's Prefect work pools.")
-    parser.add_argument("--gpus", type=int, default=1,
-                        help="slots of the eoseg-gpu concurrency limit: GPU stages that may run at once")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="slots of the eoseg-gpu concurrency limit: GPU stages that may run at once",
+    )
     args = parser.parse_args(argv)
     for name in ensure_work_pools(gpus=args.gpus):
         pool_type, template_file, _ = WORK_POOLS[name]

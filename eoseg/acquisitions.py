@@ -100,7 +100,9 @@ def join_uri(prefix: str, name: str) -> str:
 
 
 def _is_scene_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(SCENE_SUFFIXES) and _reference_stem(name) is None
+    return (
+        not name.startswith(".") and name.lower().endswith(SCENE_SUFFIXES) and _reference_stem(name) is None
+    )
 
 
 def _reference_stem(name: str) -> str | None:
@@ -127,10 +129,12 @@ def _fresh_s3_listings() -> Iterator[Any]:
 
 
 def _list_s3_files(prefix: str, *, recursive: bool) -> list[tuple[str, float, int]]:
-    bucket = prefix[len(storage.S3_SCHEME):].split("/", 1)[0]
+    bucket = prefix[len(storage.S3_SCHEME) :].split("/", 1)[0]
     with _fresh_s3_listings() as fs:
         if not fs.exists(f"{storage.S3_SCHEME}{bucket}"):
-            raise SceneNotFoundError(f"{prefix}: bucket {bucket!r} not found (check the name and AWS_ENDPOINT_URL)")
+            raise SceneNotFoundError(
+                f"{prefix}: bucket {bucket!r} not found (check the name and AWS_ENDPOINT_URL)"
+            )
         entries = fs.find(prefix, maxdepth=None if recursive else 1, withdirs=False, detail=True)
     files = []
     for key, info in entries.items():
@@ -148,8 +152,9 @@ def _list_files(prefix: str, *, recursive: bool) -> list[tuple[str, float, int]]
         return _list_s3_files(prefix, recursive=recursive)
     root = Path(prefix)
     if not root.is_dir():
-        raise SceneNotFoundError(f"{prefix}: no such directory. Give the folder (or s3:// prefix) that holds "
-                                 "the scenes.")
+        raise SceneNotFoundError(
+            f"{prefix}: no such directory. Give the folder (or s3:// prefix) that holds the scenes."
+        )
     paths = root.rglob("*") if recursive else root.iterdir()
     files = []
     for path in paths:
@@ -163,7 +168,9 @@ def _under(uri: str, prefix: str) -> bool:
     return uri == prefix or uri.startswith(prefix.rstrip("/") + "/")
 
 
-def list_scenes(prefix: str, *, recursive: bool = False, exclude_prefix: str | None = None) -> list[SceneFile]:
+def list_scenes(
+    prefix: str, *, recursive: bool = False, exclude_prefix: str | None = None
+) -> list[SceneFile]:
     """Scenes (``*.tif``/``*.tiff``) under ``prefix`` with their modification times, sorted by URI.
 
     Args:
@@ -191,11 +198,19 @@ def list_scenes(prefix: str, *, recursive: bool = False, exclude_prefix: str | N
             continue
         stem = scene_stem(uri)
         if stem in seen:
-            raise ConfigurationError(f"{seen[stem]} and {uri} would both be mapped to {stem}.tif; rename one of "
-                                     "them or process the folders separately")
+            raise ConfigurationError(
+                f"{seen[stem]} and {uri} would both be mapped to {stem}.tif; rename one of "
+                "them or process the folders separately"
+            )
         seen[stem] = uri
-        scenes.append(SceneFile(uri=uri, modified=mtime, size=size,
-                                reference_uri=references.get((str(PurePosixPath(uri).parent), stem))))
+        scenes.append(
+            SceneFile(
+                uri=uri,
+                modified=mtime,
+                size=size,
+                reference_uri=references.get((str(PurePosixPath(uri).parent), stem)),
+            )
+        )
     return scenes
 
 
@@ -232,23 +247,34 @@ def decide(scene: SceneFile, output_prefix: str, outputs: dict[str, float | None
     """Whether ``scene`` has an up-to-date map among ``outputs`` (from :func:`list_outputs`)."""
     map_uri = map_uri_for(scene.uri, output_prefix)
     run = RunOutputs.for_map(map_uri)
-    names = {key: PurePosixPath(uri).name for key, uri in
-             dict(cog=run.cog, tiles=run.tiles, labels=run.labels, item=item_uri_for_map(run.cog)).items()}
+    names = {
+        key: PurePosixPath(uri).name
+        for key, uri in dict(
+            cog=run.cog, tiles=run.tiles, labels=run.labels, item=item_uri_for_map(run.cog)
+        ).items()
+    }
     if names["cog"] not in outputs:
         if names["tiles"] in outputs or names["labels"] in outputs:
-            return SceneDecision(scene, SceneStatus.PARTIAL, map_uri,
-                                 "no COG, but stores from an interrupted run")
+            return SceneDecision(
+                scene, SceneStatus.PARTIAL, map_uri, "no COG, but stores from an interrupted run"
+            )
         return SceneDecision(scene, SceneStatus.NEW, map_uri, "no map yet")
     cog_time = outputs[names["cog"]]
     if cog_time is not None and cog_time < scene.modified:
         return SceneDecision(scene, SceneStatus.STALE, map_uri, "the map is older than the scene")
     if names["item"] not in outputs:
-        return SceneDecision(scene, SceneStatus.PARTIAL, map_uri,
-                             f"a COG but no catalogue item ({names['item']}): the run stopped before the end")
+        return SceneDecision(
+            scene,
+            SceneStatus.PARTIAL,
+            map_uri,
+            f"a COG but no catalogue item ({names['item']}): the run stopped before the end",
+        )
     return SceneDecision(scene, SceneStatus.UP_TO_DATE, map_uri, "map and catalogue item are up to date")
 
 
-def plan_reprocessing(scenes_prefix: str, output_prefix: str, *, recursive: bool = False) -> list[SceneDecision]:
+def plan_reprocessing(
+    scenes_prefix: str, output_prefix: str, *, recursive: bool = False
+) -> list[SceneDecision]:
     """One decision per scene under ``scenes_prefix``: which need a (new) map in ``output_prefix``.
 
     Raises:
@@ -257,9 +283,10 @@ def plan_reprocessing(scenes_prefix: str, output_prefix: str, *, recursive: bool
     scenes_prefix = storage.normalise_uri(scenes_prefix)
     output_prefix = storage.normalise_uri(output_prefix)
     if scenes_prefix == output_prefix:
-        raise ConfigurationError(f"the output prefix {output_prefix} is the scenes prefix: maps are named like "
-                                 "their scenes and would overwrite them. Choose another output prefix.")
+        raise ConfigurationError(
+            f"the output prefix {output_prefix} is the scenes prefix: maps are named like "
+            "their scenes and would overwrite them. Choose another output prefix."
+        )
     scenes = list_scenes(scenes_prefix, recursive=recursive, exclude_prefix=output_prefix)
     outputs = list_outputs(output_prefix)
     return [decide(scene, output_prefix, outputs) for scene in scenes]
-

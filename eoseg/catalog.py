@@ -39,7 +39,14 @@ CATALOG_ID = "eoseg-maps"
 NODATA_LABEL = 255
 PYTORCH_MEDIA_TYPE = "application/octet-stream; application=pytorch"
 _FILE_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
-_TAG_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y:%m:%d", "%Y-%m-%d", "%Y%m%d")
+_TAG_FORMATS = (
+    "%Y:%m:%d %H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y:%m:%d",
+    "%Y-%m-%d",
+    "%Y%m%d",
+)
 
 
 def item_uri_for_map(map_uri: str) -> str:
@@ -98,8 +105,9 @@ def date_from_file_name(uri: str) -> dt.datetime | None:
     return None
 
 
-def acquisition_datetime(scene_uri: str, *, acquired_tag: str | None,
-                         modified: float | None) -> tuple[dt.datetime, str]:
+def acquisition_datetime(
+    scene_uri: str, *, acquired_tag: str | None, modified: float | None
+) -> tuple[dt.datetime, str]:
     """The scene's datetime and where it came from: ``tiff-tag``, ``file-name`` or ``file-mtime``."""
     if acquired_tag:
         parsed = _parse_tag_datetime(acquired_tag)
@@ -120,18 +128,24 @@ def _footprint(bounds, crs) -> tuple[dict | None, list[float] | None]:
 
     left, bottom, right, top = bounds
     steps = 8
-    # Counter-clockwise exterior ring (RFC 7946): top-left, down the left edge, along the bottom, up the right.
-    ring = ([(left, top - (top - bottom) * i / steps) for i in range(steps)]
-            + [(left + (right - left) * i / steps, bottom) for i in range(steps)]
-            + [(right, bottom + (top - bottom) * i / steps) for i in range(steps)]
-            + [(right - (right - left) * i / steps, top) for i in range(steps)])
+    # Counter-clockwise exterior ring (RFC 7946): top-left, down the left edge, along the bottom, up.
+    ring = (
+        [(left, top - (top - bottom) * i / steps) for i in range(steps)]
+        + [(left + (right - left) * i / steps, bottom) for i in range(steps)]
+        + [(right, bottom + (top - bottom) * i / steps) for i in range(steps)]
+        + [(right - (right - left) * i / steps, top) for i in range(steps)]
+    )
     ring.append(ring[0])
     geometry = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
     coordinates = geometry["coordinates"][0]
     xs = [point[0] for point in coordinates]
     ys = [point[1] for point in coordinates]
     return {"type": "Polygon", "coordinates": [[list(point) for point in coordinates]]}, [
-        min(xs), min(ys), max(xs), max(ys)]
+        min(xs),
+        min(ys),
+        max(xs),
+        max(ys),
+    ]
 
 
 def _read_map(map_uri: str) -> dict[str, Any]:
@@ -142,9 +156,15 @@ def _read_map(map_uri: str) -> dict[str, Any]:
             colormap = dataset.colormap(1)
         except ValueError:
             colormap = {}
-        return {"bounds": tuple(dataset.bounds), "crs": dataset.crs, "transform": tuple(dataset.transform)[:6],
-                "shape": [dataset.height, dataset.width], "tags": dataset.tags(), "colormap": colormap,
-                "nodata": dataset.nodata}
+        return {
+            "bounds": tuple(dataset.bounds),
+            "crs": dataset.crs,
+            "transform": tuple(dataset.transform)[:6],
+            "shape": [dataset.height, dataset.width],
+            "tags": dataset.tags(),
+            "colormap": colormap,
+            "nodata": dataset.nodata,
+        }
 
 
 def _classes(num_classes: int | None, colormap: dict, nodata) -> list[Classification]:
@@ -152,9 +172,15 @@ def _classes(num_classes: int | None, colormap: dict, nodata) -> list[Classifica
     for value in range(num_classes or 0):
         colour = colormap.get(value)
         hint = "{:02X}{:02X}{:02X}".format(*colour[:3]) if colour else None
-        classes.append(Classification.create(value=value, name=f"cluster_{value}", title=f"cluster {value}",
-                                             description=f"cluster {value} of the unsupervised model",
-                                             color_hint=hint))
+        classes.append(
+            Classification.create(
+                value=value,
+                name=f"cluster_{value}",
+                title=f"cluster {value}",
+                description=f"cluster {value} of the unsupervised model",
+                color_hint=hint,
+            )
+        )
     if nodata is not None and int(nodata) == NODATA_LABEL:
         classes.append(Classification.create(value=NODATA_LABEL, name="nodata", title="no data", nodata=True))
     return classes
@@ -199,8 +225,13 @@ def build_map_item(
         "created": tags.get("EOSEG_CREATED") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **(properties or {}),
     }
-    item = pystac.Item(id=PurePosixPath(re.sub(r"\.tiff?$", "", map_uri, flags=re.IGNORECASE)).name,
-                       geometry=geometry, bbox=bbox, datetime=when, properties=item_properties)
+    item = pystac.Item(
+        id=PurePosixPath(re.sub(r"\.tiff?$", "", map_uri, flags=re.IGNORECASE)).name,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=when,
+        properties=item_properties,
+    )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
     crs = raster["crs"]
     if crs is not None:
@@ -217,29 +248,60 @@ def build_map_item(
     projection.shape = raster["shape"]
     projection.transform = list(raster["transform"])
 
-    map_asset = pystac.Asset(href=map_uri, media_type=pystac.MediaType.COG, roles=["data"],
-                             title="Land-cover map (cluster labels)")
+    map_asset = pystac.Asset(
+        href=map_uri, media_type=pystac.MediaType.COG, roles=["data"], title="Land-cover map (cluster labels)"
+    )
     item.add_asset("map", map_asset)
     classes = _classes(num_classes, raster["colormap"], raster["nodata"])
     if classes:
         ClassificationExtension.ext(map_asset, add_if_missing=True).classes = classes
     if quicklook_uri:
-        item.add_asset("thumbnail", pystac.Asset(href=quicklook_uri, media_type=pystac.MediaType.PNG,
-                                                 roles=["thumbnail", "overview"],
-                                                 title="Quick-look: scene and map side by side"))
-    item.add_asset("source", pystac.Asset(href=scene_uri, media_type=pystac.MediaType.GEOTIFF, roles=["source"],
-                                          title="Input scene"))
-    item.add_link(pystac.Link(rel="derived_from", target=scene_uri, media_type=pystac.MediaType.GEOTIFF,
-                              title="Input scene"))
+        item.add_asset(
+            "thumbnail",
+            pystac.Asset(
+                href=quicklook_uri,
+                media_type=pystac.MediaType.PNG,
+                roles=["thumbnail", "overview"],
+                title="Quick-look: scene and map side by side",
+            ),
+        )
+    item.add_asset(
+        "source",
+        pystac.Asset(
+            href=scene_uri, media_type=pystac.MediaType.GEOTIFF, roles=["source"], title="Input scene"
+        ),
+    )
+    item.add_link(
+        pystac.Link(
+            rel="derived_from", target=scene_uri, media_type=pystac.MediaType.GEOTIFF, title="Input scene"
+        )
+    )
     checkpoint = model_uri or model_tag.get("checkpoint")
     if checkpoint:
-        item.add_asset("model", pystac.Asset(href=checkpoint, media_type=PYTORCH_MEDIA_TYPE, roles=["model"],
-                                             title=f"Model checkpoint ({model_tag.get('family', 'unknown')})"))
-        item.add_link(pystac.Link(rel="derived_from", target=checkpoint, media_type=PYTORCH_MEDIA_TYPE,
-                                  title="Model checkpoint"))
+        item.add_asset(
+            "model",
+            pystac.Asset(
+                href=checkpoint,
+                media_type=PYTORCH_MEDIA_TYPE,
+                roles=["model"],
+                title=f"Model checkpoint ({model_tag.get('family', 'unknown')})",
+            ),
+        )
+        item.add_link(
+            pystac.Link(
+                rel="derived_from", target=checkpoint, media_type=PYTORCH_MEDIA_TYPE, title="Model checkpoint"
+            )
+        )
     if scores_uri:
-        item.add_asset("scores", pystac.Asset(href=scores_uri, media_type=pystac.MediaType.JSON,
-                                              roles=["metadata"], title="Scores against the reference"))
+        item.add_asset(
+            "scores",
+            pystac.Asset(
+                href=scores_uri,
+                media_type=pystac.MediaType.JSON,
+                roles=["metadata"],
+                title="Scores against the reference",
+            ),
+        )
     return item
 
 
@@ -256,7 +318,9 @@ def _empty_catalog(catalog_uri: str) -> dict[str, Any]:
     }
 
 
-def write_item(item: pystac.Item, item_uri: str, catalog_uri: str, *, stac_io: pystac.StacIO | None = None) -> str:
+def write_item(
+    item: pystac.Item, item_uri: str, catalog_uri: str, *, stac_io: pystac.StacIO | None = None
+) -> str:
     """Write ``item`` to ``item_uri`` with root/parent links to ``catalog_uri`` (relative when possible)."""
     stac_io = stac_io or StorageStacIO()
     relative = make_relative_href(catalog_uri, item_uri)
@@ -268,8 +332,9 @@ def write_item(item: pystac.Item, item_uri: str, catalog_uri: str, *, stac_io: p
     return item_uri
 
 
-def add_items_to_catalog(catalog_uri: str, item_uris: list[str], *,
-                         stac_io: pystac.StacIO | None = None) -> dict[str, Any]:
+def add_items_to_catalog(
+    catalog_uri: str, item_uris: list[str], *, stac_io: pystac.StacIO | None = None
+) -> dict[str, Any]:
     """Add ``item`` links for ``item_uris`` to the catalogue (created if missing); returns the catalogue dict.
 
     Existing links are kept; an item already listed is not listed twice. Concurrent runs writing the same
@@ -283,8 +348,14 @@ def add_items_to_catalog(catalog_uri: str, item_uris: list[str], *,
     for item_uri in item_uris:
         href = make_relative_href(item_uri, catalog_uri)
         if href not in listed:
-            links.append({"rel": "item", "href": href, "type": pystac.MediaType.JSON,
-                          "title": PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)]})
+            links.append(
+                {
+                    "rel": "item",
+                    "href": href,
+                    "type": pystac.MediaType.JSON,
+                    "title": PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)],
+                }
+            )
             listed.add(href)
     stac_io.save_json(catalog_uri, document)
     return document
@@ -310,10 +381,22 @@ def catalogue_map(
     map_uri = storage.normalise_uri(map_uri)
     scene = inspect_scene(scene_uri, allow_ungeoreferenced=True, probe_pixels=False)
     catalog_uri = catalog_uri or f"{map_uri.rsplit('/', 1)[0]}/{CATALOG_FILE}"
-    item = build_map_item(map_uri, scene_uri=scene.uri, acquired_tag=scene.acquired,
-                          scene_modified=storage.modified_time(scene.uri), model_uri=model_uri,
-                          quicklook_uri=quicklook_uri, scores_uri=scores_uri, properties=properties)
+    item = build_map_item(
+        map_uri,
+        scene_uri=scene.uri,
+        acquired_tag=scene.acquired,
+        scene_modified=storage.modified_time(scene.uri),
+        model_uri=model_uri,
+        quicklook_uri=quicklook_uri,
+        scores_uri=scores_uri,
+        properties=properties,
+    )
     item_uri = write_item(item, item_uri_for_map(map_uri), catalog_uri)
     add_items_to_catalog(catalog_uri, [item_uri])
-    return {"item": item_uri, "catalog": catalog_uri, "datetime": item.datetime.isoformat() if item.datetime else None,
-            "datetime_source": item.properties["eoseg:datetime_source"], "shape": item.properties["proj:shape"]}
+    return {
+        "item": item_uri,
+        "catalog": catalog_uri,
+        "datetime": item.datetime.isoformat() if item.datetime else None,
+        "datetime_source": item.properties["eoseg:datetime_source"],
+        "shape": item.properties["proj:shape"],
+    }

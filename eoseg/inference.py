@@ -101,8 +101,7 @@ def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
         labels = predictor.predict(block, valid, descriptors=job.descriptors)
         labels[~valid] = NODATA_LABEL
     centre = labels[rows, cols]
-    labels_info = read_store_info(job.labels_uri, require_complete=False)
-    open_data_array(job.labels_uri, labels_info, mode="r+")[job.window.slices] = centre
+    open_data_array(job.labels_uri, "labels", mode="r+")[job.window.slices] = centre
     mark_chunk_done(job.labels_uri, job.chunk_index)
     values, counts = np.unique(centre, return_counts=True)
     return {"pid": os.getpid(), "worker": current_worker_address(),

@@ -86,7 +86,7 @@ def _coordinates(info: StoreInfo) -> dict[str, np.ndarray]:
     return {"x": c + a * cols + b * 0.5, "y": f + e * rows + d * 0.5}
 
 
-def create_store(uri: str, info: StoreInfo, *, compression_level: int = 3) -> None:
+def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> None:
     """Write the store's metadata, coordinates and empty chunk flags; pixel chunks are written later.
 
     xarray writes the layout (so the store opens with ``xarray.open_zarr`` and rioxarray understands its
@@ -106,6 +106,8 @@ def create_store(uri: str, info: StoreInfo, *, compression_level: int = 3) -> No
     else:
         dims, shape = ("y", "x"), (info.height, info.width)
         chunks = (info.chunk_rows, info.chunk_cols)
+    # zstd level 1: the benchmarks measured 17 ms less per 1024^2 x 4 chunk than level 3 for a 0.4 %
+    # larger store.
     placeholder = da.zeros(shape, dtype=info.dtype, chunks=chunks)
     coords: dict[str, Any] = dict(_coordinates(info))
     if info.kind == "image":
@@ -195,9 +197,13 @@ def mark_complete(uri: str, info: StoreInfo) -> StoreInfo:
     return finished
 
 
-def open_data_array(uri: str, info: StoreInfo, *, mode: str = "r"):
-    """The zarr array of the store's data variable (for chunk-wise reads and writes)."""
-    return _open_group(uri, mode=mode)[info.variable]
+def open_data_array(uri: str, info: StoreInfo | str, *, mode: str = "r"):
+    """The zarr array of the store's data variable (``info`` or the variable's name) for chunk I/O."""
+    import zarr
+
+    variable = info if isinstance(info, str) else info.variable
+    return zarr.open_array(f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri),
+                           zarr_format=3)
 
 
 def chunks_done(uri: str) -> np.ndarray:
@@ -206,4 +212,4 @@ def chunks_done(uri: str) -> np.ndarray:
 
 
 def mark_chunk_done(uri: str, chunk_index: tuple[int, int]) -> None:
-    _open_group(uri, mode="r+")["chunk_done"][chunk_index] = 1
+    open_data_array(uri, "chunk_done", mode="r+")[chunk_index] = 1

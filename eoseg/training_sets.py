@@ -36,8 +36,11 @@ def reusable_tile_store(store_uri: str, scene_uri: str) -> bool:
         info = read_store_info(store_uri, require_complete=False)
     except IncompleteStoreError:
         return False
-    return bool(info.complete and info.kind == "image"
-                and storage.normalise_uri(info.source_uri) == storage.normalise_uri(scene_uri))
+    return bool(
+        info.complete
+        and info.kind == "image"
+        and storage.normalise_uri(info.source_uri) == storage.normalise_uri(scene_uri)
+    )
 
 
 def pooled_band_statistics(sources: Sequence[ZarrPatchSource]) -> tuple[list[float], list[float]]:
@@ -50,7 +53,9 @@ def pooled_band_statistics(sources: Sequence[ZarrPatchSource]) -> tuple[list[flo
         stds = [float(s.info.band_stats["std"][band]) for s in sources]
         total = sum(counts)
         pooled_mean = sum(n * m for n, m in zip(counts, means, strict=True)) / total
-        pooled_var = sum(n * (s * s + (m - pooled_mean) ** 2) for n, m, s in zip(counts, means, stds, strict=True))
+        pooled_var = sum(
+            n * (s * s + (m - pooled_mean) ** 2) for n, m, s in zip(counts, means, stds, strict=True)
+        )
         mean.append(pooled_mean)
         std.append(max(math.sqrt(pooled_var / total), 1e-6))
     return mean, std
@@ -66,14 +71,17 @@ class MultiStorePatchSource:
         seed: seed of that subset.
     """
 
-    def __init__(self, store_uris: Sequence[str], patch_size: int, *, max_patches: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, store_uris: Sequence[str], patch_size: int, *, max_patches: int | None = None, seed: int = 0
+    ) -> None:
         if not store_uris:
             raise ConfigurationError("no tile store to train on")
         self.sources = [ZarrPatchSource(uri, patch_size) for uri in store_uris]
         counts = {s.store_uri: s.band_count for s in self.sources}
         if len(set(counts.values())) != 1:
-            raise BandCountError(f"the scenes have different band counts {counts}; train one model per sensor")
+            raise BandCountError(
+                f"the scenes have different band counts {counts}; train one model per sensor"
+            )
         self.band_mean, self.band_std = pooled_band_statistics(self.sources)
         for source in self.sources:  # every store is normalised with the pooled statistics
             source.band_mean, source.band_std = self.band_mean, self.band_std
@@ -112,12 +120,12 @@ def train_clusterer_on_stores(
     ``stores``.
     """
     from eo_models.train_clusterer import ClustererTrainingParams, train_clusterer
-
     from eoseg.training import _log_clusterer_progress
 
     if len(store_uris) == 1:
-        summary = train_clusterer_on_store(store_uris[0], model_uri, params=params, max_patches=max_patches,
-                                           overwrite=overwrite)
+        summary = train_clusterer_on_store(
+            store_uris[0], model_uri, params=params, max_patches=max_patches, overwrite=overwrite
+        )
         return dict(summary, stores=list(store_uris))
     model_uri = storage.normalise_uri(model_uri)
     if storage.exists(model_uri) and not overwrite:
@@ -126,17 +134,35 @@ def train_clusterer_on_stores(
         training = ClustererTrainingParams(**(params or {}))
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"invalid clusterer training parameters: {error}") from error
-    patches = MultiStorePatchSource(store_uris, training.patch_size, max_patches=max_patches, seed=training.seed)
-    logger.info("training the clusterer on %d patches of %d px from %d stores (K=%d, I=%d, J=%d, B=%d)",
-                len(patches), training.patch_size, len(store_uris), training.num_classes, training.epochs,
-                training.iterations, training.batch_size)
+    patches = MultiStorePatchSource(
+        store_uris, training.patch_size, max_patches=max_patches, seed=training.seed
+    )
+    logger.info(
+        "training the clusterer on %d patches of %d px from %d stores (K=%d, I=%d, J=%d, B=%d)",
+        len(patches),
+        training.patch_size,
+        len(store_uris),
+        training.num_classes,
+        training.epochs,
+        training.iterations,
+        training.batch_size,
+    )
     started = time.perf_counter()
-    checkpoint = train_clusterer(patches, in_channels=patches.band_count, params=training,
-                                 band_mean=patches.band_mean, band_std=patches.band_std,
-                                 on_progress=_log_clusterer_progress)
+    checkpoint = train_clusterer(
+        patches,
+        in_channels=patches.band_count,
+        params=training,
+        band_mean=patches.band_mean,
+        band_std=patches.band_std,
+        on_progress=_log_clusterer_progress,
+    )
     seconds = time.perf_counter() - started
-    checkpoint["train_params"] = dict(checkpoint["train_params"], store_uris=list(store_uris),
-                                      max_patches=max_patches, seconds=round(seconds, 2))
+    checkpoint["train_params"] = dict(
+        checkpoint["train_params"],
+        store_uris=list(store_uris),
+        max_patches=max_patches,
+        seconds=round(seconds, 2),
+    )
     save_checkpoint_to(model_uri, checkpoint, overwrite=overwrite)
     losses = checkpoint.get("history", {}).get("loss", [])
     summary = {

@@ -98,8 +98,10 @@ def s3_credentials(secret_block: str | None) -> Iterator[None]:
     values = json.loads(value) if isinstance(value, str) else dict(value)
     unknown = set(values) - set(_CREDENTIAL_KEYS)
     if unknown or "aws_secret_access_key" not in values:
-        raise ConfigurationError(f"the Secret block {secret_block!r} must hold a JSON object with "
-                                 f"aws_access_key_id and aws_secret_access_key (unexpected keys: {sorted(unknown)})")
+        raise ConfigurationError(
+            f"the Secret block {secret_block!r} must hold a JSON object with "
+            f"aws_access_key_id and aws_secret_access_key (unexpected keys: {sorted(unknown)})"
+        )
     saved = {env: os.environ.get(env) for env in _CREDENTIAL_KEYS.values()}
     os.environ.update({_CREDENTIAL_KEYS[key]: str(item) for key, item in values.items()})
     s3fs.S3FileSystem.clear_instance_cache()
@@ -125,21 +127,34 @@ def _format_scores(scores: dict | None) -> str:
     return f"F1 {majority.get('f1', float('nan')):.3f}, OA {majority.get('oa', float('nan')):.3f} (majority)"
 
 
+def _summary_row(row: dict[str, Any]) -> str:
+    """One markdown table row of a run's summary."""
+    quicklook = row.get("quicklook")
+    if row["status"] == "failed":
+        last = (row.get("error") or "")[:200]
+    else:
+        last = _format_scores(row.get("scores"))
+    cells = [
+        PurePosixPath(row["scene"]).name,
+        f"{row['status']} ({row['was']})",
+        f"{row['pixels']:,}" if row.get("pixels") else "-",
+        f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
+        row.get("map") or "-",
+        row.get("item") or "-",
+        f"[{PurePosixPath(quicklook).name}]({quicklook})" if quicklook else "-",
+        last,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def _summary_markdown(title: str, lines: list[str], rows: list[dict[str, Any]]) -> str:
     parts = [f"# {title}", "", *lines, ""]
     if rows:
-        parts += ["| scene | status | pixels | seconds | map | STAC item | quick-look | scores |",
-                  "|---|---|---:|---:|---|---|---|---|"]
-        for row in rows:
-            parts.append("| {scene} | {status} | {pixels} | {seconds} | {map} | {item} | {quicklook} | {scores} |".format(
-                scene=PurePosixPath(row["scene"]).name, status=f"{row['status']} ({row['was']})",
-                pixels=f"{row['pixels']:,}" if row.get("pixels") else "-",
-                seconds=f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
-                map=row.get("map") or "-", item=row.get("item") or "-",
-                quicklook=f"[{PurePosixPath(row['quicklook']).name}]({row['quicklook']})" if row.get("quicklook")
-                else "-",
-                scores=_format_scores(row.get("scores")) if row["status"] != "failed" else row.get("error", "")[:200],
-            ))
+        parts += [
+            "| scene | status | pixels | seconds | map | STAC item | quick-look | scores |",
+            "|---|---|---:|---:|---|---|---|---|",
+            *[_summary_row(row) for row in rows],
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -162,29 +177,75 @@ def _map_and_catalogue(
     logger = get_run_logger()
     started = time.perf_counter()
     segment = segment_scene_flow.with_options(flow_run_name=f"segment-{scene.stem}")
-    state = segment(scene.uri, map_uri, model=model, weights_uri=weights_uri, reference_uri=scene.reference_uri,
-                    tile=tile, training=training, predict=predict, mosaic=mosaic,
-                    cluster=ClusterSpec(address=scheduler_address), overwrite=overwrite, return_state=True)
+    state = segment(
+        scene.uri,
+        map_uri,
+        model=model,
+        weights_uri=weights_uri,
+        reference_uri=scene.reference_uri,
+        tile=tile,
+        training=training,
+        predict=predict,
+        mosaic=mosaic,
+        cluster=ClusterSpec(address=scheduler_address),
+        overwrite=overwrite,
+        return_state=True,
+    )
     if not state.is_completed():
         logger.error("%s failed: %s", scene.uri, state.message)
-        return {"scene": scene.uri, "status": "failed", "was": status, "error": state.message or state.name,
-                "seconds": time.perf_counter() - started}
+        return {
+            "scene": scene.uri,
+            "status": "failed",
+            "was": status,
+            "error": state.message or state.name,
+            "seconds": time.perf_counter() - started,
+        }
     result = state.result()
-    entry = catalogue_map_task(result["map"], scene_uri=scene.uri, model_uri=result["model"],
-                               quicklook_uri=result["quicklook"], scores_uri=result["scores_file"],
-                               catalog_uri=catalog_uri)
+    entry = catalogue_map_task(
+        result["map"],
+        scene_uri=scene.uri,
+        model_uri=result["model"],
+        quicklook_uri=result["quicklook"],
+        scores_uri=result["scores_file"],
+        catalog_uri=catalog_uri,
+    )
     seconds = time.perf_counter() - started
     pixels = int(entry["shape"][0]) * int(entry["shape"][1])
-    logger.info("%s (%s) -> %s: %d px in %.1f s; STAC item %s (datetime %s from the %s)", scene.name, status,
-                result["map"], pixels, seconds, entry["item"], entry["datetime"], entry["datetime_source"])
-    return {"scene": scene.uri, "status": "mapped", "was": status, "map": result["map"], "item": entry["item"],
-            "quicklook": result["quicklook"], "model": result["model"], "scores": result["scores"],
-            "pixels": pixels, "seconds": seconds, "datetime": entry["datetime"],
-            "datetime_source": entry["datetime_source"]}
+    logger.info(
+        "%s (%s) -> %s: %d px in %.1f s; STAC item %s (datetime %s from the %s)",
+        scene.name,
+        status,
+        result["map"],
+        pixels,
+        seconds,
+        entry["item"],
+        entry["datetime"],
+        entry["datetime_source"],
+    )
+    return {
+        "scene": scene.uri,
+        "status": "mapped",
+        "was": status,
+        "map": result["map"],
+        "item": entry["item"],
+        "quicklook": result["quicklook"],
+        "model": result["model"],
+        "scores": result["scores"],
+        "pixels": pixels,
+        "seconds": seconds,
+        "datetime": entry["datetime"],
+        "datetime_source": entry["datetime_source"],
+    }
 
 
-def _map_scenes(decisions: list[SceneDecision], *, output_prefix: str, cluster: ClusterSpec,
-                force_overwrite: bool = False, **options: Any) -> list[dict[str, Any]]:
+def _map_scenes(
+    decisions: list[SceneDecision],
+    *,
+    output_prefix: str,
+    cluster: ClusterSpec,
+    force_overwrite: bool = False,
+    **options: Any,
+) -> list[dict[str, Any]]:
     """Map the scenes one after the other on one Dask cluster (each scene is parallel over its chunks).
 
     Stale and partial outputs are replaced; a new scene's outputs are refused if they appeared meanwhile.
@@ -192,22 +253,37 @@ def _map_scenes(decisions: list[SceneDecision], *, output_prefix: str, cluster: 
     catalog_uri = catalog_uri_for_prefix(output_prefix)
     with dask_cluster(cluster) as address:
         return [
-            _map_and_catalogue(decision.scene, decision.map_uri, status=decision.status.value,
-                               catalog_uri=catalog_uri, scheduler_address=address,
-                               overwrite=force_overwrite or decision.status is not SceneStatus.NEW, **options)
+            _map_and_catalogue(
+                decision.scene,
+                decision.map_uri,
+                status=decision.status.value,
+                catalog_uri=catalog_uri,
+                scheduler_address=address,
+                overwrite=force_overwrite or decision.status is not SceneStatus.NEW,
+                **options,
+            )
             for decision in decisions
         ]
 
 
-def _finish(kind: str, title: str, lines: list[str], rows: list[dict[str, Any]], key_prefix: str,
-            result: dict[str, Any]):
+def _finish(
+    kind: str,
+    title: str,
+    lines: list[str],
+    rows: list[dict[str, Any]],
+    key_prefix: str,
+    result: dict[str, Any],
+):
     """Publish the run's artifact; fail the run if a scene failed, else complete it with a summary message."""
-    create_markdown_artifact(_summary_markdown(title, lines, rows), key=_artifact_key(kind, key_prefix),
-                             description=title)
+    create_markdown_artifact(
+        _summary_markdown(title, lines, rows), key=_artifact_key(kind, key_prefix), description=title
+    )
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
-        raise ScenesFailedError(f"{len(failed)} of {len(rows)} scene(s) failed: "
-                                + "; ".join(f"{row['scene']}: {row['error']}" for row in failed))
+        raise ScenesFailedError(
+            f"{len(failed)} of {len(rows)} scene(s) failed: "
+            + "; ".join(f"{row['scene']}: {row['error']}" for row in failed)
+        )
     return Completed(message=title, data=result)
 
 
@@ -251,30 +327,55 @@ def city_run_flow(
     weights = configured(weights_uri, "weights_uri")
     prefix = configured(scenes_prefix, "scenes_prefix")
     with s3_credentials(configured(credentials_secret, "credentials_secret")):
-        scenes = [SceneFile(uri=storage.normalise_uri(uri), modified=0.0, size=0, reference_uri=reference_for(uri))
-                  for uri in (scene_uris or [])]
+        scenes = [
+            SceneFile(uri=storage.normalise_uri(uri), modified=0.0, size=0, reference_uri=reference_for(uri))
+            for uri in (scene_uris or [])
+        ]
         if prefix:
             scenes += list_scenes(prefix, recursive=recursive, exclude_prefix=output_prefix)
         if not scenes:
-            raise ConfigurationError("no scene to segment: give scene_uris or a scenes_prefix that holds *.tif files")
+            raise ConfigurationError(
+                "no scene to segment: give scene_uris or a scenes_prefix that holds *.tif files"
+            )
         stems = [scene.stem for scene in scenes]
         duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
         if duplicates:
             raise ConfigurationError(f"several scenes would write the same map: {duplicates}")
         logger.info("city run: %d scene(s) -> %s", len(scenes), output_prefix)
-        decisions = [SceneDecision(scene, SceneStatus.NEW, map_uri_for(scene.uri, output_prefix), "requested")
-                     for scene in scenes]
+        decisions = [
+            SceneDecision(scene, SceneStatus.NEW, map_uri_for(scene.uri, output_prefix), "requested")
+            for scene in scenes
+        ]
         started = time.perf_counter()
-        rows = _map_scenes(decisions, output_prefix=output_prefix, cluster=cluster, model=model,
-                           weights_uri=weights, tile=tile, training=training, predict=predict, mosaic=mosaic,
-                           force_overwrite=overwrite)
+        rows = _map_scenes(
+            decisions,
+            output_prefix=output_prefix,
+            cluster=cluster,
+            model=model,
+            weights_uri=weights,
+            tile=tile,
+            training=training,
+            predict=predict,
+            mosaic=mosaic,
+            force_overwrite=overwrite,
+        )
     done = [row for row in rows if row["status"] != "failed"]
-    title = (f"city-run: {len(done)} of {len(rows)} scene(s) mapped, "
-             f"{sum(row.get('pixels', 0) for row in done):,} px in {time.perf_counter() - started:.0f} s")
-    lines = [f"Output prefix: `{output_prefix}`; catalogue: `{catalog_uri_for_prefix(output_prefix)}`",
-             f"Model: {model}, weights: `{weights or 'trained on each scene'}`"]
-    return _finish("city-run", title, lines, rows, output_prefix,
-                   {"output_prefix": output_prefix, "catalog": catalog_uri_for_prefix(output_prefix), "scenes": rows})
+    title = (
+        f"city-run: {len(done)} of {len(rows)} scene(s) mapped, "
+        f"{sum(row.get('pixels', 0) for row in done):,} px in {time.perf_counter() - started:.0f} s"
+    )
+    lines = [
+        f"Output prefix: `{output_prefix}`; catalogue: `{catalog_uri_for_prefix(output_prefix)}`",
+        f"Model: {model}, weights: `{weights or 'trained on each scene'}`",
+    ]
+    return _finish(
+        "city-run",
+        title,
+        lines,
+        rows,
+        output_prefix,
+        {"output_prefix": output_prefix, "catalog": catalog_uri_for_prefix(output_prefix), "scenes": rows},
+    )
 
 
 @flow(name="reprocess-new-acquisitions", log_prints=True)
@@ -320,30 +421,65 @@ def reprocess_new_acquisitions_flow(
         todo = [decision for decision in plan if decision.needs_processing]
         for decision in plan:
             logger.info("%s: %s (%s)", decision.scene.name, decision.status.value, decision.reason)
-        lines = [f"Scenes prefix: `{scenes_prefix}`; output prefix: `{output_prefix}`; catalogue: "
-                 f"`{catalog_uri_for_prefix(output_prefix)}`",
-                 f"Model: {model}, weights: `{weights or 'trained on each scene'}`"]
+        lines = [
+            f"Scenes prefix: `{scenes_prefix}`; output prefix: `{output_prefix}`; catalogue: "
+            f"`{catalog_uri_for_prefix(output_prefix)}`",
+            f"Model: {model}, weights: `{weights or 'trained on each scene'}`",
+        ]
         up_to_date = [d.scene.uri for d in plan if not d.needs_processing]
         if not todo:
-            title = (f"reprocess-new-acquisitions: nothing new: all {len(plan)} scene(s) under {scenes_prefix} "
-                     f"have up-to-date maps")
+            title = (
+                f"reprocess-new-acquisitions: nothing new: all {len(plan)} scene(s) under {scenes_prefix} "
+                f"have up-to-date maps"
+            )
             logger.info(title)
-            return _finish("reprocess", title, lines, [], output_prefix,
-                           {"processed": [], "up_to_date": up_to_date, "message": title})
-        logger.info("%d of %d scene(s) need a map: %s", len(todo), len(plan),
-                    ", ".join(f"{d.scene.name} ({d.status.value})" for d in todo))
+            return _finish(
+                "reprocess",
+                title,
+                lines,
+                [],
+                output_prefix,
+                {"processed": [], "up_to_date": up_to_date, "message": title},
+            )
+        logger.info(
+            "%d of %d scene(s) need a map: %s",
+            len(todo),
+            len(plan),
+            ", ".join(f"{d.scene.name} ({d.status.value})" for d in todo),
+        )
         started = time.perf_counter()
-        rows = _map_scenes(todo, output_prefix=output_prefix, cluster=cluster, model=model, weights_uri=weights,
-                           tile=tile, training=training, predict=predict, mosaic=mosaic)
+        rows = _map_scenes(
+            todo,
+            output_prefix=output_prefix,
+            cluster=cluster,
+            model=model,
+            weights_uri=weights,
+            tile=tile,
+            training=training,
+            predict=predict,
+            mosaic=mosaic,
+        )
     done = [row for row in rows if row["status"] != "failed"]
-    title = (f"reprocess-new-acquisitions: {len(done)} scene(s) mapped "
-             f"({', '.join(PurePosixPath(row['scene']).name for row in done) or 'none'}), "
-             f"{len(up_to_date)} already up to date; {sum(row.get('pixels', 0) for row in done):,} px in "
-             f"{time.perf_counter() - started:.0f} s")
+    title = (
+        f"reprocess-new-acquisitions: {len(done)} scene(s) mapped "
+        f"({', '.join(PurePosixPath(row['scene']).name for row in done) or 'none'}), "
+        f"{len(up_to_date)} already up to date; {sum(row.get('pixels', 0) for row in done):,} px in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     logger.info(title)
-    return _finish("reprocess", title, lines, rows, output_prefix,
-                   {"processed": [row["scene"] for row in done], "up_to_date": up_to_date, "scenes": rows,
-                    "message": title})
+    return _finish(
+        "reprocess",
+        title,
+        lines,
+        rows,
+        output_prefix,
+        {
+            "processed": [row["scene"] for row in done],
+            "up_to_date": up_to_date,
+            "scenes": rows,
+            "message": title,
+        },
+    )
 
 
 @flow(name="train-model", log_prints=True)
@@ -386,10 +522,14 @@ def train_model_flow(
         if prefix:
             scenes += [scene.uri for scene in list_scenes(prefix)]
         if not scenes:
-            raise ConfigurationError("no scene to train on: give scene_uris or a scenes_prefix with *.tif files")
+            raise ConfigurationError(
+                "no scene to train on: give scene_uris or a scenes_prefix with *.tif files"
+            )
         if storage.exists(model_uri) and not overwrite:
-            raise ConfigurationError(f"{model_uri}: a checkpoint is already published there; pass overwrite or "
-                                     "publish under a new name (e.g. a version suffix)")
+            raise ConfigurationError(
+                f"{model_uri}: a checkpoint is already published there; pass overwrite or "
+                "publish under a new name (e.g. a version suffix)"
+            )
         started = time.perf_counter()
         stores = []
         with dask_cluster(cluster) as address:
@@ -398,19 +538,36 @@ def train_model_flow(
                 if reusable_tile_store(store, scene):
                     logger.info("reusing the tile store %s", store)
                 else:
-                    tile_task(scene, store, chunk_size=tile.chunk_size, overwrite=True,
-                              allow_ungeoreferenced=tile.allow_ungeoreferenced, scheduler_address=address)
+                    tile_task(
+                        scene,
+                        store,
+                        chunk_size=tile.chunk_size,
+                        overwrite=True,
+                        allow_ungeoreferenced=tile.allow_ungeoreferenced,
+                        scheduler_address=address,
+                    )
                 stores.append(store)
-            summary = train_clusterer_on_stores_task(stores, model_uri, options=training, overwrite=overwrite,
-                                                     scheduler_address=address)
+            summary = train_clusterer_on_stores_task(
+                stores, model_uri, options=training, overwrite=overwrite, scheduler_address=address
+            )
     seconds = time.perf_counter() - started
-    title = (f"train-model: {model} trained on {len(scenes)} scene(s), {summary['patches']} patches, "
-             f"published at {model_uri}")
-    lines = [f"Checkpoint: `{model_uri}` (use it as `weights_uri`)",
-             f"Training: {summary['seconds']:.1f} s on {summary['device']}, final loss {summary['final_loss']}; "
-             f"whole run {seconds:.0f} s", "", "Scenes:", *[f"- `{scene}`" for scene in scenes]]
-    create_markdown_artifact("\n".join([f"# {title}", "", *lines]) + "\n", key=_artifact_key("model", model_uri),
-                             description=title)
+    title = (
+        f"train-model: {model} trained on {len(scenes)} scene(s), {summary['patches']} patches, "
+        f"published at {model_uri}"
+    )
+    lines = [
+        f"Checkpoint: `{model_uri}` (use it as `weights_uri`)",
+        f"Training: {summary['seconds']:.1f} s on {summary['device']}, final loss "
+        f"{summary['final_loss'] if summary['final_loss'] is None else round(summary['final_loss'], 4)}; "
+        f"whole run {seconds:.0f} s",
+        "",
+        "Scenes:",
+        *[f"- `{scene}`" for scene in scenes],
+    ]
+    create_markdown_artifact(
+        "\n".join([f"# {title}", "", *lines]) + "\n", key=_artifact_key("model", model_uri), description=title
+    )
     logger.info(title)
-    return Completed(message=title, data={"model_uri": model_uri, "scenes": scenes, "stores": stores,
-                                          "training": summary})
+    return Completed(
+        message=title, data={"model_uri": model_uri, "scenes": scenes, "stores": stores, "training": summary}
+    )

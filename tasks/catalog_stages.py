@@ -22,5 +22,12 @@ def catalogue_map_task(
     properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``MAP.item.json`` beside the map and add it to ``catalog.json`` (written last in a run)."""
-    return catalogue_map(map_uri, scene_uri=scene_uri, model_uri=model_uri, quicklook_uri=quicklook_uri,
-                         scores_uri=scores_uri, catalog_uri=catalog_uri, properties=properties)
+    return catalogue_map(
+        map_uri,
+        scene_uri=scene_uri,
+        model_uri=model_uri,
+        quicklook_uri=quicklook_uri,
+        scores_uri=scores_uri,
+        catalog_uri=catalog_uri,
+        properties=properties,
+    )

@@ -26,7 +26,13 @@ def train_clusterer_on_stores_task(
         if has_gpu_workers(client):
             get_run_logger().info("training on a GPU worker of %s", scheduler_address)
             with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1):
-                future = client.submit(train_clusterer_on_stores, store_uris, model_uri, resources={"GPU": 1},
-                                       pure=False, **kwargs)
+                future = client.submit(
+                    train_clusterer_on_stores,
+                    store_uris,
+                    model_uri,
+                    resources={"GPU": 1},
+                    pure=False,
+                    **kwargs,
+                )
                 return future.result()
     return train_clusterer_on_stores(store_uris, model_uri, **kwargs)

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT, S3_ENV, SHARED_DATA
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.s3, pytest.mark.slow]
 
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
 REPROCESS = "reprocess-new-acquisitions/reprocess-new-acquisitions"
-NAIP = [SHARED_DATA / "naip" / f"m_4709963_se_14_1_{date}.tif" for date in ("20090818", "20100629", "20120731")]
+NAIP = [
+    SHARED_DATA / "naip" / f"m_4709963_se_14_1_{date}.tif" for date in ("20090818", "20100629", "20120731")
+]
 CREDENTIALS = (S3_ENV["AWS_SECRET_ACCESS_KEY"], S3_ENV["AWS_ACCESS_KEY_ID"])
 BUCKET = "eoseg-deployments"
 RUN_TIMEOUT_S = 600
@@ -44,8 +45,14 @@ def _subprocess_env(home: Path, **extra: str) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
     env = dict(os.environ)
-    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_LOGGING_EXTRA_LOGGERS="eoseg", PREFECT_CLI_PROMPT="false", **extra)
+    env.update(
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_EXTRA_LOGGERS="eoseg",
+        PREFECT_CLI_PROMPT="false",
+        **extra,
+    )
     return env
 
 
@@ -54,14 +61,19 @@ def s3_dask_address(s3_endpoint):
     """A Dask cluster started after the AWS_* variables are set, so its worker processes can reach S3."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.WARNING) as cluster:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.WARNING,
+    ) as cluster:
         yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
 def deployed(s3_endpoint, s3_dask_address, tmp_path_factory, shared_data):
-    """Work pools and deployments from the repository's files, a checkpoint on S3, a process worker running."""
+    """Work pools and deployments from the repository's files, a checkpoint on S3, a process worker."""
     import s3fs
 
     from eoseg.tiling import tile_scene
@@ -70,34 +82,81 @@ def deployed(s3_endpoint, s3_dask_address, tmp_path_factory, shared_data):
     work = tmp_path_factory.mktemp("deployments")
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
     fs.mkdir(BUCKET)
-    prefixes = {"scenes": f"s3://{BUCKET}/incoming", "maps": f"s3://{BUCKET}/maps",
-                "model": f"s3://{BUCKET}/models/naip-clusterer.pt"}
+    prefixes = {
+        "scenes": f"s3://{BUCKET}/incoming",
+        "maps": f"s3://{BUCKET}/maps",
+        "model": f"s3://{BUCKET}/models/naip-clusterer.pt",
+    }
     # The checkpoint every run applies (training is not what these tests are about).
     tile_scene(str(NAIP[0]), str(work / "train.tiles.zarr"), chunk_size=512, show_progress=False)
-    train_clusterer_on_store(str(work / "train.tiles.zarr"), prefixes["model"],
-                             params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32), max_patches=8)
+    train_clusterer_on_store(
+        str(work / "train.tiles.zarr"),
+        prefixes["model"],
+        params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
+        max_patches=8,
+    )
 
     home = work / "prefect-home"
     env = _subprocess_env(home)
-    pools = subprocess.run([sys.executable, "-m", "deployments.work_pools"], env=env, cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=300)
+    pools = subprocess.run(
+        [sys.executable, "-m", "deployments.work_pools"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pools.returncode == 0, pools.stdout + pools.stderr
-    deploy_env = dict(env, EOSEG_SCENES_PREFIX=prefixes["scenes"], EOSEG_OUTPUT_PREFIX=prefixes["maps"],
-                      EOSEG_WEIGHTS_URI=prefixes["model"])
-    deploy = subprocess.run([_prefect_cli(), "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--all"],
-                            env=deploy_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    deploy_env = dict(
+        env,
+        EOSEG_SCENES_PREFIX=prefixes["scenes"],
+        EOSEG_OUTPUT_PREFIX=prefixes["maps"],
+        EOSEG_WEIGHTS_URI=prefixes["model"],
+    )
+    deploy = subprocess.run(
+        [_prefect_cli(), "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--all"],
+        env=deploy_env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
     worker_log = work / "worker.log"
-    worker_env = _subprocess_env(home, EOSEG_CLUSTER=s3_dask_address, PREFECT_WORKER_QUERY_SECONDS="1",
-                                 PREFECT_WORKER_PREFETCH_SECONDS="5")
+    worker_env = _subprocess_env(
+        home,
+        EOSEG_CLUSTER=s3_dask_address,
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+    )
     with open(worker_log, "w") as log:
-        worker = subprocess.Popen([_prefect_cli(), "worker", "start", "--pool", "eoseg-process", "--type", "process",
-                                   "--limit", "1"], env=worker_env, cwd=REPO_ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [
+                _prefect_cli(),
+                "worker",
+                "start",
+                "--pool",
+                "eoseg-process",
+                "--type",
+                "process",
+                "--limit",
+                "1",
+            ],
+            env=worker_env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        yield {"fs": fs, "prefixes": prefixes, "deploy_output": deploy.stdout, "worker_log": worker_log,
-               "worker": worker}
+        yield {
+            "fs": fs,
+            "prefixes": prefixes,
+            "deploy_output": deploy.stdout,
+            "worker_log": worker_log,
+            "worker": worker,
+        }
     finally:
         # The worker and the flow runs it started share its process group.
         try:
@@ -129,7 +188,9 @@ def _wait_for_final_run(client, deployment_id, *, created_after, timeout=RUN_TIM
     while time.monotonic() < deadline:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=created_after)),
+            flow_run_filter=FlowRunFilter(
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=created_after)
+            ),
             sort=FlowRunSort.EXPECTED_START_TIME_ASC,
         )
         if runs and runs[0].state is not None and runs[0].state.is_final():
@@ -165,12 +226,14 @@ def test_prefect_yaml_declares_the_deployments_the_server_holds(deployed):
         (automation,) = client.read_automations_by_name("eoseg-new-acquisition")
         assert automation.trigger.expect == {"eoseg.acquisition.created"}
         assert automation.trigger.match.model_dump()["prefect.resource.id"] == (
-            f"eoseg.acquisition.{deployed['prefixes']['scenes']}/*")
+            f"eoseg.acquisition.{deployed['prefixes']['scenes']}*"
+        )
         assert automation.actions[0].deployment_id == reprocess.id
 
         gpu_pool = client.read_work_pool("eoseg-kubernetes")
-        container = gpu_pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
-            "containers"][0]
+        container = gpu_pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"][
+            "spec"
+        ]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
         assert gpu_pool.base_job_template["variables"]["properties"]["gpu_limit"]["default"] == 1
         assert client.read_work_pool("eoseg-docker").type == "docker"
@@ -187,6 +250,7 @@ def test_reprocess_maps_only_new_scenes_then_nothing(deployed):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
 
     from deployments.acquisition_events import emit, events_from_s3_notification
     from eoseg.catalog import item_uri_for_map
@@ -196,9 +260,10 @@ def test_reprocess_maps_only_new_scenes_then_nothing(deployed):
         fs.put_file(str(scene), f"{prefixes['scenes']}/{scene.name}")
     with get_client(sync_client=True) as client:
         reprocess = _read_deployment(client, REPROCESS)
-        # An operator's edit in the UI: smaller chunks for these small scenes (runs the trigger starts use it too).
-        client.update_deployment(reprocess.id, DeploymentUpdate(
-            parameters=dict(reprocess.parameters, tile={"chunk_size": 512})))
+        # An operator's edit in the UI: smaller chunks for these small scenes (event-started runs use it too).
+        client.update_deployment(
+            reprocess.id, DeploymentUpdate(parameters=dict(reprocess.parameters, tile={"chunk_size": 512}))
+        )
 
     first = run_deployment(REPROCESS, timeout=RUN_TIMEOUT_S)
     print("run 1:", first.state.message)
@@ -206,16 +271,25 @@ def test_reprocess_maps_only_new_scenes_then_nothing(deployed):
     assert "2 scene(s) mapped" in first.state.message
     assert all(scene.name in first.state.message for scene in NAIP[:2])
     fs.invalidate_cache()
-    first_maps = {scene.stem: fs.info(f"{prefixes['maps']}/{scene.stem}.tif")["LastModified"] for scene in NAIP[:2]}
+    first_maps = {
+        scene.stem: fs.info(f"{prefixes['maps']}/{scene.stem}.tif")["LastModified"] for scene in NAIP[:2]
+    }
 
     # A third scene arrives; the bucket notification is relayed as an event, and the trigger starts a run.
     third = NAIP[2]
     fs.put_file(str(third), f"{prefixes['scenes']}/{third.name}")
-    bucket, _, key = f"{prefixes['scenes']}/{third.name}"[len("s3://"):].partition("/")
-    notification = {"Records": [{"eventName": "ObjectCreated:Put", "eventSource": "aws:s3",
-                                 "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1}}}]}
+    bucket, _, key = f"{prefixes['scenes']}/{third.name}"[len("s3://") :].partition("/")
+    notification = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "eventSource": "aws:s3",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1}},
+            }
+        ]
+    }
     announced = datetime.datetime.now(datetime.UTC)
-    assert emit(events_from_s3_notification(notification)) == 1
+    assert emit(events_from_s3_notification(notification), api_url=PREFECT_API_URL.value()) == 1
     with get_client(sync_client=True) as client:
         second = _wait_for_final_run(client, reprocess.id, created_after=announced)
     print("run 2 (event):", second.state.message)
@@ -233,14 +307,16 @@ def test_reprocess_maps_only_new_scenes_then_nothing(deployed):
         assert fs.info(f"{prefixes['maps']}/{scene.stem}.tif")["LastModified"] == first_maps[scene.stem]
     catalog = json.loads(fs.cat_file(f"{prefixes['maps']}/catalog.json"))
     assert sorted(link["href"] for link in catalog["links"] if link["rel"] == "item") == [
-        f"./{scene.stem}.item.json" for scene in NAIP]
+        f"./{scene.stem}.item.json" for scene in NAIP
+    ]
     for scene in NAIP:
         map_uri = f"{prefixes['maps']}/{scene.stem}.tif"
         assert fs.exists(map_uri) and fs.exists(f"{prefixes['maps']}/{scene.stem}.png")
         item = json.loads(fs.cat_file(item_uri_for_map(map_uri)))
         assert item["properties"]["eoseg:datetime_source"] == "file-name"
         assert item["properties"]["datetime"].startswith(
-            f"{scene.stem[-8:-4]}-{scene.stem[-4:-2]}-{scene.stem[-2:]}")
+            f"{scene.stem[-8:-4]}-{scene.stem[-4:-2]}-{scene.stem[-2:]}"
+        )
         assert item["properties"]["proj:code"] == "EPSG:26914"
         assert item["assets"]["map"]["href"] == map_uri
         assert item["assets"]["model"]["href"] == prefixes["model"]
@@ -250,10 +326,12 @@ def test_reprocess_maps_only_new_scenes_then_nothing(deployed):
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         (artifact,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[last.id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[last.id]))
+        )
         assert "nothing new" in artifact.data
         (artifact,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.id]))
+        )
         assert "m_4709963_se_14_1_20090818.png" in artifact.data and "676,216" in artifact.data
 
 
@@ -271,16 +349,20 @@ def test_no_credential_in_logs_parameters_or_artifacts(deployed):
             runs = client.read_flow_runs(limit=200)
         logs, offset = [], 0
         while True:
-            page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id for run in runs])),
-                                    limit=200, offset=offset)
+            page = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id for run in runs])),
+                limit=200,
+                offset=offset,
+            )
             logs += page
             offset += len(page)
             if len(page) < 200:
                 break
         artifacts = client.read_artifacts(limit=200)
         deployments = client.read_deployments(limit=200)
-    assert len(logs) > 20 and any("reprocess-new-acquisitions" in log.message or "scene" in log.message
-                                  for log in logs)
+    assert len(logs) > 20 and any(
+        "reprocess-new-acquisitions" in log.message or "scene" in log.message for log in logs
+    )
     texts = {
         "logs": "\n".join(log.message for log in logs),
         "parameters": json.dumps([run.parameters for run in runs], default=str),
