@@ -2,7 +2,7 @@
 
 For scenes built from real NAIP pieces (1x, 4x, 16x the pixels), runs eoseg's predict stage (Zarr to
 Zarr, scene-level attention pooling, a small trained clusterer) on a fresh LocalCluster for each case
-and reports wall time, megapixels/s, and the peak RSS of each worker process (``ru_maxrss`` read from
+and reports wall time, megapixels/s, and the peak RSS of each worker process (``VmHWM`` read from
 inside the worker, so it is the true peak, not a sample). Also 1 vs 2 worker processes on the 4x scene.
 Then a paper estimate for a 50-gigapixel city from the measured per-worker figures.
 
@@ -28,6 +28,10 @@ TILES = {1: (2, 2), 4: (4, 4), 16: (8, 8)}  # NAIP pieces (934 x 724 px each) pe
 
 
 def _peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM); ru_maxrss can report a parent's peak in a forked child."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
