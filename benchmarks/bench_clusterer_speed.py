@@ -258,11 +258,13 @@ def _cpu_seconds() -> float:
 
 
 def case_train(case: dict) -> dict:
+    import inspect
+
     import numpy as np
     import torch
 
     from eo_models.clusterer import ClustererConfig, SingleSceneClusterer
-    from eo_models.clusterer_losses import shuffle_batch
+    from eo_models.clusterer_losses import random_derangement
     from eo_models.train_clusterer import (
         ClustererTrainingParams,
         _build_optimizer,
@@ -306,14 +308,19 @@ def case_train(case: dict) -> dict:
         model.train()
         optimizer = _build_optimizer(training, model)
         generator = np.random.default_rng(training.seed)
+        # The training step takes the derangement (one forward, features[permutation]) in the current
+        # eo_models, the shuffled batch (a second forward) in the first version; follow whichever is there.
+        takes_permutation = "permutation" in inspect.signature(clusterer_training_step).parameters
+        result["step_signature"] = "permutation" if takes_permutation else "shuffled batch"
         losses_seen = []
         for _ in range(training.epochs):
             for indices in batch_indices_for_epoch(len(patches), training.batch_size, generator):
                 batch = patches[torch.from_numpy(indices)]
                 total = torch.zeros(())
                 for _ in range(training.iterations):
-                    shuffled, _ = shuffle_batch(batch, generator)
-                    losses = clusterer_training_step(model, optimizer, batch, shuffled)
+                    permutation = torch.as_tensor(random_derangement(len(indices), generator))
+                    second = permutation if takes_permutation else batch[permutation]
+                    losses = clusterer_training_step(model, optimizer, batch, second)
                     total += losses.clustering + losses.contrastive
                 losses_seen.append(total.item() / training.iterations)
         seconds = time.perf_counter() - started
@@ -649,7 +656,9 @@ def render(report: dict) -> list[str]:
                 "counts B). `eoseg` = `train_clusterer_on_store` end to end (patch index over the Zarr store, "
                 "reads, normalisation, training loop, checkpoint written); `plain` = the same model, losses, "
                 "optimiser, batches and derangements on the same patches already in memory as one tensor. "
-                f"Median of {params['train_repeats']} fresh-process runs."
+                f"Median of {params['train_repeats']} fresh-process runs. `cpu/wall` = CPU seconds of the "
+                "process per wall second (2.0 = both cores busy for this run). `final loss` = the last batch's "
+                "mean L + L': equal for both loops when they do the same computation."
             ),
             "",
         ]
@@ -670,6 +679,7 @@ def render(report: dict) -> list[str]:
                     fmt(entry["median_patches_per_s"]),
                     fmt(ratio) if entry["mode"] == "eoseg" else "1.00",
                     " / ".join(f"{r['cpu_s'] / r['seconds']:.2f}" for r in runs),
+                    f"{runs[0]['final_loss']:.5f}",
                     "; ".join(load_str(r) for r in runs),
                 ]
             )
@@ -683,6 +693,7 @@ def render(report: dict) -> list[str]:
                 "patch-its/s",
                 "eoseg/plain",
                 "cpu/wall",
+                "final loss",
                 "load",
             ],
             rows,

@@ -32,7 +32,9 @@ def train_mcl_lc(
     lr: Annotated[
         float, typer.Option("--lr", min=0.0, help="Initial Adam learning rate, cosine decay (paper: 0.001).")
     ] = 1e-3,
-    temperature: Annotated[float, typer.Option(min=0.0, help="NT-Xent temperature (not given by the paper).")] = 0.5,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="NT-Xent temperature (not given by the paper).")
+    ] = 0.5,
     num_rois: Annotated[int, typer.Option(min=1, help="Matched ROIs per patch pair (paper: 12).")] = 12,
     roi_size: Annotated[int, typer.Option(min=1, help="ROI edge in pixels (paper: 8).")] = 8,
     feature_level: Annotated[
@@ -90,8 +92,8 @@ def train_mcl_lc(
     summary = _run_flow(pretrain_mcl_lc_flow, list(stores), out, training=options, resume_uri=resume,
                         stop_after_epoch=stop_after_epoch, cluster=_cluster_spec(), overwrite=overwrite)
     loss = summary["final_loss"]
-    typer.echo(f"model: {summary['model_uri']}  (pre-trained {summary['epochs_done']}/{summary['epochs']} epochs on "
-               f"{summary['patches']} patches from {len(summary['stores'])} store(s), {summary['seconds']} s on "
+    typer.echo(f"model: {summary['model_uri']}  (pre-trained {summary['epochs_done']}/{summary['epochs']} "
+               f"epochs on {summary['patches']} patches from {len(summary['stores'])} store(s), {summary['seconds']} s on "
                f"{summary['device']}, {summary['patches_per_second']} patches/s, final loss "
                f"{'n/a' if loss is None else f'{loss:.4f}'})")
 
@@ -101,7 +103,9 @@ def finetune(
     store: Annotated[str, typer.Option("--store", help="Tile store of the labelled scene (from `eoseg tile`).")],
     labels: Annotated[
         str,
-        typer.Option("--labels", help="Label raster on the store's grid, or GeoJSON polygons (255 inside, 0 out)."),
+        typer.Option(
+            "--labels", help="Label raster on the store's grid, or GeoJSON polygons (255 inside, 0 out)."
+        ),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Fine-tuned checkpoint to write (TUNED.pt).")],
     label_fraction: Annotated[
@@ -119,7 +123,9 @@ def finetune(
     epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs (paper: 20).")] = 20,
     batch_size: Annotated[int, typer.Option(min=2, help="Patches per batch.")] = 16,
     patch_size: Annotated[int, typer.Option(min=32, help="Patch edge in pixels (paper: 256).")] = 256,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Initial Adam learning rate (paper: 0.0001).")] = 1e-4,
+    lr: Annotated[
+        float, typer.Option("--lr", min=0.0, help="Initial Adam learning rate (paper: 0.0001).")
+    ] = 1e-4,
     max_patches: Annotated[
         Optional[int], typer.Option(min=2, help="Fine-tune on a random subset of at most N patches.")
     ] = None,
@@ -142,17 +148,18 @@ def finetune(
     options = _options(
         MclLcFinetuneOptions, label_fraction=label_fraction, ignore_values=list(ignore or []),
         num_classes=num_classes, epochs=epochs, batch_size=batch_size, patch_size=patch_size, learning_rate=lr,
-        freeze_encoder=freeze_encoder, max_patches=max_patches, max_steps_per_epoch=max_steps_per_epoch, seed=seed,
-        device=device,
+        freeze_encoder=freeze_encoder, max_patches=max_patches, max_steps_per_epoch=max_steps_per_epoch,
+        seed=seed, device=device,
     )  # fmt: skip
-    summary = _run_flow(finetune_mcl_lc_flow, model, store, labels, out, training=options, cluster=_cluster_spec(),
-                        overwrite=overwrite)
+    summary = _run_flow(finetune_mcl_lc_flow, model, store, labels, out, training=options,
+                        cluster=_cluster_spec(), overwrite=overwrite)
     mapping = ", ".join(f"{value}->{index}" for value, index in summary["label_mapping"].items())
     share = summary["sampled_pixels"] / max(summary["labelled_pixels"], 1)
     typer.echo(f"model: {summary['model_uri']}  (label sample {summary['sampled_pixels']} of "
-               f"{summary['labelled_pixels']} labelled pixels = {share:.2%}; fine-tuned on {summary['pixels_used']} "
-               f"of them in {summary['patches']} of {summary['candidate_patches']} patches, {summary['seconds']} s on "
-               f"{summary['device']}, final loss {summary['final_loss']:.4f}; classes {mapping})")
+               f"{summary['labelled_pixels']} labelled pixels = {share:.2%}; fine-tuned on "
+               f"{summary['pixels_used']} of them in {summary['patches']} of {summary['candidate_patches']} "
+               f"patches, {summary['seconds']} s on {summary['device']}, final loss "
+               f"{summary['final_loss']:.4f}; classes {mapping})")
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:

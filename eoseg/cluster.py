@@ -54,6 +54,7 @@ class ClusterSpec(BaseModel):
 
 def _start_local_cluster(spec: ClusterSpec):
     import dask
+    import distributed  # noqa: F401  (registers the "distributed" config section before it is overridden)
 
     # The worker's statistical profiler costs ~18 % CPU on chunk tasks (measured); nannies hand the
     # configuration in force when they start to their workers.

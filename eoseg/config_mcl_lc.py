@@ -29,7 +29,9 @@ class MclLcPretrainOptions(_Options):
     num_rois: int = Field(default=12, ge=1, description="Matched ROIs per patch pair N_R (paper: 12).")
     roi_size: int = Field(default=8, ge=1, description="ROI edge in pixels (paper: 8).")
     feature_level: bool = Field(default=True, description="Use the feature-level contrastive loss L_fl (Eq. 2).")
-    semantic_level: bool = Field(default=True, description="Use the semantic-level contrastive loss L_sl (Eq. 4).")
+    semantic_level: bool = Field(
+        default=True, description="Use the semantic-level contrastive loss L_sl (Eq. 4)."
+    )
     local_consistency: bool = Field(
         default=True, description="Use the local-consistency (mutual information) loss L_lc (Eq. 6)."
     )

@@ -13,7 +13,7 @@ Nothing here holds a whole scene in memory: labels are scanned and read window b
 
 from __future__ import annotations
 
-import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,8 +26,6 @@ from eoseg.geometry import Window
 from eoseg.patches import ZarrPatchSource, normalise_block
 from eoseg.store import StoreInfo, open_data_array, read_store_info
 from eoseg.tiling import valid_pixel_mask
-
-logger = logging.getLogger("eoseg.mcl_lc")
 
 IGNORE_INDEX = -1  # label of pixels left out of the fine-tuning loss (FinetuneParams.ignore_index)
 
@@ -174,12 +172,15 @@ class LabelRaster:
 
 def _open_labels(uri: str):
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     if not storage.exists(uri):
         raise SceneNotFoundError(f"{uri}: labels raster not found")
     try:
-        return rasterio.open(storage.gdal_path(uri))
+        with warnings.catch_warnings():
+            # An ungeoreferenced raster is refused by check_labels_on_grid with a message of its own.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(storage.gdal_path(uri))
     except RasterioIOError as error:
         raise CorruptSceneError(f"{uri}: GDAL cannot read the labels raster ({error})") from error
 
@@ -190,7 +191,9 @@ def check_labels_on_grid(uri: str, info: StoreInfo, store_uri: str) -> None:
 
     with storage.gdal_env(uri), _open_labels(uri) as labels:
         if not np.issubdtype(np.dtype(labels.dtypes[0]), np.integer):
-            raise CorruptSceneError(f"{uri}: labels hold {labels.dtypes[0]} values; class labels must be integers")
+            raise CorruptSceneError(
+                f"{uri}: labels hold {labels.dtypes[0]} values; class labels must be integers"
+            )
         if (labels.height, labels.width) != (info.height, info.width):
             raise GridMismatchError(
                 f"{uri}: the labels are {labels.width} x {labels.height} px but the store {store_uri} is "

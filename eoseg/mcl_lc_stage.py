@@ -303,7 +303,7 @@ def finetune_mcl_lc_on_store(
             raise ConfigurationError(f"{labels_uri}: only one class ({labels.class_values[0]}) is labelled; "
                                      "fine-tuning needs at least two (check --ignore and the raster's nodata)")
         try:
-            tuning = FinetuneParams(**{**(params or {}), "num_classes": num_classes, "ignore_index": IGNORE_INDEX})
+            tuning = FinetuneParams(**(params or {}), num_classes=num_classes, ignore_index=IGNORE_INDEX)
         except (TypeError, ValueError) as error:
             raise ConfigurationError(f"invalid mCL-LC fine-tuning parameters: {error}") from error
         checkpoint = _load_pretrained(model_uri, info, store_uri)
@@ -324,7 +324,8 @@ def finetune_mcl_lc_on_store(
                                  patch_size=patch_size, max_patches=max_patches, seconds=round(seconds, 2))
     # Fine-tuning cannot be resumed, and every predict worker loads this file: leave out the optimiser
     # state (twice the weights' size).
-    extra = {key: value for key, value in tuned["extra"].items() if key not in ("optimizer_state", "scheduler_state")}
+    dropped = ("optimizer_state", "scheduler_state")
+    extra = {key: value for key, value in tuned["extra"].items() if key not in dropped}
     tuned["extra"] = dict(
         extra,
         label_mapping=label_mapping_record(labels),  # class value (str) -> class index

@@ -65,7 +65,9 @@ def storage_options_for(uri: str) -> dict[str, Any] | None:
 def exists(uri: str) -> bool:
     """Whether a file, directory or S3 object/prefix exists at ``uri``."""
     if is_s3(uri):
-        return bool(s3_filesystem().exists(uri))
+        fs = s3_filesystem()
+        fs.invalidate_cache(uri)  # s3fs caches listings per process; another process may have written it
+        return bool(fs.exists(uri))
     return Path(uri).exists()
 
 
@@ -92,14 +94,18 @@ def remove(uri: str) -> None:
 def size_of(uri: str) -> int:
     """Size in bytes of a file or S3 object."""
     if is_s3(uri):
-        return int(s3_filesystem().size(uri))
+        fs = s3_filesystem()
+        fs.invalidate_cache(uri)
+        return int(fs.size(uri))
     return Path(uri).stat().st_size
 
 
 def modified_time(uri: str) -> float:
     """Last-modified time (POSIX seconds) of a file or S3 object."""
     if is_s3(uri):
-        info = s3_filesystem().info(uri)
+        fs = s3_filesystem()
+        fs.invalidate_cache(uri)
+        info = fs.info(uri)
         stamp = info.get("LastModified") or info.get("last_modified")
         return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
     return Path(uri).stat().st_mtime

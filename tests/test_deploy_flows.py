@@ -1,7 +1,7 @@
 """The flows behind the deployments, called directly against the session's Prefect server.
 
 `train-model` trains on a set of two scenes and publishes a checkpoint; `city-run` applies it to both
-scenes and catalogues the maps. Small scenes, a thread-based local Dask cluster: a few seconds each.
+scenes and catalogues the maps. Small scenes and a thread-based local Dask cluster keep it short.
 """
 
 from __future__ import annotations

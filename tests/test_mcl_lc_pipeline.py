@@ -13,10 +13,10 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from conftest import REAL_SCENES, SHARED_DATA, write_geotiff
 from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
-from conftest import REAL_SCENES, SHARED_DATA, write_geotiff
 from eoseg.cli import app
 from eoseg.cluster import ClusterSpec
 from eoseg.config import TileOptions
@@ -29,7 +29,7 @@ from eoseg.mcl_lc_patches import (
     sampled_label_mask,
     scan_label_raster,
 )
-from eoseg.mcl_lc_stage import prepare_label_raster, pretrain_mcl_lc_on_stores
+from eoseg.mcl_lc_stage import prepare_label_raster
 from eoseg.reference import rasterize_reference
 from eoseg.store import read_store_info
 from eoseg.tiling import tile_scene
@@ -98,7 +98,8 @@ def spacenet_labels(stores, tmp_path_factory) -> str:
 def test_pretrain_finetune_and_segment_spacenet(stores, pretrained, tmp_path, dask_address):
     checkpoint = torch.load(pretrained, weights_only=True)
     assert checkpoint["family"] == "mcl-lc" and checkpoint["extra"]["stage"] == "pretrain"
-    mean, std = pooled_band_statistics([read_store_info(stores["spacenet"]), read_store_info(stores["naip_intensity"])])
+    infos = [read_store_info(stores["spacenet"]), read_store_info(stores["naip_intensity"])]
+    mean, std = pooled_band_statistics(infos)
     assert checkpoint["band_mean"] == pytest.approx(mean) and checkpoint["band_std"] == pytest.approx(std)
     assert checkpoint["train_params"]["store_uris"] == [stores["spacenet"], stores["naip_intensity"]]
 
@@ -114,8 +115,9 @@ def test_pretrain_finetune_and_segment_spacenet(stores, pretrained, tmp_path, da
     assert checkpoint["band_mean"] == pytest.approx(mean)  # the pre-training's normalisation travels on
 
     map_path = tmp_path / "spacenet_mcl_lc.tif"
-    result = segment_scene_flow(str(REAL_SCENES["spacenet"]), str(map_path), model="mcl-lc", weights_uri=str(tuned),
-                                tile=TileOptions(chunk_size=512), cluster=ClusterSpec(address=dask_address))
+    result = segment_scene_flow(str(REAL_SCENES["spacenet"]), str(map_path), model="mcl-lc",
+                                weights_uri=str(tuned), tile=TileOptions(chunk_size=512),
+                                cluster=ClusterSpec(address=dask_address))
     assert result["training"] is None and result["model"] == str(tuned)
     assert cog_validate(str(map_path), quiet=True) == (True, [], [])
     with rasterio.open(REAL_SCENES["spacenet"]) as src, rasterio.open(map_path) as out:
@@ -157,17 +159,18 @@ def test_finetuning_refuses_labels_off_the_store_grid(stores, spacenet_labels, t
     info = read_store_info(stores["spacenet"])
     with rasterio.open(spacenet_labels) as labels:
         array, profile = labels.read(1), labels.profile
-    cropped = write_geotiff(tmp_path / "cropped.tif", array[:800], crs=profile["crs"], transform=profile["transform"])
+    cropped = write_geotiff(tmp_path / "cropped.tif", array[:800], crs=profile["crs"],
+                            transform=profile["transform"])
     with pytest.raises(GridMismatchError, match=r"900 x 800 px but the store .* is 900 x 900 px"):
         check_labels_on_grid(str(cropped), info, stores["spacenet"])
     shifted = write_geotiff(tmp_path / "shifted.tif", array, crs=profile["crs"],
-                            transform=profile["transform"] * Affine.translation(10, 0))  # fmt: skip
+                            transform=profile["transform"] @ Affine.translation(10, 0))  # fmt: skip
     with pytest.raises(GridMismatchError, match="not on the grid"):
         check_labels_on_grid(str(shifted), info, stores["spacenet"])
     # The shared sample_fp_mask.tif has no georeferencing (and does not line up with the image).
-    result = runner.invoke(app, ["--cluster", dask_address, "finetune", "unused.pt", "--store", stores["spacenet"], "--labels",
-                                 str(SHARED_DATA / "spacenet" / "sample_fp_mask.tif"), "--out",
-                                 str(tmp_path / "tuned.pt")])  # fmt: skip
+    mask = SHARED_DATA / "spacenet" / "sample_fp_mask.tif"
+    result = runner.invoke(app, ["--cluster", dask_address, "finetune", "unused.pt", "--store", stores["spacenet"],
+                                 "--labels", str(mask), "--out", str(tmp_path / "tuned.pt")])  # fmt: skip
     assert result.exit_code == 2 and "has no CRS" in _plain(result.output)
     assert check_labels_on_grid(spacenet_labels, info, stores["spacenet"]) is None
 
@@ -219,7 +222,8 @@ def test_sparse_labels_are_remapped_and_nodata_ignored(tmp_path):
         raw = pixels[0][window.slices]
         assert np.allclose(image[0], np.where(raw == 0, 0.0, (raw - 100.0) / 50.0))
     assert len(source) == 4  # the two 32 px columns of nodata-only labels carry no loss: left out
-    assert prepare_label_raster(str(labels_path), store, read_store_info(store), str(tmp_path)) == str(labels_path)
+    info = read_store_info(store)
+    assert prepare_label_raster(str(labels_path), store, info, str(tmp_path)) == str(labels_path)
 
 
 def test_pooled_band_statistics_equal_those_of_the_pixels_together():
@@ -229,7 +233,8 @@ def test_pooled_band_statistics_equal_those_of_the_pixels_together():
     parts = [rng.normal(10, 2, size=(2, 1000)), rng.normal(50, 7, size=(2, 3000))]
 
     def info(pixels):
-        stats = {"count": [float(pixels.shape[1])] * 2, "mean": pixels.mean(1).tolist(), "std": pixels.std(1).tolist()}
+        stats = {"count": [float(pixels.shape[1])] * 2, "mean": pixels.mean(1).tolist(),
+                 "std": pixels.std(1).tolist()}
         return StoreInfo("image", 1, 1, 2, "float32", 1, 1, None, (1, 0, 0, 0, -1, 0), None, ("a", "b"), ("", ""),
                          "x.tif", band_stats=stats)  # fmt: skip
 
