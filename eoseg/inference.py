@@ -46,6 +46,23 @@ _predictors_lock = threading.Lock()
 _scratch = tempfile.mkdtemp(prefix="eoseg-models-")
 
 
+def _match_torch_threads_to_worker() -> None:
+    """On a Dask worker, give torch as many CPU threads as the worker has task slots.
+
+    torch defaults to one thread per core in every process, so N single-threaded workers on N cores would
+    run N x N threads and lose much of their time to oversubscription.
+    """
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, slots))
+
+
 def cached_predictor(model_uri: str, device: str | None = None):
     """The predictor for ``model_uri`` in this process, loaded on first use (once per worker)."""
     key = (model_uri, device or "auto")
@@ -53,6 +70,7 @@ def cached_predictor(model_uri: str, device: str | None = None):
         if key not in _predictors:
             from eo_models.predict import load_predictor
 
+            _match_torch_threads_to_worker()
             local = storage.fetch_to_local(model_uri, _scratch)
             _predictors[key] = load_predictor(local, device=device)
             _load_counts[model_uri] = _load_counts.get(model_uri, 0) + 1
