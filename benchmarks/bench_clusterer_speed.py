@@ -19,7 +19,9 @@ Two questions, each answered against a plain reference that has none of eoseg's 
 Every case runs in a fresh Python subprocess (this script re-invoked with ``--one``), imports done before
 the clock starts. The machine is shared: the 1-minute load average is recorded at the start and end of
 every measurement, the script waits (polling) for it to fall to ``--max-load`` before each case, and a case
-that started above it is run again (``--attempts``); the table shows the loads of the kept attempt.
+that started above it is run again (``--attempts``); so is one during which other processes took more than
+``--max-others`` of the CPU (measured from /proc/stat: the whole machine's busy CPU time minus our own
+processes'). The table shows the loads and that share for the kept attempt.
 
 Usage::
 
@@ -158,13 +160,21 @@ def run_subprocess_case(script: Path, case: dict, *, timeout_s: float = 1800) ->
     return json.loads(last)
 
 
-def measure_with_load_policy(run, *, max_load: float, max_wait_s: float, attempts: int, log=print) -> dict:
-    """Wait for a quiet machine, run, and run again if the load was above ``max_load`` at the start.
+def measure_with_load_policy(
+    run, *, max_load: float, max_wait_s: float, attempts: int, max_others: float = 1.0, log=print
+) -> dict:
+    """Wait for a quiet machine, run, and run again if the machine was busy.
 
-    ``run()`` returns a dict with ``load_start`` (the 1-minute load when its clock started). The kept
-    result is the first attempt that started at or below ``max_load``, else the one that started lowest;
-    every attempt is kept under ``attempts``.
+    ``run()`` returns a dict with ``load_start`` (the 1-minute load when its clock started) and, if it
+    measured it, ``others_share`` (the share of the CPU that other processes took during the run). An
+    attempt is *busy* when its load at the start was above ``max_load`` or others took more than
+    ``max_others``. The kept result is the first attempt that was not busy, else the least busy one;
+    every attempt is listed under ``attempts``.
     """
+
+    def busy(result: dict) -> bool:
+        return result["load_start"][0] > max_load or result.get("others_share", 0.0) > max_others
+
     tried = []
     for attempt in range(1, attempts + 1):
         waited = wait_for_quiet(max_load, max_wait_s, log=log)
@@ -172,13 +182,19 @@ def measure_with_load_policy(run, *, max_load: float, max_wait_s: float, attempt
         result["waited_s"] = waited
         result["attempt"] = attempt
         tried.append(result)
-        if result["load_start"][0] <= max_load:
+        if not busy(result):
             break
-        log(f"    load was {result['load_start'][0]} > {max_load} when it started: measuring again")
-    quiet = [r for r in tried if r["load_start"][0] <= max_load]
-    kept = dict(quiet[0] if quiet else min(tried, key=lambda r: r["load_start"][0]))
-    kept["busy"] = kept["load_start"][0] > max_load
-    kept["attempts"] = [{k: r[k] for k in ("load_start", "load_end", "attempt") if k in r} for r in tried]
+        log(
+            f"    busy: load {result['load_start'][0]} at the start (limit {max_load}), others took "
+            f"{result.get('others_share', 0.0):.0%} of the CPU (limit {max_others:.0%}): measuring again"
+        )
+    quiet = [r for r in tried if not busy(r)]
+    kept = dict(
+        quiet[0] if quiet else min(tried, key=lambda r: (r.get("others_share", 0.0), r["load_start"][0]))
+    )
+    kept["busy"] = busy(kept)
+    keys = ("load_start", "load_end", "others_share", "attempt", "patches_per_s", "first_seconds")
+    kept["attempts"] = [{k: r[k] for k in keys if k in r} for r in tried]
     return kept
 
 
@@ -252,6 +268,29 @@ def tile_once(scene: str, store: str, chunk_size: int) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def machine_busy_seconds() -> dict:
+    """Cumulative CPU seconds of the whole machine (all processes, all cores) from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
+
+
+def others_share(before: dict, after: dict, own_cpu_s: float, wall_s: float) -> dict:
+    """Share of the machine's CPU capacity that *other* processes used while we measured (0 = none).
+
+    ``busy`` CPU time of the whole machine minus our own processes' CPU time, over wall x cores; the
+    hypervisor's steal time is reported separately. A direct measure of interference, unlike the load
+    average (which lags by a minute and counts our own previous run).
+    """
+    capacity = wall_s * (os.cpu_count() or 1)
+    others = max(0.0, after["busy"] - before["busy"] - own_cpu_s)
+    return {
+        "others_share": round(others / capacity, 3),
+        "steal_share": round((after["steal"] - before["steal"]) / capacity, 3),
+    }
+
+
 def _cpu_seconds() -> float:
     usage = os.times()
     return usage.user + usage.system
@@ -281,12 +320,13 @@ def case_train(case: dict) -> dict:
     if case["mode"] == "eoseg":
         model_path = os.path.join(case["workdir"], f"speed_{case['scene']}_{os.getpid()}.pt")
         result["load_start"] = loads()
-        cpu0, started = _cpu_seconds(), time.perf_counter()
+        busy0, cpu0, started = machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
         summary = train_clusterer_on_store(
             store, model_path, params=params, max_patches=max_patches, overwrite=True
         )
         seconds = time.perf_counter() - started
         result.update(cpu_s=_cpu_seconds() - cpu0, load_end=loads())
+        result.update(others_share(busy0, machine_busy_seconds(), result["cpu_s"], seconds))
         os.remove(model_path)
         result.update(
             patches=summary["patches"],
@@ -299,7 +339,7 @@ def case_train(case: dict) -> dict:
         patches = torch.from_numpy(source.read(list(range(len(source)))))
         in_channels = patches.shape[1]
         result["load_start"] = loads()
-        cpu0, started = _cpu_seconds(), time.perf_counter()
+        busy0, cpu0, started = machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(training.seed)
             model = SingleSceneClusterer(
@@ -325,6 +365,7 @@ def case_train(case: dict) -> dict:
                 losses_seen.append(total.item() / training.iterations)
         seconds = time.perf_counter() - started
         result.update(cpu_s=_cpu_seconds() - cpu0, load_end=loads())
+        result.update(others_share(busy0, machine_busy_seconds(), result["cpu_s"], seconds))
         result.update(patches=len(patches), seconds=seconds, loop_seconds=seconds, final_loss=losses_seen[-1])
     patch_iterations = result["patches"] * training.epochs * training.iterations
     result["patch_iterations"] = patch_iterations
@@ -363,27 +404,38 @@ def case_infer(case: dict) -> dict:
         predictor = load_predictor(case["model"], device="cpu")
         result["model_load_s"] = time.perf_counter() - started
         for _ in range(repeats):
-            load0, cpu0, t0 = loads(), _cpu_seconds(), time.perf_counter()
+            load0, busy0, cpu0, t0 = loads(), machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
             labels = predictor.predict(block, valid)
-            result["runs"].append(
-                {
-                    "seconds": time.perf_counter() - t0,
-                    "cpu_s": _cpu_seconds() - cpu0,
-                    "load_start": load0,
-                    "load_end": loads(),
-                }
-            )
+            seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+            run = {"seconds": seconds, "cpu_s": cpu, "load_start": load0, "load_end": loads()}
+            run.update(others_share(busy0, machine_busy_seconds(), cpu, seconds))
+            result["runs"].append(run)
         result["load_end"] = loads()
         result["label_histogram"] = np.bincount(labels.ravel(), minlength=8).tolist()
+        result["others_share"] = max(run["others_share"] for run in result["runs"])
         result["first_seconds"] = result["model_load_s"] + result["runs"][0]["seconds"]
         return result
 
     from eoseg.cluster import ClusterSpec, connect, dask_cluster
 
+    def workers_cpu(client) -> float:
+        """CPU seconds used so far by the cluster's worker processes (0 without a cluster)."""
+        if client is None:
+            return 0.0
+
+        def worker_cpu():
+            import resource
+
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return usage.ru_utime + usage.ru_stime
+
+        return sum(client.run(worker_cpu).values())
+
     def timed_runs(client) -> None:
         for index in range(repeats):
             labels_uri = os.path.join(case["workdir"], f"labels_{os.getpid()}_{index}.zarr")
-            load0, cpu0, t0 = loads(), _cpu_seconds(), time.perf_counter()
+            workers0 = workers_cpu(client)
+            load0, busy0, cpu0, t0 = loads(), machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
             inference.predict_store(
                 case["store"],
                 case["model"],
@@ -392,12 +444,11 @@ def case_infer(case: dict) -> dict:
                 attention_pooling=case["pooling"],
                 show_progress=False,
             )
-            run = {
-                "seconds": time.perf_counter() - t0,
-                "cpu_s_main": _cpu_seconds() - cpu0,
-                "load_start": load0,
-                "load_end": loads(),
-            }
+            seconds, busy1, main_cpu = time.perf_counter() - t0, machine_busy_seconds(), _cpu_seconds() - cpu0
+            run = {"seconds": seconds, "cpu_s_main": main_cpu, "load_start": load0, "load_end": loads()}
+            run["cpu_s_workers"] = workers_cpu(client) - workers0
+            run["cpu_s"] = main_cpu + run["cpu_s_workers"]
+            run.update(others_share(busy0, busy1, run["cpu_s"], seconds))
             result["runs"].append(run)
             shutil.rmtree(labels_uri, ignore_errors=True)
 
@@ -437,6 +488,7 @@ def case_infer(case: dict) -> dict:
             result["model_loads"] = client.run(worker_loads)
     result["load_end"] = loads()
     result["first_seconds"] = result["runs"][0]["seconds"]
+    result["others_share"] = max(run["others_share"] for run in result["runs"])
     return result
 
 
@@ -491,7 +543,8 @@ def fmt(value, digits=2):
 
 def load_str(result: dict) -> str:
     start, end = result.get("load_start"), result.get("load_end")
-    return f"{start[0]:.2f} -> {end[0]:.2f}" + (" (busy)" if result.get("busy") else "")
+    others = f", others {result['others_share']:.0%}" if "others_share" in result else ""
+    return f"{start[0]:.2f} -> {end[0]:.2f}{others}" + (" (busy)" if result.get("busy") else "")
 
 
 def main() -> None:
@@ -514,6 +567,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="J for the training cases")
     parser.add_argument("--max-patches", type=int, default=32)
     parser.add_argument("--max-load", type=float, default=2.5)
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=0.15,
+        help="re-run a case when other processes took more than this share of the CPU during it",
+    )
     parser.add_argument(
         "--max-wait", type=float, default=240, help="seconds to wait for a quiet machine per case"
     )
@@ -540,7 +599,12 @@ def main() -> None:
     print(f"preparing inputs in {workdir} ...", flush=True)
     inputs = prepare_inputs(args, workdir)
     script = Path(__file__).resolve()
-    policy = {"max_load": args.max_load, "max_wait_s": args.max_wait, "attempts": args.attempts}
+    policy = {
+        "max_load": args.max_load,
+        "max_wait_s": args.max_wait,
+        "attempts": args.attempts,
+        "max_others": args.max_others,
+    }
     report: dict = {"header": header, "args": vars(args), "inputs": inputs, "train": [], "infer": []}
 
     def run_case(case: dict) -> dict:
@@ -639,9 +703,11 @@ def render(report: dict) -> list[str]:
     lines = ["# Clusterer speed", ""]
     lines += [f"- {line}" for line in header_lines(header)]
     lines.append(
-        f"- a case is re-run when the 1-minute load was > {report['args']['max_load']} when it started; "
-        "`load` = 1-minute load average at start -> end of the kept run; `(busy)` = every attempt "
-        "started above the threshold"
+        f"- a case is re-run (up to {report['args']['attempts']} attempts) when the 1-minute load was > "
+        f"{report['args']['max_load']} when it started or other processes took more than "
+        f"{report['args']['max_others']:.0%} of the CPU during it; `load` = 1-minute load average at start -> "
+        "end of the kept run, `others` = share of the machine's CPU that other processes used during it (the "
+        "highest over the case's runs; from /proc/stat); `(busy)` = every attempt was busy, the least busy is shown"
     )
     lines.append("")
     if report["train"]:

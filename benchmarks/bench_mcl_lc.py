@@ -196,7 +196,8 @@ def markdown(results: dict) -> str:
         "",
         f"Pre-training (b): {pre['patches']} patches of {setup['patch_size']} px "
         f"({', '.join(f'{Path(k).stem}: {v}' for k, v in pre['patches_per_store'].items())}), "
-        f"{setup['pretrain_epochs']} epoch(s) x {pre['steps']} steps, batch {setup['pretrain_batch']}, Adam "
+        f"{setup['pretrain_epochs']} epoch(s) x {pre['steps'] // setup['pretrain_epochs']} steps ({pre['steps']} "
+        f"updates), batch {setup['pretrain_batch']}, Adam "
         f"{setup['pretrain_lr']} cosine, all three losses, pseudo clouds on; {pre['seconds']:.0f} s on CPU = "
         f"**{pre['patches_per_second']:.2f} patches/s** (each patch gives two augmented views).",
         "",
