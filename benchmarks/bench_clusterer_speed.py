@@ -405,7 +405,15 @@ def case_infer(case: dict) -> dict:
         result["model_load_s"] = time.perf_counter() - started
         for _ in range(repeats):
             load0, busy0, cpu0, t0 = loads(), machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
-            labels = predictor.predict(block, valid)
+            if case.get("tile"):  # the same forward, tile by tile over the in-memory array (no halo, no I/O)
+                size = case["tile"]
+                labels = np.empty(block.shape[1:], np.uint8)
+                for row in range(0, block.shape[1], size):
+                    for col in range(0, block.shape[2], size):
+                        window = (slice(row, row + size), slice(col, col + size))
+                        labels[window] = predictor.predict(block[(slice(None), *window)], valid[window])
+            else:
+                labels = predictor.predict(block, valid)
             seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
             run = {"seconds": seconds, "cpu_s": cpu, "load_start": load0, "load_end": loads()}
             run.update(others_share(busy0, machine_busy_seconds(), cpu, seconds))
@@ -659,6 +667,10 @@ def main() -> None:
         }
         cases = [
             ("bare forward (whole array, 1 process)", {"mode": "bare", "torch_threads": 2}),
+            (
+                f"bare forward, {args.chunk_size} px tiles in memory",
+                {"mode": "bare", "torch_threads": 2, "tile": args.chunk_size},
+            ),
             ("stage tile, threads", {"mode": "stage", "pooling": "tile", "executor": "threads"}),
             ("stage scene, threads", {"mode": "stage", "pooling": "scene", "executor": "threads"}),
             ("stage tile, LocalCluster 2x1", {"mode": "stage", "pooling": "tile", "executor": "cluster"}),
@@ -767,15 +779,16 @@ def render(report: dict) -> list[str]:
         lines.append("")
     if report["infer"]:
         infer = report["inputs"]["infer"]
-        bare = next(
-            (
-                r
-                for r in report["infer"]
-                if r["case"]["mode"] == "bare" and r["case"].get("torch_threads") == 2
-            ),
-            None,
-        )
+
+        def find(**wanted):
+            return next(
+                (r for r in report["infer"] if all(r["case"].get(k) == v for k, v in wanted.items())), None
+            )
+
+        bare = find(mode="bare", torch_threads=2, tile=None)
+        tiled = find(mode="bare", torch_threads=2, tile=report["args"]["chunk_size"])
         bare_rate = bare["steady_mp_per_s"] if bare else None
+        tiled_rate = tiled["steady_mp_per_s"] if tiled else None
         lines += [
             "## Inference throughput (CPU)",
             "",
@@ -786,9 +799,13 @@ def render(report: dict) -> list[str]:
                 "`first` = the first run in a fresh process (model load, torch/oneDNN warm-up; for the stage "
                 "also the model load in every worker); `steady` = median of the later runs in the same "
                 "process/cluster (the model cached). Cluster start-up is not timed (warm cluster). "
-                "Ratio = stage MP/s / bare forward MP/s (steady). Target: ratio >= 0.70 for the one-pass "
-                "(`tile`) mode; the `scene` mode runs the convolutions twice (pooling pass + labelling "
-                "pass), so ~0.5 is its ceiling."
+                "`ratio` = MP/s / the bare forward's steady MP/s (whole array in memory, as the issue "
+                "defines the reference); `ratio tiled` = the same against the bare forward over the in-memory "
+                "array in chunk-sized tiles (no halo, no I/O, no Dask), which is faster than the whole-array "
+                "forward on this CPU (smaller activations stay in cache). Target: ratio >= 0.70 for the "
+                "one-pass (`tile`) mode; the `scene` mode runs the convolutions twice (pooling pass + "
+                "labelling pass), so ~0.5 is its ceiling. `target` gives the verdict against both references "
+                "(whole / tiled)."
             ),
             "",
         ]
@@ -803,12 +820,16 @@ def render(report: dict) -> list[str]:
                 threads_s = f"2 workers x 1 thread x {threads} torch"
             ratio_first = r["first_mp_per_s"] / bare_rate if bare_rate else None
             ratio_steady = r["steady_mp_per_s"] / bare_rate if bare_rate else None
+            ratio_tiled = r["steady_mp_per_s"] / tiled_rate if tiled_rate else None
             verdict = ""
             if r["case"]["mode"] == "stage" and not r["name"].startswith("experiment"):
                 target = 0.7 if r["case"]["pooling"] == "tile" else 0.5
-                verdict = (
-                    "PASS" if ratio_steady is not None and ratio_steady >= target else "MISS"
-                ) + f" (>= {target})"
+
+                def word(ratio, target=target):
+                    return "-" if ratio is None else ("PASS" if ratio >= target else "MISS")
+
+                verdict = f"{word(ratio_steady)} / {word(ratio_tiled)} (>= {target})"
+            r["ratios"] = {"first": ratio_first, "steady": ratio_steady, "steady_vs_tiled": ratio_tiled}
             rows.append(
                 [
                     r["name"],
@@ -819,6 +840,7 @@ def render(report: dict) -> list[str]:
                     fmt(r["steady_mp_per_s"], 3),
                     fmt(ratio_first),
                     fmt(ratio_steady),
+                    fmt(ratio_tiled),
                     verdict,
                     load_str(r),
                 ]
@@ -833,6 +855,7 @@ def render(report: dict) -> list[str]:
                 "steady MP/s",
                 "ratio first",
                 "ratio steady",
+                "ratio tiled",
                 "target",
                 "load",
             ],
