@@ -23,7 +23,7 @@ normalisation, one seed each.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_clusterer_quality.py                     # ~10 min + investigation
+    .venv/bin/python benchmarks/bench_clusterer_quality.py        # ~10 min on 2 idle cores, investigation included
     .venv/bin/python benchmarks/bench_clusterer_quality.py --seeds 0 --no-investigate     # quick
 
 Writes ``benchmarks/results/clusterer_quality.{json,md}`` and the quick-look of the best clusterer run,

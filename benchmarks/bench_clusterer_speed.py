@@ -18,14 +18,15 @@ Two questions, each answered against a plain reference that has none of eoseg's 
 
 Every case runs in a fresh Python subprocess (this script re-invoked with ``--one``), imports done before
 the clock starts. The machine is shared: the 1-minute load average is recorded at the start and end of
-every measurement, the script waits (polling) for it to fall to ``--max-load`` before each case, and a case
-that started above it is run again (``--attempts``); so is one during which other processes took more than
-``--max-others`` of the CPU (measured from /proc/stat: the whole machine's busy CPU time minus our own
-processes'). The table shows the loads and that share for the kept attempt.
+every measurement; before each case the script waits (polling, up to ``--max-wait``) for the load to fall to
+``--max-load`` and for the CPU to be idle right now (a 3 s sample of /proc/stat), and a case that started above
+the load limit is run again (``--attempts``); so is one during which other processes took more than
+``--max-others`` of the CPU (from /proc/stat: the whole machine's busy CPU time minus our own processes').
+The table shows the loads and that share for the kept attempt.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_clusterer_speed.py                  # everything, ~10-15 min on 2 cores
+    .venv/bin/python benchmarks/bench_clusterer_speed.py                  # everything, ~15 min on 2 idle cores
     .venv/bin/python benchmarks/bench_clusterer_speed.py --only train     # or: --only infer
     .venv/bin/python benchmarks/bench_clusterer_speed.py --grid 3x3       # a larger inference scene
 
@@ -71,14 +72,32 @@ def running_tasks() -> str:
         return "?"
 
 
-def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 10.0, log=print) -> float:
-    """Poll until the 1-minute load average is <= ``max_load`` or ``max_wait_s`` passed; returns seconds waited."""
+def busy_share_now(sample_s: float = 3.0) -> float:
+    """Share of the machine's CPU in use over the next ``sample_s`` seconds (we run nothing meanwhile)."""
+    before = machine_busy_seconds()["busy"]
+    time.sleep(sample_s)
+    return (machine_busy_seconds()["busy"] - before) / (sample_s * (os.cpu_count() or 1))
+
+
+def wait_for_quiet(
+    max_load: float, max_wait_s: float, max_busy: float = 0.15, poll_s: float = 10.0, log=print
+) -> float:
+    """Poll until the 1-minute load average is <= ``max_load`` and the CPU is idle right now (other
+    processes use at most ``max_busy`` of it over a 3 s sample), or ``max_wait_s`` passed.
+
+    The load average lags by a minute and still counts our own previous run; the instantaneous sample
+    does not. Returns the seconds waited.
+    """
     started = time.monotonic()
     announced = False
-    while os.getloadavg()[0] > max_load and time.monotonic() - started < max_wait_s:
+    while time.monotonic() - started < max_wait_s:
+        busy = busy_share_now()
+        if os.getloadavg()[0] <= max_load and busy <= max_busy:
+            break
         if not announced:
             log(
-                f"    load {loads()} > {max_load}: waiting up to {max_wait_s:.0f} s for the machine to quieten"
+                f"    load {loads()} (limit {max_load}), CPU {busy:.0%} busy (limit {max_busy:.0%}): waiting up "
+                f"to {max_wait_s:.0f} s for the machine to quieten"
             )
             announced = True
         time.sleep(poll_s)
@@ -177,7 +196,7 @@ def measure_with_load_policy(
 
     tried = []
     for attempt in range(1, attempts + 1):
-        waited = wait_for_quiet(max_load, max_wait_s, log=log)
+        waited = wait_for_quiet(max_load, max_wait_s, max_busy=min(max_others, 1.0), log=log)
         result = run()
         result["waited_s"] = waited
         result["attempt"] = attempt
@@ -565,11 +584,11 @@ def main() -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=1024, help="tile store chunk edge (eoseg's default 1024)"
     )
-    parser.add_argument("--train-repeats", type=int, default=2, help="fresh-process runs per training case")
+    parser.add_argument("--train-repeats", type=int, default=3, help="fresh-process runs per training case")
     parser.add_argument(
         "--infer-repeats",
         type=int,
-        default=3,
+        default=5,
         help="runs per inference case in one process (run 1 is cold: model load, warm-up)",
     )
     parser.add_argument("--iterations", type=int, default=5, help="J for the training cases")
@@ -582,10 +601,10 @@ def main() -> None:
         help="re-run a case when other processes took more than this share of the CPU during it",
     )
     parser.add_argument(
-        "--max-wait", type=float, default=240, help="seconds to wait for a quiet machine per case"
+        "--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per case"
     )
     parser.add_argument(
-        "--attempts", type=int, default=3, help="runs of a case that started on a busy machine"
+        "--attempts", type=int, default=4, help="runs of a case that started on a busy machine"
     )
     parser.add_argument(
         "--no-experiments",
