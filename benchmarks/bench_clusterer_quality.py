@@ -2,11 +2,11 @@
 
 The scene is SpaceNet's 900 x 900 px, 0.5 m panchromatic sample (1 band, uint16). The reference is the
 building footprints of ``geotiff_labels.geojson`` rasterised onto the scene's grid with
-``eoseg.reference.rasterize_reference`` (0 = rest, 255 = building). ``sample_fp_mask.tif`` is *not* used:
+``eoseg.evaluate.reference.rasterize_reference`` (0 = rest, 255 = building). ``sample_fp_mask.tif`` is *not* used:
 it does not line up with ``sample_geotiff.tif`` (its IoU with the rasterised footprints is printed below,
 about 0.04).
 
-Compared, all with K = 8 clusters and both mappings of ``eoseg.evaluate.evaluate_label_map``
+Compared, all with K = 8 clusters and both mappings of ``eoseg.evaluate.scores.evaluate_label_map``
 (``majority``: each cluster -> the class it overlaps most, the protocol of Saha et al.; ``hungarian``:
 one-to-one, leftover clusters to their majority class):
 
@@ -113,7 +113,7 @@ def write_label_tif(labels: np.ndarray, like: str, out: str) -> str:
 
 
 def evaluate_both(map_tif: str, reference_tif: str) -> dict:
-    from eoseg.evaluate import evaluate_label_map
+    from eoseg.evaluate.scores import evaluate_label_map
 
     return {
         method: evaluate_label_map(map_tif, reference_tif, method=method).to_dict()
@@ -225,9 +225,9 @@ def run_clusterer(
     max_wait: float,
     normalisation: str | None = None,
 ) -> dict:
-    from eoseg.inference import predict_store
-    from eoseg.mosaic import mosaic_to_cog
-    from eoseg.training import train_clusterer_on_store
+    from eoseg.predict.stage import predict_store
+    from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.train.stage import train_clusterer_on_store
 
     tag = f"{name.replace(' ', '_').replace('/', '-').replace('(', '').replace(')', '').replace(':', '').replace(',', '')}_s{seed}"
     model = workdir / f"model_{tag}.pt"  # a distinct URI per run: eoseg caches predictors by model URI
@@ -285,7 +285,7 @@ def _train_predict_log(params: dict, max_patches: int | None, model_path: str, m
     import rasterio
 
     from eo_models.predict import load_predictor
-    from eo_models.train_clusterer import ArrayPatchSource, ClustererTrainingParams, train_clusterer
+    from eo_models.clusterer.train import ArrayPatchSource, ClustererTrainingParams, train_clusterer
 
     with rasterio.open(SCENE) as src:
         raw = src.read().astype(np.float32)
@@ -438,8 +438,8 @@ def main() -> None:
 
     import rasterio
 
-    from eoseg.quicklook import write_quicklook
-    from eoseg.reference import rasterize_reference
+    from eoseg.mosaic.quicklook import write_quicklook
+    from eoseg.evaluate.reference import rasterize_reference
 
     seeds = [int(s) for s in args.seeds.split(",")]
     baseline_params = {"iterations": args.iterations}
@@ -466,7 +466,7 @@ def main() -> None:
     valid = np.ones(scene.shape[1:], bool) if nodata is None else ~np.all(scene == nodata, axis=0)
     inputs = {
         "scene": str(SCENE),
-        "reference": f"{LABELS_GEOJSON} rasterised with eoseg.reference.rasterize_reference",
+        "reference": f"{LABELS_GEOJSON} rasterised with eoseg.evaluate.reference.rasterize_reference",
         "width": scene.shape[2],
         "height": scene.shape[1],
         "bands": scene.shape[0],
@@ -613,12 +613,12 @@ def render(report: dict) -> list[str]:
         ),
         (
             f"- reference: the building footprints of `geotiff_labels.geojson` rasterised onto the scene grid with "
-            f"`eoseg.reference.rasterize_reference` (0 = rest, 255 = building; buildings {inputs['building_share']:.1%} "
+            f"`eoseg.evaluate.reference.rasterize_reference` (0 = rest, 255 = building; buildings {inputs['building_share']:.1%} "
             f"of the pixels). `sample_fp_mask.tif` is NOT used: it does not line up with the scene (IoU with the "
             f"rasterised footprints {inputs['sample_fp_mask_iou_with_reference']:.3f})."
         ),
         (
-            "- scores: `eoseg.evaluate.evaluate_label_map`; F1/IoU are macro means over the two classes; `bldg F1` is "
+            "- scores: `eoseg.evaluate.scores.evaluate_label_map`; F1/IoU are macro means over the two classes; `bldg F1` is "
             "the building class alone; `maj` = majority mapping (many clusters -> one class), `hun` = Hungarian "
             "(one-to-one, leftover clusters to their majority class). `bldg F1 oracle` = the best building F1 of any "
             "union of clusters, chosen with the reference (not a fair score: a measure of how much building "

@@ -2,12 +2,12 @@
 
 Two questions, each answered against a plain reference that has none of eoseg's machinery:
 
-* **Training** (``eoseg.training.train_clusterer_on_store``): patch-iterations per second (each of the J
+* **Training** (``eoseg.train.stage.train_clusterer_on_store``): patch-iterations per second (each of the J
   updates on a batch of B patches counts B) on the SpaceNet scene (1 band) and one NAIP scene (4 bands),
   against a *plain PyTorch loop*: the same model, losses, optimiser, batches and shuffles
-  (``eo_models.train_clusterer.clusterer_training_step``) on the same patches already in memory as one
+  (``eo_models.clusterer.train.clusterer_training_step``) on the same patches already in memory as one
   tensor: no Zarr, no normalisation per read, no checkpoint written. Ratio = eoseg / plain.
-* **Inference** (``eoseg.inference.predict_store``, Zarr -> Zarr): megapixels per second on a scene built
+* **Inference** (``eoseg.predict.stage.predict_store``, Zarr -> Zarr): megapixels per second on a scene built
   from real NAIP pieces (four years side by side by default), against the *bare forward*:
   ``Predictor.predict`` on the whole scene held in memory (one process, 2 torch threads). The stage runs
   with ``attention_pooling="tile"`` (one pass) and ``"scene"`` (two passes: pooled descriptors first, then
@@ -276,7 +276,7 @@ def build_naip_grid(out_path: Path, tiles_x: int, tiles_y: int) -> dict:
 
 
 def tile_once(scene: str, store: str, chunk_size: int) -> None:
-    from eoseg.tiling import tile_scene
+    from eoseg.tile.stage import tile_scene
 
     if not Path(store).exists():
         tile_scene(scene, store, chunk_size=chunk_size, show_progress=False)
@@ -321,16 +321,16 @@ def case_train(case: dict) -> dict:
     import numpy as np
     import torch
 
-    from eo_models.clusterer import ClustererConfig, SingleSceneClusterer
-    from eo_models.clusterer_losses import random_derangement
-    from eo_models.train_clusterer import (
+    from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
+    from eo_models.clusterer.losses import random_derangement
+    from eo_models.clusterer.train import (
         ClustererTrainingParams,
         _build_optimizer,
         batch_indices_for_epoch,
         clusterer_training_step,
     )
-    from eoseg.patches import ZarrPatchSource
-    from eoseg.training import train_clusterer_on_store
+    from eoseg.train.patches import ZarrPatchSource
+    from eoseg.train.stage import train_clusterer_on_store
 
     params = dict(case["params"], device="cpu")
     training = ClustererTrainingParams(**params)
@@ -397,8 +397,8 @@ def case_infer(case: dict) -> dict:
     import numpy as np
     import torch
 
-    from eoseg import inference
-    from eoseg.store import read_store_info
+    from eoseg.predict import stage as inference
+    from eoseg.store.layout import read_store_info
 
     repeats = case["repeats"]
     info = read_store_info(case["store"])
@@ -412,7 +412,7 @@ def case_infer(case: dict) -> dict:
         import rasterio
 
         from eo_models.predict import load_predictor
-        from eoseg.tiling import valid_pixel_mask
+        from eoseg.tile.stage import valid_pixel_mask
 
         with rasterio.open(case["scene"]) as src:
             block = src.read()
@@ -443,7 +443,7 @@ def case_infer(case: dict) -> dict:
         result["first_seconds"] = result["model_load_s"] + result["runs"][0]["seconds"]
         return result
 
-    from eoseg.cluster import ClusterSpec, connect, dask_cluster
+    from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 
     def workers_cpu(client) -> float:
         """CPU seconds used so far by the cluster's worker processes (0 without a cluster)."""
@@ -503,7 +503,7 @@ def case_infer(case: dict) -> dict:
                 }
 
             def worker_loads():
-                from eoseg.inference import model_load_counts
+                from eoseg.predict.stage import model_load_counts
 
                 return model_load_counts()
 
@@ -526,8 +526,8 @@ def case_infer(case: dict) -> dict:
 
 def prepare_inputs(args, workdir: Path) -> dict:
     from eo_models.checkpoint import save_checkpoint
-    from eo_models.train_clusterer import ClustererTrainingParams, train_clusterer
-    from eoseg.patches import ZarrPatchSource
+    from eo_models.clusterer.train import ClustererTrainingParams, train_clusterer
+    from eoseg.train.patches import ZarrPatchSource
 
     naip_one = min(glob.glob(str(NAIP_DIR / "*.tif")))
     inputs = {

@@ -12,7 +12,7 @@ Fine-tuning uses the same seeded 2 % sample of the labelled pixels (the building
 ``geotiff_labels.geojson`` rasterised onto the scene's grid; 255 building, 0 rest), the same patches,
 steps and learning rate for (a) and (b). Both go through eoseg's own stages:
 ``pretrain_mcl_lc_on_stores`` -> ``finetune_mcl_lc_on_store`` -> ``predict_store`` -> ``mosaic_to_cog``,
-and are scored with ``eoseg.evaluate`` (the checkpoint's class index -> class value mapping, no cluster
+and are scored with ``eoseg.evaluate.scores`` (the checkpoint's class index -> class value mapping, no cluster
 matching) on every pixel **not** in the fine-tuning sample: OA, Cohen's kappa, F1 and IoU of the
 building class, and the mean F1 over the two classes.
 
@@ -97,8 +97,8 @@ def naip_intensity(naip_path: Path, out_path: Path, target_mean: float, target_s
 
 def tile_once(scene: Path, store: Path, chunk_size: int) -> str:
     from eoseg.errors import EosegError
-    from eoseg.store import read_store_info
-    from eoseg.tiling import tile_scene
+    from eoseg.store.layout import read_store_info
+    from eoseg.tile.stage import tile_scene
 
     try:
         read_store_info(str(store))
@@ -112,7 +112,7 @@ def evaluation_reference(reference: str, out: Path, *, fraction: float, seed: in
     import rasterio
 
     from eoseg.geometry import Window
-    from eoseg.mcl_lc_patches import sampled_label_mask
+    from eoseg.train.pretrain_patches import sampled_label_mask
 
     with rasterio.open(reference) as src:
         values, profile = src.read(1), src.profile
@@ -124,7 +124,7 @@ def evaluation_reference(reference: str, out: Path, *, fraction: float, seed: in
 
 
 def score_map(cog: str, reference: str, class_values: list[int]) -> dict:
-    from eoseg.evaluate import confusion_matrix_from_rasters, score
+    from eoseg.evaluate.scores import confusion_matrix_from_rasters, score
 
     counts = confusion_matrix_from_rasters(cog, reference, ignore_values=[EVAL_IGNORE])
     mapping = {index: class_values[index] for index in counts.prediction_labels}
@@ -170,10 +170,10 @@ def predict_in_patches(tuned: str, out: Path, patch_size: int) -> str:
 
 def random_init_checkpoint(stores: list[str], out: Path, *, patch_size: int, seed: int) -> str:
     """The seeded initial weights of pre-training (0 epochs run), with the same pooled normalisation."""
-    from eo_models.mcl_lc import PretrainParams
-    from eo_models.train_mcl_lc import pretrain_mcl_lc
-    from eoseg.mcl_lc_patches import MultiStorePatchSource
-    from eoseg.training import save_checkpoint_to
+    from eo_models.mcl_lc.model import PretrainParams
+    from eo_models.mcl_lc.train import pretrain_mcl_lc
+    from eoseg.train.pretrain_patches import MultiStorePatchSource
+    from eoseg.train.stage import save_checkpoint_to
 
     patches = MultiStorePatchSource(stores, patch_size, max_patches=8, seed=seed)
     params = PretrainParams(epochs=1, batch_size=4, patch_size=patch_size, seed=seed, device="cpu")
@@ -309,12 +309,12 @@ def main() -> None:
 
     import torch
 
-    from eoseg.inference import predict_store
-    from eoseg.mcl_lc_stage import finetune_mcl_lc_on_store, pretrain_mcl_lc_on_stores
-    from eoseg.mosaic import mosaic_to_cog
-    from eoseg.reference import rasterize_reference
-    from eoseg.store import read_store_info
-    from eoseg.training import load_checkpoint_from
+    from eoseg.predict.stage import predict_store
+    from eoseg.train.pretrain import finetune_mcl_lc_on_store, pretrain_mcl_lc_on_stores
+    from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.evaluate.reference import rasterize_reference
+    from eoseg.store.layout import read_store_info
+    from eoseg.train.stage import load_checkpoint_from
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

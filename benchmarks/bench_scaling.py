@@ -45,9 +45,9 @@ def _machine() -> str:
 def run_case(store: str, model: str, out: str, workers: int) -> dict:
     from distributed import Client
 
-    from eoseg.cluster import ClusterSpec, dask_cluster
-    from eoseg.inference import predict_store
-    from eoseg.store import read_store_info
+    from eoseg.compute.cluster import ClusterSpec, dask_cluster
+    from eoseg.predict.stage import predict_store
+    from eoseg.store.layout import read_store_info
 
     info = read_store_info(store)
     load_before = os.getloadavg()[0]
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from build_large_scene import build_naip_mosaic
 
-    from eoseg.tiling import tile_scene
-    from eoseg.training import train_clusterer_on_store
+    from eoseg.tile.stage import tile_scene
+    from eoseg.train.stage import train_clusterer_on_store
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -206,7 +206,7 @@ def _warm_worker() -> None:
     import xarray  # noqa: F401
     import zarr  # noqa: F401
 
-    import eoseg.tiling  # noqa: F401
+    import eoseg.tile.stage  # noqa: F401
 
 
 def _timed(function) -> dict:
@@ -231,15 +231,15 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
 
         eoseg_patches.apply(patches)
     if case == "tile-threads":
-        from eoseg.tiling import tile_scene
+        from eoseg.tile.stage import tile_scene
 
         _remove(p["store_threads"])
         result.update(_timed(lambda: tile_scene(scene, str(p["store_threads"]), chunk_size=chunk_size,
                                                 show_progress=False)))
         result.pop("_value")
     elif case == "tile-cluster":
-        from eoseg.cluster import ClusterSpec, connect, dask_cluster
-        from eoseg.tiling import tile_scene
+        from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
+        from eoseg.tile.stage import tile_scene
 
         _remove(p["store_cluster"])
         t0 = time.perf_counter()
@@ -300,7 +300,7 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
         result.update(_timed(read_all))
         result["array_bytes"] = result.pop("_value")
     elif case == "mosaic-eoseg":
-        from eoseg.mosaic import mosaic_to_cog
+        from eoseg.mosaic.cog import mosaic_to_cog
 
         if not p["store_threads"].exists():
             raise SystemExit(f"{p['store_threads']}: run tile-threads first")

@@ -64,9 +64,9 @@ def _direct_tile_chunk(job):
     """``tile_chunk`` opening only the data array and the chunk flags (no group/attribute reads)."""
     import zarr
 
-    from eoseg import storage
+    from eoseg.io import storage
     from eoseg.errors import CorruptSceneError
-    from eoseg.tiling import BandMoments, _open_scene_cached, valid_pixel_mask
+    from eoseg.tile.stage import BandMoments, _open_scene_cached, valid_pixel_mask
 
     options = storage.storage_options_for(job.store_uri)
     array = zarr.open_array(f"{job.store_uri}/image", mode="r+", storage_options=options, zarr_format=3)
@@ -91,8 +91,8 @@ def apply(names: list[str] | tuple[str, ...]) -> list[str]:
     unknown = [n for n in names if n not in ALL]
     if unknown:
         raise ValueError(f"unknown patch(es) {unknown}; known: {ALL}")
-    import eoseg.mosaic
-    import eoseg.tiling
+    import eoseg.mosaic.cog
+    import eoseg.tile.stage
 
     if "no-worker-profiler" in names:
         os.environ["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"  # inherited by worker processes
@@ -107,14 +107,14 @@ def apply(names: list[str] | tuple[str, ...]) -> list[str]:
 
         set_gdal_config("GDAL_CACHEMAX", 64 * 2**20)
     if "fast-moments" in names and _original_of_block is None:
-        _original_of_block = eoseg.tiling.BandMoments.__dict__["of_block"]
-        eoseg.tiling.BandMoments.of_block = classmethod(_fast_of_block)
+        _original_of_block = eoseg.tile.stage.BandMoments.__dict__["of_block"]
+        eoseg.tile.stage.BandMoments.of_block = classmethod(_fast_of_block)
     if "direct-open" in names:
-        eoseg.tiling.tile_chunk = _direct_tile_chunk
+        eoseg.tile.stage.tile_chunk = _direct_tile_chunk
     if "clevel1" in names:
-        eoseg.tiling.create_store = functools.partial(eoseg.store.create_store, compression_level=1)
+        eoseg.tile.stage.create_store = functools.partial(eoseg.store.layout.create_store, compression_level=1)
     if "scratch-none" in names:
-        original = eoseg.mosaic._write_scratch_geotiff
+        original = eoseg.mosaic.cog._write_scratch_geotiff
         if not getattr(original, "_patched", False):
             import rasterio
 
@@ -134,5 +134,5 @@ def apply(names: list[str] | tuple[str, ...]) -> list[str]:
                     rasterio.open = real_open
 
             scratch_none._patched = True
-            eoseg.mosaic._write_scratch_geotiff = scratch_none
+            eoseg.mosaic.cog._write_scratch_geotiff = scratch_none
     return list(names)

@@ -1,7 +1,7 @@
 """Plain-PyTorch models for eoseg: architectures, losses, training loops, checkpoints, prediction.
 
 This package depends on torch and numpy only, so that it can be imported on a GPU box that has
-nothing else installed. Modules are imported explicitly (``from eo_models.clusterer import ...``);
+nothing else installed. Modules are imported explicitly (``from eo_models.clusterer.model import ...``);
 this file stays import-free so that ``import eo_models`` is cheap.
 
 Modules:

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from eo_models.clusterer import ClustererConfig, SingleSceneClusterer
-from eo_models.deeplabv3plus import build_mcl_lc_segmenter
+from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
+from eo_models.mcl_lc.deeplabv3plus import build_mcl_lc_segmenter
 
 __all__ = ["MODEL_BUILDERS", "ModelFamily", "build_clusterer"]
 

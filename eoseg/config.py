@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eoseg.tiling import DEFAULT_CHUNK_SIZE
+from eoseg.tile.stage import DEFAULT_CHUNK_SIZE
 
 
 class _Options(BaseModel):
@@ -42,7 +42,7 @@ class MosaicOptions(_Options):
 
 class ClustererTrainingOptions(_Options):
     """Training of the single-scene clusterer (Saha et al. 2021, Algorithm 1). Defaults are the paper's
-    where it gives them (I, J, K); the rest are documented choices (see eo_models.train_clusterer)."""
+    where it gives them (I, J, K); the rest are documented choices (see eo_models.clusterer.train)."""
 
     num_classes: int = Field(default=8, ge=2, le=254, description="K: number of output features = clusters (paper: 8).")
     epochs: int = Field(default=2, ge=1, description="I: passes over all patches (paper: 2).")
@@ -60,7 +60,7 @@ class ClustererTrainingOptions(_Options):
     device: str = Field(default="auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")
 
     def training_params(self) -> dict:
-        """Keyword arguments of eo_models.train_clusterer.ClustererTrainingParams."""
+        """Keyword arguments of eo_models.clusterer.train.ClustererTrainingParams."""
         return self.model_dump(exclude={"max_patches"})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eoseg import storage
+from eoseg.io import storage
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
-from eoseg import storage
-from eoseg.acquisitions import (
+from eoseg.io import storage
+from eoseg.catalog.acquisitions import (
     SceneDecision,
     SceneFile,
     SceneStatus,
@@ -40,11 +40,11 @@ from eoseg.acquisitions import (
     reference_for,
     scene_stem,
 )
-from eoseg.catalog import catalog_uri_for_prefix
-from eoseg.cluster import ClusterSpec, dask_cluster
+from eoseg.catalog.stac import catalog_uri_for_prefix
+from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError, EosegError
-from eoseg.training_sets import reusable_tile_store
+from eoseg.train.stores import reusable_tile_store
 from flows.segment_flows import segment_scene_flow
 from tasks.catalog_stages import catalogue_map_task
 from tasks.storage_stages import tile_task

@@ -6,8 +6,8 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from eoseg import storage
-from eoseg.cluster import ClusterSpec, dask_cluster
+from eoseg.io import storage
+from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError, OutputExistsError
 from eoseg.outputs import RunOutputs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from eoseg import storage
-from eoseg.cluster import ClusterSpec, dask_cluster
+from eoseg.io import storage
+from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, TileOptions
 from eoseg.errors import OutputExistsError
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task

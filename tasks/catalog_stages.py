@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from eoseg.catalog import catalogue_map
+from eoseg.catalog.stac import catalogue_map
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
 

@@ -11,11 +11,11 @@ import tempfile
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
-from eoseg import storage
-from eoseg.cluster import connect, has_gpu_workers
+from eoseg.io import storage
+from eoseg.compute.cluster import connect, has_gpu_workers
 from eoseg.config import ClustererTrainingOptions
-from eoseg.inference import predict_store
-from eoseg.training import train_clusterer_on_store
+from eoseg.predict.stage import predict_store
+from eoseg.train.stage import train_clusterer_on_store
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
 logger = logging.getLogger("eoseg.tasks")
@@ -75,7 +75,7 @@ def predict_task(
 @task(name="quicklook", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
 def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
     """A PNG beside the COG: the scene and its label map side by side, in class colours."""
-    from eoseg.quicklook import write_quicklook
+    from eoseg.mosaic.quicklook import write_quicklook
 
     with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(scene_uri):
         local_png = os.path.join(scratch, "quicklook.png")
@@ -87,8 +87,8 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
 @task(name="evaluate")
 def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()) -> dict:
     """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
-    from eoseg.evaluate import evaluate_label_map
-    from eoseg.reference import is_vector_reference, rasterize_reference
+    from eoseg.evaluate.scores import evaluate_label_map
+    from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
 
     with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
         local_map = storage.fetch_to_local(cog_uri, scratch)

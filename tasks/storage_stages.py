@@ -7,11 +7,11 @@ from dataclasses import asdict
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from eoseg.cluster import connect
+from eoseg.compute.cluster import connect
 from eoseg.errors import EosegError
-from eoseg.mosaic import mosaic_to_cog
-from eoseg.scene import inspect_scene
-from eoseg.tiling import tile_scene
+from eoseg.mosaic.cog import mosaic_to_cog
+from eoseg.scene.inspect import inspect_scene
+from eoseg.tile.stage import tile_scene
 
 # Storage hiccups (an S3 503, a dropped connection) are worth retrying; bad input is not.
 STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
-from eoseg.cluster import connect, has_gpu_workers
+from eoseg.compute.cluster import connect, has_gpu_workers
 from eoseg.config import ClustererTrainingOptions
-from eoseg.training_sets import train_clusterer_on_stores
+from eoseg.train.stores import train_clusterer_on_stores
 from tasks.model_stages import GPU_CONCURRENCY_LIMIT
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eoseg.acquisitions import (
+from eoseg.catalog.acquisitions import (
     SceneStatus,
     list_scenes,
     map_uri_for,
@@ -16,7 +16,7 @@ from eoseg.acquisitions import (
     reference_for,
     scene_stem,
 )
-from eoseg.catalog import item_uri_for_map
+from eoseg.catalog.stac import item_uri_for_map
 from eoseg.errors import ConfigurationError, SceneNotFoundError
 from eoseg.outputs import RunOutputs
 
@@ -121,7 +121,7 @@ def test_bad_prefixes_are_refused(tmp_path):
 
 @pytest.mark.s3
 def test_plan_on_s3_uses_object_times(s3_bucket, tmp_path):
-    from eoseg.storage import s3_filesystem
+    from eoseg.io.storage import s3_filesystem
 
     fs = s3_filesystem()
     fs.pipe_file(f"{s3_bucket}/incoming/a.tif", b"scene a")

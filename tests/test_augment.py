@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eo_models.augment import (
+from eo_models.mcl_lc.augment import (
     AugmentParams,
     GeometricParams,
     GeometricTransform,

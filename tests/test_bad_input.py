@@ -19,8 +19,8 @@ from eoseg.errors import (
     SceneNotFoundError,
     UnsupportedDtypeError,
 )
-from eoseg.mosaic import mosaic_to_cog
-from eoseg.tiling import tile_scene
+from eoseg.mosaic.cog import mosaic_to_cog
+from eoseg.tile.stage import tile_scene
 
 
 def assert_nothing_written(folder, *, keep=()):
@@ -122,9 +122,9 @@ def test_band_choice_errors(tiny_scene, tmp_path):
 
 
 def test_unfinished_store_is_refused_by_readers(tiny_scene, tmp_path):
-    from eoseg.scene import inspect_scene
-    from eoseg.store import create_store
-    from eoseg.tiling import _store_info_for
+    from eoseg.scene.inspect import inspect_scene
+    from eoseg.store.layout import create_store
+    from eoseg.tile.stage import _store_info_for
 
     store = tmp_path / "half.zarr"
     create_store(str(store), _store_info_for(inspect_scene(str(tiny_scene)), 32))

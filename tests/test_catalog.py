@@ -13,7 +13,7 @@ import rasterio
 from affine import Affine
 from conftest import write_geotiff
 
-from eoseg.catalog import (
+from eoseg.catalog.stac import (
     StorageStacIO,
     acquisition_datetime,
     catalog_uri_for_prefix,
@@ -128,7 +128,7 @@ def test_item_describes_the_map_and_the_catalogue_lists_it_once(tmp_path):
 
 @pytest.mark.s3
 def test_catalogue_on_s3_through_the_storage_stac_io(s3_bucket, tmp_path):
-    from eoseg.storage import s3_filesystem
+    from eoseg.io.storage import s3_filesystem
 
     fs = s3_filesystem()
     scene = _scene(tmp_path / "m_4709963_se_14_1_20100629.tif")

@@ -12,7 +12,7 @@ import torch
 from eo_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from eo_models.predict import Predictor, load_predictor
 from eo_models.registry import MODEL_BUILDERS
-from eo_models.train_clusterer import ArrayPatchSource, ClustererTrainingParams, train_clusterer
+from eo_models.clusterer.train import ArrayPatchSource, ClustererTrainingParams, train_clusterer
 
 BAND_MEAN = [100.0, 50.0, 20.0]
 BAND_STD = [10.0, 5.0, 2.0]

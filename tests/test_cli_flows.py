@@ -14,7 +14,7 @@ import rasterio
 from typer.testing import CliRunner
 
 from conftest import REAL_SCENES, SHARED_DATA
-from eoseg.cli import app
+from cli.main import app
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_cli_evaluate_json_against_geojson_footprints(tmp_path, shared_data):
     """`eoseg evaluate --json` on a map of the SpaceNet grid, reference given as GeoJSON polygons."""
     import json
 
-    from eoseg.reference import rasterize_reference
+    from eoseg.evaluate.reference import rasterize_reference
 
     scene = REAL_SCENES["spacenet"]
     footprints = SHARED_DATA / "spacenet" / "geotiff_labels.geojson"

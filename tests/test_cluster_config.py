@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eoseg.cluster import ClusterSpec, connect, dask_cluster
-from eoseg.cluster_config import (
+from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
+from eoseg.compute.cluster_config import (
     AddressClusterConfig,
     JobqueueClusterConfig,
     KubernetesClusterConfig,

@@ -17,11 +17,11 @@ import pytest
 import rasterio
 
 from conftest import SHARED_DATA
-from eoseg.cluster import ClusterSpec, connect, dask_cluster
-from eoseg.inference import predict_store
-from eoseg.store import chunks_done, open_data_array, read_store_info
-from eoseg.tiling import tile_scene
-from eoseg.training import train_clusterer_on_store
+from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
+from eoseg.predict.stage import predict_store
+from eoseg.store.layout import chunks_done, open_data_array, read_store_info
+from eoseg.tile.stage import tile_scene
+from eoseg.train.stage import train_clusterer_on_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from eo_models.clusterer import ClustererConfig, SingleSceneClusterer
-from eo_models.clusterer_losses import (
+from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
+from eo_models.clusterer.losses import (
     clustering_loss,
     pseudo_labels,
     random_derangement,
     shuffle_batch,
     shuffled_contrastive_loss,
 )
-from eo_models.train_clusterer import (
+from eo_models.clusterer.train import (
     ArrayPatchSource,
     ClustererTrainingParams,
     TrainingProgress,

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from eo_models.clusterer import (
+from eo_models.clusterer.model import (
     ChannelAttention,
     ClustererConfig,
     SingleSceneClusterer,
     clusterer_parameter_count,
 )
-from eo_models.train_clusterer import ArrayPatchSource, ClustererTrainingParams, train_clusterer
+from eo_models.clusterer.train import ArrayPatchSource, ClustererTrainingParams, train_clusterer
 
 
 def make_model(in_channels: int, num_classes: int = 8, seed: int = 0) -> SingleSceneClusterer:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import write_geotiff
 
-from eoseg.cluster import ClusterSpec
+from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import ClustererTrainingOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from flows.deploy_flows import city_run_flow, configured, s3_credentials, train_model_flow

@@ -76,8 +76,8 @@ def deployed(s3_endpoint, s3_dask_address, tmp_path_factory, shared_data):
     """Work pools and deployments from the repository's files, a checkpoint on S3, a process worker."""
     import s3fs
 
-    from eoseg.tiling import tile_scene
-    from eoseg.training import train_clusterer_on_store
+    from eoseg.tile.stage import tile_scene
+    from eoseg.train.stage import train_clusterer_on_store
 
     work = tmp_path_factory.mktemp("deployments")
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
@@ -253,7 +253,7 @@ def test_reprocess_maps_only_new_scenes_then_nothing(deployed):
     from prefect.settings import PREFECT_API_URL
 
     from deployments.acquisition_events import emit, events_from_s3_notification
-    from eoseg.catalog import item_uri_for_map
+    from eoseg.catalog.stac import item_uri_for_map
 
     fs, prefixes = deployed["fs"], deployed["prefixes"]
     for scene in NAIP[:2]:

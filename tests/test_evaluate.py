@@ -1,4 +1,4 @@
-"""Tests of eoseg.evaluate on hand-made rasters with hand-computed answers, and on the SpaceNet mask."""
+"""Tests of eoseg.evaluate.scores on hand-made rasters with hand-computed answers, and on the SpaceNet mask."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from eoseg import evaluate
-from eoseg.evaluate import (
+from eoseg.evaluate import scores as evaluate
+from eoseg.evaluate.scores import (
     ConfusionCounts,
     GridMismatchError,
     confusion_matrix_from_rasters,

@@ -7,12 +7,12 @@ import pytest
 import rasterio
 
 from conftest import REAL_SCENES
-from eoseg.colors import NODATA_LABEL
+from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.errors import BandCountError
-from eoseg.inference import model_load_counts, predict_store
-from eoseg.store import open_data_array, read_store_info
-from eoseg.tiling import tile_scene, valid_pixel_mask
-from eoseg.training import train_clusterer_on_store
+from eoseg.predict.stage import model_load_counts, predict_store
+from eoseg.store.layout import open_data_array, read_store_info
+from eoseg.tile.stage import tile_scene, valid_pixel_mask
+from eoseg.train.stage import train_clusterer_on_store
 
 TINY_TRAINING = dict(epochs=1, iterations=3, batch_size=4, patch_size=32, num_classes=6, seed=3)
 
@@ -82,7 +82,7 @@ def test_weights_load_once_per_worker(landsat_model, tmp_path, dask_client):
 
 
 def test_label_map_keeps_grid_and_georeferencing(landsat_model, tmp_path):
-    from eoseg.mosaic import mosaic_to_cog
+    from eoseg.mosaic.cog import mosaic_to_cog
     from rio_cogeo.cogeo import cog_validate
 
     store, model = landsat_model

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from eo_models.augment import AugmentParams, make_view_pair, sample_matched_rois
+from eo_models.mcl_lc.augment import AugmentParams, make_view_pair, sample_matched_rois
 from eo_models.checkpoint import validate_checkpoint
-from eo_models.contrastive import nt_xent_loss, style_feature
-from eo_models.deeplabv3plus import DeepLabV3Plus
-from eo_models.mcl_lc import FinetuneParams, LossSwitches, MclLcModel, PretrainParams
-from eo_models.mine import MutualInformationEstimator
+from eo_models.mcl_lc.contrastive import nt_xent_loss, style_feature
+from eo_models.mcl_lc.deeplabv3plus import DeepLabV3Plus
+from eo_models.mcl_lc.model import FinetuneParams, LossSwitches, MclLcModel, PretrainParams
+from eo_models.mcl_lc.mine import MutualInformationEstimator
 from eo_models.predict import load_predictor
-from eo_models.train_clusterer import ArrayPatchSource
-from eo_models.train_mcl_lc import finetune_mcl_lc, finetune_step, pretrain_mcl_lc, segmentation_loss
+from eo_models.clusterer.train import ArrayPatchSource
+from eo_models.mcl_lc.train import finetune_mcl_lc, finetune_step, pretrain_mcl_lc, segmentation_loss
 
 BAND_MEAN = [0.4, 0.5, 0.3]
 BAND_STD = [0.2, 0.1, 0.15]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eo_models.deeplabv3plus import DeepLabV3Plus, build_mcl_lc_segmenter
-from eo_models.resnet import ResNet50Backbone, adapt_first_conv_weight, load_resnet50_weights
+from eo_models.mcl_lc.deeplabv3plus import DeepLabV3Plus, build_mcl_lc_segmenter
+from eo_models.mcl_lc.resnet import ResNet50Backbone, adapt_first_conv_weight, load_resnet50_weights
 
 # torchvision.models.resnet50(): 25,557,032 parameters, of which fc has 2048 * 1000 + 1000.
 TORCHVISION_RESNET50_WITHOUT_FC = 25_557_032 - (2048 * 1000 + 1000)

@@ -17,23 +17,23 @@ from conftest import REAL_SCENES, SHARED_DATA, write_geotiff
 from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
-from eoseg.cli import app
-from eoseg.cluster import ClusterSpec
+from cli.main import app
+from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import TileOptions
-from eoseg.config_mcl_lc import MclLcFinetuneOptions, MclLcPretrainOptions
-from eoseg.evaluate import GridMismatchError
-from eoseg.mcl_lc_patches import (
+from eoseg.train.pretrain_config import MclLcFinetuneOptions, MclLcPretrainOptions
+from eoseg.evaluate.scores import GridMismatchError
+from eoseg.train.pretrain_patches import (
     ZarrLabelledPatchSource,
     check_labels_on_grid,
     pooled_band_statistics,
     sampled_label_mask,
     scan_label_raster,
 )
-from eoseg.mcl_lc_stage import prepare_label_raster
-from eoseg.reference import rasterize_reference
-from eoseg.store import read_store_info
-from eoseg.tiling import tile_scene
-from flows.mcl_lc_flows import finetune_mcl_lc_flow, pretrain_mcl_lc_flow
+from eoseg.train.pretrain import prepare_label_raster
+from eoseg.evaluate.reference import rasterize_reference
+from eoseg.store.layout import read_store_info
+from eoseg.tile.stage import tile_scene
+from flows.pretrain_flows import finetune_mcl_lc_flow, pretrain_mcl_lc_flow
 from flows.segment_flows import segment_scene_flow
 
 # Every flow run in these tests goes to one real temporary Prefect server; stores for them are tiled
@@ -227,7 +227,7 @@ def test_sparse_labels_are_remapped_and_nodata_ignored(tmp_path):
 
 
 def test_pooled_band_statistics_equal_those_of_the_pixels_together():
-    from eoseg.store import StoreInfo
+    from eoseg.store.layout import StoreInfo
 
     rng = np.random.default_rng(0)
     parts = [rng.normal(10, 2, size=(2, 1000)), rng.normal(50, 7, size=(2, 3000))]

@@ -1,4 +1,4 @@
-"""Tests of eoseg.quicklook on a tiny RGB scene and on the SpaceNet panchromatic sample."""
+"""Tests of eoseg.mosaic.quicklook on a tiny RGB scene and on the SpaceNet panchromatic sample."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import rasterio
 from PIL import Image
 from affine import Affine
 
-from eoseg.colors import NODATA_LABEL, class_color, class_colormap
-from eoseg.quicklook import NODATA_RGB, PANEL_GAP, write_quicklook
+from eoseg.mosaic.colors import NODATA_LABEL, class_color, class_colormap
+from eoseg.mosaic.quicklook import NODATA_RGB, PANEL_GAP, write_quicklook
 
 CRS = "EPSG:32616"
 TRANSFORM = Affine(0.5, 0.0, 733601.0, 0.0, -0.5, 3725139.0)  # SpaceNet sample's grid

@@ -9,9 +9,9 @@ import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
 from conftest import REAL_SCENES
-from eoseg.mosaic import mosaic_to_cog
-from eoseg.store import read_store_info
-from eoseg.tiling import tile_scene
+from eoseg.mosaic.cog import mosaic_to_cog
+from eoseg.store.layout import read_store_info
+from eoseg.tile.stage import tile_scene
 
 
 @pytest.mark.parametrize("name", sorted(REAL_SCENES))
@@ -81,9 +81,9 @@ def test_scene_smaller_than_one_chunk_works(tiny_scene, tmp_path):
 
 def test_interrupted_tile_is_resumed_not_restarted(tmp_path, shared_data):
     """A store left unfinished (as by a killed run) is resumed: finished chunks are not read again."""
-    from eoseg.store import chunks_done, mark_chunk_done
-    from eoseg.tiling import prepare_output_store, staging_uri_for, _store_info_for
-    from eoseg.scene import inspect_scene
+    from eoseg.store.layout import chunks_done, mark_chunk_done
+    from eoseg.tile.stage import prepare_output_store, staging_uri_for, _store_info_for
+    from eoseg.scene.inspect import inspect_scene
 
     source = REAL_SCENES["naip"]
     target = tmp_path / "naip.zarr"
@@ -91,7 +91,7 @@ def test_interrupted_tile_is_resumed_not_restarted(tmp_path, shared_data):
     staging, info, resuming = prepare_output_store(str(target), _store_info_for(scene, 256), overwrite=False)
     assert not resuming and staging == staging_uri_for(str(target))
     # Simulate a run killed after two chunks: write them for real, flag them done.
-    from eoseg.tiling import TileChunkJob, tile_chunk
+    from eoseg.tile.stage import TileChunkJob, tile_chunk
 
     windows = list(info.grid.windows())
     for index, window in windows[:2]:

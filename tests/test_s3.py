@@ -9,9 +9,9 @@ from rio_cogeo.cogeo import cog_validate
 
 from conftest import REAL_SCENES
 from eoseg.errors import CorruptSceneError, OutputExistsError, SceneNotFoundError
-from eoseg.mosaic import mosaic_to_cog
-from eoseg.storage import s3_filesystem
-from eoseg.tiling import tile_scene
+from eoseg.mosaic.cog import mosaic_to_cog
+from eoseg.io.storage import s3_filesystem
+from eoseg.tile.stage import tile_scene
 
 pytestmark = pytest.mark.s3
 

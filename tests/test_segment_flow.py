@@ -11,7 +11,7 @@ from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
 from conftest import REAL_SCENES, SHARED_DATA
-from eoseg.cluster import ClusterSpec
+from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import ClustererTrainingOptions, TileOptions
 from flows.segment_flows import segment_scene_flow
 

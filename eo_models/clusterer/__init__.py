@@ -1,0 +1,1 @@
+"""eo_models.clusterer."""

@@ -1,0 +1,192 @@
+"""The lightweight single-scene clusterer of Saha et al. (2021), "Segmentation of VHR EO Images using
+Unsupervised Learning", Table 1.
+
+Five same-size 3x3 convolutions with 64 kernels, each followed by ReLU and then BatchNorm, a CBAM-style
+channel attention, and a final 1x1 convolution that projects every pixel to K features. There is no
+stride and no pooling, so the output has the input's spatial size and every pixel gets K scores whose
+argmax is its cluster (Eq. 1, see ``eo_models.clusterer.losses``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ChannelAttention",
+    "ClustererConfig",
+    "SingleSceneClusterer",
+    "attention_hidden_width",
+    "clusterer_parameter_count",
+]
+
+
+@dataclass(frozen=True)
+class ClustererConfig:
+    """Everything needed to rebuild a ``SingleSceneClusterer``; stored as the checkpoint's model_config.
+
+    Attributes:
+        in_channels: Number of input bands.
+        num_classes: K, the number of output features and hence the most clusters the model can
+            produce. The paper uses K = 8 for a scene with 6 reference classes.
+        width: Kernels per 3x3 convolution (64 in the paper; "any other number could be chosen").
+        depth: Number of 3x3 convolutions (L = 5 in Table 1).
+        attention_reduction: Reduction ratio r of the channel attention's hidden layer
+            (width -> width / r -> width); 16 is CBAM's default, which the paper follows.
+    """
+
+    in_channels: int
+    num_classes: int = 8
+    width: int = 64
+    depth: int = 5
+    attention_reduction: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "width", "depth", "attention_reduction"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClustererConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(
+                f"ClustererConfig.num_classes (K) must be an int >= 2, got {self.num_classes!r}: "
+                "with one class every pixel gets the same label"
+            )
+
+
+def attention_hidden_width(channels: int, reduction: int) -> int:
+    """Width of the channel attention's hidden layer: ``channels // reduction``, at least 1."""
+    return max(1, channels // reduction)
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention of CBAM (Woo et al., 2018), as the paper prescribes ([26] in the paper).
+
+    Each channel is summarised twice over the whole spatial extent, by its average and by its maximum;
+    one shared two-layer MLP (C -> C/r -> C, ReLU in between) scores both descriptors, the two scores
+    are summed and squashed by a sigmoid, and the features are rescaled channel by channel.
+
+    Because both descriptors pool over the whole image, the output at every pixel depends (weakly) on
+    the entire input, not only on a neighbourhood; see the halo note in ``eo_models.registry``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        """Build the shared MLP.
+
+        Args:
+            channels: Number of feature channels C.
+            reduction: Reduction ratio r of the hidden layer.
+        """
+        super().__init__()
+        hidden = attention_hidden_width(channels, reduction)
+        # nn.Linear with bias, like CBAM's reference implementation.
+        self.shared_mlp = nn.Sequential(
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels),
+        )
+
+    def channel_weights(self, features: Tensor) -> Tensor:
+        """Per-sample, per-channel weights in (0, 1), shape (B, C)."""
+        return self.weights_from_descriptors(features.mean(dim=(2, 3)), features.amax(dim=(2, 3)))
+
+    def weights_from_descriptors(self, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
+        """Channel weights from given (B, C) average- and max-pooled descriptors.
+
+        Tiled inference over a large scene pools the descriptors over the whole scene first (a cheap
+        reduction of per-tile sums and maxima) and passes them here, so every tile is rescaled exactly
+        as whole-scene inference would rescale it.
+        """
+        return torch.sigmoid(self.shared_mlp(average_descriptor) + self.shared_mlp(max_descriptor))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Rescale (B, C, H, W) features by their channel weights; returns the same shape."""
+        return features * self.channel_weights(features)[:, :, None, None]
+
+
+class SingleSceneClusterer(nn.Module):
+    """The network of Table 1: ``depth`` x (3x3 conv -> ReLU -> BatchNorm), channel attention, 1x1 conv.
+
+    The order ReLU-then-BatchNorm follows the paper's text ("processed through activation function
+    (ReLU) ... and by Batch Normalization layer"), not the more common conv -> BN -> ReLU. All 3x3
+    convolutions use stride 1 and zero padding 1, and there is no pooling, so the spatial size is kept.
+    The final 1x1 convolution has no activation or normalisation after it: its output is the raw
+    feature map y of the paper, whose per-pixel argmax is the cluster label.
+    """
+
+    def __init__(self, config: ClustererConfig) -> None:
+        """Build the layers.
+
+        Args:
+            config: Architecture hyper-parameters.
+        """
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        channels = config.in_channels
+        for _ in range(config.depth):
+            layers += [
+                nn.Conv2d(channels, config.width, kernel_size=3, stride=1, padding=1),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(config.width),
+            ]
+            channels = config.width
+        self.features = nn.Sequential(*layers)
+        self.attention = ChannelAttention(config.width, config.attention_reduction)
+        self.classifier = nn.Conv2d(config.width, config.num_classes, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map normalised patches (B, in_channels, H, W) to raw cluster features y (B, K, H, W)."""
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected input of shape (batch, {self.config.in_channels}, rows, cols), "
+                f"got {tuple(x.shape)}"
+            )
+        return self._classify(self.attention(self.features(x)))
+
+    def forward_with_descriptors(self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
+        """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
+        weights = self.attention.weights_from_descriptors(average_descriptor, max_descriptor)
+        return self._classify(self.features(x) * weights[:, :, None, None])
+
+    def _classify(self, features: Tensor) -> Tensor:
+        """The final 1x1 convolution; in eval mode computed in float64.
+
+        The float32 1x1 convolution sums its 64 products in an order that depends on the number of CPU
+        threads, so labels of near-tie pixels would depend on how many threads a Dask worker has. In
+        float64 the argmax is the same for any thread count; the layer is under 0.3 % of the FLOPs.
+        """
+        if self.training:
+            return self.classifier(features)
+        return F.conv2d(features.double(), self.classifier.weight.double(), self.classifier.bias.double())
+
+
+def clusterer_parameter_count(
+    in_channels: int,
+    num_classes: int,
+    width: int = 64,
+    depth: int = 5,
+    reduction: int = 16,
+) -> int:
+    """Number of trainable parameters that Table 1 implies (BatchNorm running statistics excluded).
+
+    Args:
+        in_channels: Number of input bands.
+        num_classes: K.
+        width: Kernels per 3x3 convolution.
+        depth: Number of 3x3 convolutions.
+        reduction: Channel attention reduction ratio.
+
+    Returns:
+        The sum of: the 3x3 convolutions' weights and biases, two affine parameters per BatchNorm
+        channel, the attention MLP's two linear layers (with biases), and the 1x1 convolution.
+    """
+    first_convolution = (in_channels * 3 * 3 + 1) * width
+    later_convolutions = (depth - 1) * (width * 3 * 3 + 1) * width
+    batch_norms = depth * 2 * width
+    hidden = attention_hidden_width(width, reduction)
+    attention = (width + 1) * hidden + (hidden + 1) * width
+    classifier = (width + 1) * num_classes
+    return first_convolution + later_convolutions + batch_norms + attention + classifier

@@ -1,0 +1,403 @@
+"""A STAC catalogue of the maps: one Item per COG, gathered in a ``catalog.json`` at the output prefix.
+
+Each item carries the map's footprint (WGS84 polygon from the COG's bounds), its projection
+(``proj:code``, ``proj:shape``, ``proj:transform``, ``proj:bbox``; ``proj:wkt2`` when the CRS has no
+EPSG code), a datetime taken from the input scene, the classes (classification extension: values
+0..K-1 named ``cluster_0``... and titled "cluster 0"...), and as assets the map, its quick-look
+(``thumbnail``/``overview``), the input scene, the model checkpoint and the scores when there are
+any; ``derived_from`` links point at the scene and the checkpoint.
+
+The datetime comes from, in this order (``eoseg:datetime_source`` says which was used):
+
+1. ``tiff-tag``: the scene's ``TIFFTAG_DATETIME`` (or ``ACQUISITIONDATE``) tag, read as UTC;
+2. ``file-name``: a ``YYYYMMDD`` date in the scene's file name (NAIP: ``m_4709963_se_14_1_20090818.tif``);
+3. ``file-mtime``: the scene file's modification time (an upload time, not an acquisition time).
+
+Catalogue files are read and written through :class:`StorageStacIO`, so ``s3://`` prefixes go
+through s3fs with the same endpoint and credentials as every other eoseg output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+import pystac
+from pystac.extensions.classification import Classification, ClassificationExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.stac_io import DefaultStacIO
+from pystac.utils import make_relative_href
+
+from eoseg import __version__
+from eoseg.io import storage
+
+ITEM_SUFFIX = ".item.json"
+CATALOG_FILE = "catalog.json"
+CATALOG_ID = "eoseg-maps"
+NODATA_LABEL = 255
+PYTORCH_MEDIA_TYPE = "application/octet-stream; application=pytorch"
+_FILE_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
+_TAG_FORMATS = (
+    "%Y:%m:%d %H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y:%m:%d",
+    "%Y-%m-%d",
+    "%Y%m%d",
+)
+
+
+def item_uri_for_map(map_uri: str) -> str:
+    """``MAP.item.json`` beside ``MAP.tif``."""
+    map_uri = storage.normalise_uri(map_uri)
+    stem = re.sub(r"\.tiff?$", "", map_uri, flags=re.IGNORECASE)
+    return stem + ITEM_SUFFIX
+
+
+def catalog_uri_for_prefix(prefix: str) -> str:
+    """``PREFIX/catalog.json``."""
+    prefix = storage.normalise_uri(prefix)
+    return f"{prefix}/{CATALOG_FILE}"
+
+
+class StorageStacIO(DefaultStacIO):
+    """pystac I/O through eoseg's storage: s3fs for ``s3://`` (one PUT per file), atomic local writes."""
+
+    def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+        href = str(source)
+        if storage.is_s3(href):
+            return storage.s3_filesystem().cat_file(href).decode("utf-8")
+        return super().read_text(source, *args, **kwargs)
+
+    def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+        href = str(dest)
+        if storage.is_s3(href):
+            storage.s3_filesystem().pipe_file(href, txt.encode("utf-8"))
+            return
+        with storage.atomic_output_file(href, overwrite=True) as staging:
+            with open(staging, "w", encoding="utf-8") as handle:
+                handle.write(txt)
+
+
+def _parse_tag_datetime(text: str) -> dt.datetime | None:
+    text = text.strip()
+    for fmt in _TAG_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def date_from_file_name(uri: str) -> dt.datetime | None:
+    """The last valid ``YYYYMMDD`` in the file name (midnight UTC), if any."""
+    for match in reversed(list(_FILE_NAME_DATE.finditer(PurePosixPath(str(uri)).name))):
+        try:
+            return dt.datetime(int(match[1]), int(match[2]), int(match[3]), tzinfo=dt.UTC)
+        except ValueError:  # e.g. 20090231
+            continue
+    return None
+
+
+def acquisition_datetime(
+    scene_uri: str, *, acquired_tag: str | None, modified: float | None
+) -> tuple[dt.datetime, str]:
+    """The scene's datetime and where it came from: ``tiff-tag``, ``file-name`` or ``file-mtime``."""
+    if acquired_tag:
+        parsed = _parse_tag_datetime(acquired_tag)
+        if parsed is not None:
+            return parsed, "tiff-tag"
+    from_name = date_from_file_name(scene_uri)
+    if from_name is not None:
+        return from_name, "file-name"
+    stamp = modified if modified is not None else storage.modified_time(scene_uri)
+    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC), "file-mtime"
+
+
+def _footprint(bounds, crs) -> tuple[dict | None, list[float] | None]:
+    """WGS84 polygon of the raster's bounds (edges densified so curved edges stay honest) and its bbox."""
+    if crs is None:
+        return None, None
+    from rasterio.warp import transform_geom
+
+    left, bottom, right, top = bounds
+    steps = 8
+    # Counter-clockwise exterior ring (RFC 7946): top-left, down the left edge, along the bottom, up.
+    ring = (
+        [(left, top - (top - bottom) * i / steps) for i in range(steps)]
+        + [(left + (right - left) * i / steps, bottom) for i in range(steps)]
+        + [(right, bottom + (top - bottom) * i / steps) for i in range(steps)]
+        + [(right - (right - left) * i / steps, top) for i in range(steps)]
+    )
+    ring.append(ring[0])
+    geometry = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+    coordinates = geometry["coordinates"][0]
+    xs = [point[0] for point in coordinates]
+    ys = [point[1] for point in coordinates]
+    return {"type": "Polygon", "coordinates": [[list(point) for point in coordinates]]}, [
+        min(xs),
+        min(ys),
+        max(xs),
+        max(ys),
+    ]
+
+
+def _read_map(map_uri: str) -> dict[str, Any]:
+    import rasterio
+
+    with storage.gdal_env(map_uri), rasterio.open(storage.gdal_path(map_uri)) as dataset:
+        try:
+            colormap = dataset.colormap(1)
+        except ValueError:
+            colormap = {}
+        return {
+            "bounds": tuple(dataset.bounds),
+            "crs": dataset.crs,
+            "transform": tuple(dataset.transform)[:6],
+            "shape": [dataset.height, dataset.width],
+            "tags": dataset.tags(),
+            "colormap": colormap,
+            "nodata": dataset.nodata,
+        }
+
+
+def _classes(num_classes: int | None, colormap: dict, nodata) -> list[Classification]:
+    classes = []
+    for value in range(num_classes or 0):
+        colour = colormap.get(value)
+        hint = "{:02X}{:02X}{:02X}".format(*colour[:3]) if colour else None
+        classes.append(
+            Classification.create(
+                value=value,
+                name=f"cluster_{value}",
+                title=f"cluster {value}",
+                description=f"cluster {value} of the unsupervised model",
+                color_hint=hint,
+            )
+        )
+    if nodata is not None and int(nodata) == NODATA_LABEL:
+        classes.append(Classification.create(value=NODATA_LABEL, name="nodata", title="no data", nodata=True))
+    return classes
+
+
+def build_map_item(
+    map_uri: str,
+    *,
+    scene_uri: str,
+    acquired_tag: str | None,
+    scene_modified: float | None,
+    model_uri: str | None,
+    quicklook_uri: str | None = None,
+    scores_uri: str | None = None,
+    properties: dict[str, Any] | None = None,
+) -> pystac.Item:
+    """A STAC Item describing the COG at ``map_uri`` (read for its grid, CRS, classes and tags).
+
+    Args:
+        map_uri: the label map (COG).
+        scene_uri: the input scene it was made from.
+        acquired_tag: the scene's TIFFTAG_DATETIME/ACQUISITIONDATE value, if any.
+        scene_modified: the scene's modification time (POSIX seconds), the last datetime fallback.
+        model_uri: the checkpoint that produced the map.
+        quicklook_uri: the quick-look PNG (asset ``thumbnail``).
+        scores_uri: the scores JSON, when the map was evaluated against a reference.
+        properties: extra item properties (e.g. pixels, seconds).
+    """
+    map_uri = storage.normalise_uri(map_uri)
+    raster = _read_map(map_uri)
+    tags = raster["tags"]
+    geometry, bbox = _footprint(raster["bounds"], raster["crs"])
+    when, source = acquisition_datetime(scene_uri, acquired_tag=acquired_tag, modified=scene_modified)
+    model_tag = json.loads(tags["EOSEG_MODEL"]) if tags.get("EOSEG_MODEL") else {}
+    num_classes = int(tags["EOSEG_NUM_CLASSES"]) if tags.get("EOSEG_NUM_CLASSES") else None
+    item_properties = {
+        "eoseg:datetime_source": source,
+        "eoseg:version": __version__,
+        "eoseg:source": scene_uri,
+        "eoseg:model_family": model_tag.get("family"),
+        "eoseg:num_classes": num_classes,
+        "created": tags.get("EOSEG_CREATED") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(properties or {}),
+    }
+    item = pystac.Item(
+        id=PurePosixPath(re.sub(r"\.tiff?$", "", map_uri, flags=re.IGNORECASE)).name,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=when,
+        properties=item_properties,
+    )
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    crs = raster["crs"]
+    if crs is not None:
+        epsg = crs.to_epsg()
+        if epsg:
+            projection.code = f"EPSG:{epsg}"
+        else:
+            projection.code = None
+            projection.wkt2 = crs.to_wkt()
+        left, bottom, right, top = raster["bounds"]
+        projection.bbox = [left, bottom, right, top]
+    else:
+        projection.code = None
+    projection.shape = raster["shape"]
+    projection.transform = list(raster["transform"])
+
+    map_asset = pystac.Asset(
+        href=map_uri, media_type=pystac.MediaType.COG, roles=["data"], title="Land-cover map (cluster labels)"
+    )
+    item.add_asset("map", map_asset)
+    classes = _classes(num_classes, raster["colormap"], raster["nodata"])
+    if classes:
+        ClassificationExtension.ext(map_asset, add_if_missing=True).classes = classes
+    if quicklook_uri:
+        item.add_asset(
+            "thumbnail",
+            pystac.Asset(
+                href=quicklook_uri,
+                media_type=pystac.MediaType.PNG,
+                roles=["thumbnail", "overview"],
+                title="Quick-look: scene and map side by side",
+            ),
+        )
+    item.add_asset(
+        "source",
+        pystac.Asset(
+            href=scene_uri, media_type=pystac.MediaType.GEOTIFF, roles=["source"], title="Input scene"
+        ),
+    )
+    item.add_link(
+        pystac.Link(
+            rel="derived_from", target=scene_uri, media_type=pystac.MediaType.GEOTIFF, title="Input scene"
+        )
+    )
+    checkpoint = model_uri or model_tag.get("checkpoint")
+    if checkpoint:
+        item.add_asset(
+            "model",
+            pystac.Asset(
+                href=checkpoint,
+                media_type=PYTORCH_MEDIA_TYPE,
+                roles=["model"],
+                title=f"Model checkpoint ({model_tag.get('family', 'unknown')})",
+            ),
+        )
+        item.add_link(
+            pystac.Link(
+                rel="derived_from", target=checkpoint, media_type=PYTORCH_MEDIA_TYPE, title="Model checkpoint"
+            )
+        )
+    if scores_uri:
+        item.add_asset(
+            "scores",
+            pystac.Asset(
+                href=scores_uri,
+                media_type=pystac.MediaType.JSON,
+                roles=["metadata"],
+                title="Scores against the reference",
+            ),
+        )
+    return item
+
+
+def _empty_catalog(catalog_uri: str) -> dict[str, Any]:
+    prefix = catalog_uri.rsplit("/", 1)[0]
+    return {
+        "type": "Catalog",
+        "stac_version": pystac.get_stac_version(),
+        "stac_extensions": [],
+        "id": CATALOG_ID,
+        "title": "eoseg land-cover maps",
+        "description": f"Unsupervised land-cover maps produced by eoseg under {prefix}.",
+        "links": [{"rel": "root", "href": f"./{CATALOG_FILE}", "type": pystac.MediaType.JSON}],
+    }
+
+
+def write_item(
+    item: pystac.Item, item_uri: str, catalog_uri: str, *, stac_io: pystac.StacIO | None = None
+) -> str:
+    """Write ``item`` to ``item_uri`` with root/parent links to ``catalog_uri`` (relative when possible)."""
+    stac_io = stac_io or StorageStacIO()
+    relative = make_relative_href(catalog_uri, item_uri)
+    item.clear_links(pystac.RelType.ROOT)
+    item.clear_links(pystac.RelType.PARENT)
+    item.add_link(pystac.Link(rel=pystac.RelType.ROOT, target=relative, media_type=pystac.MediaType.JSON))
+    item.add_link(pystac.Link(rel=pystac.RelType.PARENT, target=relative, media_type=pystac.MediaType.JSON))
+    stac_io.save_json(item_uri, item.to_dict(include_self_link=False, transform_hrefs=False))
+    return item_uri
+
+
+def add_items_to_catalog(
+    catalog_uri: str, item_uris: list[str], *, stac_io: pystac.StacIO | None = None
+) -> dict[str, Any]:
+    """Add ``item`` links for ``item_uris`` to the catalogue (created if missing); returns the catalogue dict.
+
+    Existing links are kept; an item already listed is not listed twice. Concurrent runs writing the same
+    catalogue could lose each other's links: the reprocessing deployment runs one at a time.
+    """
+    stac_io = stac_io or StorageStacIO()
+    catalog_uri = storage.normalise_uri(catalog_uri)
+    document = stac_io.read_json(catalog_uri) if storage.exists(catalog_uri) else _empty_catalog(catalog_uri)
+    links = document.setdefault("links", [])
+    listed = {link["href"] for link in links if link.get("rel") == "item"}
+    for item_uri in item_uris:
+        href = make_relative_href(item_uri, catalog_uri)
+        if href not in listed:
+            links.append(
+                {
+                    "rel": "item",
+                    "href": href,
+                    "type": pystac.MediaType.JSON,
+                    "title": PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)],
+                }
+            )
+            listed.add(href)
+    stac_io.save_json(catalog_uri, document)
+    return document
+
+
+def catalogue_map(
+    map_uri: str,
+    *,
+    scene_uri: str,
+    model_uri: str | None,
+    quicklook_uri: str | None,
+    scores_uri: str | None = None,
+    catalog_uri: str | None = None,
+    properties: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Describe one map as a STAC Item beside it and list it in the catalogue of its folder.
+
+    Returns:
+        ``item``, ``catalog``, ``datetime`` (ISO), ``datetime_source`` and the map's ``shape`` (rows, cols).
+    """
+    from eoseg.scene.inspect import inspect_scene
+
+    map_uri = storage.normalise_uri(map_uri)
+    scene = inspect_scene(scene_uri, allow_ungeoreferenced=True, probe_pixels=False)
+    catalog_uri = catalog_uri or f"{map_uri.rsplit('/', 1)[0]}/{CATALOG_FILE}"
+    item = build_map_item(
+        map_uri,
+        scene_uri=scene.uri,
+        acquired_tag=scene.acquired,
+        scene_modified=storage.modified_time(scene.uri),
+        model_uri=model_uri,
+        quicklook_uri=quicklook_uri,
+        scores_uri=scores_uri,
+        properties=properties,
+    )
+    item_uri = write_item(item, item_uri_for_map(map_uri), catalog_uri)
+    add_items_to_catalog(catalog_uri, [item_uri])
+    return {
+        "item": item_uri,
+        "catalog": catalog_uri,
+        "datetime": item.datetime.isoformat() if item.datetime else None,
+        "datetime_source": item.properties["eoseg:datetime_source"],
+        "shape": item.properties["proj:shape"],
+    }

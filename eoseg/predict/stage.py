@@ -1,0 +1,226 @@
+"""Predict stage: tiled inference over a tile store, chunk by chunk on Dask, into a label store.
+
+Each Dask task reads one output chunk's window grown by a halo, predicts labels for the grown window,
+and keeps only the centre ("overlap-tile" blending: every kept pixel was predicted with at least
+``halo`` pixels of real context on each side that the scene has, so chunk edges are not where the network
+sees zero padding). Weights are loaded once per worker process and reused for every chunk it runs.
+
+Global pooling (the clusterer's channel attention) would make each tile's output depend on that tile
+as a whole. With ``attention_pooling="scene"`` (the default for models that support it) a first pass
+reduces the pooled descriptors over the whole scene, chunk by chunk, and the second pass predicts every
+chunk with them: tiled inference then equals whole-scene inference and no chunk can differ from its
+neighbour in how it weights the channels. ``"tile"`` skips the first pass (faster, per-tile pooling).
+Nodata input pixels become nodata (255) labels. The label store has the input's grid and georeferencing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from eoseg.io import storage
+from eoseg.mosaic.colors import NODATA_LABEL
+from eoseg.compute.chunks import current_worker_address, map_chunks
+from eoseg.errors import BandCountError
+from eoseg.geometry import Window
+from eoseg.store.layout import (
+    StoreInfo,
+    chunks_done,
+    mark_chunk_done,
+    mark_complete,
+    open_data_array,
+    read_store_info,
+)
+from eoseg.tile.stage import prepare_output_store, publish_store, valid_pixel_mask
+
+logger = logging.getLogger("eoseg.predict.stage")
+
+_predictors: dict[tuple[str, str], object] = {}
+_load_counts: dict[str, int] = {}
+_predictors_lock = threading.Lock()
+_scratch = tempfile.mkdtemp(prefix="eoseg-models-")
+
+
+def _match_torch_threads_to_worker() -> None:
+    """On a Dask worker, give torch as many CPU threads as the worker has task slots.
+
+    torch defaults to one thread per core in every process, so N single-threaded workers on N cores would
+    run N x N threads and lose much of their time to oversubscription.
+    """
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, slots))
+
+
+def cached_predictor(model_uri: str, device: str | None = None):
+    """The predictor for ``model_uri`` in this process, loaded on first use (once per worker)."""
+    key = (model_uri, device or "auto")
+    with _predictors_lock:
+        if key not in _predictors:
+            from eo_models.predict import load_predictor
+
+            _match_torch_threads_to_worker()
+            local = storage.fetch_to_local(model_uri, _scratch)
+            _predictors[key] = load_predictor(local, device=device)
+            _load_counts[model_uri] = _load_counts.get(model_uri, 0) + 1
+            logger.info("loaded %s in process %d", model_uri, os.getpid())
+        return _predictors[key]
+
+
+def model_load_counts() -> dict[str, int]:
+    """How often this process loaded each model (tests check: once per worker, not once per chunk)."""
+    return dict(_load_counts)
+
+
+@dataclass(frozen=True)
+class PredictChunkJob:
+    """One output chunk of the predict stage (small and picklable)."""
+
+    store_uri: str
+    labels_uri: str
+    model_uri: str
+    chunk_index: tuple[int, int]
+    window: Window
+    halo: int
+    device: str | None
+    descriptors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+
+def _read_with_halo(store_uri: str, window: Window, halo: int):
+    info = read_store_info(store_uri)
+    grown = window.grown(halo, height_limit=info.height, width_limit=info.width)
+    block = np.asarray(open_data_array(store_uri, info)[(slice(None), *grown.slices)])
+    return block, valid_pixel_mask(block, info.nodata), window.relative_to(grown).slices
+
+
+def attention_moments_chunk(job: PredictChunkJob):
+    """First pass of scene pooling: the chunk's feature sum, pixel count and maximum."""
+    block, valid, inner = _read_with_halo(job.store_uri, job.window, job.halo)
+    return cached_predictor(job.model_uri, job.device).attention_moments(block, valid, inner)
+
+
+def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
+    """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
+    block, valid, (rows, cols) = _read_with_halo(job.store_uri, job.window, job.halo)
+    predictor = cached_predictor(job.model_uri, job.device)
+    labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
+    if valid.any():
+        labels = predictor.predict(block, valid, descriptors=job.descriptors)
+        labels[~valid] = NODATA_LABEL
+    centre = labels[rows, cols]
+    open_data_array(job.labels_uri, "labels", mode="r+")[job.window.slices] = centre
+    mark_chunk_done(job.labels_uri, job.chunk_index)
+    values, counts = np.unique(centre, return_counts=True)
+    return {"pid": os.getpid(), "worker": current_worker_address(),
+            **{str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
+
+
+def predict_store(
+    store_uri: str,
+    model_uri: str,
+    labels_uri: str,
+    *,
+    halo: int | None = None,
+    overwrite: bool = False,
+    client=None,
+    use_gpu: bool = False,
+    attention_pooling: str = "scene",
+    show_progress: bool | None = None,
+) -> StoreInfo:
+    """Run tiled inference of the checkpoint at ``model_uri`` over ``store_uri`` into ``labels_uri``.
+
+    Args:
+        store_uri: a finished image store.
+        model_uri: a checkpoint (any model family).
+        labels_uri: the label store to create (resumed if an interrupted one matches).
+        halo: context pixels around each chunk; default: the model family's halo.
+        overwrite: replace an existing label store.
+        client: a ``distributed.Client`` (default: the active one, else local threads).
+        use_gpu: schedule chunks only on workers advertising ``GPU=1`` (which predict on CUDA when present).
+        attention_pooling: ``"scene"`` (two passes, tiled == whole-scene inference) or ``"tile"`` (one
+            pass); models without global pooling ignore it.
+        show_progress: terminal progress bar on/off.
+    """
+    from eo_models.registry import MODEL_BUILDERS
+
+    from eoseg.train.stage import load_checkpoint_from
+
+    store_uri = storage.normalise_uri(store_uri)
+    model_uri = storage.normalise_uri(model_uri)
+    labels_uri = storage.normalise_uri(labels_uri)
+    info = read_store_info(store_uri)
+    checkpoint = load_checkpoint_from(model_uri)
+    bands = len(checkpoint["band_mean"])
+    if bands != info.band_count:
+        raise BandCountError(
+            f"{store_uri}: the scene has {info.band_count} band(s) but the model {model_uri} was trained on "
+            f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
+        )
+    family = checkpoint["family"]
+    halo = MODEL_BUILDERS[family].halo if halo is None else halo
+    if attention_pooling not in ("scene", "tile"):
+        from eoseg.errors import ConfigurationError
+
+        raise ConfigurationError(f"attention pooling must be 'scene' or 'tile', got {attention_pooling!r}")
+    scene_pooling = attention_pooling == "scene" and family == "clusterer"
+    num_classes = int(checkpoint["num_classes"])
+    wanted = replace(
+        info,
+        kind="labels",
+        band_count=1,
+        dtype="uint8",
+        nodata=NODATA_LABEL,
+        band_names=("class",),
+        band_descriptions=("class label",),
+        band_stats=None,
+        num_classes=num_classes,
+        model={"family": family, "checkpoint": model_uri, "halo": halo, "blending": "overlap-tile centre crop",
+               "attention_pooling": "scene" if scene_pooling else "tile"},
+        source_uri=info.source_uri,
+        complete=False,
+    )
+    staging, labels_info, resuming = prepare_output_store(labels_uri, wanted, overwrite=overwrite)
+    try:
+        done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
+        device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
+        resources = {"GPU": 1} if use_gpu else None
+        descriptors = None
+        if scene_pooling:
+            moments = map_chunks(
+                attention_moments_chunk,
+                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device) for i, w in info.grid.windows()],
+                label="pool", client=client, resources=resources, show_bar=show_progress,
+            )  # fmt: skip
+            total = sum(m[0] for m in moments)
+            count = sum(m[1] for m in moments)
+            maximum = np.max(np.stack([m[2] for m in moments]), axis=0)
+            descriptors = (tuple((total / count).tolist()), tuple(maximum.tolist()))
+        jobs = [
+            PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, descriptors)
+            for index, window in info.grid.windows()
+            if not done[index]
+        ]
+        logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", len(jobs), len(info.grid),
+                    model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
+        results = map_chunks(predict_chunk, jobs, label="predict", client=client, resources=resources,
+                             show_bar=show_progress)
+        labels_info = mark_complete(staging, labels_info)
+    except BaseException as error:
+        if not isinstance(error, (KeyboardInterrupt, SystemExit)) and not resuming:
+            storage.remove(staging)
+        raise
+    publish_store(staging, labels_uri)
+    workers = sorted({r["worker"] for r in results})
+    logger.info("wrote %s (%d chunk(s) predicted on %d worker(s))", labels_uri, len(jobs), len(workers))
+    return labels_info
