@@ -7,18 +7,26 @@ on that server. Without ``--cluster`` (or ``EOSEG_CLUSTER``) a local Dask cluste
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
+from pydantic import ValidationError
 
+from cli.options import GlobalOptionsGroup
 from eoseg.errors import EosegError
+from eoseg.settings import EosegSettings, load_settings
+
+if TYPE_CHECKING:
+    from eoseg.compute.cluster import ClusterSpec
 
 app = typer.Typer(
     name="eoseg",
+    cls=GlobalOptionsGroup,
     help="Unsupervised land-cover segmentation of very large aerial and satellite scenes.\n\n"
     "Stages: tile (GeoTIFF -> Zarr), train (a model on the store), predict (tiled inference -> label "
     "Zarr), mosaic (Zarr -> Cloud-Optimized GeoTIFF), evaluate (against a reference map); `run` chains "
@@ -29,30 +37,25 @@ app = typer.Typer(
 )
 
 
-class _State:
-    cluster_address: str | None = None
-    cluster_config: str | None = None
-    workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"
+# The settings of the command being run (shared options over EOSEG_* variables), set by main_options.
+_RUN_SETTINGS: ContextVar[EosegSettings | None] = ContextVar("eoseg_run_settings", default=None)
 
 
-STATE = _State()
-
-
-def _cluster_spec():
+def _cluster_spec() -> ClusterSpec:
+    """The Dask cluster of this command, from the shared options and ``EOSEG_*`` settings."""
     from eoseg.compute.cluster import ClusterSpec
 
+    settings = _RUN_SETTINGS.get(None) or load_settings()
     return ClusterSpec(
-        address=STATE.cluster_address,
-        config_file=STATE.cluster_config,
-        n_workers=STATE.workers,
-        threads_per_worker=STATE.threads_per_worker,
-        memory_limit=STATE.memory_limit,
+        address=settings.cluster,
+        config_file=settings.cluster_config,
+        n_workers=settings.workers,
+        threads_per_worker=settings.threads_per_worker,
+        memory_limit=settings.memory_limit,
     )
 
 
-def _fail(error: BaseException) -> None:
+def _fail(error: BaseException) -> NoReturn:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
@@ -73,33 +76,48 @@ def main_options(
         Optional[str],
         typer.Option(
             "--cluster",
-            envvar="EOSEG_CLUSTER",
             help="Scheduler address of an existing Dask cluster (tcp://host:8786). Default: start a local "
-            "cluster for this command.",
+            "cluster for this command. [env: EOSEG_CLUSTER]",
         ),
     ] = None,
     cluster_config: Annotated[
         Optional[str],
         typer.Option(
             "--cluster-config",
-            envvar="EOSEG_CLUSTER_CONFIG",
             help="Cluster configuration file: local, an existing scheduler, Kubernetes (dask-kubernetes "
-            "operator) or an HPC queue (dask-jobqueue). Examples in infra/clusters/.",
+            "operator) or an HPC queue (dask-jobqueue). Examples in infra/clusters/. "
+            "[env: EOSEG_CLUSTER_CONFIG]",
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local cluster: worker processes.")] = 2,
-    threads_per_worker: Annotated[int, typer.Option(min=1, help="Local cluster: threads per worker.")] = 1,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, help="Local cluster: worker processes (default 2). [env: EOSEG_WORKERS]")
+    ] = None,
+    threads_per_worker: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Local cluster: threads per worker (default 1). [env: EOSEG_THREADS_PER_WORKER]"),
+    ] = None,
     memory_limit: Annotated[
-        str, typer.Option(help="Local cluster: memory limit per worker ('auto' or e.g. '4GiB').")
-    ] = "auto",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+        Optional[str],
+        typer.Option(
+            help="Local cluster: memory limit per worker ('auto' or e.g. '4GiB'; default auto). "
+            "[env: EOSEG_MEMORY_LIMIT]"
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details and tracebacks.")] = False,
 ) -> None:
-    """Options shared by every command (give them before the command name)."""
-    STATE.cluster_address = cluster
-    STATE.cluster_config = cluster_config
-    STATE.workers = workers
-    STATE.threads_per_worker = threads_per_worker
-    STATE.memory_limit = memory_limit
+    """Options shared by every command; give them before or after the command name."""
+    try:
+        settings = load_settings(
+            cluster=cluster,
+            cluster_config=cluster_config,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        _fail(EosegError(f"EOSEG_* settings: {problems}; fix the environment variable or pass the option."))
+    _RUN_SETTINGS.set(settings)
     # Prefect attaches its console (and API) handlers to the "eoseg" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
     logging.getLogger("eoseg").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("httpx", "distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eoseg.settings import ENV_PREFIX, load_settings
+
 logger = logging.getLogger("eoseg.compute.cluster")
-CLUSTER_ENV_VAR = "EOSEG_CLUSTER"
-CONFIG_ENV_VAR = "EOSEG_CLUSTER_CONFIG"
+CLUSTER_ENV_VAR = f"{ENV_PREFIX}CLUSTER"
+CONFIG_ENV_VAR = f"{ENV_PREFIX}CLUSTER_CONFIG"
 
 
 class ClusterSpec(BaseModel):
@@ -46,10 +48,12 @@ class ClusterSpec(BaseModel):
     )
 
     def resolved_address(self) -> str | None:
-        return self.address or os.environ.get(CLUSTER_ENV_VAR) or None
+        """The scheduler address: this spec's, else ``EOSEG_CLUSTER`` (read when the run starts)."""
+        return self.address or load_settings().cluster or None
 
     def resolved_config_file(self) -> str | None:
-        return self.config_file or os.environ.get(CONFIG_ENV_VAR) or None
+        """The cluster configuration file: this spec's, else ``EOSEG_CLUSTER_CONFIG``."""
+        return self.config_file or load_settings().cluster_config or None
 
 
 def _start_local_cluster(spec: ClusterSpec):

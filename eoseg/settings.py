@@ -1,0 +1,71 @@
+"""Settings from the environment (``EOSEG_*``), in one place, through pydantic-settings.
+
+Settings are what an operator sets for a machine or a deployment rather than for one run: which Dask
+cluster to use, how large the local one is, the name of the Prefect concurrency limit around GPU stages.
+Command-line options and flow parameters override them for a run; they never come from code defaults
+scattered across modules.
+
+========================  ==================================================================
+Environment variable      Meaning
+========================  ==================================================================
+``EOSEG_CLUSTER``         scheduler address of an existing Dask cluster (``tcp://host:8786``)
+``EOSEG_CLUSTER_CONFIG``  cluster configuration file (see ``infra/clusters/``)
+``EOSEG_WORKERS``         local cluster: worker processes (default 2)
+``EOSEG_THREADS_PER_WORKER``  local cluster: threads per worker (default 1)
+``EOSEG_MEMORY_LIMIT``    local cluster: memory limit per worker (default ``auto``)
+``EOSEG_GPU_LIMIT``       Prefect global concurrency limit held around GPU stages (``eoseg-gpu``)
+========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "EOSEG_"
+
+
+class EosegSettings(BaseSettings):
+    """Machine- and deployment-level settings, read from ``EOSEG_*`` environment variables.
+
+    Empty environment variables count as unset (a deployment template that leaves ``{{ $VAR }}`` empty
+    falls back to the default rather than to an empty address).
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True)
+
+    cluster: str | None = Field(
+        default=None,
+        description="Scheduler address of an existing Dask cluster (tcp://host:8786). Unset: every command "
+        "starts a local cluster for its run.",
+    )
+    cluster_config: str | None = Field(
+        default=None,
+        description="Cluster configuration file: local, an existing scheduler, Kubernetes (dask-kubernetes "
+        "operator) or an HPC queue (dask-jobqueue). Examples in infra/clusters/.",
+    )
+    workers: int = Field(default=2, ge=1, description="Local cluster: worker processes.")
+    threads_per_worker: int = Field(default=1, ge=1, description="Local cluster: threads per worker.")
+    memory_limit: str = Field(
+        default="auto", description="Local cluster: memory limit per worker ('auto' or e.g. '4GiB')."
+    )
+    gpu_limit: str = Field(
+        default="eoseg-gpu",
+        description="Name of the Prefect global concurrency limit held around GPU stages "
+        "(create it with `prefect gcl create eoseg-gpu --limit <number of GPUs>`).",
+    )
+
+
+def load_settings(**overrides: object) -> EosegSettings:
+    """The settings in force: ``EOSEG_*`` environment variables, then ``overrides`` that are not None.
+
+    Args:
+        **overrides: Values given for this run (command-line options); ``None`` means "not given".
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        pydantic.ValidationError: A value is out of range (e.g. ``EOSEG_WORKERS=0``).
+    """
+    return EosegSettings(**{name: value for name, value in overrides.items() if value is not None})  # type: ignore[arg-type]
