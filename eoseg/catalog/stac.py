@@ -306,17 +306,17 @@ def build_map_item(
     return item
 
 
-def _empty_catalog(catalog_uri: str) -> dict[str, Any]:
+def _open_catalog(catalog_uri: str, stac_io: pystac.StacIO) -> pystac.Catalog:
+    """The catalogue at ``catalog_uri``, or a new empty one (not yet written) when there is none."""
+    if storage.exists(catalog_uri):
+        return pystac.Catalog.from_dict(stac_io.read_json(catalog_uri), href=catalog_uri, migrate=True)
     prefix = catalog_uri.rsplit("/", 1)[0]
-    return {
-        "type": "Catalog",
-        "stac_version": pystac.get_stac_version(),
-        "stac_extensions": [],
-        "id": CATALOG_ID,
-        "title": "eoseg land-cover maps",
-        "description": f"Unsupervised land-cover maps produced by eoseg under {prefix}.",
-        "links": [{"rel": "root", "href": f"./{CATALOG_FILE}", "type": pystac.MediaType.JSON}],
-    }
+    return pystac.Catalog(
+        id=CATALOG_ID,
+        title="eoseg land-cover maps",
+        description=f"Unsupervised land-cover maps produced by eoseg under {prefix}.",
+        href=catalog_uri,
+    )
 
 
 def write_item(
@@ -338,26 +338,24 @@ def add_items_to_catalog(
 ) -> dict[str, Any]:
     """Add ``item`` links for ``item_uris`` to the catalogue (created if missing); returns the catalogue dict.
 
-    Existing links are kept; an item already listed is not listed twice. Concurrent runs writing the same
-    catalogue could lose each other's links: the reprocessing deployment runs one at a time.
+    The catalogue is a :class:`pystac.Catalog` (STAC 1.x Catalog spec) whose links are relative, so the
+    folder can be copied or served anywhere. Existing links are kept; an item already listed is not listed
+    twice. Concurrent runs writing the same catalogue could lose each other's links: the reprocessing
+    deployment runs one at a time.
     """
     stac_io = stac_io or StorageStacIO()
     catalog_uri = storage.normalise_uri(catalog_uri)
-    document = stac_io.read_json(catalog_uri) if storage.exists(catalog_uri) else _empty_catalog(catalog_uri)
-    links = document.setdefault("links", [])
-    listed = {link["href"] for link in links if link.get("rel") == "item"}
+    catalog = _open_catalog(catalog_uri, stac_io)
+    listed = {link.href for link in catalog.get_links(pystac.RelType.ITEM)}
     for item_uri in item_uris:
         href = make_relative_href(item_uri, catalog_uri)
         if href not in listed:
-            links.append(
-                {
-                    "rel": "item",
-                    "href": href,
-                    "type": pystac.MediaType.JSON,
-                    "title": PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)],
-                }
-            )
+            title = PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)]
+            catalog.add_link(pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.JSON, title=title))
             listed.add(href)
+    catalog.clear_links(pystac.RelType.ROOT)
+    catalog.add_link(pystac.Link(pystac.RelType.ROOT, f"./{CATALOG_FILE}", media_type=pystac.MediaType.JSON))
+    document = catalog.to_dict(include_self_link=False, transform_hrefs=False)
     stac_io.save_json(catalog_uri, document)
     return document
 
