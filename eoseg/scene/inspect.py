@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,23 @@ class SceneInfo:
     @property
     def pixels(self) -> int:
         return self.height * self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (what a task passes on): the grid as ``height``, ``width``,
+        ``crs_wkt`` and ``transform`` (``[a, b, c, d, e, f]``) beside the other fields."""
+        return {
+            "uri": self.uri,
+            "height": self.height,
+            "width": self.width,
+            "band_count": self.band_count,
+            "dtype": self.dtype,
+            "crs_wkt": self.crs_wkt,
+            "transform": list(self.transform),
+            "nodata": self.nodata,
+            "band_names": list(self.band_names),
+            "band_descriptions": list(self.band_descriptions),
+            "acquired": self.acquired,
+        }
 
 
 def _band_names(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ...]) -> tuple[str, ...]:
