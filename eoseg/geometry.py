@@ -70,7 +70,10 @@ def make_geobox(shape: tuple[int, int], transform: Sequence[float], crs: Any = N
 
 
 def geobox_of(dataset: Any) -> GeoBox:
-    """The GeoBox of an open rasterio dataset (anything with ``height``, ``width``, ``transform``, ``crs``)."""
+    """The GeoBox of an open rasterio dataset (anything with ``height``, ``width``, ``transform``, ``crs``).
+
+    Georeferencing is read once here, at the first read of a file, and travels as this one value.
+    """
     return make_geobox((dataset.height, dataset.width), dataset.transform, dataset.crs or None)
 
 
@@ -89,7 +92,7 @@ def transform_of(geobox: GeoBox) -> tuple[float, float, float, float, float, flo
 
 
 def rasterio_grid_profile(geobox: GeoBox) -> dict[str, Any]:
-    """The grid part of a rasterio profile: ``width``, ``height``, ``crs`` (WKT or ``None``), ``transform``."""
+    """The grid part of a rasterio profile: ``width``, ``height``, ``crs`` (WKT/``None``), ``transform``."""
     return {
         "width": geobox.width,
         "height": geobox.height,
@@ -147,9 +150,13 @@ def grids_match(a: GeoBox, b: GeoBox, *, tolerance: float = GRID_TOLERANCE_PIXEL
         return False
     if (a.crs is None) != (b.crs is None):
         return False
-    if a.crs is not None and b.crs is not None and a.crs != b.crs:
-        if not a.crs.proj.equals(b.crs.proj, ignore_axis_order=True):
-            return False
+    if (
+        a.crs is not None
+        and b.crs is not None
+        and a.crs != b.crs
+        and not a.crs.proj.equals(b.crs.proj, ignore_axis_order=True)
+    ):
+        return False
     return grid_offset_pixels(a, b) <= tolerance
 
 
@@ -231,7 +238,7 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class ChunkGrid:
-    """A ``height x width`` raster cut into chunks of ``chunk_rows x chunk_cols`` (edge chunks are smaller)."""
+    """A ``height x width`` raster cut into ``chunk_rows x chunk_cols`` chunks (edge chunks are smaller)."""
 
     height: int
     width: int
@@ -246,7 +253,7 @@ class ChunkGrid:
 
     @classmethod
     def for_geobox(cls, geobox: GeoBox, *, chunk_rows: int, chunk_cols: int) -> ChunkGrid:
-        """The chunking of ``geobox`` into ``chunk_rows x chunk_cols`` tiles (odc-geo ``GeoboxTiles``' cut)."""
+        """``geobox`` cut into ``chunk_rows x chunk_cols`` tiles: the cut of odc-geo's ``GeoboxTiles``."""
         return cls(geobox.height, geobox.width, chunk_rows, chunk_cols)
 
     @property

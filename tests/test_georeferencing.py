@@ -14,11 +14,11 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
+from conftest import write_geotiff
 from odc.geo.geobox import GeoboxTiles
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import LinearRing, Polygon, shape
 
-from conftest import write_geotiff
 from eoseg.catalog.stac import build_map_item
 from eoseg.evaluate.reference import rasterize_reference
 from eoseg.evaluate.scores import GridMismatchError, confusion_matrix_from_rasters
@@ -37,7 +37,7 @@ from eoseg.store.layout import StoreInfo, read_store_info
 from eoseg.tile.stage import tile_scene
 
 # 0.5 m pixels in UTM 16N, the grid turned 20 degrees: b and d are far from 0.
-ROTATED = Affine.translation(500000.0, 4200000.0) * Affine.rotation(-20.0) * Affine.scale(0.5, -0.5)
+ROTATED = Affine.translation(500000.0, 4200000.0) @ Affine.rotation(-20.0) @ Affine.scale(0.5, -0.5)
 NORTH_UP = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
 CRS = "EPSG:32616"
 
@@ -65,7 +65,7 @@ def _corners_wgs84(path: Path) -> list[tuple[float, float]]:
     from rasterio.warp import transform as warp
 
     with rasterio.open(path) as dataset:
-        corners = [dataset.transform * corner for corner in
+        corners = [dataset.transform @ corner for corner in
                    ((0, 0), (dataset.width, 0), (dataset.width, dataset.height), (0, dataset.height))]
         xs, ys = warp(dataset.crs, "EPSG:4326", [x for x, _ in corners], [y for _, y in corners])
     return list(zip(xs, ys, strict=True))
@@ -143,7 +143,7 @@ def test_chunk_grid_cuts_the_tiles_geoboxtiles_cuts():
         assert window.geobox_in(geobox) == tiles[index]
     # A halo window keeps its place on the map: its first pixel is where the scene has it.
     grown = grid.window(1, 1).grown(8, height_limit=70, width_limit=90)
-    assert grown.geobox_in(geobox).affine * (0, 0) == ROTATED * (grown.col_off, grown.row_off)
+    assert grown.geobox_in(geobox).affine @ (0, 0) == ROTATED @ (grown.col_off, grown.row_off)
     assert xy_coordinates(geobox) == {}
 
 
@@ -170,7 +170,8 @@ def test_stac_footprint_follows_the_grid(transform, tmp_path):
     tile_scene(str(scene), str(store), chunk_size=64, show_progress=False)
     cog = tmp_path / "map.tif"
     mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
-    item = build_map_item(str(cog), scene_uri=str(scene), acquired_tag=None, scene_modified=0.0, model_uri=None)
+    item = build_map_item(str(cog), scene_uri=str(scene), acquired_tag=None, scene_modified=0.0,
+                          model_uri=None)
     ring = item.geometry["coordinates"][0]
     assert ring[0] == ring[-1] and LinearRing(ring).is_ccw  # RFC 7946: counter-clockwise exterior
     footprint = shape(item.geometry)
@@ -179,30 +180,37 @@ def test_stac_footprint_follows_the_grid(transform, tmp_path):
     # Every corner of the pixel grid is a vertex of the footprint, and the footprint is that quadrilateral.
     for corner in corners:
         assert min(np.hypot(x - corner[0], y - corner[1]) for x, y in ring) < 1e-9
-    assert footprint.symmetric_difference(quadrilateral).area < 1e-5 * quadrilateral.area  # edges curve a little
+    # the same up to the slight curvature of the edges in WGS 84
+    assert footprint.symmetric_difference(quadrilateral).area < 1e-5 * quadrilateral.area
     assert item.bbox == pytest.approx(list(footprint.bounds), abs=1e-12)
     assert item.properties["proj:transform"] == list(transform)[:6]
     assert item.properties["proj:shape"] == [70, 90]
     assert item.properties["proj:code"] == CRS
-    xs, ys = zip(*(transform * c for c in ((0, 0), (90, 0), (90, 70), (0, 70))), strict=True)
+    xs, ys = zip(*(transform @ c for c in ((0, 0), (90, 0), (90, 70), (0, 70))), strict=True)
     assert item.properties["proj:bbox"] == pytest.approx([min(xs), min(ys), max(xs), max(ys)])
     if transform is ROTATED:  # the rotated footprint is not its bounding box
         assert footprint.area < 0.9 * Polygon.from_bounds(*item.bbox).area
 
 
-def test_reference_rasterised_on_a_geobox_equals_on_a_raster(rotated_scene, tmp_path):
+def _square_around_centre(scene: Path, path: Path) -> Path:
+    """A GeoJSON (WGS 84) square of about 10 m around the scene's centre pixel."""
     from rasterio.warp import transform as warp
 
+    with rasterio.open(scene) as src:
+        x, y = src.transform @ (45, 35)
+        (lon,), (lat,) = warp(src.crs, "EPSG:4326", [x], [y])
+    half = 5e-5
+    ring = [[lon - half, lat - half], [lon + half, lat - half], [lon + half, lat + half],
+            [lon - half, lat + half], [lon - half, lat - half]]
+    feature = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return path
+
+
+def test_reference_rasterised_on_a_geobox_equals_on_a_raster(rotated_scene, tmp_path):
+    vectors = _square_around_centre(rotated_scene, tmp_path / "square.geojson")
     with rasterio.open(rotated_scene) as src:
-        centre = src.transform * (45, 35)
-        (lon,), (lat,) = warp(src.crs, "EPSG:4326", [centre[0]], [centre[1]])
         geobox = geobox_of(src)
-    half = 5e-5  # about 5 m: a square around the scene centre
-    polygon = [[lon - half, lat - half], [lon + half, lat - half], [lon + half, lat + half],
-               [lon - half, lat + half], [lon - half, lat - half]]
-    vectors = tmp_path / "square.geojson"
-    vectors.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [polygon]}}]}))
     from_raster = rasterize_reference(str(vectors), str(rotated_scene), str(tmp_path / "a.tif"))
     from_geobox = rasterize_reference(str(vectors), geobox, str(tmp_path / "b.tif"))
     with rasterio.open(from_raster) as a, rasterio.open(from_geobox) as b:
@@ -215,9 +223,26 @@ def test_reference_rasterised_on_a_geobox_equals_on_a_raster(rotated_scene, tmp_
     # Scoring against it checks the grid; one pixel of shift is refused, in any CRS unit.
     counts = confusion_matrix_from_rasters(from_geobox, from_raster)
     assert int(counts.counts.sum()) == 70 * 90
-    shifted = write_geotiff(tmp_path / "shifted.tif", burnt, crs=CRS, transform=ROTATED * Affine.translation(1, 0))
+    one_right = ROTATED @ Affine.translation(1, 0)
+    shifted = write_geotiff(tmp_path / "shifted.tif", burnt, crs=CRS, transform=one_right)
     with pytest.raises(GridMismatchError, match="1 pixels apart"):
         confusion_matrix_from_rasters(from_geobox, shifted)
+
+
+def test_polygon_labels_burn_onto_the_store_geobox(rotated_scene, rotated_store, tmp_path):
+    """Fine-tuning labels given as polygons use the store's GeoBox, no throw-away GeoTIFF of its grid."""
+    from eoseg.train.pretrain import prepare_label_raster
+
+    vectors = _square_around_centre(rotated_scene, tmp_path / "square.geojson")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    info = read_store_info(str(rotated_store))
+    labels = prepare_label_raster(str(vectors), str(rotated_store), info, str(scratch))
+    expected = rasterize_reference(str(vectors), str(rotated_scene), str(tmp_path / "expected.tif"))
+    with rasterio.open(labels) as got, rasterio.open(expected) as want:
+        assert got.transform == ROTATED and got.crs == want.crs
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+    assert sorted(path.name for path in scratch.iterdir() if path.suffix == ".tif") == ["labels.tif"]
 
 
 def test_ungeoreferenced_grid_has_no_footprint(tmp_path):

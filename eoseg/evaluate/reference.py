@@ -25,14 +25,14 @@ def is_vector_reference(path: str) -> bool:
 
 def _geojson_crs(collection: dict[str, Any]) -> str:
     """The collection's CRS: its legacy ``crs`` member if present, else RFC 7946's WGS 84."""
-    name = collection.get("crs", {}).get("properties", {}).get("name")
+    name = str(collection.get("crs", {}).get("properties", {}).get("name") or "")
     if not name:
         return "EPSG:4326"
     if "CRS84" in name:
         return "OGC:CRS84"
     if "EPSG::" in name:
         return "EPSG:" + name.rsplit("::", 1)[-1]
-    return str(name)
+    return name
 
 
 def _grid_of(like: str | GeoBox) -> tuple[GeoBox, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from eoseg.errors import (
 )
 from eoseg.geometry import GeoBox, crs_wkt_of, make_geobox, transform_of
 from eoseg.io import storage
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 
 SUPPORTED_DTYPES = (
     "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
@@ -109,7 +112,7 @@ def _band_names(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ..
     return tuple(names)
 
 
-def _check_readable_edges(dataset, uri: str) -> None:
+def _check_readable_edges(dataset: DatasetReader, uri: str) -> None:
     """Read the first and last internal block of each band: a cheap probe for truncated files."""
     block_rows, block_cols = dataset.block_shapes[0]
     last_row = max(0, dataset.height - block_rows)
@@ -183,9 +186,13 @@ def inspect_scene(uri: str, *, allow_ungeoreferenced: bool = False, probe_pixels
             if probe_pixels:
                 _check_readable_edges(dataset, uri)
             nodata = dataset.nodata
-            if nodata is not None and isinstance(nodata, float) and not math.isnan(nodata):
-                if np.issubdtype(np.dtype(dtype), np.integer) and float(nodata).is_integer():
-                    nodata = int(nodata)
+            if (
+                isinstance(nodata, float)
+                and not math.isnan(nodata)
+                and np.issubdtype(np.dtype(dtype), np.integer)
+                and nodata.is_integer()
+            ):
+                nodata = int(nodata)
             tags = dataset.tags()
             return SceneInfo(
                 uri=uri,

@@ -103,7 +103,7 @@ class StoreInfo:
 
 
 def _coordinates(info: StoreInfo) -> dict[str, np.ndarray]:
-    """Pixel-centre ``x``/``y`` for an axis-aligned grid; none for a rotated one (the GeoTransform places it)."""
+    """Pixel-centre ``x``/``y`` (axis-aligned grid); none for a rotated one (the GeoTransform places it)."""
     return xy_coordinates(info.geobox)
 
 
