@@ -30,7 +30,7 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 @task(name="inspect-scene", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
 def inspect_scene_task(scene_uri: str, *, allow_ungeoreferenced: bool) -> dict:
     """Validate a scene before any cluster or output exists; returns its description."""
-    return asdict(inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced))
+    return inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced).to_dict()
 
 
 @task(name="tile", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)

@@ -227,6 +227,7 @@ def test_sparse_labels_are_remapped_and_nodata_ignored(tmp_path):
 
 
 def test_pooled_band_statistics_equal_those_of_the_pixels_together():
+    from eoseg.geometry import make_geobox
     from eoseg.store.layout import StoreInfo
 
     rng = np.random.default_rng(0)
@@ -235,8 +236,8 @@ def test_pooled_band_statistics_equal_those_of_the_pixels_together():
     def info(pixels):
         stats = {"count": [float(pixels.shape[1])] * 2, "mean": pixels.mean(1).tolist(),
                  "std": pixels.std(1).tolist()}
-        return StoreInfo("image", 1, 1, 2, "float32", 1, 1, None, (1, 0, 0, 0, -1, 0), None, ("a", "b"), ("", ""),
-                         "x.tif", band_stats=stats)  # fmt: skip
+        return StoreInfo("image", make_geobox((1, 1), (1, 0, 0, 0, -1, 0)), 2, "float32", 1, 1, None, ("a", "b"),
+                         ("", ""), "x.tif", band_stats=stats)  # fmt: skip
 
     mean, std = pooled_band_statistics([info(part) for part in parts])
     together = np.concatenate(parts, axis=1)

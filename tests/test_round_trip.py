@@ -9,6 +9,7 @@ import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
 from conftest import REAL_SCENES
+from eoseg.geometry import geobox_of
 from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.store.layout import read_store_info
 from eoseg.tile.stage import tile_scene
@@ -23,6 +24,7 @@ def test_round_trip_on_real_scene_is_exact(name, tmp_path, dask_client, shared_d
     with rasterio.open(source) as src:
         assert (info.height, info.width, info.band_count) == (src.height, src.width, src.count)
         assert info.complete and info.band_stats is not None
+        assert info.geobox == geobox_of(src)  # CRS, transform and shape travel as one value
         for band in range(1, src.count + 1):
             cog = tmp_path / f"{name}_b{band}.tif"
             mosaic_to_cog(str(store), str(cog), band=band, show_progress=False)
@@ -39,9 +41,12 @@ def test_round_trip_on_real_scene_is_exact(name, tmp_path, dask_client, shared_d
 
 
 def test_store_layout_follows_cf_conventions(tmp_path, shared_data):
+    import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+
     source = REAL_SCENES["landsat"]
     store = tmp_path / "landsat.zarr"
     tile_scene(str(source), str(store), chunk_size=300, show_progress=False)
+    info = read_store_info(str(store))
     dataset = xr.open_zarr(store, consolidated=False, mask_and_scale=False, decode_coords="all")
     image = dataset["image"]
     assert image.dims == ("band", "y", "x")
@@ -56,8 +61,9 @@ def test_store_layout_follows_cf_conventions(tmp_path, shared_data):
         assert float(dataset.x[0]) == pytest.approx(src.transform.c + src.transform.a / 2)
         assert float(dataset.y[0]) == pytest.approx(src.transform.f + src.transform.e / 2)
         assert "crs_wkt" in dataset["spatial_ref"].attrs
+        # odc-geo reads the same grid: the store's georeferencing is the scene's GeoBox, exactly
+        assert image.odc.geobox == geobox_of(src) == info.geobox
         np.testing.assert_array_equal(image.values, src.read())
-    info = read_store_info(str(store))
     assert info.nodata == 0 and info.source_uri == str(source)
     # statistics cover valid pixels only (the zero collar is nodata)
     with rasterio.open(source) as src:

@@ -1,8 +1,8 @@
 """A STAC catalogue of the maps: one Item per COG, gathered in a ``catalog.json`` at the output prefix.
 
-Each item carries the map's footprint (WGS84 polygon from the COG's bounds), its projection
-(``proj:code``, ``proj:shape``, ``proj:transform``, ``proj:bbox``; ``proj:wkt2`` when the CRS has no
-EPSG code), a datetime taken from the input scene, the classes (classification extension: values
+Each item carries the map's footprint (the WGS84 outline of the COG's GeoBox, rotated grids included),
+its projection (``proj:code``, ``proj:shape``, ``proj:transform``, ``proj:bbox``; ``proj:wkt2`` when the
+CRS has no EPSG code), a datetime taken from the input scene, the classes (classification extension: values
 0..K-1 named ``cluster_0``... and titled "cluster 0"...), and as assets the map, its quick-look
 (``thumbnail``/``overview``), the input scene, the model checkpoint and the scores when there are
 any; ``derived_from`` links point at the scene and the checkpoint.
@@ -32,6 +32,7 @@ from pystac.stac_io import DefaultStacIO
 from pystac.utils import make_relative_href
 
 from eoseg import __version__
+from eoseg.geometry import footprint_wgs84, geobox_of, transform_of
 from eoseg.io import storage
 
 ITEM_SUFFIX = ".item.json"
@@ -121,34 +122,6 @@ def acquisition_datetime(
     return dt.datetime.fromtimestamp(stamp, tz=dt.UTC), "file-mtime"
 
 
-def _footprint(bounds, crs) -> tuple[dict | None, list[float] | None]:
-    """WGS84 polygon of the raster's bounds (edges densified so curved edges stay honest) and its bbox."""
-    if crs is None:
-        return None, None
-    from rasterio.warp import transform_geom
-
-    left, bottom, right, top = bounds
-    steps = 8
-    # Counter-clockwise exterior ring (RFC 7946): top-left, down the left edge, along the bottom, up.
-    ring = (
-        [(left, top - (top - bottom) * i / steps) for i in range(steps)]
-        + [(left + (right - left) * i / steps, bottom) for i in range(steps)]
-        + [(right, bottom + (top - bottom) * i / steps) for i in range(steps)]
-        + [(right - (right - left) * i / steps, top) for i in range(steps)]
-    )
-    ring.append(ring[0])
-    geometry = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
-    coordinates = geometry["coordinates"][0]
-    xs = [point[0] for point in coordinates]
-    ys = [point[1] for point in coordinates]
-    return {"type": "Polygon", "coordinates": [[list(point) for point in coordinates]]}, [
-        min(xs),
-        min(ys),
-        max(xs),
-        max(ys),
-    ]
-
-
 def _read_map(map_uri: str) -> dict[str, Any]:
     import rasterio
 
@@ -158,10 +131,8 @@ def _read_map(map_uri: str) -> dict[str, Any]:
         except ValueError:
             colormap = {}
         return {
-            "bounds": tuple(dataset.bounds),
+            "geobox": geobox_of(dataset),
             "crs": dataset.crs,
-            "transform": tuple(dataset.transform)[:6],
-            "shape": [dataset.height, dataset.width],
             "tags": dataset.tags(),
             "colormap": colormap,
             "nodata": dataset.nodata,
@@ -213,7 +184,8 @@ def build_map_item(
     map_uri = storage.normalise_uri(map_uri)
     raster = _read_map(map_uri)
     tags = raster["tags"]
-    geometry, bbox = _footprint(raster["bounds"], raster["crs"])
+    footprint = footprint_wgs84(raster["geobox"])
+    geometry, bbox = footprint if footprint is not None else (None, None)
     when, source = acquisition_datetime(scene_uri, acquired_tag=acquired_tag, modified=scene_modified)
     model_tag = json.loads(tags["EOSEG_MODEL"]) if tags.get("EOSEG_MODEL") else {}
     num_classes = int(tags["EOSEG_NUM_CLASSES"]) if tags.get("EOSEG_NUM_CLASSES") else None
@@ -242,12 +214,12 @@ def build_map_item(
         else:
             projection.code = None
             projection.wkt2 = crs.to_wkt()
-        left, bottom, right, top = raster["bounds"]
-        projection.bbox = [left, bottom, right, top]
+        extent = raster["geobox"].extent.boundingbox  # of the grid's corners: right for rotated grids too
+        projection.bbox = [extent.left, extent.bottom, extent.right, extent.top]
     else:
         projection.code = None
-    projection.shape = raster["shape"]
-    projection.transform = list(raster["transform"])
+    projection.shape = list(raster["geobox"].shape.yx)
+    projection.transform = list(transform_of(raster["geobox"]))
 
     map_asset = pystac.Asset(
         href=map_uri, media_type=pystac.MediaType.COG, roles=["data"], title="Land-cover map (cluster labels)"

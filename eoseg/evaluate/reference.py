@@ -1,17 +1,20 @@
 """Reference maps from vector labels: GeoJSON polygons burnt onto a label map's pixel grid.
 
 Some labelled scenes ship polygons rather than a raster (SpaceNet's building footprints). Evaluating
-against them means rasterising them onto exactly the grid of the map being scored.
+against them means rasterising them onto exactly the grid of the map being scored: that grid is a
+:class:`~odc.geo.geobox.GeoBox`, taken from a raster or given directly (a store's ``StoreInfo.geobox``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from eoseg.errors import CorruptSceneError, MissingCRSError, SceneNotFoundError
+from eoseg.geometry import GeoBox, geobox_of, rasterio_grid_profile
 
 VECTOR_SUFFIXES = (".geojson", ".json")
 
@@ -20,9 +23,9 @@ def is_vector_reference(path: str) -> bool:
     return Path(path).suffix.lower() in VECTOR_SUFFIXES
 
 
-def _geojson_crs(collection: dict) -> str:
+def _geojson_crs(collection: dict[str, Any]) -> str:
     """The collection's CRS: its legacy ``crs`` member if present, else RFC 7946's WGS 84."""
-    name = collection.get("crs", {}).get("properties", {}).get("name")
+    name = str(collection.get("crs", {}).get("properties", {}).get("name") or "")
     if not name:
         return "EPSG:4326"
     if "CRS84" in name:
@@ -32,13 +35,40 @@ def _geojson_crs(collection: dict) -> str:
     return name
 
 
-def rasterize_reference(vector_path: str, like_path: str, out_path: str, *, burn_value: int = 255,
-                        background: int = 0) -> str:
-    """Burn the polygons of a GeoJSON file onto the grid of ``like_path`` as a uint8 GeoTIFF.
+def _grid_of(like: str | GeoBox) -> tuple[GeoBox, str]:
+    """The GeoBox to burn onto, and how to name it in messages."""
+    if isinstance(like, GeoBox):
+        return like, "the grid"
+    import rasterio
 
-    Pixels whose centre falls inside a polygon get ``burn_value``, all others ``background``.
+    with rasterio.open(like) as dataset:
+        return geobox_of(dataset), like
+
+
+def rasterize_reference(vector_path: str, like: str | GeoBox, out_path: str, *, burn_value: int = 255,
+                        background: int = 0) -> str:
+    """Burn the polygons of a GeoJSON file onto a grid, written as a uint8 GeoTIFF at ``out_path``.
+
+    Pixels whose centre falls inside a polygon get ``burn_value``, all others ``background``. Polygons
+    in another CRS than the grid's are reprojected first (GeoJSON without a ``crs`` member is WGS 84).
+
+    Args:
+        vector_path: a GeoJSON FeatureCollection.
+        like: the grid: a raster whose grid to use (path), or its GeoBox (shape, affine, CRS).
+        out_path: where to write the ``(height, width)`` uint8 GeoTIFF (DEFLATE, tiled) on that grid.
+        burn_value: value inside polygons.
+        background: value elsewhere.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        SceneNotFoundError: ``vector_path`` does not exist.
+        CorruptSceneError: it is not a GeoJSON FeatureCollection.
+        MissingCRSError: the grid has no CRS, so the polygons cannot be placed on it.
     """
     import rasterio
+    from rasterio.crs import CRS
     from rasterio.features import rasterize
     from rasterio.warp import transform_geom
 
@@ -49,22 +79,27 @@ def rasterize_reference(vector_path: str, like_path: str, out_path: str, *, burn
         features = collection["features"]
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptSceneError(f"{vector_path}: not a GeoJSON FeatureCollection ({error})") from error
-    with rasterio.open(like_path) as like:
-        if like.crs is None:
-            raise MissingCRSError(f"{like_path}: has no CRS, so {vector_path} cannot be placed on its grid")
-        source_crs = _geojson_crs(collection)
-        shapes = []
-        for feature in features:
-            geometry = feature.get("geometry")
-            if not geometry:
-                continue
-            if rasterio.crs.CRS.from_user_input(source_crs) != like.crs:
-                geometry = transform_geom(source_crs, like.crs, geometry)
-            shapes.append((geometry, burn_value))
-        burnt = rasterize(shapes, out_shape=(like.height, like.width), transform=like.transform, fill=background,
-                          dtype="uint8") if shapes else np.full((like.height, like.width), background, np.uint8)
-        profile = {"driver": "GTiff", "width": like.width, "height": like.height, "count": 1, "dtype": "uint8",
-                   "crs": like.crs, "transform": like.transform, "compress": "DEFLATE", "tiled": True}
+    geobox, grid_name = _grid_of(like)
+    grid = rasterio_grid_profile(geobox)
+    if grid["crs"] is None:
+        raise MissingCRSError(f"{grid_name}: has no CRS, so {vector_path} cannot be placed on its grid")
+    grid_crs = CRS.from_user_input(grid["crs"])
+    source_crs = _geojson_crs(collection)
+    shapes = []
+    for feature in features:
+        geometry = feature.get("geometry")
+        if not geometry:
+            continue
+        if CRS.from_user_input(source_crs) != grid_crs:
+            geometry = transform_geom(source_crs, grid_crs, geometry)
+        shapes.append((geometry, burn_value))
+    shape = (geobox.height, geobox.width)
+    burnt = (
+        rasterize(shapes, out_shape=shape, transform=geobox.affine, fill=background, dtype="uint8")
+        if shapes
+        else np.full(shape, background, np.uint8)
+    )
+    profile = {"driver": "GTiff", **grid, "count": 1, "dtype": "uint8", "compress": "DEFLATE", "tiled": True}
     with rasterio.open(out_path, "w", **profile) as out:
         out.write(burnt, 1)
     return out_path

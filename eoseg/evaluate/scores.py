@@ -38,7 +38,7 @@ from eoseg.errors import (
     SceneNotFoundError,
     UnsupportedDtypeError,
 )
-from eoseg.geometry import ChunkGrid
+from eoseg.geometry import ChunkGrid, geobox_of, grid_offset_pixels, grids_match
 
 MappingMethod = Literal["majority", "hungarian"]
 MAPPING_METHODS: tuple[str, ...] = ("majority", "hungarian")
@@ -398,12 +398,14 @@ def _check_same_grid(
         )
     # Only comparable when both are georeferenced; masks often carry no CRS of their own.
     if prediction.crs and reference.crs:
-        if prediction.crs != reference.crs or not prediction.transform.almost_equals(reference.transform):
+        predicted_grid, reference_grid = geobox_of(prediction), geobox_of(reference)
+        if not grids_match(predicted_grid, reference_grid):
+            offset = grid_offset_pixels(predicted_grid, reference_grid)
             raise GridMismatchError(
                 f"prediction {prediction_path} ({prediction.crs}, {tuple(prediction.transform)[:6]}) and "
                 f"reference {reference_path} ({reference.crs}, {tuple(reference.transform)[:6]}) have the "
-                "same shape but different georeferencing; they must be on the same grid: reproject one "
-                "onto the other"
+                f"same shape but different georeferencing (corners up to {offset:.3g} pixels apart, or "
+                "another CRS); they must be on the same grid: reproject one onto the other"
             )
 
 

@@ -24,6 +24,7 @@ from eoseg.io import storage
 from eoseg.mosaic.colors import class_colormap
 from eoseg.compute.chunks import _ProgressReporter
 from eoseg.errors import BandCountError, ConfigurationError, OutputExistsError
+from eoseg.geometry import rasterio_grid_profile
 from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
 
 logger = logging.getLogger("eoseg.mosaic.cog")
@@ -90,13 +91,11 @@ def cog_tags(info: StoreInfo, store_uri: str, *, extra: dict[str, str] | None = 
 def _write_scratch_geotiff(path: str, info: StoreInfo, store_uri: str, band_index: int | None,
                            show_progress: bool | None) -> None:
     import rasterio
-    from affine import Affine
 
     array = open_data_array(store_uri, info)
     profile = {
-        "driver": "GTiff", "width": info.width, "height": info.height, "count": 1, "dtype": info.dtype,
-        "crs": info.crs_wkt, "transform": Affine(*info.transform[:6]), "nodata": info.nodata,
-        "tiled": True, "blockxsize": COG_BLOCK_SIZE, "blockysize": COG_BLOCK_SIZE,
+        "driver": "GTiff", **rasterio_grid_profile(info.geobox), "count": 1, "dtype": info.dtype,
+        "nodata": info.nodata, "tiled": True, "blockxsize": COG_BLOCK_SIZE, "blockysize": COG_BLOCK_SIZE,
         "compress": "ZSTD", "zstd_level": 1, "bigtiff": "IF_SAFER",
     }  # fmt: skip
     reporter = _ProgressReporter("mosaic", len(info.grid), show_bar=show_progress)

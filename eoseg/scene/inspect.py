@@ -1,7 +1,8 @@
 """Inspect and validate an input scene (a raster GDAL reads) before any output is written.
 
 :func:`inspect_scene` opens the header, checks everything that can be checked cheaply, and returns a
-:class:`SceneInfo` value object with the georeferencing that travels with the data to the final COG.
+:class:`SceneInfo` value object with the georeferencing that travels with the data to the final COG:
+one odc-geo ``GeoBox`` (shape, affine, CRS), read from the file once and passed on whole.
 Checks that need the pixels (all-nodata, truncation in the middle of the file) happen while tiling,
 which writes to a temporary location and removes it on failure.
 """
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eoseg.io import storage
 from eoseg.errors import (
     CorruptSceneError,
     EmptySceneError,
@@ -21,6 +22,11 @@ from eoseg.errors import (
     SceneNotFoundError,
     UnsupportedDtypeError,
 )
+from eoseg.geometry import GeoBox, crs_wkt_of, make_geobox, transform_of
+from eoseg.io import storage
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 
 SUPPORTED_DTYPES = (
     "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
@@ -29,23 +35,67 @@ SUPPORTED_DTYPES = (
 
 @dataclass(frozen=True)
 class SceneInfo:
-    """What eoseg needs to know about a scene; small, immutable, serialisable."""
+    """What eoseg needs to know about a scene; small, immutable, picklable.
+
+    Attributes:
+        uri: the scene's normalised location.
+        geobox: the pixel grid: shape ``(height, width)``, affine transform and CRS (``None`` for
+            ungeoreferenced input).
+        band_count: number of bands.
+        dtype: NumPy name of the (single) pixel type.
+        nodata: the file's nodata value (an ``int`` for integer types), or ``None``.
+        band_names: one unique name per band.
+        band_descriptions: the file's band descriptions (``""`` where none).
+        acquired: the ``TIFFTAG_DATETIME`` or ``ACQUISITIONDATE`` tag, if any.
+    """
 
     uri: str
-    height: int
-    width: int
+    geobox: GeoBox
     band_count: int
     dtype: str
-    crs_wkt: str | None
-    transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
     nodata: float | int | None
     band_names: tuple[str, ...]
     band_descriptions: tuple[str, ...]
-    acquired: str | None  # TIFFTAG_DATETIME or ACQUISITIONDATE tag, if any
+    acquired: str | None
+
+    @property
+    def height(self) -> int:
+        return int(self.geobox.height)
+
+    @property
+    def width(self) -> int:
+        return int(self.geobox.width)
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The CRS as the file's WKT, or ``None``."""
+        return crs_wkt_of(self.geobox)
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """The affine ``(a, b, c, d, e, f)``."""
+        return transform_of(self.geobox)
 
     @property
     def pixels(self) -> int:
         return self.height * self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (what a task passes on): the grid as ``height``, ``width``,
+        ``crs_wkt`` and ``transform`` (``[a, b, c, d, e, f]``) beside the other fields."""
+        return {
+            "uri": self.uri,
+            "height": self.height,
+            "width": self.width,
+            "band_count": self.band_count,
+            "dtype": self.dtype,
+            "crs_wkt": self.crs_wkt,
+            "transform": list(self.transform),
+            "nodata": self.nodata,
+            "band_names": list(self.band_names),
+            "band_descriptions": list(self.band_descriptions),
+            "acquired": self.acquired,
+        }
 
 
 def _band_names(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ...]) -> tuple[str, ...]:
@@ -62,7 +112,7 @@ def _band_names(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ..
     return tuple(names)
 
 
-def _check_readable_edges(dataset, uri: str) -> None:
+def _check_readable_edges(dataset: DatasetReader, uri: str) -> None:
     """Read the first and last internal block of each band: a cheap probe for truncated files."""
     block_rows, block_cols = dataset.block_shapes[0]
     last_row = max(0, dataset.height - block_rows)
@@ -136,18 +186,19 @@ def inspect_scene(uri: str, *, allow_ungeoreferenced: bool = False, probe_pixels
             if probe_pixels:
                 _check_readable_edges(dataset, uri)
             nodata = dataset.nodata
-            if nodata is not None and isinstance(nodata, float) and not math.isnan(nodata):
-                if np.issubdtype(np.dtype(dtype), np.integer) and float(nodata).is_integer():
-                    nodata = int(nodata)
+            if (
+                isinstance(nodata, float)
+                and not math.isnan(nodata)
+                and np.issubdtype(np.dtype(dtype), np.integer)
+                and nodata.is_integer()
+            ):
+                nodata = int(nodata)
             tags = dataset.tags()
             return SceneInfo(
                 uri=uri,
-                height=dataset.height,
-                width=dataset.width,
+                geobox=make_geobox((dataset.height, dataset.width), dataset.transform, crs_wkt),
                 band_count=dataset.count,
                 dtype=dtype,
-                crs_wkt=crs_wkt,
-                transform=tuple(dataset.transform)[:6],  # type: ignore[arg-type]
                 nodata=nodata,
                 band_names=_band_names(dataset.descriptions, tuple(c.name for c in dataset.colorinterp)),
                 band_descriptions=tuple(d or "" for d in dataset.descriptions),

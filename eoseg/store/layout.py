@@ -1,8 +1,9 @@
 """The Zarr v3 store layout that every stage reads and writes (documented in docs/store-layout.md).
 
 A store is a Zarr group holding one data variable on a pixel grid, following the CF/GeoZarr conventions
-that are settled: ``image`` (band, y, x) or ``labels`` (y, x); 1-D ``x``/``y`` pixel-centre coordinates;
-a scalar ``spatial_ref`` grid-mapping variable carrying ``crs_wkt`` and GDAL's ``GeoTransform``; and
+that are settled: ``image`` (band, y, x) or ``labels`` (y, x); 1-D ``x``/``y`` pixel-centre coordinates for
+axis-aligned grids (none for rotated ones, whose ``GeoTransform`` alone places them); a scalar
+``spatial_ref`` grid-mapping variable carrying ``crs_wkt`` and GDAL's ``GeoTransform``; and
 ``chunk_done`` (chunk_row, chunk_col), one flag per data chunk, written after that chunk. The group's
 ``eoseg`` attribute holds everything a later stage needs without reading pixels, and its ``complete`` flag
 is set last: a store without it is an interrupted write, refused by readers and resumed by writers.
@@ -11,14 +12,14 @@ is set last: a store without it is an interrupted write, refused by readers and 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from eoseg.io import storage
 from eoseg.errors import IncompleteStoreError, SceneNotFoundError
-from eoseg.geometry import ChunkGrid
+from eoseg.geometry import ChunkGrid, GeoBox, crs_wkt_of, make_geobox, transform_of, xy_coordinates
 
 LAYOUT_VERSION = 1
 StoreKind = Literal["image", "labels"]
@@ -27,17 +28,19 @@ DATA_VARIABLE: dict[str, str] = {"image": "image", "labels": "labels"}
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """The ``eoseg`` attribute of a store: its grid, georeferencing and provenance."""
+    """The ``eoseg`` attribute of a store: its grid, georeferencing and provenance.
+
+    The grid is one value, ``geobox`` (shape, affine, CRS); in the attribute it is written as the keys
+    ``height``, ``width``, ``transform`` and ``crs_wkt`` (docs/store-layout.md), which the properties of the
+    same names give back.
+    """
 
     kind: StoreKind
-    height: int
-    width: int
+    geobox: GeoBox
     band_count: int
     dtype: str
     chunk_rows: int
     chunk_cols: int
-    crs_wkt: str | None
-    transform: tuple[float, ...]
     nodata: float | int | None
     band_names: tuple[str, ...]
     band_descriptions: tuple[str, ...]
@@ -51,15 +54,35 @@ class StoreInfo:
     layout_version: int = LAYOUT_VERSION
 
     @property
+    def height(self) -> int:
+        return int(self.geobox.height)
+
+    @property
+    def width(self) -> int:
+        return int(self.geobox.width)
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The CRS as WKT, or ``None`` for an ungeoreferenced grid."""
+        return crs_wkt_of(self.geobox)
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """The affine ``(a, b, c, d, e, f)`` (GDAL's GeoTransform is ``(c, a, b, f, d, e)``)."""
+        return transform_of(self.geobox)
+
+    @property
     def grid(self) -> ChunkGrid:
-        return ChunkGrid(self.height, self.width, self.chunk_rows, self.chunk_cols)
+        return ChunkGrid.for_geobox(self.geobox, chunk_rows=self.chunk_rows, chunk_cols=self.chunk_cols)
 
     @property
     def variable(self) -> str:
         return DATA_VARIABLE[self.kind]
 
     def to_attrs(self) -> dict[str, Any]:
-        attrs = asdict(self)
+        attrs: dict[str, Any] = {item.name: getattr(self, item.name) for item in fields(self)}
+        del attrs["geobox"]
+        attrs.update(height=self.height, width=self.width, crs_wkt=self.crs_wkt)
         attrs["transform"] = list(self.transform)
         attrs["band_names"] = list(self.band_names)
         attrs["band_descriptions"] = list(self.band_descriptions)
@@ -70,7 +93,8 @@ class StoreInfo:
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> StoreInfo:
         values = dict(attrs)
-        values["transform"] = tuple(values["transform"])
+        shape = (int(values.pop("height")), int(values.pop("width")))
+        values["geobox"] = make_geobox(shape, values.pop("transform"), values.pop("crs_wkt"))
         values["band_names"] = tuple(values["band_names"])
         values["band_descriptions"] = tuple(values["band_descriptions"])
         if values.get("nodata") == "nan":
@@ -79,11 +103,8 @@ class StoreInfo:
 
 
 def _coordinates(info: StoreInfo) -> dict[str, np.ndarray]:
-    a, b, c, d, e, f = info.transform[:6]
-    cols = np.arange(info.width) + 0.5
-    rows = np.arange(info.height) + 0.5
-    # Pixel-centre coordinates; exact for north-up grids (b == d == 0), the usual case.
-    return {"x": c + a * cols + b * 0.5, "y": f + e * rows + d * 0.5}
+    """Pixel-centre ``x``/``y`` (axis-aligned grid); none for a rotated one (the GeoTransform places it)."""
+    return xy_coordinates(info.geobox)
 
 
 def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> None:
@@ -121,9 +142,7 @@ def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> No
     else:
         data = data.rio.write_grid_mapping("spatial_ref")
         data = data.assign_coords(spatial_ref=np.int64(0))
-    from affine import Affine
-
-    data = data.rio.write_transform(Affine(*info.transform[:6]))
+    data = data.rio.write_transform(info.geobox.affine)
     # rioxarray keeps grid_mapping in .encoding, which xarray does not always write: make it explicit (CF).
     data.encoding.pop("grid_mapping", None)
     data.attrs["grid_mapping"] = "spatial_ref"

@@ -160,14 +160,11 @@ def tile_chunk(job: TileChunkJob) -> BandMoments:
 def _store_info_for(scene: SceneInfo, chunk_size: int) -> StoreInfo:
     return StoreInfo(
         kind="image",
-        height=scene.height,
-        width=scene.width,
+        geobox=scene.geobox,
         band_count=scene.band_count,
         dtype=scene.dtype,
         chunk_rows=min(chunk_size, scene.height),
         chunk_cols=min(chunk_size, scene.width),
-        crs_wkt=scene.crs_wkt,
-        transform=scene.transform,
         nodata=scene.nodata,
         band_names=scene.band_names,
         band_descriptions=scene.band_descriptions,

@@ -196,19 +196,6 @@ def pretrain_mcl_lc_on_stores(
     return summary
 
 
-def _store_grid_geotiff(info: StoreInfo, path: str) -> str:
-    """An empty (sparse) GeoTIFF on the store's grid, for rasterising vector labels onto it."""
-    import rasterio
-    from affine import Affine
-
-    profile = {"driver": "GTiff", "width": info.width, "height": info.height, "count": 1, "dtype": "uint8",
-               "crs": info.crs_wkt, "transform": Affine(*info.transform[:6]), "tiled": True,
-               "sparse_ok": True}  # fmt: skip
-    with rasterio.open(path, "w", **profile):
-        pass
-    return path
-
-
 def prepare_label_raster(labels_uri: str, store_uri: str, info: StoreInfo, scratch: str) -> str:
     """A label raster on the store's grid: the raster itself (checked), or GeoJSON polygons burnt onto it.
 
@@ -221,8 +208,7 @@ def prepare_label_raster(labels_uri: str, store_uri: str, info: StoreInfo, scrat
             raise MissingCRSError(f"{store_uri}: the store has no CRS, so the polygons of {labels_uri} cannot "
                                   "be placed on its grid; pass a label raster on the store's pixel grid")
         local = storage.fetch_to_local(labels_uri, scratch)
-        like = _store_grid_geotiff(info, os.path.join(scratch, "grid.tif"))
-        return rasterize_reference(local, like, os.path.join(scratch, "labels.tif"))
+        return rasterize_reference(local, info.geobox, os.path.join(scratch, "labels.tif"))
     check_labels_on_grid(labels_uri, info, store_uri)
     return labels_uri
 
