@@ -56,7 +56,7 @@ class _ProgressReporter:
             self._bar.stop()
 
 
-def active_client():
+def active_client() -> Any:
     """The ``distributed.Client`` of the current context, or None."""
     try:
         from distributed import get_client
@@ -81,7 +81,7 @@ def map_chunks(
     items: Sequence[Any],
     *,
     label: str,
-    client=None,
+    client: Any = None,
     resources: dict[str, float] | None = None,
     show_bar: bool | None = None,
     local: bool = False,
@@ -116,7 +116,8 @@ def map_chunks(
         reporter.close()
 
 
-def _map_on_cluster(client, function, items, label, resources, reporter) -> list:
+def _map_on_cluster(client: Any, function: Callable[..., T], items: Sequence[Any], label: str,
+                    resources: dict[str, float] | None, reporter: _ProgressReporter) -> list[T]:
     from distributed import as_completed
 
     prefix = f"{label.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
@@ -127,7 +128,7 @@ def _map_on_cluster(client, function, items, label, resources, reporter) -> list
     results: list[Any] = [None] * len(items)
     try:
         with client.as_current():  # as_completed looks up the current client
-            for future in as_completed(futures):
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]
                 results[index_of[future.key]] = future.result()  # re-raises the worker's exception
                 reporter.advance()
     except BaseException:
@@ -136,7 +137,7 @@ def _map_on_cluster(client, function, items, label, resources, reporter) -> list
     return results
 
 
-def _map_on_threads(function, items, reporter) -> list:
+def _map_on_threads(function: Callable[..., T], items: Sequence[Any], reporter: _ProgressReporter) -> list[T]:
     """Threads of this process; on the first failure, pending calls are dropped and running ones awaited.
 
     Waiting matters: a call still running after the caller has cleaned up its partial output would write

@@ -100,9 +100,8 @@ def write_text(target: str, text: str, *, overwrite: bool) -> None:
     Raises:
         FileExistsError: as :func:`publishing_file`.
     """
-    with publishing_file(target, overwrite=overwrite) as staging:
-        with open(staging, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    with publishing_file(target, overwrite=overwrite) as staging, open(staging, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def publish_tree(staging: str, target: str) -> None:

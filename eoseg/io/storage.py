@@ -48,7 +48,7 @@ def s3_storage_options() -> dict[str, Any]:
     return options
 
 
-def s3_filesystem():  # -> s3fs.S3FileSystem
+def s3_filesystem() -> Any:  # s3fs.S3FileSystem (s3fs ships no type information)
     """An s3fs file system for the configured endpoint (instances are cached by s3fs)."""
     import s3fs
 

@@ -23,14 +23,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from eoseg.io import storage
-from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.compute.chunks import current_worker_address, map_chunks
+from eoseg.compute.stage import ChunkedStage, run_stage
 from eoseg.errors import BandCountError
 from eoseg.geometry import Window
-from eoseg.compute.stage import ChunkedStage, run_stage
+from eoseg.io import storage
+from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
-from eoseg.store.lifecycle import discarded_on_bad_input, finish_store_output, mark_chunk_done, open_store_output
+from eoseg.store.lifecycle import (
+    discarded_on_bad_input,
+    finish_store_output,
+    mark_chunk_done,
+    open_store_output,
+)
 from eoseg.tile.stage import valid_pixel_mask
 
 logger = logging.getLogger("eoseg.predict.stage")

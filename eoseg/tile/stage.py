@@ -15,6 +15,7 @@ import logging
 import operator
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,12 @@ from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.scene.inspect import SceneInfo, inspect_scene
 from eoseg.store.layout import StoreInfo, open_data_array
-from eoseg.store.lifecycle import discarded_on_bad_input, finish_store_output, mark_chunk_done, open_store_output
+from eoseg.store.lifecycle import (
+    discarded_on_bad_input,
+    finish_store_output,
+    mark_chunk_done,
+    open_store_output,
+)
 
 logger = logging.getLogger("eoseg.tile.stage")
 DEFAULT_CHUNK_SIZE = 1024
@@ -109,7 +115,7 @@ class BandMoments:
 _thread_local = threading.local()
 
 
-def _open_scene_cached(uri: str):
+def _open_scene_cached(uri: str) -> Any:
     """One open rasterio dataset per thread and scene (datasets are not thread-safe)."""
     import rasterio
 
@@ -181,7 +187,7 @@ def tile_scene(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     overwrite: bool = False,
     allow_ungeoreferenced: bool = False,
-    client=None,
+    client: Any = None,
     show_progress: bool | None = None,
 ) -> StoreInfo:
     """Tile ``scene_uri`` into the Zarr store ``store_uri``.
