@@ -121,10 +121,12 @@ def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> Sto
     if storage.exists(staging) and not overwrite:
         previous = _existing_store(staging)
         if in_place and previous is None:
-            raise _refusal(target, "something that is not an eoseg store exists there")
+            raise _refusal(target, "something that is not an eoseg store (of a layout this eoseg reads) exists "
+                                   "there")
         if in_place and previous is not None and previous.complete:
             raise _refusal(target)
-        if previous is not None and not previous.complete and _comparable(previous) == _comparable(wanted):
+        # A hidden local staging store may even be complete: the run died between `complete` and the rename.
+        if previous is not None and _comparable(previous) == _comparable(wanted):
             done = chunks_done(staging)
             logger.info("%s: resuming an interrupted write (%d of %d chunks done)", target, int(done.sum()),
                         done.size)
