@@ -46,3 +46,7 @@ class IncompleteStoreError(EosegError, ValueError):
 
 class ConfigurationError(EosegError, ValueError):
     """An option or configuration value is invalid."""
+
+
+class CorruptStoreError(IncompleteStoreError):
+    """A chunk of a finished store cannot be read back (damaged on disk or in the bucket)."""

@@ -6,11 +6,11 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from eoseg.io import storage
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
-from eoseg.errors import ConfigurationError, OutputExistsError
+from eoseg.errors import ConfigurationError
 from eoseg.outputs import RunOutputs
+from eoseg.store.lifecycle import check_file_output
 from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_clusterer_task
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
@@ -68,8 +68,7 @@ def segment_scene_flow(
     if model == "mcl-lc" and weights_uri is None:
         raise ConfigurationError("mcl-lc needs pre-trained, fine-tuned weights: run `eoseg train mcl-lc` and "
                                  "`eoseg finetune`, then pass --weights")
-    if storage.exists(outputs.cog) and not overwrite:
-        raise OutputExistsError(f"{outputs.cog}: output already exists. Pass --overwrite to replace it.")
+    check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
     scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=tile.allow_ungeoreferenced)
     logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
                 scene["band_count"], scene["dtype"])

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from eoseg.io import storage
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, TileOptions
-from eoseg.errors import OutputExistsError
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
 
@@ -19,13 +17,15 @@ def tile_scene_flow(
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
 ) -> dict:
-    """Tile one GeoTIFF (local path or s3:// URI) into a chunked Zarr v3 store, in parallel on Dask."""
+    """Tile one GeoTIFF (local path or s3:// URI) into a chunked Zarr v3 store, in parallel on Dask.
+
+    Running it again on an interrupted store resumes it (only chunks not flagged done are computed); a
+    finished store is refused unless ``overwrite``. The stage decides (eoseg.store.lifecycle).
+    """
     logger = get_run_logger()
     scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
     logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
                 scene["band_count"], scene["dtype"])
-    if storage.exists(store_uri) and not overwrite:
-        raise OutputExistsError(f"{store_uri}: output already exists. Pass --overwrite to replace it.")
     with dask_cluster(cluster) as address:
         info = tile_task(
             scene_uri,

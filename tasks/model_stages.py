@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 
 from eoseg.io import storage
+from eoseg.io.publish import publish_file
 from eoseg.compute.cluster import connect, has_gpu_workers
 from eoseg.config import ClustererTrainingOptions
 from eoseg.predict.stage import predict_store
@@ -80,7 +81,7 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
     with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(scene_uri):
         local_png = os.path.join(scratch, "quicklook.png")
         write_quicklook(storage.gdal_path(scene_uri), storage.gdal_path(cog_uri), local_png, title=title)
-        storage.publish_local_file(local_png, png_uri, overwrite=True)
+        publish_file(local_png, png_uri, overwrite=True)
     return png_uri
 
 
@@ -102,7 +103,7 @@ def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_v
         local_scores = os.path.join(scratch, "scores.json")
         with open(local_scores, "w") as handle:
             json.dump({"reference": reference_uri, **scores}, handle, indent=2, sort_keys=True)
-        storage.publish_local_file(local_scores, scores_uri, overwrite=True)
+        publish_file(local_scores, scores_uri, overwrite=True)
     for method, report in scores.items():
         get_run_logger().info("%s mapping: F1 %.3f, IoU %.3f, OA %.3f, kappa %.3f", method, report["f1"],
                               report["iou"], report["oa"], report["kappa"])

@@ -19,7 +19,8 @@ import rasterio
 from conftest import SHARED_DATA
 from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 from eoseg.predict.stage import predict_store
-from eoseg.store.layout import chunks_done, open_data_array, read_store_info
+from eoseg.store.layout import open_data_array, read_store_info
+from eoseg.store.lifecycle import chunks_done
 from eoseg.tile.stage import tile_scene
 from eoseg.train.stage import train_clusterer_on_store
 

@@ -33,7 +33,7 @@ from pystac.utils import make_relative_href
 
 from eoseg import __version__
 from eoseg.geometry import footprint_wgs84, geobox_of, transform_of
-from eoseg.io import storage
+from eoseg.io import publish, storage
 
 ITEM_SUFFIX = ".item.json"
 CATALOG_FILE = "catalog.json"
@@ -65,7 +65,7 @@ def catalog_uri_for_prefix(prefix: str) -> str:
 
 
 class StorageStacIO(DefaultStacIO):
-    """pystac I/O through eoseg's storage: s3fs for ``s3://`` (one PUT per file), atomic local writes."""
+    """pystac I/O through eoseg's storage: reads through s3fs for ``s3://``, writes published atomically."""
 
     def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
         href = str(source)
@@ -74,13 +74,7 @@ class StorageStacIO(DefaultStacIO):
         return super().read_text(source, *args, **kwargs)
 
     def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
-        href = str(dest)
-        if storage.is_s3(href):
-            storage.s3_filesystem().pipe_file(href, txt.encode("utf-8"))
-            return
-        with storage.atomic_output_file(href, overwrite=True) as staging:
-            with open(staging, "w", encoding="utf-8") as handle:
-                handle.write(txt)
+        publish.write_text(str(dest), txt, overwrite=True)
 
 
 def _parse_tag_datetime(text: str) -> dt.datetime | None:

@@ -2,9 +2,10 @@
 
 Each stage hands :func:`map_chunks` a plain, picklable function and a list of small arguments (a chunk
 index and window, never pixels). With a ``distributed.Client`` the calls are scheduled on the cluster's
-workers (optionally only on workers that advertise a resource, e.g. ``GPU``); without one, Dask's local
-threaded scheduler runs them. Progress goes to a terminal bar when stderr is a terminal, and to the
-``eoseg`` logger every 10 % (Prefect shows those lines in the flow run's logs).
+workers (optionally only on workers that advertise a resource, e.g. ``GPU``); without one, a pool of
+threads in this process runs them (as many as Dask's threaded scheduler would use). Progress goes to a
+terminal bar when stderr is a terminal, and to the ``eoseg`` logger every 10 % (Prefect shows those
+lines in the flow run's logs).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class _ProgressReporter:
             self._bar.stop()
 
 
-def active_client():
+def active_client() -> Any:
     """The ``distributed.Client`` of the current context, or None."""
     try:
         from distributed import get_client
@@ -80,9 +81,10 @@ def map_chunks(
     items: Sequence[Any],
     *,
     label: str,
-    client=None,
+    client: Any = None,
     resources: dict[str, float] | None = None,
     show_bar: bool | None = None,
+    local: bool = False,
 ) -> list[T]:
     """``[function(item) for item in items]`` computed in parallel; results in the order of ``items``.
 
@@ -90,14 +92,19 @@ def map_chunks(
         function: a module-level (picklable) function of one argument.
         items: small arguments, one per chunk.
         label: what the progress bar and logs call this work.
-        client: a ``distributed.Client``; defaults to the active one, else Dask's threaded scheduler.
+        client: a ``distributed.Client``; defaults to the active one, else threads of this process.
         resources: worker resources each call needs on a distributed cluster, e.g. ``{"GPU": 1}``.
         show_bar: force the terminal progress bar on or off (default: on when stderr is a terminal).
+        local: run on threads of this process even when a client is active or given
+            (for work whose results are files on this machine's disk).
 
     Raises:
         The first exception raised by ``function``; outstanding work is cancelled.
     """
-    client = client if client is not None else active_client()
+    if local:
+        client = None
+    elif client is None:
+        client = active_client()
     reporter = _ProgressReporter(label, len(items), show_bar=show_bar)
     try:
         if not items:
@@ -109,7 +116,8 @@ def map_chunks(
         reporter.close()
 
 
-def _map_on_cluster(client, function, items, label, resources, reporter) -> list:
+def _map_on_cluster(client: Any, function: Callable[..., T], items: Sequence[Any], label: str,
+                    resources: dict[str, float] | None, reporter: _ProgressReporter) -> list[T]:
     from distributed import as_completed
 
     prefix = f"{label.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
@@ -120,7 +128,7 @@ def _map_on_cluster(client, function, items, label, resources, reporter) -> list
     results: list[Any] = [None] * len(items)
     try:
         with client.as_current():  # as_completed looks up the current client
-            for future in as_completed(futures):
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]
                 results[index_of[future.key]] = future.result()  # re-raises the worker's exception
                 reporter.advance()
     except BaseException:
@@ -129,14 +137,25 @@ def _map_on_cluster(client, function, items, label, resources, reporter) -> list
     return results
 
 
-def _map_on_threads(function, items, reporter) -> list:
-    import dask
-    from dask.callbacks import Callback
+def _map_on_threads(function: Callable[..., T], items: Sequence[Any], reporter: _ProgressReporter) -> list[T]:
+    """Threads of this process; on the first failure, pending calls are dropped and running ones awaited.
 
-    class _Advance(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: D401 (dask hook)
-            reporter.advance()
+    Waiting matters: a call still running after the caller has cleaned up its partial output would write
+    into (and re-create) what was just removed.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    tasks = [dask.delayed(function, pure=False)(item) for item in items]
-    with _Advance():
-        return list(dask.compute(*tasks, scheduler="threads"))
+    from dask.system import CPU_COUNT
+
+    executor = ThreadPoolExecutor(max_workers=min(CPU_COUNT, len(items)), thread_name_prefix="eoseg-chunk")
+    try:
+        futures = [executor.submit(function, item) for item in items]
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                future.result()  # re-raises the call's exception
+                reporter.advance()
+        return [future.result() for future in futures]
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)

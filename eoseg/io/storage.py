@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ def s3_storage_options() -> dict[str, Any]:
     return options
 
 
-def s3_filesystem():  # -> s3fs.S3FileSystem
+def s3_filesystem() -> Any:  # s3fs.S3FileSystem (s3fs ships no type information)
     """An s3fs file system for the configured endpoint (instances are cached by s3fs)."""
     import s3fs
 
@@ -149,45 +147,6 @@ def gdal_env(uri: str) -> Iterator[None]:
         yield
 
 
-def sibling_temporary_uri(target: str, *, suffix: str = "") -> str:
-    """A unique name beside ``target`` that no reader mistakes for a finished output."""
-    token = uuid.uuid4().hex[:10]
-    if is_s3(target):
-        head, _, tail = target.rpartition("/")
-        return f"{head}/.{tail}.partial-{token}{suffix}"
-    path = Path(target)
-    return str(path.with_name(f".{path.name}.partial-{token}{suffix}"))
-
-
-@contextlib.contextmanager
-def atomic_output_file(target: str, *, overwrite: bool) -> Iterator[str]:
-    """Yield a local path to write; on success it becomes ``target`` in one step.
-
-    Locally the file is written beside the target and renamed (atomic on one file system). For S3 it is
-    written to a local temporary directory and uploaded with one PUT/multipart upload, so only a
-    completed upload ever exists under the final key. On any exception nothing is left behind.
-    """
-    if is_s3(target):
-        with tempfile.TemporaryDirectory(prefix="eoseg-upload-") as tmp_dir:
-            local = os.path.join(tmp_dir, Path(urlparse(target).path).name or "output")
-            yield local
-            fs = s3_filesystem()
-            if not overwrite and fs.exists(target):
-                raise FileExistsError(target)
-            fs.put_file(local, target)
-        return
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    temporary = sibling_temporary_uri(target)
-    try:
-        yield temporary
-        if not overwrite and Path(target).exists():
-            raise FileExistsError(target)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def fetch_to_local(uri: str, directory: str) -> str:
     """A local path holding ``uri``'s bytes (the path itself for local files; a download for S3)."""
     if not is_s3(uri):
@@ -195,9 +154,3 @@ def fetch_to_local(uri: str, directory: str) -> str:
     local = os.path.join(directory, Path(urlparse(uri).path).name)
     s3_filesystem().get_file(uri, local)
     return local
-
-
-def publish_local_file(local: str, target: str, *, overwrite: bool) -> None:
-    """Copy a finished local file to ``target`` (local or S3) atomically."""
-    with atomic_output_file(target, overwrite=overwrite) as staging:
-        shutil.copyfile(local, staging)

@@ -1,10 +1,12 @@
 """Mosaic stage: one band of a store becomes a Cloud-Optimized GeoTIFF with the scene's georeferencing.
 
-Chunks are copied one by one into a tiled scratch GeoTIFF (so memory is one chunk, whatever the scene
-size), then GDAL's COG driver lays out the final file: 512 x 512 internal tiles, DEFLATE with the
-horizontal predictor, overviews by nearest (or mode) resampling, nodata, the class colour table and
-descriptive metadata tags. The result is validated with rio-cogeo before it is moved into place, and it
-reaches the target only through :func:`eoseg.io.storage.atomic_output_file` (rename, or one S3 upload).
+The stage contract (:mod:`eoseg.compute.stage`): each chunk of the store becomes a small GeoTIFF piece
+in the output's staging folder (:class:`eoseg.store.lifecycle.FileOutput`; memory is one chunk per
+thread, whatever the scene size); a piece that exists is done, so an interrupted mosaic resumes. The
+finalise step describes the pieces as one VRT with the store's georeferencing and GDAL's COG driver lays
+out the final file from it: 512 x 512 internal tiles, DEFLATE with the horizontal predictor, overviews by
+nearest (or mode) resampling, nodata, the class colour table and descriptive metadata tags. The result is
+validated with rio-cogeo before it is published (:mod:`eoseg.io.publish`: rename, or one S3 upload).
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ import datetime as dt
 import json
 import logging
 import os
-import tempfile
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from eoseg import __version__
-from eoseg.io import storage
+from eoseg.compute.stage import ChunkedStage, run_stage
+from eoseg.errors import BandCountError, ConfigurationError, CorruptStoreError
+from eoseg.geometry import Window, rasterio_grid_profile
+from eoseg.io import publish, storage
 from eoseg.mosaic.colors import class_colormap
-from eoseg.compute.chunks import _ProgressReporter
-from eoseg.errors import BandCountError, ConfigurationError, OutputExistsError
-from eoseg.geometry import rasterio_grid_profile
 from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
+from eoseg.store.lifecycle import FileOutput, discarded_on_bad_input, finish_file_output, open_file_output
 
 logger = logging.getLogger("eoseg.mosaic.cog")
 COG_BLOCK_SIZE = 512
@@ -88,33 +90,86 @@ def cog_tags(info: StoreInfo, store_uri: str, *, extra: dict[str, str] | None = 
     return tags
 
 
-def _write_scratch_geotiff(path: str, info: StoreInfo, store_uri: str, band_index: int | None,
-                           show_progress: bool | None) -> None:
+@dataclass(frozen=True)
+class MosaicChunkJob:
+    """One chunk of the mosaic stage: which store band and window, and the piece file to write."""
+
+    store_uri: str
+    variable: str
+    band_index: int | None
+    window: Window
+    piece: str
+
+
+def mosaic_chunk(job: MosaicChunkJob) -> None:
+    """Write one chunk of the store's band as a GeoTIFF piece (published atomically: existing means done).
+
+    Raises:
+        CorruptStoreError: the chunk cannot be decoded (the store is damaged; re-run the stage that wrote it).
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    rows, cols = job.window.slices
+    try:
+        array = open_data_array(job.store_uri, job.variable)
+        block = np.asarray(array[rows, cols] if job.band_index is None else array[job.band_index, rows, cols])
+    except OSError:
+        raise  # storage trouble: worth a retry, which resumes
+    except Exception as error:
+        raise CorruptStoreError(
+            f"{job.store_uri}: the chunk at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
+            f"cannot be read ({error}); the store is damaged. Write it again (--overwrite)."
+        ) from error
+    profile = {"driver": "GTiff", "width": block.shape[1], "height": block.shape[0], "count": 1,
+               "dtype": block.dtype.name, "compress": "ZSTD", "zstd_level": 1}
+    with publish.publishing_file(job.piece, overwrite=True) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pieces are placed by the VRT
+        with rasterio.open(staging, "w", **profile) as out:
+            out.write(block, 1)
+
+
+def _pieces_vrt(info: StoreInfo, jobs: list[MosaicChunkJob], output: FileOutput) -> str:
+    """A VRT that places every piece at its window: the whole band, read piece by piece."""
+    from rasterio.dtypes import dtype_rev, typename_fwd
+
+    sources = []
+    for job in jobs:
+        rows, cols = job.window.slices
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        sources.append(
+            f'<SimpleSource><SourceFilename relativeToVRT="1">{os.path.relpath(job.piece, output.staging)}'
+            f'</SourceFilename><SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{width}" '
+            f'ySize="{height}"/><DstRect xOff="{cols.start}" yOff="{rows.start}" xSize="{width}" '
+            f'ySize="{height}"/></SimpleSource>'
+        )
+    data_type = typename_fwd[dtype_rev[info.dtype]]
+    path = os.path.join(output.staging, "mosaic.vrt")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f'<VRTDataset rasterXSize="{info.width}" rasterYSize="{info.height}">'
+                     f'<VRTRasterBand dataType="{data_type}" band="1">{"".join(sources)}</VRTRasterBand>'
+                     "</VRTDataset>")
+    return path
+
+
+def _describe_vrt(path: str, info: StoreInfo, store_uri: str, band_index: int | None) -> None:
+    """Give the VRT the store's georeferencing, nodata, colours, band description and tags."""
     import rasterio
 
-    array = open_data_array(store_uri, info)
-    profile = {
-        "driver": "GTiff", **rasterio_grid_profile(info.geobox), "count": 1, "dtype": info.dtype,
-        "nodata": info.nodata, "tiled": True, "blockxsize": COG_BLOCK_SIZE, "blockysize": COG_BLOCK_SIZE,
-        "compress": "ZSTD", "zstd_level": 1, "bigtiff": "IF_SAFER",
-    }  # fmt: skip
-    reporter = _ProgressReporter("mosaic", len(info.grid), show_bar=show_progress)
-    try:
-        with rasterio.open(path, "w", **profile) as scratch:
-            for _, window in info.grid.windows():
-                rows, cols = window.slices
-                block = array[rows, cols] if band_index is None else array[band_index, rows, cols]
-                scratch.write(np.asarray(block), 1, window=window.to_rasterio())
-                reporter.advance()
-            if info.kind == "labels" and info.num_classes is not None and info.dtype == "uint8":
-                scratch.write_colormap(1, class_colormap(info.num_classes))
-            if info.kind == "labels":
-                scratch.set_band_description(1, "class")
-            elif band_index is not None:
-                scratch.set_band_description(1, info.band_names[band_index])
-            scratch.update_tags(**cog_tags(info, store_uri))
-    finally:
-        reporter.close()
+    with rasterio.open(path, "r+") as vrt:
+        grid = rasterio_grid_profile(info.geobox)
+        if grid["crs"]:
+            vrt.crs = grid["crs"]
+        vrt.transform = grid["transform"]
+        if info.nodata is not None:
+            vrt.nodata = info.nodata
+        if info.kind == "labels" and info.num_classes is not None and info.dtype == "uint8":
+            vrt.write_colormap(1, class_colormap(info.num_classes))
+        if info.kind == "labels":
+            vrt.set_band_description(1, "class")
+        elif band_index is not None:
+            vrt.set_band_description(1, info.band_names[band_index])
+        vrt.update_tags(**cog_tags(info, store_uri))
 
 
 def mosaic_to_cog(
@@ -138,42 +193,63 @@ def mosaic_to_cog(
 
     Raises:
         OutputExistsError: ``cog_uri`` exists and ``overwrite`` is False (checked before any work).
+        CorruptStoreError: a chunk of the store cannot be read (the partial output is removed).
         RuntimeError: the written file fails COG validation (nothing is left at ``cog_uri``).
+        Other failures keep the finished pieces: running again resumes.
+    """
+    if overview_resampling not in OVERVIEW_RESAMPLINGS:
+        raise ConfigurationError(f"overview resampling must be one of {OVERVIEW_RESAMPLINGS}, "
+                                 f"got {overview_resampling!r}")
+    store_uri = storage.normalise_uri(store_uri)
+    info = read_store_info(store_uri)
+    band_index = _select_band(info, band)
+    plan = {"store": store_uri, "store_created": info.created, "band": band_index,
+            "grid": [info.height, info.width, info.chunk_rows, info.chunk_cols]}
+    output = open_file_output(cog_uri, plan=plan, overwrite=overwrite)
+    windows = list(info.grid.windows())
+    jobs = [MosaicChunkJob(store_uri, info.variable, band_index, window, output.piece_path(index))
+            for index, window in windows]
+
+    def finalise(_: list[None]) -> CogSummary:
+        vrt = _pieces_vrt(info, jobs, output)
+        _describe_vrt(vrt, info, store_uri, band_index)
+        levels = _write_cog(vrt, output, overview_resampling, overviews=bool(overview_factors(info.height,
+                                                                                             info.width)))
+        finish_file_output(output)
+        return CogSummary(output.target, info.width, info.height, info.dtype, levels, info.nodata,
+                          info.num_classes)
+
+    stage = ChunkedStage(label="mosaic", jobs=jobs, done=output.pieces_done([index for index, _ in windows]),
+                         compute=mosaic_chunk, finalise=finalise, local=True)
+    with discarded_on_bad_input(output):
+        summary = run_stage(stage, show_progress=show_progress)
+    logger.info("wrote %s (%d x %d, overviews %s)", summary.uri, info.width, info.height,
+                list(summary.overview_levels))
+    return summary
+
+
+def _write_cog(source: str, output: FileOutput, overview_resampling: str, *, overviews: bool) -> tuple[int, ...]:
+    """Lay out ``source`` as a validated COG and publish it at the output's target; returns its overviews.
+
+    Raises:
+        RuntimeError: the written file fails COG validation (nothing is published).
     """
     import rasterio
     import rasterio.shutil
     from rio_cogeo.cogeo import cog_validate
 
-    if overview_resampling not in OVERVIEW_RESAMPLINGS:
-        raise ConfigurationError(f"overview resampling must be one of {OVERVIEW_RESAMPLINGS}, "
-                                 f"got {overview_resampling!r}")
-    store_uri = storage.normalise_uri(store_uri)
-    cog_uri = storage.normalise_uri(cog_uri)
-    info = read_store_info(store_uri)
-    band_index = _select_band(info, band)
-    if storage.exists(cog_uri) and not overwrite:
-        raise OutputExistsError(f"{cog_uri}: output already exists. Pass --overwrite to replace it.")
-    factors = overview_factors(info.height, info.width)
-    scratch_parent = None if storage.is_s3(cog_uri) else str(Path(cog_uri).parent)
-    if scratch_parent:
-        os.makedirs(scratch_parent, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".eoseg-mosaic-", dir=scratch_parent) as scratch_dir:
-        scratch = os.path.join(scratch_dir, "scratch.tif")
-        _write_scratch_geotiff(scratch, info, store_uri, band_index, show_progress)
-        with storage.atomic_output_file(cog_uri, overwrite=overwrite) as staging:
-            creation = {
-                "BLOCKSIZE": COG_BLOCK_SIZE, "COMPRESS": "DEFLATE", "PREDICTOR": "YES", "LEVEL": 6,
-                "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO" if factors else "NONE",
-                "OVERVIEW_RESAMPLING": overview_resampling.upper(), "RESAMPLING": "NEAREST",
-                "NUM_THREADS": "ALL_CPUS",
-            }  # fmt: skip
-            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-                rasterio.shutil.copy(scratch, staging, driver="COG", **creation)
-            valid, errors, warnings = cog_validate(staging, quiet=True)
-            if not valid or errors or warnings:
-                raise RuntimeError(f"{cog_uri}: the written file is not a valid COG (errors: {errors}; "
-                                   f"warnings: {warnings}); nothing was published. Please report this.")
-            with rasterio.open(staging) as written:
-                levels = tuple(written.overviews(1))
-    logger.info("wrote %s (%d x %d, overviews %s)", cog_uri, info.width, info.height, list(levels))
-    return CogSummary(cog_uri, info.width, info.height, info.dtype, levels, info.nodata, info.num_classes)
+    with publish.publishing_file(output.target, overwrite=output.overwrite) as staging:
+        creation = {
+            "BLOCKSIZE": COG_BLOCK_SIZE, "COMPRESS": "DEFLATE", "PREDICTOR": "YES", "LEVEL": 6,
+            "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO" if overviews else "NONE",
+            "OVERVIEW_RESAMPLING": overview_resampling.upper(), "RESAMPLING": "NEAREST",
+            "NUM_THREADS": "ALL_CPUS",
+        }  # fmt: skip
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            rasterio.shutil.copy(source, staging, driver="COG", **creation)
+        valid, errors, warnings = cog_validate(staging, quiet=True)
+        if not valid or errors or warnings:
+            raise RuntimeError(f"{output.target}: the written file is not a valid COG (errors: {errors}; "
+                               f"warnings: {warnings}); nothing was published. Please report this.")
+        with rasterio.open(staging) as written:
+            return tuple(written.overviews(1))

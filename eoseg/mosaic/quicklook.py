@@ -11,11 +11,9 @@ overviews of a Cloud-Optimized GeoTIFF for that), so a city-sized scene costs a 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -24,8 +22,10 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 
-from eoseg.mosaic.colors import class_color
 from eoseg.errors import CorruptSceneError, SceneNotFoundError
+from eoseg.io.publish import publishing_file
+from eoseg.mosaic.colors import class_color
+from eoseg.store.lifecycle import check_file_output
 
 PANEL_GAP = 8
 """Pixels of background between the scene panel and the label panel."""
@@ -81,8 +81,7 @@ def write_quicklook(
     if max_size < 1:
         raise ValueError(f"max_size must be a positive number of pixels, got {max_size}")
     out_png = os.fspath(out_png)
-    if not overwrite and os.path.exists(out_png):
-        raise FileExistsError(f"quick-look {out_png} exists; pass overwrite=True to replace it")
+    check_file_output(out_png, overwrite=overwrite)
 
     with _open_raster(scene_path, role="scene") as scene:
         scale = min(1.0, max_size / max(scene.height, scene.width))
@@ -99,7 +98,9 @@ def write_quicklook(
     label_rgb = _render_labels(labels, valid, colors)
 
     image = _compose(scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all())
-    return _save_png_atomically(image, out_png)
+    with publishing_file(out_png, overwrite=overwrite) as staging:
+        image.save(staging, format="PNG")
+    return out_png
 
 
 @contextmanager
@@ -220,18 +221,3 @@ def _compose(
             draw.rectangle((x, top, x + _SWATCH - 1, top + _SWATCH - 1), fill=swatch, outline=(0, 0, 0))
         draw.text((x + _SWATCH + 4, top), text, fill=(0, 0, 0), font=font)
     return image
-
-
-def _save_png_atomically(image: Image.Image, out_png: str) -> str:
-    folder = Path(out_png).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{Path(out_png).name}.", suffix=".part")
-    os.close(descriptor)
-    try:
-        image.save(temporary, format="PNG")
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a quick-look is meant to be shared
-        os.replace(temporary, out_png)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return out_png

@@ -23,20 +23,20 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from eoseg.io import storage
-from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.compute.chunks import current_worker_address, map_chunks
+from eoseg.compute.stage import ChunkedStage, run_stage
 from eoseg.errors import BandCountError
 from eoseg.geometry import Window
-from eoseg.store.layout import (
-    StoreInfo,
-    chunks_done,
+from eoseg.io import storage
+from eoseg.mosaic.colors import NODATA_LABEL
+from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
+from eoseg.store.lifecycle import (
+    discarded_on_bad_input,
+    finish_store_output,
     mark_chunk_done,
-    mark_complete,
-    open_data_array,
-    read_store_info,
+    open_store_output,
 )
-from eoseg.tile.stage import prepare_output_store, publish_store, valid_pixel_mask
+from eoseg.tile.stage import valid_pixel_mask
 
 logger = logging.getLogger("eoseg.predict.stage")
 
@@ -190,37 +190,37 @@ def predict_store(
         source_uri=info.source_uri,
         complete=False,
     )
-    staging, labels_info, resuming = prepare_output_store(labels_uri, wanted, overwrite=overwrite)
-    try:
-        done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
-        device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
-        resources = {"GPU": 1} if use_gpu else None
+    output = open_store_output(labels_uri, wanted, overwrite=overwrite)
+    staging, labels_info = output.staging, output.info
+    done = output.chunks_done()
+    device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
+    resources = {"GPU": 1} if use_gpu else None
+    windows = list(info.grid.windows())
+    with discarded_on_bad_input(output):
         descriptors = None
-        if scene_pooling:
+        if scene_pooling and not done.all():
             moments = map_chunks(
                 attention_moments_chunk,
-                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device) for i, w in info.grid.windows()],
+                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device) for i, w in windows],
                 label="pool", client=client, resources=resources, show_bar=show_progress,
             )  # fmt: skip
             total = sum(m[0] for m in moments)
             count = sum(m[1] for m in moments)
             maximum = np.max(np.stack([m[2] for m in moments]), axis=0)
             descriptors = (tuple((total / count).tolist()), tuple(maximum.tolist()))
-        jobs = [
-            PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, descriptors)
-            for index, window in info.grid.windows()
-            if not done[index]
-        ]
-        logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", len(jobs), len(info.grid),
-                    model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
-        results = map_chunks(predict_chunk, jobs, label="predict", client=client, resources=resources,
-                             show_bar=show_progress)
-        labels_info = mark_complete(staging, labels_info)
-    except BaseException as error:
-        if not isinstance(error, (KeyboardInterrupt, SystemExit)) and not resuming:
-            storage.remove(staging)
-        raise
-    publish_store(staging, labels_uri)
+        logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", int((~done).sum()),
+                    len(info.grid), model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
+        stage = ChunkedStage(
+            label="predict",
+            jobs=[PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, descriptors)
+                  for index, window in windows],
+            done=[bool(done[index]) for index, _ in windows],
+            compute=predict_chunk,
+            finalise=lambda results: (finish_store_output(output, labels_info),
+                                      [r for r in results if r is not None]),
+            resources=resources,
+        )
+        labels_info, results = run_stage(stage, client=client, show_progress=show_progress)
     workers = sorted({r["worker"] for r in results})
-    logger.info("wrote %s (%d chunk(s) predicted on %d worker(s))", labels_uri, len(jobs), len(workers))
+    logger.info("wrote %s (%d chunk(s) predicted on %d worker(s))", labels_uri, len(results), len(workers))
     return labels_info

@@ -20,8 +20,8 @@ import numpy as np
 from eoseg.io import storage
 from eoseg.errors import IncompleteStoreError, SceneNotFoundError
 from eoseg.geometry import ChunkGrid, GeoBox, crs_wkt_of, make_geobox, transform_of, xy_coordinates
+from eoseg.store.versions import LAYOUT_VERSION, check_layout_version
 
-LAYOUT_VERSION = 1
 StoreKind = Literal["image", "labels"]
 DATA_VARIABLE: dict[str, str] = {"image": "image", "labels": "labels"}
 
@@ -185,6 +185,7 @@ def read_store_info(uri: str, *, require_complete: bool = True) -> StoreInfo:
     Raises:
         SceneNotFoundError: no store at ``uri``.
         IncompleteStoreError: not an eoseg store, or (with ``require_complete``) an unfinished one.
+        StoreLayoutError: a layout this eoseg does not read (the message says how to re-tile).
     """
     uri = storage.normalise_uri(uri)
     if not storage.exists(uri):
@@ -194,7 +195,7 @@ def read_store_info(uri: str, *, require_complete: bool = True) -> StoreInfo:
         attrs = dict(group.attrs)["eoseg"]
     except Exception as error:
         raise IncompleteStoreError(f"{uri}: not an eoseg Zarr store ({error}).") from error
-    info = StoreInfo.from_attrs(attrs)
+    info = StoreInfo.from_attrs(check_layout_version(uri, attrs))
     if require_complete and not info.complete:
         raise IncompleteStoreError(
             f"{uri}: the store was not finished (an interrupted run?). Run the stage again with the same "
@@ -209,13 +210,6 @@ def update_store_info(uri: str, info: StoreInfo) -> None:
     group.attrs["eoseg"] = info.to_attrs()
 
 
-def mark_complete(uri: str, info: StoreInfo) -> StoreInfo:
-    """Set ``complete`` last, after every chunk is written."""
-    finished = replace(info, complete=True)
-    update_store_info(uri, finished)
-    return finished
-
-
 def open_data_array(uri: str, info: StoreInfo | str, *, mode: str = "r"):
     """The zarr array of the store's data variable (``info`` or the variable's name) for chunk I/O."""
     import zarr
@@ -223,12 +217,3 @@ def open_data_array(uri: str, info: StoreInfo | str, *, mode: str = "r"):
     variable = info if isinstance(info, str) else info.variable
     return zarr.open_array(f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri),
                            zarr_format=3)
-
-
-def chunks_done(uri: str) -> np.ndarray:
-    """Boolean (chunk_row, chunk_col) array of finished chunks."""
-    return np.asarray(_open_group(uri)["chunk_done"][...]).astype(bool)
-
-
-def mark_chunk_done(uri: str, chunk_index: tuple[int, int]) -> None:
-    open_data_array(uri, "chunk_done", mode="r+")[chunk_index] = 1

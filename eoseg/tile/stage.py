@@ -2,31 +2,34 @@
 
 The scene is never read whole: each Dask task reads one chunk-sized window with rasterio and writes it
 to the matching Zarr chunk, then flags the chunk done. Per-band statistics of valid pixels are gathered
-on the way (training normalises with them). The store is written under a temporary name beside the
-target (locally) or unflagged in place (S3), and becomes visible/complete only when every chunk is in.
+on the way (training normalises with them). Where the store is written, and whether an interrupted
+write is resumed, is decided by :mod:`eoseg.store.lifecycle`; the chunks run through the stage contract
+(:mod:`eoseg.compute.stage`): only chunks not flagged done are read from the scene, the moments of the
+others are recalled from the store.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from eoseg.io import storage
-from eoseg.compute.chunks import map_chunks
-from eoseg.errors import CorruptSceneError, EmptySceneError, IncompleteStoreError, OutputExistsError
+from eoseg.compute.stage import ChunkedStage, run_stage
+from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
 from eoseg.geometry import Window
+from eoseg.io import storage
 from eoseg.scene.inspect import SceneInfo, inspect_scene
-from eoseg.store.layout import (
-    StoreInfo,
-    chunks_done,
-    create_store,
+from eoseg.store.layout import StoreInfo, open_data_array
+from eoseg.store.lifecycle import (
+    discarded_on_bad_input,
+    finish_store_output,
     mark_chunk_done,
-    mark_complete,
-    open_data_array,
-    read_store_info,
+    open_store_output,
 )
 
 logger = logging.getLogger("eoseg.tile.stage")
@@ -112,7 +115,7 @@ class BandMoments:
 _thread_local = threading.local()
 
 
-def _open_scene_cached(uri: str):
+def _open_scene_cached(uri: str) -> Any:
     """One open rasterio dataset per thread and scene (datasets are not thread-safe)."""
     import rasterio
 
@@ -133,27 +136,28 @@ class TileChunkJob:
     chunk_index: tuple[int, int]
     window: Window
     nodata: float | int | None
-    already_done: bool
 
 
 def tile_chunk(job: TileChunkJob) -> BandMoments:
-    """Copy one window of the scene into its Zarr chunk (or re-read it if done) and return its moments."""
-    array = open_data_array(job.store_uri, "image", mode="r+")
+    """Copy one window of the scene into its Zarr chunk, flag it done, and return its band moments."""
     rows, cols = job.window.slices
-    if job.already_done:
-        block = np.asarray(array[:, rows, cols])
-    else:
-        try:
-            with storage.gdal_env(job.scene_uri):
-                block = _open_scene_cached(job.scene_uri).read(window=job.window.to_rasterio())
-        except Exception as error:
-            raise CorruptSceneError(
-                f"{job.scene_uri}: reading pixels at rows {rows.start}-{rows.stop}, columns "
-                f"{cols.start}-{cols.stop} failed ({error}); the file is truncated or corrupt. Re-download "
-                "or re-export it."
-            ) from error
-        array[:, rows, cols] = block
-        mark_chunk_done(job.store_uri, job.chunk_index)
+    try:
+        with storage.gdal_env(job.scene_uri):
+            block = _open_scene_cached(job.scene_uri).read(window=job.window.to_rasterio())
+    except Exception as error:
+        raise CorruptSceneError(
+            f"{job.scene_uri}: reading pixels at rows {rows.start}-{rows.stop}, columns "
+            f"{cols.start}-{cols.stop} failed ({error}); the file is truncated or corrupt. Re-download "
+            "or re-export it."
+        ) from error
+    open_data_array(job.store_uri, "image", mode="r+")[:, rows, cols] = block
+    mark_chunk_done(job.store_uri, job.chunk_index)
+    return BandMoments.of_block(block, valid_pixel_mask(block, job.nodata))
+
+
+def recall_tile_chunk(job: TileChunkJob) -> BandMoments:
+    """The band moments of a chunk an earlier run already wrote, re-read from the store."""
+    block = np.asarray(open_data_array(job.store_uri, "image")[(slice(None), *job.window.slices)])
     return BandMoments.of_block(block, valid_pixel_mask(block, job.nodata))
 
 
@@ -173,63 +177,6 @@ def _store_info_for(scene: SceneInfo, chunk_size: int) -> StoreInfo:
     )
 
 
-def staging_uri_for(target: str) -> str:
-    """Where a store is written before it is complete: a hidden sibling locally, the target on S3."""
-    if storage.is_s3(target):
-        return target
-    from pathlib import Path
-
-    path = Path(target)
-    return str(path.with_name(f".{path.name}.partial"))
-
-
-def prepare_output_store(target: str, wanted: StoreInfo, *, overwrite: bool) -> tuple[str, StoreInfo, bool]:
-    """Decide where to write and whether an interrupted earlier write can be resumed.
-
-    Returns ``(staging_uri, info, resuming)``. Refuses an existing finished output unless ``overwrite``.
-    """
-    staging = staging_uri_for(target)
-    if storage.exists(target) and staging != target:
-        if not overwrite:
-            raise OutputExistsError(f"{target}: output already exists. Pass --overwrite to replace it.")
-    elif storage.exists(target):  # S3: target and staging are the same prefix
-        try:
-            existing = read_store_info(target, require_complete=False)
-        except IncompleteStoreError:
-            existing = None
-        if existing is not None and existing.complete and not overwrite:
-            raise OutputExistsError(f"{target}: output already exists. Pass --overwrite to replace it.")
-        if existing is None and not overwrite:
-            raise OutputExistsError(f"{target}: something that is not an eoseg store exists there. Pass "
-                                    "--overwrite to replace it, or choose another output.")
-    if not overwrite and storage.exists(staging):
-        try:
-            previous = read_store_info(staging, require_complete=False)
-        except IncompleteStoreError:
-            previous = None
-        comparable = ("kind", "height", "width", "band_count", "dtype", "chunk_rows", "chunk_cols",
-                      "source_uri", "transform")
-        if previous is not None and not previous.complete and all(
-            getattr(previous, name) == getattr(wanted, name) for name in comparable
-        ):
-            logger.info("%s: resuming an interrupted write", target)
-            return staging, previous, True
-    storage.remove(staging)
-    create_store(staging, wanted)
-    return staging, wanted, False
-
-
-def publish_store(staging: str, target: str) -> None:
-    """Move a finished local store into place (S3 stores are written in place)."""
-    if staging == target:
-        return
-    import os
-
-    if storage.exists(target):
-        storage.remove(target)
-    os.replace(staging, target)
-
-
 def tile_scene(
     scene_uri: str,
     store_uri: str,
@@ -237,7 +184,7 @@ def tile_scene(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     overwrite: bool = False,
     allow_ungeoreferenced: bool = False,
-    client=None,
+    client: Any = None,
     show_progress: bool | None = None,
 ) -> StoreInfo:
     """Tile ``scene_uri`` into the Zarr store ``store_uri``.
@@ -255,37 +202,37 @@ def tile_scene(
         The finished store's :class:`StoreInfo`, including per-band statistics.
 
     Raises:
+        OutputExistsError: a finished store is at ``store_uri`` and ``overwrite`` is False.
         EosegError subclasses for bad input, before anything is written or with the partial output removed.
+        Other failures (a lost worker, a storage error) keep the partial store: running again resumes it.
     """
     if chunk_size < 16:
-        from eoseg.errors import ConfigurationError
-
         raise ConfigurationError(f"chunk size must be at least 16 pixels, got {chunk_size}")
     scene = inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced)
-    target = storage.normalise_uri(store_uri)
-    staging, info, resuming = prepare_output_store(target, _store_info_for(scene, chunk_size), overwrite=overwrite)
-    try:
-        done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
-        jobs = [
-            TileChunkJob(scene.uri, staging, index, window, scene.nodata, bool(done[index]))
-            for index, window in info.grid.windows()
-        ]
-        logger.info("tiling %s (%d x %d px, %d bands, %s) into %d chunks%s", scene.uri, scene.width,
-                    scene.height, scene.band_count, scene.dtype, len(jobs),
-                    f", {int(done.sum())} already done" if resuming else "")
-        moments = map_chunks(tile_chunk, jobs, label="tile", client=client, show_bar=show_progress)
-        total = moments[0]
-        for part in moments[1:]:
-            total = total + part
+    output = open_store_output(store_uri, _store_info_for(scene, chunk_size), overwrite=overwrite)
+    windows = list(output.info.grid.windows())
+    done = output.chunks_done()
+
+    def finalise(moments: list[BandMoments | None]) -> StoreInfo:
+        total = functools.reduce(operator.add, [m for m in moments if m is not None])
         if total.count == 0:
             raise EmptySceneError(
                 f"{scene.uri}: every pixel is nodata ({scene.nodata!r}); there is nothing to segment. Check "
                 "the scene, or its nodata value (gdal_edit.py -unsetnodata if 0 is real data)."
             )
-        info = mark_complete(staging, replace(info, band_stats=total.summary()))
-    except BaseException:
-        storage.remove(staging)
-        raise
-    publish_store(staging, target)
-    logger.info("wrote %s", target)
+        return finish_store_output(output, replace(output.info, band_stats=total.summary()))
+
+    stage = ChunkedStage(
+        label="tile",
+        jobs=[TileChunkJob(scene.uri, output.staging, index, window, scene.nodata) for index, window in windows],
+        done=[bool(done[index]) for index, _ in windows],
+        compute=tile_chunk,
+        recall=recall_tile_chunk,
+        finalise=finalise,
+    )
+    logger.info("tiling %s (%d x %d px, %d bands, %s) into %d chunks", scene.uri, scene.width, scene.height,
+                scene.band_count, scene.dtype, len(windows))
+    with discarded_on_bad_input(output):
+        info = run_stage(stage, client=client, show_progress=show_progress)
+    logger.info("wrote %s", output.target)
     return info

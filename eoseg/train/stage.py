@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from eoseg.io import storage
+from eoseg.io.publish import publish_file
 from eoseg.errors import ConfigurationError, OutputExistsError
 from eoseg.compute.chunks import current_worker_address
 from eoseg.train.patches import ZarrPatchSource
@@ -36,7 +37,7 @@ def save_checkpoint_to(uri: str, checkpoint: dict[str, Any], *, overwrite: bool)
     with tempfile.TemporaryDirectory(prefix="eoseg-ckpt-") as scratch:
         local = os.path.join(scratch, "model.pt")
         save_checkpoint(local, checkpoint)
-        storage.publish_local_file(local, uri, overwrite=overwrite)
+        publish_file(local, uri, overwrite=overwrite)
 
 
 def load_checkpoint_from(uri: str) -> dict[str, Any]:

@@ -1,0 +1,257 @@
+"""The life of a stage's output: create or resume, flag chunks done, complete, publish, or discard.
+
+This module is the only place that decides whether an output exists, may be replaced, or is resumed,
+for local paths and ``s3://`` alike; stages, tasks, flows and the CLI ask it and never check themselves.
+
+Zarr stores (:class:`StoreOutput`, written by ``tile`` and ``predict``):
+
+- locally a store is written under the hidden sibling ``.NAME.partial`` and renamed to ``NAME`` when
+  complete; on S3 (no rename) it is written in place and is unfinished until its ``complete`` flag;
+- each chunk's data is written first, then its ``chunk_done`` flag; ``complete`` is set last;
+- an unfinished store made from the same input with the same grid is resumed: only chunks without a flag
+  are computed; one made from anything else is started over;
+- a finished output is refused unless ``overwrite``; something that is not an eoseg store is refused
+  unless ``overwrite``.
+
+Files assembled from chunks (:class:`FileOutput`, the mosaic's COG) keep their finished chunk pieces in a
+staging folder (``.NAME.partial/`` beside a local target; for an S3 target a folder under the system's
+temporary directory named after the target, so a re-run on the same machine resumes), each piece
+published atomically, so a piece that exists is done. The file itself is published in one step by
+:mod:`eoseg.io.publish`.
+
+Bad input found while writing (an :class:`~eoseg.errors.EosegError`) discards the staging output; any
+other failure (a lost worker, a storage hiccup, an interrupt) keeps it so that a re-run, or Prefect's
+retry, resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eoseg.errors import EosegError, IncompleteStoreError, OutputExistsError
+from eoseg.io import publish, storage
+from eoseg.store.layout import StoreInfo, create_store, open_data_array, read_store_info, update_store_info
+
+logger = logging.getLogger("eoseg.store.lifecycle")
+
+PLAN_FILE = "plan.json"
+# Attributes that differ between two writes of the same output and do not decide whether one resumes.
+_VOLATILE_ATTRIBUTES = frozenset({"created", "complete", "band_stats", "layout_version"})
+
+
+def _refusal(target: str, what: str = "output already exists") -> OutputExistsError:
+    return OutputExistsError(
+        f"{target}: {what}. Pass --overwrite (flow parameter overwrite=True) to replace it."
+    )
+
+
+@dataclass(frozen=True)
+class StoreOutput:
+    """A Zarr store being written: where it goes, where it is written meanwhile, and what it holds.
+
+    Attributes:
+        target: the store's final local path or ``s3://`` URI.
+        staging: where chunks are written: ``.NAME.partial`` beside a local target, the target on S3.
+        info: the store's attributes (``complete`` False until :func:`finish_store_output`).
+        resuming: True when an interrupted write was found and is continued.
+    """
+
+    target: str
+    staging: str
+    info: StoreInfo
+    resuming: bool
+
+    def chunks_done(self) -> np.ndarray:
+        """Boolean ``(chunk_rows, chunk_cols)``: the chunks already written (none for a fresh store)."""
+        if not self.resuming:
+            return np.zeros(self.info.grid.shape_in_chunks, dtype=bool)
+        return chunks_done(self.staging)
+
+
+def _comparable(info: StoreInfo) -> dict[str, Any]:
+    """The attributes that must match for an unfinished store to be resumed, JSON-normalised."""
+    attrs = json.loads(json.dumps(info.to_attrs(), default=list))
+    return {key: value for key, value in attrs.items() if key not in _VOLATILE_ATTRIBUTES}
+
+
+def _existing_store(uri: str) -> StoreInfo | None:
+    """The attributes of the store at ``uri``, or None when what is there is not a readable eoseg store."""
+    try:
+        return read_store_info(uri, require_complete=False)
+    except IncompleteStoreError:
+        return None
+
+
+def store_staging_uri(target: str) -> str:
+    """Where the store for ``target`` is written before it is complete (the target itself on S3)."""
+    return target if storage.is_s3(target) else publish.partial_sibling(target)
+
+
+def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> StoreOutput:
+    """Decide how the store ``target`` is written: created afresh, resumed, or refused.
+
+    Args:
+        target: the store to write (local path or ``s3://`` URI).
+        wanted: the attributes of the store to write (``complete`` False).
+        overwrite: replace a finished output (and discard any unfinished one).
+
+    Returns:
+        The output, its (possibly resumed) attributes and its staging location, created when fresh.
+
+    Raises:
+        OutputExistsError: a finished store, or something that is not an eoseg store, is at ``target``
+            and ``overwrite`` is False (nothing is changed).
+    """
+    target = storage.normalise_uri(target)
+    staging = store_staging_uri(target)
+    in_place = staging == target
+    if not in_place and storage.exists(target) and not overwrite:
+        raise _refusal(target)
+    if storage.exists(staging) and not overwrite:
+        previous = _existing_store(staging)
+        if in_place and previous is None:
+            raise _refusal(target, "something that is not an eoseg store (of a layout this eoseg reads) exists "
+                                   "there")
+        if in_place and previous is not None and previous.complete:
+            raise _refusal(target)
+        # A hidden local staging store may even be complete: the run died between `complete` and the rename.
+        if previous is not None and _comparable(previous) == _comparable(wanted):
+            done = chunks_done(staging)
+            logger.info("%s: resuming an interrupted write (%d of %d chunks done)", target, int(done.sum()),
+                        done.size)
+            return StoreOutput(target, staging, previous, resuming=True)
+        logger.warning("%s: an unfinished store of another input or grid is there; starting over", target)
+    storage.remove(staging)
+    create_store(staging, wanted)
+    return StoreOutput(target, staging, wanted, resuming=False)
+
+
+def chunks_done(uri: str) -> np.ndarray:
+    """Boolean ``(chunk_rows, chunk_cols)`` array of the chunks of the store at ``uri`` flagged done."""
+    return np.asarray(open_data_array(uri, "chunk_done")[...]).astype(bool)
+
+
+def mark_chunk_done(uri: str, chunk_index: tuple[int, int]) -> None:
+    """Flag one chunk done; call only after its data is written (a killed write leaves no flag)."""
+    open_data_array(uri, "chunk_done", mode="r+")[chunk_index] = 1
+
+
+def mark_complete(uri: str, info: StoreInfo) -> StoreInfo:
+    """Set ``complete`` last, after every chunk is written; returns the finished attributes."""
+    finished = replace(info, complete=True)
+    update_store_info(uri, finished)
+    return finished
+
+
+def finish_store_output(output: StoreOutput, info: StoreInfo) -> StoreInfo:
+    """Mark the store complete with ``info`` and publish it at its target (rename locally; S3: in place)."""
+    finished = mark_complete(output.staging, info)
+    publish.publish_tree(output.staging, output.target)
+    return finished
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    """A file assembled from chunk pieces (the mosaic's COG) and the local folder holding the pieces.
+
+    Attributes:
+        target: the file's final local path or ``s3://`` URI.
+        staging: a local folder; ``pieces/`` holds one published file per finished chunk.
+        overwrite: whether the final publish may replace a file that appeared meanwhile.
+        resuming: True when pieces of an interrupted run with the same plan were found.
+    """
+
+    target: str
+    staging: str
+    overwrite: bool
+    resuming: bool
+
+    def piece_path(self, chunk_index: tuple[int, int], *, suffix: str = ".tif") -> str:
+        """The local path of the piece for one chunk (exists only once the piece is complete)."""
+        row, col = chunk_index
+        return os.path.join(self.staging, "pieces", f"{row}-{col}{suffix}")
+
+    def pieces_done(self, chunk_indices: Sequence[tuple[int, int]], *, suffix: str = ".tif") -> list[bool]:
+        """For each chunk, whether its piece is already complete."""
+        return [os.path.exists(self.piece_path(index, suffix=suffix)) for index in chunk_indices]
+
+
+def file_staging_dir(target: str) -> str:
+    """The local folder for the pieces of ``target``: a hidden sibling, or for S3 a temporary folder."""
+    if storage.is_s3(target):
+        digest = hashlib.sha256(target.encode("utf-8")).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "eoseg-partial", f"{Path(target).name}-{digest}")
+    return publish.partial_sibling(target)
+
+
+def check_file_output(target: str, *, overwrite: bool) -> str:
+    """Refuse an existing file at ``target`` unless ``overwrite``; returns the normalised target.
+
+    Raises:
+        OutputExistsError: ``target`` exists and ``overwrite`` is False.
+    """
+    target = storage.normalise_uri(target)
+    if not overwrite and storage.exists(target):
+        raise _refusal(target)
+    return target
+
+
+def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -> FileOutput:
+    """Decide how the file ``target`` is assembled: refused, resumed from its pieces, or started afresh.
+
+    Args:
+        target: the file to write (local path or ``s3://`` URI).
+        plan: JSON-serialisable description of what the pieces are made from (input, band, grid); pieces
+            of an interrupted run are reused only when its plan was the same.
+        overwrite: replace an existing file and discard any pieces.
+
+    Raises:
+        OutputExistsError: ``target`` exists and ``overwrite`` is False.
+    """
+    target = check_file_output(target, overwrite=overwrite)
+    staging = file_staging_dir(target)
+    plan_text = json.dumps(plan, sort_keys=True, default=list)
+    plan_file = os.path.join(staging, PLAN_FILE)
+    if not overwrite and os.path.exists(plan_file) and Path(plan_file).read_text(encoding="utf-8") == plan_text:
+        output = FileOutput(target, staging, overwrite, resuming=True)
+        logger.info("%s: resuming an interrupted write", target)
+        return output
+    storage.remove(staging)
+    os.makedirs(os.path.join(staging, "pieces"), exist_ok=True)
+    publish.write_text(plan_file, plan_text, overwrite=True)
+    return FileOutput(target, staging, overwrite, resuming=False)
+
+
+def finish_file_output(output: FileOutput) -> None:
+    """Remove the pieces once the file is published."""
+    storage.remove(output.staging)
+
+
+def discard(output: StoreOutput | FileOutput) -> None:
+    """Remove an output's staging (partial store, or pieces); a finished target is left alone."""
+    storage.remove(output.staging)
+
+
+@contextlib.contextmanager
+def discarded_on_bad_input(output: StoreOutput | FileOutput) -> Iterator[None]:
+    """Run a stage's work: bad input (:class:`EosegError`) discards the staging, anything else keeps it.
+
+    A lost worker, a storage hiccup or an interrupt keeps what was written, so that running the same
+    command again (or Prefect's retry) resumes it.
+    """
+    try:
+        yield
+    except EosegError:
+        discard(output)
+        raise
