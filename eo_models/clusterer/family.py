@@ -1,0 +1,94 @@
+"""The clusterer as a model family (:class:`eo_models.family.ModelFamily`), with its scene-wide context.
+
+Scene context: the channel attention pools its average and max descriptors over the whole input. Over
+a scene predicted tile by tile, the pass :class:`AttentionPooling` sums the features (float64), counts
+the pixels and takes the maxima over each tile's own pixels (read with a halo at least the
+convolutions' radius), which reduce exactly to the whole-scene descriptors; the second pass predicts
+every tile with them, so tiled inference equals whole-scene inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
+from eo_models.clusterer.params import ClustererTrainingParams
+from eo_models.family import ModelFamily
+
+__all__ = ["AttentionPooling", "ClustererFamily"]
+
+Moments = tuple[np.ndarray, int, np.ndarray]
+
+
+class AttentionPooling:
+    """The clusterer's channel-attention descriptors pooled over a whole scene (a ``SceneContext``)."""
+
+    def partial(self, model: nn.Module, normalised: torch.Tensor, inner: tuple[slice, slice]) -> Moments:
+        """Sum (C,) float64, pixel count and max (C,) float64 of the pooled features over ``inner``."""
+        features = model.features(normalised)  # type: ignore[operator]
+        kept = features[0][:, inner[0], inner[1]]
+        # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
+        # differs between Dask workers and this process; the labels must not.
+        return (kept.double().sum(dim=(1, 2)).cpu().numpy(), int(kept.shape[1] * kept.shape[2]),
+                kept.amax(dim=(1, 2)).double().cpu().numpy())  # fmt: skip
+
+    def combine(self, partials: Sequence[Moments]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The scene's ``(average, max)`` descriptors (C,) each, as plain floats."""
+        total = np.sum([p[0] for p in partials], axis=0)
+        count = sum(p[1] for p in partials)
+        maximum = np.max(np.stack([p[2] for p in partials]), axis=0)
+        return tuple((total / count).tolist()), tuple(maximum.tolist())
+
+    def forward(self, model: nn.Module, normalised: torch.Tensor, context: Any) -> torch.Tensor:
+        """Cluster features (N, K, H, W) with the attention weighted by the scene's descriptors."""
+        average, maximum = (torch.as_tensor(np.asarray(d, np.float32), device=normalised.device)[None]
+                            for d in context)  # fmt: skip
+        return model.forward_with_descriptors(normalised, average, maximum)  # type: ignore[operator, no-any-return]
+
+
+class ClustererFamily(ModelFamily):
+    """Saha et al. (2021): five 3x3 convolutions, channel attention, K features; Algorithm 1 training."""
+
+    name = "clusterer"
+    # Five stacked 3x3 convolutions see an 11x11 window (radius 5), so 5 px would remove every tile-cut
+    # effect of the convolutions themselves; the attention's pooling is made scene-wide by the context
+    # pass. 16 px (three times the radius) keeps the zero-padding border of each tile well outside the
+    # kept region also when pooling per tile, at a small cost (a 512 px tile reads 544 px).
+    halo = 16
+    training_params = ClustererTrainingParams
+    scene_context = AttentionPooling()
+    summary = "single-scene clusterer of Saha et al. (2021), self-supervised on one unlabelled scene"
+
+    def build(self, model_config: Mapping[str, Any]) -> nn.Module:
+        """A ``SingleSceneClusterer`` from ``dataclasses.asdict(ClustererConfig)``."""
+        return SingleSceneClusterer(ClustererConfig(**model_config))
+
+    def train(
+        self,
+        patches: Any,
+        *,
+        in_channels: int,
+        params: Any,
+        band_mean: Sequence[float],
+        band_std: Sequence[float],
+        on_progress: Callable[[Any], None] | None = None,
+        resume_from: Mapping[str, Any] | None = None,
+        stop_after_epoch: int | None = None,
+    ) -> dict[str, Any]:
+        """Algorithm 1 (:func:`eo_models.clusterer.train.train_clusterer`); no resume (a run takes minutes)."""
+        from eo_models.clusterer.train import train_clusterer
+
+        if resume_from is not None or stop_after_epoch is not None:
+            raise NotImplementedError("clusterer training cannot be resumed; train again from the start")
+        return train_clusterer(patches, in_channels=in_channels, params=params, band_mean=band_mean,
+                               band_std=band_std, on_progress=on_progress)  # fmt: skip
+
+    def default_model_config(self, in_channels: int) -> dict[str, Any]:
+        """The model_config of a default clusterer with ``in_channels`` bands (for tests and demos)."""
+        return asdict(ClustererConfig(in_channels=in_channels))
