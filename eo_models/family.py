@@ -22,10 +22,11 @@ To add a family: subclass :class:`ModelFamily` in its own subpackage and add it 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # the registry and the params import no torch: eoseg's CLI and options read them cheaply
+    import torch
+    from torch import nn
 
 __all__ = ["FAMILIES", "ModelFamily", "SceneContext", "family_names", "get_family", "register_family"]
 

@@ -61,6 +61,7 @@ class Progress:
         step: 1-based step (batch) number within the epoch.
         steps_per_epoch: Steps in this epoch.
         metrics: The step's losses (float), named as in the checkpoint's ``history``.
+        samples: Patch-updates of the step: batch size times the updates per batch (for patches/s).
     """
 
     epoch: int
@@ -68,6 +69,7 @@ class Progress:
     step: int
     steps_per_epoch: int
     metrics: Mapping[str, float]
+    samples: int = 0
 
     @property
     def batch(self) -> int:
@@ -91,8 +93,11 @@ class TrainingSteps(Protocol):
     """What a family plugs into :func:`fit`: the epoch plan and one training step.
 
     The model and optimiser are the implementation's own (built in its constructor, inside
-    :func:`seeded`); :func:`fit` only drives the loop.
+    :func:`seeded`); :func:`fit` only drives the loop. An implementation that updates several times per
+    batch (the clusterer's J) says so in ``updates_per_step``.
     """
+
+    updates_per_step: int
 
     def epoch_batches(self, epoch: int) -> Sequence[Sequence[int]]:
         """Patch indices of each batch of 0-based ``epoch``; called once at the start of the epoch."""
@@ -203,7 +208,8 @@ def fit(
                 else:
                     sums[key] += metrics[key]
             if on_progress is not None:
-                on_progress(Progress(epoch + 1, epochs, number, len(batches), metrics))
+                samples = len(indices) * int(getattr(steps, "updates_per_step", 1))
+                on_progress(Progress(epoch + 1, epochs, number, len(batches), metrics, samples))
         if history_per == "epoch":
             for key, value in sums.items():
                 history[key].append(value / len(batches))

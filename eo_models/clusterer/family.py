@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
 from eo_models.clusterer.params import ClustererTrainingParams
 from eo_models.family import ModelFamily
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["AttentionPooling", "ClustererFamily"]
 
@@ -47,6 +48,8 @@ class AttentionPooling:
 
     def forward(self, model: nn.Module, normalised: torch.Tensor, context: Any) -> torch.Tensor:
         """Cluster features (N, K, H, W) with the attention weighted by the scene's descriptors."""
+        import torch
+
         average, maximum = (torch.as_tensor(np.asarray(d, np.float32), device=normalised.device)[None]
                             for d in context)  # fmt: skip
         return model.forward_with_descriptors(normalised, average, maximum)  # type: ignore[operator, no-any-return]
@@ -67,6 +70,8 @@ class ClustererFamily(ModelFamily):
 
     def build(self, model_config: Mapping[str, Any]) -> nn.Module:
         """A ``SingleSceneClusterer`` from ``dataclasses.asdict(ClustererConfig)``."""
+        from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
+
         return SingleSceneClusterer(ClustererConfig(**model_config))
 
     def train(
@@ -91,4 +96,6 @@ class ClustererFamily(ModelFamily):
 
     def default_model_config(self, in_channels: int) -> dict[str, Any]:
         """The model_config of a default clusterer with ``in_channels`` bands (for tests and demos)."""
+        from eo_models.clusterer.model import ClustererConfig
+
         return asdict(ClustererConfig(in_channels=in_channels))

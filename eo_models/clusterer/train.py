@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from eo_models.clusterer.losses import clustering_loss, random_derangement, shuffled_contrastive_loss
 from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
 from eo_models.clusterer.params import ClustererTrainingParams
-from eo_models.clusterer.losses import clustering_loss, random_derangement, shuffled_contrastive_loss
 from eo_models.predict import resolve_device
 from eo_models.training import (
     PatchSource,
@@ -229,6 +229,7 @@ class _Algorithm1Steps:
         # One generator for the whole run: patch order of every epoch and every derangement.
         self.generator = np.random.default_rng(params.seed)
         self.updates = 0
+        self.updates_per_step = params.iterations
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return batch_indices_for_epoch(len(self.patches), self.params.batch_size, self.generator)

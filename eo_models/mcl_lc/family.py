@@ -8,13 +8,13 @@ checkpoint predicts. No scene-wide context pass: ASPP's image pooling stays per 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from eo_models.family import ModelFamily
-from eo_models.mcl_lc.deeplabv3plus import build_mcl_lc_segmenter
-from eo_models.mcl_lc.model import FinetuneParams, PretrainParams
+from eo_models.mcl_lc.params import FinetuneParams, PretrainParams
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["MclLcFamily"]
 
@@ -32,6 +32,8 @@ class MclLcFamily(ModelFamily):
 
     def build(self, model_config: Mapping[str, Any]) -> nn.Module:
         """The fine-tuned segmenter (:func:`~eo_models.mcl_lc.deeplabv3plus.build_mcl_lc_segmenter`)."""
+        from eo_models.mcl_lc.deeplabv3plus import build_mcl_lc_segmenter
+
         return build_mcl_lc_segmenter(model_config)
 
     def train(

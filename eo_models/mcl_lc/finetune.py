@@ -145,6 +145,7 @@ class _FinetuneSteps:
         self.device = device
         self.encoder = network.encoder_modules()
         self.generator = torch.Generator()
+        self.updates_per_step = 1
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         seed = epoch_seed(self.params.seed, epoch)

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from eo_models.mcl_lc.augment import make_view_pair, sample_matched_rois
+from eo_models.mcl_lc.augment import make_view_pair
 from eo_models.mcl_lc.deeplabv3plus import DEFAULT_ASPP_RATES
 from eo_models.mcl_lc.model import MclLcLosses, MclLcModel, PretrainParams, plain_dict
 from eo_models.mcl_lc.resnet import load_resnet50_weights
+from eo_models.mcl_lc.rois import sample_matched_rois
 from eo_models.mcl_lc.schedule import cosine_schedule, epoch_order, restore_optimisation, steps_per_epoch
 from eo_models.predict import resolve_device
 from eo_models.training import (
@@ -98,6 +99,7 @@ class _PretrainSteps:
         self.params, self.in_channels, self.steps, self.batch_size = params, in_channels, steps, batch_size
         self.band_mean, self.band_std, self.device = band_mean, band_std, device
         self.generator = torch.Generator()
+        self.updates_per_step = 1
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         seed = epoch_seed(self.params.seed, epoch)

@@ -1,131 +1,76 @@
-"""Patches for mCL-LC: unlabelled ones from several tile stores, labelled ones from a store and a raster.
+"""Labels for supervised fine-tuning: a label raster on a store's grid, a seeded pixel sample, patches.
 
-- :class:`MultiStorePatchSource` joins the patches of several stores (same band count) into one
-  ``PatchSource`` (``docs/interfaces.md``), all normalised with the same pooled band statistics
-  (:func:`pooled_band_statistics`), so that the network sees one input distribution.
-- :class:`ZarrLabelledPatchSource` is the ``LabelledPatchSource`` of fine-tuning: image windows read
-  from Zarr, label windows read from a raster on the store's grid (rasterio windowed reads), label
-  values remapped to class indices, and only a seeded fraction of the labelled pixels kept
-  (:func:`sampled_label_mask`); every other pixel is ``IGNORE_INDEX``.
-
-Nothing here holds a whole scene in memory: labels are scanned and read window by window.
+- :func:`prepare_label_raster` checks a label raster against the store's grid, or burns GeoJSON polygons
+  onto it; :func:`scan_label_raster` finds its class values, strip by strip.
+- :func:`sampled_label_mask` chooses a seeded fraction of the pixels by hashing (row, col), so the same
+  pixels are chosen whichever windows are read, in whatever order.
+- :class:`ZarrLabelledPatchSource` is the ``LabelledPatchSource`` of fine-tuning: image windows from
+  Zarr, label windows from the raster (windowed reads), values remapped to class indices; every pixel
+  not sampled, unlabelled or nodata in the image is ``IGNORE_INDEX``.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from eoseg.io import storage
-from eoseg.errors import BandCountError, CorruptSceneError, EmptySceneError, SceneNotFoundError
+from eoseg.errors import CorruptSceneError, EmptySceneError, MissingCRSError, SceneNotFoundError
 from eoseg.evaluate.scores import GridMismatchError
 from eoseg.geometry import Window
-from eoseg.train.patches import ZarrPatchSource, normalise_block
-from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
+from eoseg.io import storage
+from eoseg.store.layout import StoreInfo
 from eoseg.tile.stage import valid_pixel_mask
+from eoseg.train.patches import ZarrPatchSource, normalise_block
 
-IGNORE_INDEX = -1  # label of pixels left out of the fine-tuning loss (FinetuneParams.ignore_index)
+__all__ = [
+    "IGNORE_INDEX",
+    "LabelRaster",
+    "ZarrLabelledPatchSource",
+    "check_labels_on_grid",
+    "label_mapping_record",
+    "prepare_label_raster",
+    "sampled_label_mask",
+    "scan_label_raster",
+]
+
+IGNORE_INDEX = -1  # label of pixels left out of the fine-tuning loss (the family's ignore_index)
 
 
-def read_same_band_stores(store_uris: Sequence[str]) -> list[StoreInfo]:
-    """The infos of finished image stores that all have the same band count.
+def _store_grid_geotiff(info: StoreInfo, path: str) -> str:
+    """An empty (sparse) GeoTIFF on the store's grid, for rasterising vector labels onto it."""
+    import rasterio
+    from affine import Affine
 
-    Raises:
-        BandCountError: naming the first store whose band count differs (or that is not an image store).
+    profile = {"driver": "GTiff", "width": info.width, "height": info.height, "count": 1, "dtype": "uint8",
+               "crs": info.crs_wkt, "transform": Affine(*info.transform[:6]), "tiled": True,
+               "sparse_ok": True}  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+    return path
+
+
+def prepare_label_raster(labels_uri: str, store_uri: str, info: StoreInfo, scratch: str) -> str:
+    """A label raster on the store's grid: the raster itself (checked), or GeoJSON polygons burnt onto it.
+
+    Polygons become 255 (inside) on 0 (outside), as ``eoseg evaluate`` rasterises references.
     """
-    if not store_uris:
-        raise SceneNotFoundError("no tile store given: pass at least one STORE.zarr (from `eoseg tile`)")
-    infos = [read_store_info(uri) for uri in store_uris]
-    first = infos[0]
-    for uri, info in zip(store_uris, infos, strict=True):
-        if info.kind != "image":
-            raise BandCountError(f"{uri}: a {info.kind} store; pre-training needs image stores from `eoseg tile`")
-        if info.band_count != first.band_count:
-            raise BandCountError(
-                f"{uri}: has {info.band_count} band(s) but {store_uris[0]} has {first.band_count}; every "
-                "pre-training store must have the same bands (one network input). Pre-train on stores of one "
-                "sensor, or convert the scenes to common bands before tiling them."
-            )
-    return infos
+    from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
+
+    if is_vector_reference(labels_uri):
+        if info.crs_wkt is None:
+            raise MissingCRSError(f"{store_uri}: the store has no CRS, so the polygons of {labels_uri} cannot "
+                                  "be placed on its grid; pass a label raster on the store's pixel grid")
+        local = storage.fetch_to_local(labels_uri, scratch)
+        like = _store_grid_geotiff(info, os.path.join(scratch, "grid.tif"))
+        return rasterize_reference(local, like, os.path.join(scratch, "labels.tif"))
+    check_labels_on_grid(labels_uri, info, store_uri)
+    return labels_uri
 
 
-def pooled_band_statistics(infos: Sequence[StoreInfo]) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over the valid pixels of all stores, from each store's ``band_stats``.
-
-    Count-weighted: ``mean = sum(n_i m_i) / N`` and ``var = sum(n_i (s_i^2 + (m_i - mean)^2)) / N``
-    (population variance, as the stores record). Std is floored at 1e-6 like a single store's.
-    """
-    counts, means, stds = [], [], []
-    for info in infos:
-        if not info.band_stats:
-            raise CorruptSceneError(f"{info.source_uri}: its store has no band statistics; tile the scene again")
-        counts.append(np.asarray(info.band_stats["count"], np.float64))
-        means.append(np.asarray(info.band_stats["mean"], np.float64))
-        stds.append(np.asarray(info.band_stats["std"], np.float64))
-    n, m, s = np.stack(counts), np.stack(means), np.stack(stds)
-    total = n.sum(axis=0)
-    if (total <= 0).any():
-        raise EmptySceneError("the stores hold no valid pixels to compute band statistics from")
-    mean = (n * m).sum(axis=0) / total
-    variance = (n * (s**2 + (m - mean) ** 2)).sum(axis=0) / total
-    return mean.tolist(), np.maximum(np.sqrt(variance), 1e-6).tolist()
-
-
-class MultiStorePatchSource:
-    """The patches of several stores as one ``PatchSource``, normalised with one set of statistics.
-
-    Args:
-        store_uris: finished image stores with the same band count.
-        patch_size: patch edge in pixels.
-        normalisation: ``(mean, std)`` per band; default: pooled over the stores.
-        max_patches: keep a seeded random subset of at most this many patches over all stores.
-        seed: seed of that subset.
-        min_valid_fraction: windows with fewer valid pixels are left out.
-    """
-
-    def __init__(self, store_uris: Sequence[str], patch_size: int, *,
-                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
-                 max_patches: int | None = None, seed: int = 0, min_valid_fraction: float = 0.5) -> None:
-        infos = read_same_band_stores(store_uris)
-        self.store_uris = list(store_uris)
-        self.band_mean, self.band_std = normalisation or pooled_band_statistics(infos)
-        self.sources = [
-            ZarrPatchSource(uri, patch_size, min_valid_fraction=min_valid_fraction,
-                            normalisation=(self.band_mean, self.band_std))
-            for uri in self.store_uris
-        ]  # fmt: skip
-        self.patch_size = patch_size
-        self.band_count = infos[0].band_count
-        # (source, window index) of every patch kept, in store order.
-        self.index = [(s, w) for s, source in enumerate(self.sources) for w in range(len(source))]
-        if max_patches is not None and len(self.index) > max_patches:
-            keep = np.sort(np.random.default_rng(seed).choice(len(self.index), max_patches, replace=False))
-            self.index = [self.index[i] for i in keep]
-
-    def patches_per_store(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.store_uris, 0)
-        for source, _ in self.index:
-            counts[self.store_uris[source]] += 1
-        return counts
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """``(len(indices), bands, patch, patch)`` float32, normalised, nodata set to 0."""
-        out = np.empty((len(indices), self.band_count, self.patch_size, self.patch_size), np.float32)
-        for slot, index in enumerate(indices):
-            source, window = self.index[int(index)]
-            out[slot] = self.sources[source].read([window])[0]
-        return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Labels
-# --------------------------------------------------------------------------------------------------
 
 
 def sampled_label_mask(window: Window, *, fraction: float, seed: int) -> np.ndarray:
@@ -263,7 +208,6 @@ class ZarrLabelledPatchSource:
         # The valid windows and the normalisation; pixels are read here, to mask labels on nodata too.
         self.images = ZarrPatchSource(store_uri, patch_size, min_valid_fraction=min_valid_fraction,
                                       normalisation=normalisation)
-        self._array = open_data_array(store_uri, self.images.info)
         self.labels = labels
         self.patch_size = patch_size
         self.label_fraction = label_fraction
@@ -323,8 +267,8 @@ class ZarrLabelledPatchSource:
         labels = np.stack(self._read_labels(chosen))
         images = np.empty((len(chosen), self.band_count, self.patch_size, self.patch_size), np.float32)
         info = self.images.info
-        for slot, index in enumerate(chosen):
-            block = np.asarray(self._array[(slice(None), *self.images.windows[index].slices)])
+        blocks = self.images.readers[0].read([self.images.windows[index] for index in chosen])
+        for slot, block in enumerate(blocks):
             images[slot] = normalise_block(block, self.images.band_mean, self.images.band_std, info.nodata)
             labels[slot][~valid_pixel_mask(block, info.nodata)] = IGNORE_INDEX
         return images, labels
