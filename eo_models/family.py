@@ -91,6 +91,11 @@ class ModelFamily:
         """Bands the checkpoint's model expects."""
         return int(ckpt["model_config"].get("in_channels", len(ckpt["band_mean"])))
 
+    def training_loop(self) -> Callable[..., dict[str, Any]]:
+        """The family's loop on :func:`eo_models.training.fit`: ``(patches, *, in_channels, params,
+        band_mean, band_std, on_progress[, resume_from, stop_after_epoch]) -> checkpoint``."""
+        raise NotImplementedError
+
     def train(
         self,
         patches: Any,
@@ -112,14 +117,22 @@ class ModelFamily:
             band_mean: Per-band means, stored for prediction.
             band_std: Per-band standard deviations, likewise.
             on_progress: Called with :class:`eo_models.training.Progress` after every step.
-            resume_from: A checkpoint of an interrupted run to continue (families that support it).
-            stop_after_epoch: Stop early, keeping the planned schedule (families that support it).
+            resume_from: A checkpoint of an interrupted run to continue (families with ``supports_resume``).
+            stop_after_epoch: Stop early, keeping the planned schedule (likewise).
 
         Raises:
-            ValueError: On inconsistent inputs; ``NotImplementedError`` for unsupported resume.
+            NotImplementedError: For ``resume_from``/``stop_after_epoch`` if the family cannot resume.
+            ValueError: On inconsistent inputs.
             FloatingPointError: If a loss becomes NaN or infinite.
         """
-        raise NotImplementedError
+        resumable: dict[str, Any] = {}
+        if self.supports_resume:
+            resumable = {"resume_from": None if resume_from is None else dict(resume_from),
+                         "stop_after_epoch": stop_after_epoch}  # fmt: skip
+        elif resume_from is not None or stop_after_epoch is not None:
+            raise NotImplementedError(f"{self.name} training cannot be resumed; train again from the start")
+        return self.training_loop()(patches, in_channels=in_channels, params=params, band_mean=band_mean,
+                                    band_std=band_std, on_progress=on_progress, **resumable)  # fmt: skip
 
     @property
     def supports_resume(self) -> bool:

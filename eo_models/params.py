@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 __all__ = ["check_bounds", "params_from_dict", "plain_dict"]
 
 P = TypeVar("P")
 
-_BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
+_BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
            "lt": (lambda v, b: v < b, "<")}  # fmt: skip
 
 

@@ -89,7 +89,8 @@ class Predictor:
             raise ValueError(f"block must have shape (bands, rows, cols), got shape {block.shape}")
         if valid is not None:
             valid = np.asarray(valid)[None]
-        return self.predict_batch(block[None], valid, context=context)[0]
+        labels: np.ndarray = self.predict_batch(block[None], valid, context=context)[0]
+        return labels
 
     def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
         """Label several same-size blocks in one forward pass.

@@ -74,25 +74,11 @@ class ClustererFamily(ModelFamily):
 
         return SingleSceneClusterer(ClustererConfig(**model_config))
 
-    def train(
-        self,
-        patches: Any,
-        *,
-        in_channels: int,
-        params: Any,
-        band_mean: Sequence[float],
-        band_std: Sequence[float],
-        on_progress: Callable[[Any], None] | None = None,
-        resume_from: Mapping[str, Any] | None = None,
-        stop_after_epoch: int | None = None,
-    ) -> dict[str, Any]:
+    def training_loop(self) -> Callable[..., dict[str, Any]]:
         """Algorithm 1 (:func:`eo_models.clusterer.train.train_clusterer`); no resume (a run takes minutes)."""
         from eo_models.clusterer.train import train_clusterer
 
-        if resume_from is not None or stop_after_epoch is not None:
-            raise NotImplementedError("clusterer training cannot be resumed; train again from the start")
-        return train_clusterer(patches, in_channels=in_channels, params=params, band_mean=band_mean,
-                               band_std=band_std, on_progress=on_progress)  # fmt: skip
+        return train_clusterer
 
     def default_model_config(self, in_channels: int) -> dict[str, Any]:
         """The model_config of a default clusterer with ``in_channels`` bands (for tests and demos)."""

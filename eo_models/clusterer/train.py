@@ -135,7 +135,7 @@ def clusterer_training_step(
     """
     losses = compute_clusterer_losses(model, batch, permutation)
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
+    losses.total.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return ClustererLosses(clustering=losses.clustering.detach(), contrastive=losses.contrastive.detach())
 
@@ -231,8 +231,9 @@ class _Algorithm1Steps:
         self.updates = 0
         self.updates_per_step = params.iterations
 
-    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        return batch_indices_for_epoch(len(self.patches), self.params.batch_size, self.generator)
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        batches = batch_indices_for_epoch(len(self.patches), self.params.batch_size, self.generator)
+        return [batch.tolist() for batch in batches]
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
         params = self.params

@@ -7,7 +7,7 @@ checkpoint predicts. No scene-wide context pass: ASPP's image pooling stays per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from eo_models.family import ModelFamily
@@ -36,26 +36,11 @@ class MclLcFamily(ModelFamily):
 
         return build_mcl_lc_segmenter(model_config)
 
-    def train(
-        self,
-        patches: Any,
-        *,
-        in_channels: int,
-        params: Any,
-        band_mean: Sequence[float],
-        band_std: Sequence[float],
-        on_progress: Callable[[Any], None] | None = None,
-        resume_from: Mapping[str, Any] | None = None,
-        stop_after_epoch: int | None = None,
-    ) -> dict[str, Any]:
-        """Self-supervised pre-training (:func:`eo_models.mcl_lc.pretrain.pretrain_mcl_lc`)."""
+    def training_loop(self) -> Callable[..., dict[str, Any]]:
+        """Self-supervised pre-training (:func:`eo_models.mcl_lc.pretrain.pretrain_mcl_lc`), resumable."""
         from eo_models.mcl_lc.pretrain import pretrain_mcl_lc
 
-        return pretrain_mcl_lc(
-            patches, in_channels=in_channels, params=params, band_mean=band_mean, band_std=band_std,
-            on_progress=on_progress, resume_from=dict(resume_from) if resume_from is not None else None,
-            stop_after_epoch=stop_after_epoch,
-        )  # fmt: skip
+        return pretrain_mcl_lc
 
     @property
     def supports_resume(self) -> bool:

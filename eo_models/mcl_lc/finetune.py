@@ -73,7 +73,7 @@ def finetune_step(
     """One supervised update with cross entropy; returns the loss before the update."""
     loss = segmentation_loss(network(images), labels, ignore_index=ignore_index)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return loss.detach()
 

@@ -83,7 +83,7 @@ def pretrain_step(
         views, rois, switches=params.losses, temperature=params.temperature, mine_shift=shift
     )
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
+    losses.total.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return losses
 

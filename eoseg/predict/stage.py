@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from eoseg.store.layout import (
 )
 from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
 from eoseg.tile.stage import prepare_output_store, publish_store, valid_pixel_mask
+
+if TYPE_CHECKING:
+    from eo_models.predict import Predictor
 
 __all__ = ["PredictChunkJob", "cached_predictor", "model_load_counts", "predict_chunk", "predict_store"]
 
@@ -57,14 +60,17 @@ class PredictChunkJob:
     context: Any = None
 
 
-def _read_with_halo(store_uri: str, window: Window, halo: int):
+def _read_with_halo(
+    store_uri: str, window: Window, halo: int
+) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """The window grown by ``halo`` (clipped to the scene), its valid mask, and the window within it."""
     info = read_store_info(store_uri)
     grown = window.grown(halo, height_limit=info.height, width_limit=info.width)
     block = np.asarray(open_data_array(store_uri, info)[(slice(None), *grown.slices)])
     return block, valid_pixel_mask(block, info.nodata), window.relative_to(grown).slices
 
 
-def _predictor(job: PredictChunkJob):
+def _predictor(job: PredictChunkJob) -> Predictor:
     return cached_predictor(job.model_uri, job.device, fingerprint=job.model_fingerprint)
 
 
@@ -74,7 +80,7 @@ def context_partial_chunk(job: PredictChunkJob) -> Any:
     return _predictor(job).context_partial(block, valid, inner)
 
 
-def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
+def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
     """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
     block, valid, (rows, cols) = _read_with_halo(job.store_uri, job.window, job.halo)
     predictor = _predictor(job)
@@ -161,7 +167,7 @@ def predict_store(
     try:
         done = chunks_done(staging) if resuming else np.zeros(info.grid.shape_in_chunks, dtype=bool)
         device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
-        resources = {"GPU": 1} if use_gpu else None
+        resources: dict[str, float] | None = {"GPU": 1} if use_gpu else None
         context = None
         if scene_context is not None:
             partials = map_chunks(

@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class LabelRaster:
         return {value: index for index, value in enumerate(self.class_values)}
 
 
-def _open_labels(uri: str):
+def _open_labels(uri: str) -> Any:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -65,7 +65,9 @@ class TrainingOptions(BaseModel):
         return self
 
 
-def _exposed_fields(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...], Any, Any, dict]]:
+def _exposed_fields(
+    cls: type, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, tuple[str, ...], Any, Any, dict[str, Any]]]:
     """(option name, path, type, default, metadata) of every field with a description."""
     hints = typing.get_type_hints(cls)
     out = []
@@ -76,7 +78,8 @@ def _exposed_fields(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, 
             continue
         if "description" not in metadata:
             continue
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore[misc]
+        factory = cast(Callable[[], Any], spec.default_factory)
+        default = spec.default if spec.default is not dataclasses.MISSING else factory()
         out.append((metadata.get("option", spec.name), (*prefix, spec.name), hints[spec.name], default, metadata))
     return out
 
@@ -189,10 +192,11 @@ def finetune_options(family_name: str) -> type[TrainingOptions]:
     from eo_models.family import get_family
 
     family = get_family(family_name)
-    if family.finetune_params is None:
+    params_class = family.finetune_params
+    if params_class is None:
         raise ValueError(f"the {family.name} model family has no fine-tuning")
     return _cached((family.name, "finetune"), lambda: options_from_params(
-        family.finetune_params, name=_class_name(family.name, "FinetuneOptions"),
+        params_class, name=_class_name(family.name, "FinetuneOptions"),
         doc=f"Supervised fine-tuning of a pre-trained {family.name} network on a small labelled fraction of "
         "one scene.", stage_fields=FINETUNE_STAGE_FIELDS, validation_defaults={"num_classes": 2},
         module="eoseg.config",

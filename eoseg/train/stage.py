@@ -165,7 +165,7 @@ def train_on_stores(
     started = time.perf_counter()
     epoch = start_epoch
     replace_existing = overwrite or model_uri == resume_uri
-    resumable = {"resume_from": None, "stop_after_epoch": None}
+    resumable: dict[str, Any] = {"resume_from": None, "stop_after_epoch": None}
     while True:
         epoch = last_epoch if checkpoint_every is None else min(last_epoch, epoch + checkpoint_every)
         if family.supports_resume:
