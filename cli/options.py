@@ -40,7 +40,7 @@ def _cli_type(annotation: Any) -> tuple[Any, str]:
 
 
 def _bounds(metadata: list[Any]) -> dict[str, Any]:
-    """typer's ``min``/``max`` from pydantic's ``ge``/``le`` constraints (open bounds stay pydantic's to check)."""
+    """typer's ``min``/``max`` from pydantic's ``ge``/``le`` (open bounds are left to pydantic's checks)."""
     bounds: dict[str, Any] = {}
     for constraint in metadata:
         for attribute, key in (("ge", "min"), ("le", "max")):
@@ -63,10 +63,17 @@ def _option_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
             declaration = flag
         if isinstance(default, list):
             default = None  # typer: a repeatable option; an empty list is the model's default
-        option = typer.Option(declaration, help=(field.description or "") + note, show_default=default is not None,
-                              **_bounds(field.metadata))
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                            annotation=Annotated[kind, option]))  # fmt: skip
+        option = typer.Option(
+            declaration,
+            help=(field.description or "") + note,
+            show_default=default is not None,
+            **_bounds(field.metadata),
+        )
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+            )
+        )
     return parameters
 
 
@@ -88,18 +95,27 @@ def with_options(model: type[BaseModel], *, into: str) -> Callable[[F], F]:
         added = _option_parameters(model)
         clashes = {p.name for p in own} & {p.name for p in added}
         if clashes:
-            raise TypeError(f"{command.__name__}: parameters {sorted(clashes)} clash with {model.__name__}'s fields")
+            raise TypeError(
+                f"{command.__name__}: parameters {sorted(clashes)} clash with {model.__name__}'s fields"
+            )
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
             fields = {name: values.pop(name) for name in model.model_fields}
-            fields = {name: value for name, value in fields.items() if value is not None or
-                      model.model_fields[name].is_required() or model.model_fields[name].default is None}  # fmt: skip
+            fields = {
+                name: value
+                for name, value in fields.items()
+                if value is not None
+                or model.model_fields[name].is_required()
+                or model.model_fields[name].default is None
+            }
             try:
                 options = model(**fields)
             except ValidationError as error:
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}"
-                                     for e in error.errors())  # fmt: skip
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}"
+                    for e in error.errors()
+                )
                 typer.secho(f"error: invalid option: {problems}", fg=typer.colors.RED, err=True)
                 raise typer.Exit(code=2) from None
             return command(**values, **{into: options})

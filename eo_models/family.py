@@ -108,7 +108,7 @@ class ModelFamily:
         resume_from: Mapping[str, Any] | None = None,
         stop_after_epoch: int | None = None,
     ) -> dict[str, Any]:
-        """Train on unlabelled ``patches`` (a :class:`eo_models.training.PatchSource`); returns the checkpoint.
+        """Train on unlabelled ``patches`` (an :class:`eo_models.training.PatchSource`); return a checkpoint.
 
         Args:
             patches: Patches normalised with ``band_mean``/``band_std``.
@@ -127,12 +127,21 @@ class ModelFamily:
         """
         resumable: dict[str, Any] = {}
         if self.supports_resume:
-            resumable = {"resume_from": None if resume_from is None else dict(resume_from),
-                         "stop_after_epoch": stop_after_epoch}  # fmt: skip
+            resumable = {
+                "resume_from": None if resume_from is None else dict(resume_from),
+                "stop_after_epoch": stop_after_epoch,
+            }
         elif resume_from is not None or stop_after_epoch is not None:
             raise NotImplementedError(f"{self.name} training cannot be resumed; train again from the start")
-        return self.training_loop()(patches, in_channels=in_channels, params=params, band_mean=band_mean,
-                                    band_std=band_std, on_progress=on_progress, **resumable)  # fmt: skip
+        return self.training_loop()(
+            patches,
+            in_channels=in_channels,
+            params=params,
+            band_mean=band_mean,
+            band_std=band_std,
+            on_progress=on_progress,
+            **resumable,
+        )
 
     @property
     def supports_resume(self) -> bool:
@@ -141,7 +150,7 @@ class ModelFamily:
 
     @property
     def finetune(self) -> Callable[..., dict[str, Any]] | None:
-        """Supervised fine-tuning ``(checkpoint, labelled, *, params, on_progress) -> checkpoint``, or None."""
+        """Fine-tuning ``(checkpoint, labelled, *, params, on_progress) -> checkpoint``, or None."""
         return None
 
     @property
@@ -194,4 +203,3 @@ def _register_builtin_families() -> None:
 
     for family in (ClustererFamily(), MclLcFamily()):
         FAMILIES.setdefault(family.name, family)
-

@@ -17,8 +17,12 @@ __all__ = ["check_bounds", "params_from_dict", "plain_dict"]
 
 P = TypeVar("P")
 
-_BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
-           "lt": (lambda v, b: v < b, "<")}  # fmt: skip
+_BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
 
 
 def check_bounds(params: Any) -> None:
@@ -34,7 +38,8 @@ def check_bounds(params: Any) -> None:
         for key, (holds, symbol) in _BOUNDS.items():
             if key in spec.metadata and not holds(value, spec.metadata[key]):
                 raise ValueError(
-                    f"{type(params).__name__}.{spec.name} must be {symbol} {spec.metadata[key]}, got {value!r}"
+                    f"{type(params).__name__}.{spec.name} must be {symbol} {spec.metadata[key]}, got "
+                    f"{value!r}"
                 )
 
 

@@ -122,7 +122,9 @@ def check_band_statistics(in_channels: int, band_mean: Sequence[float], band_std
         raise ValueError(f"band_std values must be > 0, got {list(band_std)}")
 
 
-def read_batch(patches: PatchSource, indices: Sequence[int], *, in_channels: int, patch_size: int) -> torch.Tensor:
+def read_batch(
+    patches: PatchSource, indices: Sequence[int], *, in_channels: int, patch_size: int
+) -> torch.Tensor:
     """Read one batch and check it: float32 tensor (N, in_channels, patch_size, patch_size) on the CPU.
 
     Raises:
@@ -136,7 +138,9 @@ def read_batch(patches: PatchSource, indices: Sequence[int], *, in_channels: int
             "(in_channels and params.patch_size must match the patch source)"
         )
     if not np.isfinite(array).all():
-        raise ValueError("patch source returned NaN or infinite values; fill nodata (e.g. with 0) before training")
+        raise ValueError(
+            "patch source returned NaN or infinite values; fill nodata (e.g. with 0) before training"
+        )
     return torch.from_numpy(array)
 
 
@@ -202,9 +206,9 @@ def fit(
         for number, indices in enumerate(batches, start=1):
             metrics = steps.training_step(epoch, indices)
             check_finite(metrics, epoch + 1, number, skip=may_be_nan)
-            for key in history:
+            for key, values in history.items():
                 if history_per == "step":
-                    history[key].append(metrics[key])
+                    values.append(metrics[key])
                 else:
                     sums[key] += metrics[key]
             if on_progress is not None:

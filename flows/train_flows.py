@@ -18,12 +18,18 @@ from eoseg.train.options import finetune_options, training_options
 from eoseg.train.stores import read_same_band_stores
 from tasks.model_stages import finetune_task, train_task
 
-__all__ = ["FINETUNE_FLOWS", "TRAIN_FLOWS", "finetune_mcl_lc_flow", "train_clusterer_flow", "train_mcl_lc_flow"]
+__all__ = [
+    "FINETUNE_FLOWS",
+    "TRAIN_FLOWS",
+    "finetune_mcl_lc_flow",
+    "train_clusterer_flow",
+    "train_mcl_lc_flow",
+]
 
 
 def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
     family = get_family(family_name)
-    Options = training_options(family_name)  # noqa: N806 (a class)
+    Options = training_options(family_name)
 
     def train(
         store_uris: list[str],
@@ -36,9 +42,16 @@ def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
     ) -> dict[str, Any]:
         read_same_band_stores(store_uris)  # bad input is refused before a cluster starts
         with dask_cluster(cluster) as address:
-            return train_task(family_name, list(store_uris), model_uri, options=training, resume_uri=resume_uri,
-                              stop_after_epoch=stop_after_epoch, overwrite=overwrite,
-                              scheduler_address=address)  # fmt: skip
+            return train_task(
+                family_name,
+                list(store_uris),
+                model_uri,
+                options=training,
+                resume_uri=resume_uri,
+                stop_after_epoch=stop_after_epoch,
+                overwrite=overwrite,
+                scheduler_address=address,
+            )
 
     train.__doc__ = f"""Train the {family.summary}; on a GPU worker when the cluster has one.
 
@@ -57,7 +70,7 @@ def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
 
 
 def _finetune_flow(family_name: str) -> Flow[..., dict[str, Any]]:
-    Options = finetune_options(family_name)  # noqa: N806 (a class)
+    Options = finetune_options(family_name)
 
     def finetune(
         model_uri: str,
@@ -69,10 +82,17 @@ def _finetune_flow(family_name: str) -> Flow[..., dict[str, Any]]:
         overwrite: bool = False,
     ) -> dict[str, Any]:
         with dask_cluster(cluster) as address:
-            return finetune_task(model_uri, store_uri, labels_uri, tuned_uri, options=training, overwrite=overwrite,
-                                 scheduler_address=address)  # fmt: skip
+            return finetune_task(
+                model_uri,
+                store_uri,
+                labels_uri,
+                tuned_uri,
+                options=training,
+                overwrite=overwrite,
+                scheduler_address=address,
+            )
 
-    finetune.__doc__ = f"""Fine-tune a pre-trained {family_name} checkpoint on a small, seeded fraction of a scene's labels.
+    finetune.__doc__ = f"""Fine-tune a pre-trained {family_name} checkpoint on a seeded fraction of a scene's labels.
 
     Args:
         model_uri: Pre-trained checkpoint (from `eoseg train {family_name}`).

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_geotiff
+
 from eo_models.checkpoint import load_checkpoint, save_checkpoint, validate_checkpoint
 from eo_models.clusterer.train import ArrayPatchSource
 from eo_models.family import ModelFamily, get_family
@@ -28,7 +28,9 @@ class LabelledArrays:
     def __init__(self, patches: ArrayPatchSource, num_classes: int) -> None:
         self.patches = patches
         rng = np.random.default_rng(0)
-        self.labels = rng.integers(0, num_classes, size=(len(patches), patches.patch_size, patches.patch_size))
+        self.labels = rng.integers(
+            0, num_classes, size=(len(patches), patches.patch_size, patches.patch_size)
+        )
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -66,16 +68,26 @@ class FamilyContract:
         from eo_models.params import params_from_dict
 
         mean, std = scene.mean(axis=(1, 2)).tolist(), scene.std(axis=(1, 2)).tolist()
-        normalised = (scene - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+        normalised = (scene - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[
+            :, None, None
+        ]
         patches = ArrayPatchSource(normalised, patch_size=cls.params["patch_size"])
         reports: list[Progress] = []
         params = params_from_dict(family.training_params, cls.params)
-        ckpt = family.train(patches, in_channels=cls.in_channels, params=params, band_mean=mean, band_std=std,
-                            on_progress=reports.append)  # fmt: skip
+        ckpt = family.train(
+            patches,
+            in_channels=cls.in_channels,
+            params=params,
+            band_mean=mean,
+            band_std=std,
+            on_progress=reports.append,
+        )
         assert reports and all(np.isfinite(r.metrics["loss"]) for r in reports)
         assert ckpt["history"]["loss"] and ckpt["family"] == family.name
         if family.finetune is not None:
-            tuning = params_from_dict(family.finetune_params, {**cls.finetune_params, "num_classes": cls.num_classes})
+            tuning = params_from_dict(
+                family.finetune_params, {**cls.finetune_params, "num_classes": cls.num_classes}
+            )
             ckpt = family.finetune(ckpt, LabelledArrays(patches, cls.num_classes), params=tuning)
         return ckpt
 
@@ -90,8 +102,9 @@ class FamilyContract:
             out = model(torch.randn(2, self.in_channels, 64, 48))
         assert out.shape == (2, self.num_classes, 64, 48)
 
-    def test_checkpoint_round_trip_with_weights_only(self, checkpoint: dict[str, Any], scene: np.ndarray,
-                                                      tmp_path: Path) -> None:
+    def test_checkpoint_round_trip_with_weights_only(
+        self, checkpoint: dict[str, Any], scene: np.ndarray, tmp_path: Path
+    ) -> None:
         validate_checkpoint(checkpoint)
         path = tmp_path / "model.pt"
         save_checkpoint(path, checkpoint)
@@ -101,8 +114,10 @@ class FamilyContract:
         for name, tensor in checkpoint["state_dict"].items():
             torch.testing.assert_close(reloaded["state_dict"][name], tensor, rtol=0, atol=0)
         block = scene[:, :48, :64]
-        np.testing.assert_array_equal(load_predictor(path, device="cpu").predict(block),
-                                      load_predictor(checkpoint, device="cpu").predict(block))
+        np.testing.assert_array_equal(
+            load_predictor(path, device="cpu").predict(block),
+            load_predictor(checkpoint, device="cpu").predict(block),
+        )
 
     def test_predictor_labels_and_nodata(self, checkpoint: dict[str, Any], scene: np.ndarray) -> None:
         predictor = load_predictor(checkpoint, device="cpu")
@@ -115,8 +130,9 @@ class FamilyContract:
         with pytest.raises(ValueError, match="bands"):
             predictor.predict(scene[:1] if self.in_channels > 1 else np.concatenate([scene, scene]))
 
-    def test_scene_context_equals_whole_scene_inference(self, family: ModelFamily, checkpoint: dict[str, Any],
-                                                         scene: np.ndarray) -> None:
+    def test_scene_context_equals_whole_scene_inference(
+        self, family: ModelFamily, checkpoint: dict[str, Any], scene: np.ndarray
+    ) -> None:
         predictor = load_predictor(checkpoint, device="cpu")
         if family.scene_context is None:
             with pytest.raises(ValueError, match="no scene-wide context"):
@@ -126,19 +142,25 @@ class FamilyContract:
         for row in range(0, scene.shape[1], 48):  # tiles with halos, their own pixels as ``inner``
             for col in range(0, scene.shape[2], 64):
                 r0, c0 = max(0, row - family.halo), max(0, col - family.halo)
-                r1, c1 = min(scene.shape[1], row + 48 + family.halo), min(scene.shape[2], col + 64 + family.halo)
+                r1, c1 = (
+                    min(scene.shape[1], row + 48 + family.halo),
+                    min(scene.shape[2], col + 64 + family.halo),
+                )
                 inner = (slice(row - r0, row - r0 + 48), slice(col - c0, col - c0 + 64))
                 partials.append(predictor.context_partial(scene[:, r0:r1, c0:c1], None, inner))
         context = predictor.combine_context(partials)
-        whole = predictor.combine_context([predictor.context_partial(scene, None, (slice(None), slice(None)))])
+        whole = predictor.combine_context(
+            [predictor.context_partial(scene, None, (slice(None), slice(None)))]
+        )
         # float32 convolutions of a tile and of the whole scene differ in the last bits; the reduction
         # itself is exact (float64), so the contexts agree to float32 precision.
         np.testing.assert_allclose(np.asarray(context), np.asarray(whole), rtol=1e-5, atol=1e-6)
         agreement = (predictor.predict(scene, context=context) == predictor.predict(scene)).mean()
         assert agreement >= 0.999
 
-    def test_predict_stage_on_a_small_store(self, checkpoint: dict[str, Any], scene: np.ndarray,
-                                            tmp_path: Path) -> None:
+    def test_predict_stage_on_a_small_store(
+        self, checkpoint: dict[str, Any], scene: np.ndarray, tmp_path: Path
+    ) -> None:
         from eoseg.mosaic.colors import NODATA_LABEL
         from eoseg.predict.stage import predict_store
         from eoseg.store.layout import open_data_array, read_store_info

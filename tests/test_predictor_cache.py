@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import write_geotiff
+
 from eo_models.predict import load_predictor
 from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint
 from eoseg.predict.stage import model_load_counts, predict_store
@@ -18,13 +18,15 @@ from eoseg.tile.stage import tile_scene
 from eoseg.train.checkpoints import save_checkpoint_to
 from eoseg.train.stage import train_on_stores
 
-TINY = dict(epochs=1, iterations=2, batch_size=4, patch_size=32, num_classes=4, device="cpu")
+TINY = {"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32, "num_classes": 4, "device": "cpu"}
 
 
 @pytest.fixture()
 def store(tmp_path):
     rng = np.random.default_rng(5)
-    tif = write_geotiff(tmp_path / "scene.tif", rng.integers(1, 255, size=(3, 96, 96), dtype=np.uint8), nodata=0)
+    tif = write_geotiff(
+        tmp_path / "scene.tif", rng.integers(1, 255, size=(3, 96, 96), dtype=np.uint8), nodata=0
+    )
     uri = tmp_path / "scene.zarr"
     tile_scene(str(tif), str(uri), chunk_size=128, show_progress=False)  # one chunk: whole-scene inference
     return uri

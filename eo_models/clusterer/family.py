@@ -36,8 +36,11 @@ class AttentionPooling:
         kept = features[0][:, inner[0], inner[1]]
         # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
         # differs between Dask workers and this process; the labels must not.
-        return (kept.double().sum(dim=(1, 2)).cpu().numpy(), int(kept.shape[1] * kept.shape[2]),
-                kept.amax(dim=(1, 2)).double().cpu().numpy())  # fmt: skip
+        return (
+            kept.double().sum(dim=(1, 2)).cpu().numpy(),
+            int(kept.shape[1] * kept.shape[2]),
+            kept.amax(dim=(1, 2)).double().cpu().numpy(),
+        )
 
     def combine(self, partials: Sequence[Moments]) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The scene's ``(average, max)`` descriptors (C,) each, as plain floats."""
@@ -50,9 +53,11 @@ class AttentionPooling:
         """Cluster features (N, K, H, W) with the attention weighted by the scene's descriptors."""
         import torch
 
-        average, maximum = (torch.as_tensor(np.asarray(d, np.float32), device=normalised.device)[None]
-                            for d in context)  # fmt: skip
-        return model.forward_with_descriptors(normalised, average, maximum)  # type: ignore[operator, no-any-return]
+        average, maximum = (
+            torch.as_tensor(np.asarray(d, np.float32), device=normalised.device)[None] for d in context
+        )
+        logits: torch.Tensor = model.forward_with_descriptors(normalised, average, maximum)  # type: ignore[operator]
+        return logits
 
 
 class ClustererFamily(ModelFamily):
@@ -75,7 +80,7 @@ class ClustererFamily(ModelFamily):
         return SingleSceneClusterer(ClustererConfig(**model_config))
 
     def training_loop(self) -> Callable[..., dict[str, Any]]:
-        """Algorithm 1 (:func:`eo_models.clusterer.train.train_clusterer`); no resume (a run takes minutes)."""
+        """Algorithm 1 (:func:`eo_models.clusterer.train.train_clusterer`); no resume (runs take minutes)."""
         from eo_models.clusterer.train import train_clusterer
 
         return train_clusterer

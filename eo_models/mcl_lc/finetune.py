@@ -47,7 +47,9 @@ def _random_flips(
     choices = torch.randint(0, 2, (images.shape[0], 2), generator=generator)
     turns = torch.randint(0, 4, (images.shape[0],), generator=generator)
     out_images, out_labels = [], []
-    for image, label, (flip_h, flip_v), k in zip(images, labels, choices.tolist(), turns.tolist(), strict=True):
+    for image, label, (flip_h, flip_v), k in zip(
+        images, labels, choices.tolist(), turns.tolist(), strict=True
+    ):
         dims = [d for d, flip in ((-1, flip_h), (-2, flip_v)) if flip]
         if dims:
             image, label = image.flip(dims), label.flip(dims)
@@ -86,7 +88,8 @@ def _read_labelled(
     labels = np.asarray(labels)
     if images.ndim != 4 or images.shape[:2] != (len(indices), in_channels):
         raise ValueError(
-            f"labelled source returned images of shape {images.shape}; expected ({len(indices)}, {in_channels}, P, P)"
+            f"labelled source returned images of shape {images.shape}; expected ({len(indices)}, "
+            f"{in_channels}, P, P)"
         )
     if labels.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(f"labels have shape {labels.shape}, expected {(images.shape[0], *images.shape[2:])}")
@@ -104,11 +107,12 @@ def _read_labelled(
 def _segmenter_config(ckpt: dict[str, Any], num_classes: int) -> dict[str, Any]:
     config = ckpt["model_config"]
     return {
-        "in_channels": int(config["in_channels"]), "num_classes": num_classes,
+        "in_channels": int(config["in_channels"]),
+        "num_classes": num_classes,
         "aspp_rates": [int(r) for r in config.get("aspp_rates", DEFAULT_ASPP_RATES)],
         "aspp_dropout": float(config.get("aspp_dropout", 0.5)),
         "output_stride": int(config.get("output_stride", 16)),
-    }  # fmt: skip
+    }
 
 
 def _network_from_checkpoint(ckpt: dict[str, Any], num_classes: int) -> DeepLabV3Plus:
@@ -129,7 +133,8 @@ def _network_from_checkpoint(ckpt: dict[str, Any], num_classes: int) -> DeepLabV
     missing = [key for key in result.missing_keys if not key.startswith("classifier.")]
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"checkpoint weights do not fit DeepLabv3+: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"checkpoint weights do not fit DeepLabv3+: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]}"
         )
     return network
 
@@ -137,9 +142,19 @@ def _network_from_checkpoint(ckpt: dict[str, Any], num_classes: int) -> DeepLabV
 class _FinetuneSteps:
     """Supervised fine-tuning plugged into :func:`eo_models.training.fit`."""
 
-    def __init__(self, labelled: LabelledPatchSource, network: DeepLabV3Plus, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LambdaLR, *, params: FinetuneParams, in_channels: int,
-                 steps: int, batch_size: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        labelled: LabelledPatchSource,
+        network: DeepLabV3Plus,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        *,
+        params: FinetuneParams,
+        in_channels: int,
+        steps: int,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
         self.labelled, self.network, self.optimizer, self.scheduler = labelled, network, optimizer, scheduler
         self.params, self.in_channels, self.steps, self.batch_size = params, in_channels, steps, batch_size
         self.device = device
@@ -161,8 +176,13 @@ class _FinetuneSteps:
         images, labels = _read_labelled(self.labelled, indices, self.in_channels, self.params)
         if self.params.augment_flips:
             images, labels = _random_flips(images, labels, self.generator)
-        loss = finetune_step(self.network, self.optimizer, images.to(self.device), labels.to(self.device),
-                             ignore_index=self.params.ignore_index).item()  # fmt: skip
+        loss = finetune_step(
+            self.network,
+            self.optimizer,
+            images.to(self.device),
+            labels.to(self.device),
+            ignore_index=self.params.ignore_index,
+        ).item()
         self.scheduler.step()
         return {"loss": loss}
 
@@ -205,15 +225,37 @@ def finetune_mcl_lc(
         trainable = [p for p in network.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
         scheduler = cosine_schedule(optimizer, params.epochs * steps)
-        plan = _FinetuneSteps(labelled, network, optimizer, scheduler, params=params, in_channels=in_channels,
-                              steps=steps, batch_size=batch_size, device=device)  # fmt: skip
+        plan = _FinetuneSteps(
+            labelled,
+            network,
+            optimizer,
+            scheduler,
+            params=params,
+            in_channels=in_channels,
+            steps=steps,
+            batch_size=batch_size,
+            device=device,
+        )
         fit(plan, epochs=params.epochs, history=history, history_per="epoch", on_progress=on_progress)
     return assemble_checkpoint(
-        family=FAMILY, model_config=_segmenter_config(checkpoint, params.num_classes),
-        band_mean=checkpoint["band_mean"], band_std=checkpoint["band_std"], num_classes=params.num_classes,
-        train_params={**plain_dict(params), "resolved_device": str(device), "num_patches": num_patches,
-                      "steps_per_epoch": steps, "pretrain": checkpoint.get("train_params", {})},
-        history=history, model=network,
-        extra={"stage": "finetune", "epoch": params.epochs, "optimizer_state": cpu_tree(optimizer.state_dict()),
-               "scheduler_state": scheduler.state_dict()},
-    )  # fmt: skip
+        family=FAMILY,
+        model_config=_segmenter_config(checkpoint, params.num_classes),
+        band_mean=checkpoint["band_mean"],
+        band_std=checkpoint["band_std"],
+        num_classes=params.num_classes,
+        train_params={
+            **plain_dict(params),
+            "resolved_device": str(device),
+            "num_patches": num_patches,
+            "steps_per_epoch": steps,
+            "pretrain": checkpoint.get("train_params", {}),
+        },
+        history=history,
+        model=network,
+        extra={
+            "stage": "finetune",
+            "epoch": params.epochs,
+            "optimizer_state": cpu_tree(optimizer.state_dict()),
+            "scheduler_state": scheduler.state_dict(),
+        },
+    )

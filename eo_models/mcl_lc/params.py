@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 
 from eo_models.params import check_bounds
 
-__all__ = ["DEFAULT_EMA_RATE", "DEFAULT_PROJECTION_DIM", "AugmentParams", "FinetuneParams", "LossSwitches",
-           "PretrainParams"]
+__all__ = [
+    "DEFAULT_EMA_RATE",
+    "DEFAULT_PROJECTION_DIM",
+    "AugmentParams",
+    "FinetuneParams",
+    "LossSwitches",
+    "PretrainParams",
+]
 
 DEFAULT_PROJECTION_DIM = 128  # output size of the projection heads g_f and g_s (SimCLR's 128)
 DEFAULT_EMA_RATE = 0.01  # MINE's moving-average rate of the bias-corrected gradient (MINE paper)
@@ -58,9 +64,13 @@ class AugmentParams:
     cloud_count: tuple[int, int] = (1, 3)
     cloud_coverage: tuple[float, float] = (0.05, 0.3)
     cloud_gain: tuple[float, float] = (0.5, 1.0)
-    pseudo_clouds: bool = field(default=True, metadata={
-        "description": "Pseudo-cloud augmentation (the paper's mCL-LC+); off: plain mCL-LC.",
-        "option": "pseudo_clouds"})
+    pseudo_clouds: bool = field(
+        default=True,
+        metadata={
+            "description": "Pseudo-cloud augmentation (the paper's mCL-LC+); off: plain mCL-LC.",
+            "option": "pseudo_clouds",
+        },
+    )
 
     def __post_init__(self) -> None:
         probabilities = ("flip", "rotate90", "colour", "blur", "noise", "cloud")
@@ -94,13 +104,27 @@ class LossSwitches:
         local_consistency: Local-consistency (mutual information) loss ``L_lc``.
     """
 
-    feature: bool = field(default=True, metadata={
-        "description": "Use the feature-level contrastive loss L_fl (Eq. 2).", "option": "feature_level"})
-    semantic: bool = field(default=True, metadata={
-        "description": "Use the semantic-level contrastive loss L_sl (Eq. 4).", "option": "semantic_level"})
-    local_consistency: bool = field(default=True, metadata={
-        "description": "Use the local-consistency (mutual information) loss L_lc (Eq. 6).",
-        "option": "local_consistency"})
+    feature: bool = field(
+        default=True,
+        metadata={
+            "description": "Use the feature-level contrastive loss L_fl (Eq. 2).",
+            "option": "feature_level",
+        },
+    )
+    semantic: bool = field(
+        default=True,
+        metadata={
+            "description": "Use the semantic-level contrastive loss L_sl (Eq. 4).",
+            "option": "semantic_level",
+        },
+    )
+    local_consistency: bool = field(
+        default=True,
+        metadata={
+            "description": "Use the local-consistency (mutual information) loss L_lc (Eq. 6).",
+            "option": "local_consistency",
+        },
+    )
 
     def __post_init__(self) -> None:
         if not (self.feature or self.semantic or self.local_consistency):
@@ -136,17 +160,28 @@ class PretrainParams:
     """
 
     epochs: int = field(default=200, metadata={"description": "Training epochs (paper: 200).", "ge": 1})
-    batch_size: int = field(default=64, metadata={
-        "description": "Patches per batch, N positive pairs (paper: 64).", "ge": 2})
-    patch_size: int = field(default=256, metadata={
-        "description": "Patch edge in pixels (paper: 256; the encoder has stride 16).", "ge": 32})
-    learning_rate: float = field(default=1e-3, metadata={
-        "description": "Initial Adam learning rate, cosine-decayed to 0 (paper: 0.001).", "gt": 0, "cli": "--lr"})
+    batch_size: int = field(
+        default=64, metadata={"description": "Patches per batch, N positive pairs (paper: 64).", "ge": 2}
+    )
+    patch_size: int = field(
+        default=256,
+        metadata={"description": "Patch edge in pixels (paper: 256; the encoder has stride 16).", "ge": 32},
+    )
+    learning_rate: float = field(
+        default=1e-3,
+        metadata={
+            "description": "Initial Adam learning rate, cosine-decayed to 0 (paper: 0.001).",
+            "gt": 0,
+            "cli": "--lr",
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"ge": 0})
-    temperature: float = field(default=0.5, metadata={
-        "description": "NT-Xent temperature tau (not given by the paper).", "gt": 0})
-    num_rois: int = field(default=12, metadata={"description": "Matched ROIs per patch pair N_R (paper: 12).",
-                                                "ge": 1})
+    temperature: float = field(
+        default=0.5, metadata={"description": "NT-Xent temperature tau (not given by the paper).", "gt": 0}
+    )
+    num_rois: int = field(
+        default=12, metadata={"description": "Matched ROIs per patch pair N_R (paper: 12).", "ge": 1}
+    )
     roi_size: int = field(default=8, metadata={"description": "ROI edge in pixels (paper: 8).", "ge": 1})
     losses: LossSwitches = field(default_factory=LossSwitches, metadata={"flatten": True})
     projection_dim: int = field(default=DEFAULT_PROJECTION_DIM, metadata={"ge": 1})
@@ -155,11 +190,16 @@ class PretrainParams:
     aspp_dropout: float = field(default=0.5, metadata={"ge": 0, "lt": 1})
     augment: AugmentParams = field(default_factory=AugmentParams, metadata={"flatten": True})
     encoder_weights: str | None = None
-    max_steps_per_epoch: int | None = field(default=None, metadata={
-        "description": "Cap on updates per epoch. Empty: one pass over the patches.", "ge": 1})
-    seed: int = field(default=0, metadata={"description": "Seed of weights, patch subset, order and augmentations."})
-    device: str = field(default="auto", metadata={
-        "description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."})
+    max_steps_per_epoch: int | None = field(
+        default=None,
+        metadata={"description": "Cap on updates per epoch. Empty: one pass over the patches.", "ge": 1},
+    )
+    seed: int = field(
+        default=0, metadata={"description": "Seed of weights, patch subset, order and augmentations."}
+    )
+    device: str = field(
+        default="auto", metadata={"description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."}
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -188,21 +228,37 @@ class FinetuneParams:
 
     num_classes: int = field(metadata={"ge": 1, "le": 256})
     epochs: int = field(default=20, metadata={"description": "Fine-tuning epochs (paper: 20).", "ge": 1})
-    batch_size: int = field(default=16, metadata={
-        "description": "Patches per batch (not given by the paper; BatchNorm needs two).", "ge": 2})
-    learning_rate: float = field(default=1e-4, metadata={
-        "description": "Initial Adam learning rate, cosine-decayed (paper: 0.0001).", "gt": 0, "cli": "--lr"})
+    batch_size: int = field(
+        default=16,
+        metadata={"description": "Patches per batch (not given by the paper; BatchNorm needs two).", "ge": 2},
+    )
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={
+            "description": "Initial Adam learning rate, cosine-decayed (paper: 0.0001).",
+            "gt": 0,
+            "cli": "--lr",
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"ge": 0})
-    freeze_encoder: bool = field(default=False, metadata={
-        "description": "Train only the decoder and classifier, keeping the pre-trained encoder fixed."})
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={
+            "description": "Train only the decoder and classifier, keeping the pre-trained encoder fixed."
+        },
+    )
     ignore_index: int = -1
     augment_flips: bool = True
-    max_steps_per_epoch: int | None = field(default=None, metadata={
-        "description": "Cap on updates per epoch. Empty: one pass over the patches.", "ge": 1})
-    seed: int = field(default=0, metadata={
-        "description": "Seed of the label sample, patch subset, classifier and order."})
-    device: str = field(default="auto", metadata={
-        "description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."})
+    max_steps_per_epoch: int | None = field(
+        default=None,
+        metadata={"description": "Cap on updates per epoch. Empty: one pass over the patches.", "ge": 1},
+    )
+    seed: int = field(
+        default=0, metadata={"description": "Seed of the label sample, patch subset, classifier and order."}
+    )
+    device: str = field(
+        default="auto", metadata={"description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."}
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)

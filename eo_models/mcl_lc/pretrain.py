@@ -69,15 +69,23 @@ def pretrain_step(
         The losses of the batch before the update.
     """
     views = make_view_pair(
-        patches, params=params.augment, generator=generator, roi_size=params.roi_size,
-        band_mean=band_mean, band_std=band_std,
-    )  # fmt: skip
+        patches,
+        params=params.augment,
+        generator=generator,
+        roi_size=params.roi_size,
+        band_mean=band_mean,
+        band_std=band_std,
+    )
     rois = None
     if params.losses.local_consistency:
         rois = sample_matched_rois(
-            views.matrices_a, views.matrices_b, view_size=tuple(patches.shape[-2:]),  # type: ignore[arg-type]
-            num_rois=params.num_rois, roi_size=params.roi_size, generator=generator,
-        )  # fmt: skip
+            views.matrices_a,
+            views.matrices_b,
+            view_size=tuple(patches.shape[-2:]),  # type: ignore[arg-type]
+            num_rois=params.num_rois,
+            roi_size=params.roi_size,
+            generator=generator,
+        )
     shift = int(torch.randint(1, patches.shape[0], (), generator=generator))
     losses = model.compute_losses(
         views, rois, switches=params.losses, temperature=params.temperature, mine_shift=shift
@@ -91,10 +99,21 @@ def pretrain_step(
 class _PretrainSteps:
     """Algorithm 1 plugged into :func:`eo_models.training.fit`."""
 
-    def __init__(self, patches: PatchSource, model: MclLcModel, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LambdaLR, *, params: PretrainParams, in_channels: int,
-                 steps: int, batch_size: int, band_mean: Sequence[float], band_std: Sequence[float],
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        patches: PatchSource,
+        model: MclLcModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        *,
+        params: PretrainParams,
+        in_channels: int,
+        steps: int,
+        batch_size: int,
+        band_mean: Sequence[float],
+        band_std: Sequence[float],
+        device: torch.device,
+    ) -> None:
         self.patches, self.model, self.optimizer, self.scheduler = patches, model, optimizer, scheduler
         self.params, self.in_channels, self.steps, self.batch_size = params, in_channels, steps, batch_size
         self.band_mean, self.band_std, self.device = band_mean, band_std, device
@@ -108,17 +127,26 @@ class _PretrainSteps:
         return epoch_order(len(self.patches), self.steps, self.batch_size, self.generator)
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
-        batch = read_batch(self.patches, indices, in_channels=self.in_channels, patch_size=self.params.patch_size)
+        batch = read_batch(
+            self.patches, indices, in_channels=self.in_channels, patch_size=self.params.patch_size
+        )
         losses = pretrain_step(
-            self.model, self.optimizer, batch.to(self.device), params=self.params, generator=self.generator,
-            band_mean=self.band_mean, band_std=self.band_std,
-        )  # fmt: skip
+            self.model,
+            self.optimizer,
+            batch.to(self.device),
+            params=self.params,
+            generator=self.generator,
+            band_mean=self.band_mean,
+            band_std=self.band_std,
+        )
         self.scheduler.step()
         return {
-            "loss": losses.total.item(), "feature_loss": losses.feature.item(),
-            "semantic_loss": losses.semantic.item(), "local_consistency_loss": losses.local_consistency.item(),
+            "loss": losses.total.item(),
+            "feature_loss": losses.feature.item(),
+            "semantic_loss": losses.semantic.item(),
+            "local_consistency_loss": losses.local_consistency.item(),
             "mutual_information": losses.mutual_information.item(),
-        }  # fmt: skip
+        }
 
 
 def pretrain_mcl_lc(
@@ -166,45 +194,90 @@ def pretrain_mcl_lc(
     history: dict[str, list[float]] = {key: [] for key in PRETRAIN_METRICS}
     with seeded(params.seed, device):
         model = MclLcModel(
-            in_channels=in_channels, projection_dim=params.projection_dim, roi_size=params.roi_size,
-            mine_hidden_features=params.mine_hidden_features, mine_ema_rate=params.mine_ema_rate,
+            in_channels=in_channels,
+            projection_dim=params.projection_dim,
+            roi_size=params.roi_size,
+            mine_hidden_features=params.mine_hidden_features,
+            mine_ema_rate=params.mine_ema_rate,
             aspp_dropout=params.aspp_dropout,
-        )  # fmt: skip
+        )
         if params.encoder_weights is not None:
             load_resnet50_weights(model.network.backbone, params.encoder_weights)
         model.to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+        )
         scheduler = cosine_schedule(optimizer, params.epochs * steps)
         start_epoch = 0
         if resume_from is not None:
             _check_resumable(resume_from, in_channels, params.epochs)
             model.load_state_dict(resume_from["state_dict"])
-            start_epoch = restore_optimisation(resume_from["extra"], optimizer, scheduler, params.epochs * steps)
+            start_epoch = restore_optimisation(
+                resume_from["extra"], optimizer, scheduler, params.epochs * steps
+            )
             history = {key: list(values) for key, values in resume_from["history"].items()}
         plan = _PretrainSteps(
-            patches, model, optimizer, scheduler, params=params, in_channels=in_channels, steps=steps,
-            batch_size=batch_size, band_mean=band_mean, band_std=band_std, device=device,
-        )  # fmt: skip
-        fit(plan, epochs=params.epochs, start_epoch=start_epoch, stop_epoch=last_epoch, history=history,
-            history_per="epoch", on_progress=on_progress, may_be_nan=("mutual_information",))  # fmt: skip
+            patches,
+            model,
+            optimizer,
+            scheduler,
+            params=params,
+            in_channels=in_channels,
+            steps=steps,
+            batch_size=batch_size,
+            band_mean=band_mean,
+            band_std=band_std,
+            device=device,
+        )
+        fit(
+            plan,
+            epochs=params.epochs,
+            start_epoch=start_epoch,
+            stop_epoch=last_epoch,
+            history=history,
+            history_per="epoch",
+            on_progress=on_progress,
+            may_be_nan=("mutual_information",),
+        )
     model_config = {
-        "in_channels": in_channels, "num_classes": 0, "aspp_rates": list(DEFAULT_ASPP_RATES),
-        "aspp_dropout": params.aspp_dropout, "output_stride": 16,
-    }  # fmt: skip
+        "in_channels": in_channels,
+        "num_classes": 0,
+        "aspp_rates": list(DEFAULT_ASPP_RATES),
+        "aspp_dropout": params.aspp_dropout,
+        "output_stride": 16,
+    }
     return assemble_checkpoint(
-        family=FAMILY, model_config=model_config, band_mean=band_mean, band_std=band_std, num_classes=1,
-        train_params={**plain_dict(params), "resolved_device": str(device), "num_patches": num_patches,
-                      "in_channels": in_channels, "steps_per_epoch": steps},
-        history=history, model=model,
-        extra={"stage": "pretrain", "epoch": max(last_epoch, start_epoch),
-               "optimizer_state": cpu_tree(optimizer.state_dict()), "scheduler_state": scheduler.state_dict()},
-    )  # fmt: skip
+        family=FAMILY,
+        model_config=model_config,
+        band_mean=band_mean,
+        band_std=band_std,
+        num_classes=1,
+        train_params={
+            **plain_dict(params),
+            "resolved_device": str(device),
+            "num_patches": num_patches,
+            "in_channels": in_channels,
+            "steps_per_epoch": steps,
+        },
+        history=history,
+        model=model,
+        extra={
+            "stage": "pretrain",
+            "epoch": max(last_epoch, start_epoch),
+            "optimizer_state": cpu_tree(optimizer.state_dict()),
+            "scheduler_state": scheduler.state_dict(),
+        },
+    )
 
 
 def _check_resumable(ckpt: dict[str, Any], in_channels: int, epochs: int) -> None:
     if ckpt.get("family") != FAMILY or ckpt.get("extra", {}).get("stage") != "pretrain":
         raise ValueError("resume_from must be a pre-training checkpoint returned by pretrain_mcl_lc")
     if int(ckpt["extra"]["epoch"]) > epochs:
-        raise ValueError(f"resume_from has finished {ckpt['extra']['epoch']} epochs; set params.epochs above that")
+        raise ValueError(
+            f"resume_from has finished {ckpt['extra']['epoch']} epochs; set params.epochs above that"
+        )
     if ckpt["model_config"]["in_channels"] != in_channels:
-        raise ValueError(f"resume_from has {ckpt['model_config']['in_channels']} bands, in_channels is {in_channels}")
+        raise ValueError(
+            f"resume_from has {ckpt['model_config']['in_channels']} bands, in_channels is {in_channels}"
+        )

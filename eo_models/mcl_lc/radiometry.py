@@ -33,7 +33,6 @@ def _uniform(generator: torch.Generator, low: float, high: float, size: Sequence
     return low + (high - low) * torch.rand(tuple(size), generator=generator)
 
 
-
 def _band_stats(
     band_mean: Sequence[float] | None, band_std: Sequence[float] | None, images: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

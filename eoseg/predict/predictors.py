@@ -64,7 +64,9 @@ def _match_torch_threads_to_worker() -> None:
     torch.set_num_threads(max(1, slots))
 
 
-def cached_predictor(model_uri: str, device: str | None = None, *, fingerprint: str | None = None) -> Predictor:
+def cached_predictor(
+    model_uri: str, device: str | None = None, *, fingerprint: str | None = None
+) -> Predictor:
     """The predictor for ``model_uri`` in this process, loaded on first use of this checkpoint version.
 
     Args:

@@ -40,16 +40,24 @@ def _load_pretrained(model_uri: str, info: StoreInfo, store_uri: str) -> tuple[A
     family = get_family(checkpoint["family"])
     if family.finetune is None:
         tunable = [name for name in family_names() if get_family(name).finetune is not None]
-        raise ConfigurationError(f"{model_uri}: a {family.name!r} checkpoint, which cannot be fine-tuned; "
-                                 f"fine-tuning needs a pre-trained one of {tunable} (from `eoseg train`)")
+        raise ConfigurationError(
+            f"{model_uri}: a {family.name!r} checkpoint, which cannot be fine-tuned; "
+            f"fine-tuning needs a pre-trained one of {tunable} (from `eoseg train`)"
+        )
     bands = int(checkpoint["model_config"]["in_channels"])
     if bands != info.band_count:
-        raise BandCountError(f"{store_uri}: the scene has {info.band_count} band(s) but {model_uri} was "
-                             f"pre-trained on {bands}; fine-tune on a scene of the pre-training's sensor")
+        raise BandCountError(
+            f"{store_uri}: the scene has {info.band_count} band(s) but {model_uri} was "
+            f"pre-trained on {bands}; fine-tune on a scene of the pre-training's sensor"
+        )
     extra, planned = checkpoint["extra"], int(checkpoint["train_params"].get("epochs", 0))
     if extra.get("stage") == "pretrain" and int(extra.get("epoch", 0)) < planned:
-        logger.warning("%s stopped after %s of %d pre-training epochs (resume it to finish)", model_uri,
-                       extra.get("epoch"), planned)  # fmt: skip
+        logger.warning(
+            "%s stopped after %s of %d pre-training epochs (resume it to finish)",
+            model_uri,
+            extra.get("epoch"),
+            planned,
+        )
     return family, checkpoint
 
 
@@ -106,30 +114,55 @@ def finetune_on_store(
             num_classes = found
         elif num_classes < found:
             raise ConfigurationError(
-                f"{labels_uri}: holds {found} labelled values {list(labels.class_values)} but --num-classes is "
+                f"{labels_uri}: holds {found} labelled values {list(labels.class_values)} but "
+                "--num-classes is "
                 f"{num_classes}; raise it, or mark the values that are not classes with --ignore"
             )
         if num_classes < 2:
-            raise ConfigurationError(f"{labels_uri}: only one class ({labels.class_values[0]}) is labelled; "
-                                     "fine-tuning needs at least two (check --ignore and the raster's nodata)")
+            raise ConfigurationError(
+                f"{labels_uri}: only one class ({labels.class_values[0]}) is labelled; "
+                "fine-tuning needs at least two (check --ignore and the raster's nodata)"
+            )
         family, checkpoint = _load_pretrained(model_uri, info, store_uri)
-        tuning = family_params(family, {**(params or {}), "num_classes": num_classes, "ignore_index": IGNORE_INDEX},
-                               kind="fine-tuning")
+        tuning = family_params(
+            family,
+            {**(params or {}), "num_classes": num_classes, "ignore_index": IGNORE_INDEX},
+            kind="fine-tuning",
+        )
         patches = ZarrLabelledPatchSource(
-            store_uri, labels, patch_size, normalisation=(checkpoint["band_mean"], checkpoint["band_std"]),
-            label_fraction=label_fraction, seed=tuning.seed, max_patches=max_patches,
-        )  # fmt: skip
+            store_uri,
+            labels,
+            patch_size,
+            normalisation=(checkpoint["band_mean"], checkpoint["band_std"]),
+            label_fraction=label_fraction,
+            seed=tuning.seed,
+            max_patches=max_patches,
+        )
         sampled = patches.class_pixels_sampled()
-        logger.info("label sample: %d of the scene's %d labelled pixels (%.2f%%) in %d patches of %d px; "
-                    "fine-tuning on %d of those patches: %s labelled pixels per class value; classes %s -> 0..%d",
-                    patches.sampled_pixels, patches.labelled_pixels,
-                    100 * patches.sampled_pixels / max(patches.labelled_pixels, 1), patches.candidate_patches,
-                    patch_size, len(patches), sampled, list(labels.class_values), num_classes - 1)  # fmt: skip
+        logger.info(
+            "label sample: %d of the scene's %d labelled pixels (%.2f%%) in %d patches of %d px; "
+            "fine-tuning on %d of those patches: %s labelled pixels per class value; classes %s -> 0..%d",
+            patches.sampled_pixels,
+            patches.labelled_pixels,
+            100 * patches.sampled_pixels / max(patches.labelled_pixels, 1),
+            patches.candidate_patches,
+            patch_size,
+            len(patches),
+            sampled,
+            list(labels.class_values),
+            num_classes - 1,
+        )
         started = time.perf_counter()
         tuned = family.finetune(checkpoint, patches, params=tuning, on_progress=log_progress)
         seconds = time.perf_counter() - started
-    tuned["train_params"] = dict(tuned["train_params"], store_uri=store_uri, labels_uri=labels_uri,
-                                 patch_size=patch_size, max_patches=max_patches, seconds=round(seconds, 2))
+    tuned["train_params"] = dict(
+        tuned["train_params"],
+        store_uri=store_uri,
+        labels_uri=labels_uri,
+        patch_size=patch_size,
+        max_patches=max_patches,
+        seconds=round(seconds, 2),
+    )
     # Fine-tuning cannot be resumed, and every predict worker loads this file: leave out the optimiser
     # state (twice the weights' size).
     dropped = ("optimizer_state", "scheduler_state")
@@ -144,7 +177,7 @@ def finetune_on_store(
         sampled_pixels=patches.sampled_pixels,
         pixels_used_per_class={str(value): count for value, count in sampled.items()},
         pretrained_from=model_uri,
-    )  # fmt: skip
+    )
     save_checkpoint_to(tuned_uri, tuned, overwrite=overwrite)
     losses = tuned["history"].get("loss", [])
     summary = {

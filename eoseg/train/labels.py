@@ -46,9 +46,17 @@ def _store_grid_geotiff(info: StoreInfo, path: str) -> str:
     import rasterio
     from affine import Affine
 
-    profile = {"driver": "GTiff", "width": info.width, "height": info.height, "count": 1, "dtype": "uint8",
-               "crs": info.crs_wkt, "transform": Affine(*info.transform[:6]), "tiled": True,
-               "sparse_ok": True}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": info.crs_wkt,
+        "transform": Affine(*info.transform[:6]),
+        "tiled": True,
+        "sparse_ok": True,
+    }
     with rasterio.open(path, "w", **profile):
         pass
     return path
@@ -63,15 +71,15 @@ def prepare_label_raster(labels_uri: str, store_uri: str, info: StoreInfo, scrat
 
     if is_vector_reference(labels_uri):
         if info.crs_wkt is None:
-            raise MissingCRSError(f"{store_uri}: the store has no CRS, so the polygons of {labels_uri} cannot "
-                                  "be placed on its grid; pass a label raster on the store's pixel grid")
+            raise MissingCRSError(
+                f"{store_uri}: the store has no CRS, so the polygons of {labels_uri} cannot "
+                "be placed on its grid; pass a label raster on the store's pixel grid"
+            )
         local = storage.fetch_to_local(labels_uri, scratch)
         like = _store_grid_geotiff(info, os.path.join(scratch, "grid.tif"))
         return rasterize_reference(local, like, os.path.join(scratch, "labels.tif"))
     check_labels_on_grid(labels_uri, info, store_uri)
     return labels_uri
-
-
 
 
 def sampled_label_mask(window: Window, *, fraction: float, seed: int) -> np.ndarray:
@@ -151,7 +159,8 @@ def check_labels_on_grid(uri: str, info: StoreInfo, store_uri: str) -> None:
             return
         if labels.crs is None:
             raise GridMismatchError(
-                f"{uri}: the labels raster has no CRS, so it cannot be checked against the store {store_uri}; "
+                f"{uri}: the labels raster has no CRS, so it cannot be checked against the store "
+                f"{store_uri}; "
                 "georeference it on the scene's grid (gdal_edit.py -a_srs ... -a_ullr ...)"
             )
         from rasterio.crs import CRS
@@ -173,11 +182,14 @@ def scan_label_raster(uri: str, *, ignore_values: Sequence[int] = (), block_rows
     from rasterio.windows import Window as RioWindow
 
     with storage.gdal_env(uri), _open_labels(uri) as labels:
-        unlabelled = sorted({int(v) for v in ignore_values} | ({int(labels.nodata)} if labels.nodata is not None
-                                                                 else set()))  # fmt: skip
+        unlabelled = sorted(
+            {int(v) for v in ignore_values} | ({int(labels.nodata)} if labels.nodata is not None else set())
+        )
         totals: dict[int, int] = {}
         for row in range(0, labels.height, block_rows):
-            strip = labels.read(1, window=RioWindow(0, row, labels.width, min(block_rows, labels.height - row)))
+            strip = labels.read(
+                1, window=RioWindow(0, row, labels.width, min(block_rows, labels.height - row))
+            )
             values, counts = np.unique(strip, return_counts=True)
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                 totals[int(value)] = totals.get(int(value), 0) + int(count)
@@ -203,18 +215,30 @@ class ZarrLabelledPatchSource:
     Only windows holding at least one sampled labelled pixel are kept (the others carry no loss).
     """
 
-    def __init__(self, store_uri: str, labels: LabelRaster, patch_size: int, *,
-                 normalisation: tuple[Sequence[float], Sequence[float]], label_fraction: float, seed: int = 0,
-                 max_patches: int | None = None, min_valid_fraction: float = 0.5) -> None:
+    def __init__(
+        self,
+        store_uri: str,
+        labels: LabelRaster,
+        patch_size: int,
+        *,
+        normalisation: tuple[Sequence[float], Sequence[float]],
+        label_fraction: float,
+        seed: int = 0,
+        max_patches: int | None = None,
+        min_valid_fraction: float = 0.5,
+    ) -> None:
         # The valid windows and the normalisation; pixels are read here, to mask labels on nodata too.
-        self.images = ZarrPatchSource(store_uri, patch_size, min_valid_fraction=min_valid_fraction,
-                                      normalisation=normalisation)
+        self.images = ZarrPatchSource(
+            store_uri, patch_size, min_valid_fraction=min_valid_fraction, normalisation=normalisation
+        )
         self.labels = labels
         self.patch_size = patch_size
         self.label_fraction = label_fraction
         self.seed = seed
         self._lookup_values = np.asarray(labels.class_values, dtype=np.int64)
-        counts = [(int((label >= 0).sum()), labelled) for label, labelled in self._scan(range(len(self.images)))]
+        counts = [
+            (int((label >= 0).sum()), labelled) for label, labelled in self._scan(range(len(self.images)))
+        ]
         self.windows = [w for w, (sampled, _) in enumerate(counts) if sampled > 0]
         # Over every valid window of the scene, before max_patches: labelled pixels, and those sampled.
         self.labelled_pixels = sum(labelled for _, labelled in counts)
@@ -222,7 +246,8 @@ class ZarrLabelledPatchSource:
         self.candidate_patches = len(self.windows)
         if not self.windows:
             raise EmptySceneError(
-                f"{labels.uri}: no {patch_size} px patch of {store_uri} holds a sampled labelled pixel; raise "
+                f"{labels.uri}: no {patch_size} px patch of {store_uri} holds a sampled labelled "
+                "pixel; raise "
                 "--label-fraction or lower --patch-size"
             )
         if max_patches is not None and len(self.windows) > max_patches:
@@ -250,7 +275,9 @@ class ZarrLabelledPatchSource:
         totals = np.zeros(len(self.labels.class_values), np.int64)
         for label in self._read_labels(self.windows):
             totals += np.bincount(label[label >= 0], minlength=len(totals))
-        return {value: int(count) for value, count in zip(self.labels.class_values, totals.tolist(), strict=True)}
+        return {
+            value: int(count) for value, count in zip(self.labels.class_values, totals.tolist(), strict=True)
+        }
 
     @property
     def band_count(self) -> int:

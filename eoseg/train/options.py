@@ -80,7 +80,9 @@ def _exposed_fields(
             continue
         factory = cast(Callable[[], Any], spec.default_factory)
         default = spec.default if spec.default is not dataclasses.MISSING else factory()
-        out.append((metadata.get("option", spec.name), (*prefix, spec.name), hints[spec.name], default, metadata))
+        out.append(
+            (metadata.get("option", spec.name), (*prefix, spec.name), hints[spec.name], default, metadata)
+        )
     return out
 
 
@@ -110,8 +112,10 @@ def options_from_params(
     for option, path, hint, default, metadata in _exposed_fields(params_class):
         bounds = {key: metadata[key] for key in _BOUND_KEYS if key in metadata}
         extra = {"cli": metadata["cli"]} if "cli" in metadata else None
-        fields[option] = (hint, Field(default=default, description=metadata["description"], json_schema_extra=extra,
-                                      **bounds))  # fmt: skip
+        fields[option] = (
+            hint,
+            Field(default=default, description=metadata["description"], json_schema_extra=extra, **bounds),
+        )
         paths[option] = path
     fields.update(stage_fields or {})
     model = create_model(name, __base__=TrainingOptions, __module__=module, __doc__=doc, **fields)
@@ -123,38 +127,67 @@ def options_from_params(
     return model
 
 
-MAX_PATCHES = (int | None, Field(
-    default=None, ge=2,
-    description="Train on a seeded random subset of at most this many patches over all stores (a CPU "
-    "shortcut; the papers use all patches). Empty: all patches.",
-))  # fmt: skip
-CHECKPOINT_EVERY = (int | None, Field(
-    default=None, ge=1,
-    description="Write the checkpoint every N epochs while training, so an interrupted run continues with "
-    "--resume. Empty: only at the end.",
-))  # fmt: skip
+MAX_PATCHES = (
+    int | None,
+    Field(
+        default=None,
+        ge=2,
+        description="Train on a seeded random subset of at most this many patches over all stores (a CPU "
+        "shortcut; the papers use all patches). Empty: all patches.",
+    ),
+)
+CHECKPOINT_EVERY = (
+    int | None,
+    Field(
+        default=None,
+        ge=1,
+        description="Write the checkpoint every N epochs while training, so an interrupted run "
+        "continues with "
+        "--resume. Empty: only at the end.",
+    ),
+)
 TRAIN_STAGE_FIELDS: dict[str, tuple[Any, Any]] = {"max_patches": MAX_PATCHES}
 FINETUNE_STAGE_FIELDS: dict[str, tuple[Any, Any]] = {
-    "label_fraction": (float, Field(
-        default=0.02, gt=0, le=1,
-        description="Share of the labelled pixels used for fine-tuning, a seeded random sample (paper: 2% of "
-        "the data); the other pixels are left out of the loss.",
-    )),
-    "ignore_values": (list[int], Field(
-        default_factory=list, json_schema_extra={"cli": "--ignore"},
-        description="Label values that mark unlabelled pixels (besides the label raster's own nodata; "
-        "repeatable on the command line).",
-    )),
-    "num_classes": (int | None, Field(
-        default=None, ge=1, le=256,
-        description="Number of classes. Empty: the number of distinct labelled values. Label values are "
-        "remapped to 0..N-1 in sorted order.",
-    )),
+    "label_fraction": (
+        float,
+        Field(
+            default=0.02,
+            gt=0,
+            le=1,
+            description="Share of the labelled pixels used for fine-tuning, a seeded random sample "
+            "(paper: 2% of "
+            "the data); the other pixels are left out of the loss.",
+        ),
+    ),
+    "ignore_values": (
+        list[int],
+        Field(
+            default_factory=list,
+            json_schema_extra={"cli": "--ignore"},
+            description="Label values that mark unlabelled pixels (besides the label raster's own nodata; "
+            "repeatable on the command line).",
+        ),
+    ),
+    "num_classes": (
+        int | None,
+        Field(
+            default=None,
+            ge=1,
+            le=256,
+            description="Number of classes. Empty: the number of distinct labelled values. Label values are "
+            "remapped to 0..N-1 in sorted order.",
+        ),
+    ),
     "patch_size": (int, Field(default=256, ge=32, description="Patch edge in pixels (paper: 256).")),
-    "max_patches": (int | None, Field(
-        default=None, ge=2, description="Fine-tune on a seeded random subset of at most this many patches."
-    )),
-}  # fmt: skip
+    "max_patches": (
+        int | None,
+        Field(
+            default=None,
+            ge=2,
+            description="Fine-tune on a seeded random subset of at most this many patches.",
+        ),
+    ),
+}
 
 
 def _class_name(family_name: str, suffix: str) -> str:
@@ -175,12 +208,19 @@ def training_options(family_name: str) -> type[TrainingOptions]:
     from eo_models.family import get_family
 
     family = get_family(family_name)
-    stage = dict(TRAIN_STAGE_FIELDS, **({"checkpoint_every": CHECKPOINT_EVERY} if family.supports_resume else {}))
-    return _cached((family.name, "train"), lambda: options_from_params(
-        family.training_params, name=_class_name(family.name, "TrainingOptions"),
-        doc=f"Training of the {family.name} model family: {family.summary}.", stage_fields=stage,
-        module="eoseg.config",
-    ))  # fmt: skip
+    stage = dict(
+        TRAIN_STAGE_FIELDS, **({"checkpoint_every": CHECKPOINT_EVERY} if family.supports_resume else {})
+    )
+    return _cached(
+        (family.name, "train"),
+        lambda: options_from_params(
+            family.training_params,
+            name=_class_name(family.name, "TrainingOptions"),
+            doc=f"Training of the {family.name} model family: {family.summary}.",
+            stage_fields=stage,
+            module="eoseg.config",
+        ),
+    )
 
 
 def finetune_options(family_name: str) -> type[TrainingOptions]:
@@ -195,9 +235,16 @@ def finetune_options(family_name: str) -> type[TrainingOptions]:
     params_class = family.finetune_params
     if params_class is None:
         raise ValueError(f"the {family.name} model family has no fine-tuning")
-    return _cached((family.name, "finetune"), lambda: options_from_params(
-        params_class, name=_class_name(family.name, "FinetuneOptions"),
-        doc=f"Supervised fine-tuning of a pre-trained {family.name} network on a small labelled fraction of "
-        "one scene.", stage_fields=FINETUNE_STAGE_FIELDS, validation_defaults={"num_classes": 2},
-        module="eoseg.config",
-    ))  # fmt: skip
+    return _cached(
+        (family.name, "finetune"),
+        lambda: options_from_params(
+            params_class,
+            name=_class_name(family.name, "FinetuneOptions"),
+            doc=f"Supervised fine-tuning of a pre-trained {family.name} network on a small labelled "
+            "fraction of "
+            "one scene.",
+            stage_fields=FINETUNE_STAGE_FIELDS,
+            validation_defaults={"num_classes": 2},
+            module="eoseg.config",
+        ),
+    )

@@ -48,7 +48,10 @@ def band_normalisation(info: StoreInfo) -> tuple[list[float], list[float]]:
     """
     if not info.band_stats:
         raise CorruptSceneError(f"{info.source_uri}: the store has no band statistics; tile the scene again")
-    return ([float(m) for m in info.band_stats["mean"]], [max(float(s), 1e-6) for s in info.band_stats["std"]])
+    return (
+        [float(m) for m in info.band_stats["mean"]],
+        [max(float(s), 1e-6) for s in info.band_stats["std"]],
+    )
 
 
 def pooled_band_statistics(infos: Sequence[StoreInfo]) -> tuple[list[float], list[float]]:
@@ -67,7 +70,9 @@ def pooled_band_statistics(infos: Sequence[StoreInfo]) -> tuple[list[float], lis
     counts, means, stds = [], [], []
     for info in infos:
         if not info.band_stats:
-            raise CorruptSceneError(f"{info.source_uri}: its store has no band statistics; tile the scene again")
+            raise CorruptSceneError(
+                f"{info.source_uri}: its store has no band statistics; tile the scene again"
+            )
         means.append(np.asarray(info.band_stats["mean"], np.float64))
         stds.append(np.asarray(info.band_stats["std"], np.float64))
         counts.append(np.asarray(info.band_stats["count"], np.float64))
@@ -80,8 +85,9 @@ def pooled_band_statistics(infos: Sequence[StoreInfo]) -> tuple[list[float], lis
     return [float(v) for v in mean], [float(v) for v in np.maximum(np.sqrt(variance), 1e-6)]
 
 
-def normalise_block(block: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                    nodata: float | int | None) -> np.ndarray:
+def normalise_block(
+    block: np.ndarray, mean: Sequence[float], std: Sequence[float], nodata: float | None
+) -> np.ndarray:
     """``(x - mean) / std`` per band as float32, with nodata pixels set to 0 (the band mean)."""
     valid = valid_pixel_mask(block, nodata)
     out = (block.astype(np.float32) - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(
@@ -96,8 +102,9 @@ def patch_grid(info: StoreInfo, patch_size: int) -> list[Window]:
 
     A strip narrower than a patch at the right or bottom edge is not covered.
     """
-    grid = ChunkGrid(info.height // patch_size * patch_size, info.width // patch_size * patch_size,
-                     patch_size, patch_size)  # fmt: skip
+    grid = ChunkGrid(
+        info.height // patch_size * patch_size, info.width // patch_size * patch_size, patch_size, patch_size
+    )
     return [window for _, window in grid.windows()]
 
 
@@ -156,7 +163,9 @@ def sample_patches(
     missing, so only the chunks of the candidates are decoded; the result is at most ``max_patches``
     valid windows (fewer only if the stores do not hold that many).
     """
-    candidates = [(r, window) for r, reader in enumerate(readers) for window in patch_grid(reader.info, patch_size)]
+    candidates = [
+        (r, window) for r, reader in enumerate(readers) for window in patch_grid(reader.info, patch_size)
+    ]
     if max_patches is None or max_patches >= len(candidates):
         order = np.arange(len(candidates))
         wanted = len(candidates)
@@ -172,7 +181,9 @@ def sample_patches(
             mine = [int(i) for i in batch if candidates[i][0] == r]
             if mine:
                 fractions = reader.valid_fractions([candidates[i][1] for i in mine])
-                kept += [i for i, fraction in zip(mine, fractions, strict=True) if fraction >= min_valid_fraction]
+                kept += [
+                    i for i, fraction in zip(mine, fractions, strict=True) if fraction >= min_valid_fraction
+                ]
     return [candidates[i] for i in sorted(kept)]
 
 
@@ -194,29 +205,49 @@ class MultiStorePatchSource:
             patch has enough valid pixels.
     """
 
-    def __init__(self, store_uris: Sequence[str], patch_size: int, *,
-                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
-                 max_patches: int | None = None, seed: int = 0, min_valid_fraction: float = 0.5) -> None:
+    def __init__(
+        self,
+        store_uris: Sequence[str],
+        patch_size: int,
+        *,
+        normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
+        max_patches: int | None = None,
+        seed: int = 0,
+        min_valid_fraction: float = 0.5,
+    ) -> None:
         infos = read_same_band_stores(store_uris)
         self.store_uris = list(store_uris)
         self.patch_size = patch_size
         self.band_count = infos[0].band_count
         for uri, info in zip(self.store_uris, infos, strict=True):
             if info.height < patch_size or info.width < patch_size:
-                raise ValueError(f"{uri}: the scene ({info.width} x {info.height} px) is smaller than one "
-                                 f"training patch ({patch_size} px); choose a smaller --patch-size")  # fmt: skip
+                raise ValueError(
+                    f"{uri}: the scene ({info.width} x {info.height} px) is smaller than one "
+                    f"training patch ({patch_size} px); choose a smaller --patch-size"
+                )
         mean, std = pooled_band_statistics(infos) if normalisation is None else normalisation
         self.band_mean = [float(value) for value in mean]
         self.band_std = [float(value) for value in std]
         if len(self.band_mean) != self.band_count or len(self.band_std) != self.band_count:
-            raise ValueError(f"{store_uris[0]}: {self.band_count} band(s), but the normalisation has "
-                             f"{len(self.band_mean)} mean(s) and {len(self.band_std)} std(s)")  # fmt: skip
-        self.readers = [StoreWindowReader(uri, info) for uri, info in zip(self.store_uris, infos, strict=True)]
-        self.index = sample_patches(self.readers, patch_size, min_valid_fraction=min_valid_fraction,
-                                    max_patches=max_patches, seed=seed)  # fmt: skip
+            raise ValueError(
+                f"{store_uris[0]}: {self.band_count} band(s), but the normalisation has "
+                f"{len(self.band_mean)} mean(s) and {len(self.band_std)} std(s)"
+            )
+        self.readers = [
+            StoreWindowReader(uri, info) for uri, info in zip(self.store_uris, infos, strict=True)
+        ]
+        self.index = sample_patches(
+            self.readers,
+            patch_size,
+            min_valid_fraction=min_valid_fraction,
+            max_patches=max_patches,
+            seed=seed,
+        )
         if not self.index:
-            raise ValueError(f"{', '.join(self.store_uris)}: no {patch_size} px patch has "
-                             f"{min_valid_fraction:.0%} valid pixels")  # fmt: skip
+            raise ValueError(
+                f"{', '.join(self.store_uris)}: no {patch_size} px patch has "
+                f"{min_valid_fraction:.0%} valid pixels"
+            )
 
     def patches_per_store(self) -> dict[str, int]:
         """Patches kept per store URI."""
@@ -250,11 +281,24 @@ class ZarrPatchSource(MultiStorePatchSource):
         windows: the kept windows, row-major.
     """
 
-    def __init__(self, store_uri: str, patch_size: int, *, min_valid_fraction: float = 0.5,
-                 max_patches: int | None = None, seed: int = 0,
-                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
-        super().__init__([store_uri], patch_size, normalisation=normalisation, max_patches=max_patches, seed=seed,
-                         min_valid_fraction=min_valid_fraction)  # fmt: skip
+    def __init__(
+        self,
+        store_uri: str,
+        patch_size: int,
+        *,
+        min_valid_fraction: float = 0.5,
+        max_patches: int | None = None,
+        seed: int = 0,
+        normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        super().__init__(
+            [store_uri],
+            patch_size,
+            normalisation=normalisation,
+            max_patches=max_patches,
+            seed=seed,
+            min_valid_fraction=min_valid_fraction,
+        )
         self.store_uri = store_uri
         self.info = self.readers[0].info
         self.windows = [window for _, window in self.index]

@@ -49,9 +49,17 @@ def log_progress(progress: Any) -> None:
     """Log a training step: every 10th and the last of each epoch at INFO, the others at DEBUG."""
     last = progress.step == progress.steps_per_epoch
     log = logger.info if last or progress.step % 10 == 0 or progress.steps_per_epoch <= 10 else logger.debug
-    values = ", ".join(f"{name} {value:.4f}" for name, value in progress.metrics.items() if name != "iteration")
-    log("epoch %d/%d step %d/%d: %s", progress.epoch, progress.epochs, progress.step, progress.steps_per_epoch,
-        values)  # fmt: skip
+    values = ", ".join(
+        f"{name} {value:.4f}" for name, value in progress.metrics.items() if name != "iteration"
+    )
+    log(
+        "epoch %d/%d step %d/%d: %s",
+        progress.epoch,
+        progress.epochs,
+        progress.step,
+        progress.steps_per_epoch,
+        values,
+    )
 
 
 def _check_resume(checkpoint: dict[str, Any], resume_uri: str, family: str, wanted: dict[str, Any]) -> int:
@@ -60,16 +68,21 @@ def _check_resume(checkpoint: dict[str, Any], resume_uri: str, family: str, want
     # A resumable checkpoint carries its optimiser state and finished epochs (fine-tuned ones drop them).
     if checkpoint.get("family") != family or "epoch" not in extra or "optimizer_state" not in extra:
         raise ConfigurationError(
-            f"{resume_uri}: not a resumable {family} training checkpoint (family {checkpoint.get('family')!r}, "
-            f"stage {checkpoint.get('extra', {}).get('stage')!r}); --resume takes a checkpoint of `eoseg train`"
+            f"{resume_uri}: not a resumable {family} training checkpoint (family "
+            f"{checkpoint.get('family')!r}, "
+            f"stage {checkpoint.get('extra', {}).get('stage')!r}); --resume takes a checkpoint of "
+            "`eoseg train`"
         )
     recorded = checkpoint["train_params"]
     differing = {
-        key: (recorded.get(key), value) for key, value in wanted.items()
+        key: (recorded.get(key), value)
+        for key, value in wanted.items()
         if key not in _RESUME_MAY_CHANGE and recorded.get(key) != value
-    }  # fmt: skip
+    }
     if differing:
-        listed = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in sorted(differing.items()))
+        listed = "; ".join(
+            f"{key}: {old!r} then, {new!r} now" for key, (old, new) in sorted(differing.items())
+        )
         raise ConfigurationError(
             f"{resume_uri}: resuming needs the first run's stores and options (only epochs and device may "
             f"change); these differ: {listed}"
@@ -94,7 +107,7 @@ def train_on_stores(
     stop_after_epoch: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train a model of family ``family_name`` on the patches of one or more tile stores; write its checkpoint.
+    """Train a ``family_name`` model on the patches of one or more tile stores; write its checkpoint.
 
     Args:
         family_name: a registered model family (``eo_models.family.family_names()``).
@@ -130,10 +143,14 @@ def train_on_stores(
     model_uri = storage.normalise_uri(model_uri)
     resume_uri = storage.normalise_uri(resume_uri) if resume_uri else None
     if (resume_uri or stop_after_epoch or checkpoint_every) and not family.supports_resume:
-        raise ConfigurationError(f"{family.name} training cannot be resumed or stopped early; train it in one run")
+        raise ConfigurationError(
+            f"{family.name} training cannot be resumed or stopped early; train it in one run"
+        )
     if storage.exists(model_uri) and not overwrite and model_uri != resume_uri:
-        raise OutputExistsError(f"{model_uri}: checkpoint already exists. Pass --overwrite to replace it"
-                                + (" (or --resume it to continue its training)." if family.supports_resume else "."))
+        raise OutputExistsError(
+            f"{model_uri}: checkpoint already exists. Pass --overwrite to replace it"
+            + (" (or --resume it to continue its training)." if family.supports_resume else ".")
+        )
     training = family_params(family, params)
     infos = read_same_band_stores(store_uris)
     recorded = {**plain_dict(training), "store_uris": store_uris, "max_patches": max_patches}
@@ -144,17 +161,34 @@ def train_on_stores(
         checkpoint = load_checkpoint_from(resume_uri)
         start_epoch = _check_resume(checkpoint, resume_uri, family.name, recorded)
         normalisation = (checkpoint["band_mean"], checkpoint["band_std"])
-    patches = MultiStorePatchSource(store_uris, training.patch_size, normalisation=normalisation,
-                                    max_patches=max_patches, seed=training.seed)  # fmt: skip
+    patches = MultiStorePatchSource(
+        store_uris,
+        training.patch_size,
+        normalisation=normalisation,
+        max_patches=max_patches,
+        seed=training.seed,
+    )
     epochs = int(training.epochs)
     last_epoch = epochs if stop_after_epoch is None else min(stop_after_epoch, epochs)
     if last_epoch <= start_epoch:
-        raise ConfigurationError(f"--stop-after-epoch {stop_after_epoch}: the run has already finished "
-                                 f"{start_epoch} epoch(s); stop later, or leave it out to finish")  # fmt: skip
-    logger.info("training %s on %d patches of %d px from %d store(s) %s, epochs %d..%d of %d; normalisation "
-                "mean %s std %s", family.name, len(patches), training.patch_size, len(store_uris),
-                patches.patches_per_store(), start_epoch + 1, last_epoch, epochs,
-                [round(v, 3) for v in patches.band_mean], [round(v, 3) for v in patches.band_std])  # fmt: skip
+        raise ConfigurationError(
+            f"--stop-after-epoch {stop_after_epoch}: the run has already finished "
+            f"{start_epoch} epoch(s); stop later, or leave it out to finish"
+        )
+    logger.info(
+        "training %s on %d patches of %d px from %d store(s) %s, epochs %d..%d of %d; normalisation "
+        "mean %s std %s",
+        family.name,
+        len(patches),
+        training.patch_size,
+        len(store_uris),
+        patches.patches_per_store(),
+        start_epoch + 1,
+        last_epoch,
+        epochs,
+        [round(v, 3) for v in patches.band_mean],
+        [round(v, 3) for v in patches.band_std],
+    )
     samples = 0
 
     def on_progress(progress: Any) -> None:
@@ -170,15 +204,24 @@ def train_on_stores(
         epoch = last_epoch if checkpoint_every is None else min(last_epoch, epoch + checkpoint_every)
         if family.supports_resume:
             resumable = {"resume_from": checkpoint, "stop_after_epoch": epoch}
-        checkpoint = family.train(patches, in_channels=infos[0].band_count, params=training,
-                                  band_mean=patches.band_mean, band_std=patches.band_std, on_progress=on_progress,
-                                  **resumable)  # fmt: skip
+        checkpoint = family.train(
+            patches,
+            in_channels=infos[0].band_count,
+            params=training,
+            band_mean=patches.band_mean,
+            band_std=patches.band_std,
+            on_progress=on_progress,
+            **resumable,
+        )
         seconds = time.perf_counter() - started
         checkpoint["train_params"] = dict(
-            checkpoint["train_params"], store_uris=store_uris, max_patches=max_patches,
-            patches_per_store=patches.patches_per_store(), seconds=round(seconds, 2),
+            checkpoint["train_params"],
+            store_uris=store_uris,
+            max_patches=max_patches,
+            patches_per_store=patches.patches_per_store(),
+            seconds=round(seconds, 2),
             normalisation="pooled over the stores" if len(store_uris) > 1 else "the store's band statistics",
-        )  # fmt: skip
+        )
         if len(store_uris) == 1:
             checkpoint["train_params"]["store_uri"] = store_uris[0]
         save_checkpoint_to(model_uri, checkpoint, overwrite=replace_existing)
@@ -205,7 +248,13 @@ def train_on_stores(
         "params": plain_dict(training),
         "ran_on": current_worker_address(),
     }
-    logger.info("trained %s for %d epoch(s) in %.1f s on %s (%.2f patches/s); checkpoint %s", family.name,
-                last_epoch - start_epoch, seconds, summary["device"], summary["patches_per_second"],
-                model_uri)  # fmt: skip
+    logger.info(
+        "trained %s for %d epoch(s) in %.1f s on %s (%.2f patches/s); checkpoint %s",
+        family.name,
+        last_epoch - start_epoch,
+        seconds,
+        summary["device"],
+        summary["patches_per_second"],
+        model_uri,
+    )
     return summary
