@@ -18,7 +18,7 @@ from prefect.concurrency.sync import concurrency
 
 from eoseg.compute.cluster import has_gpu_workers
 
-__all__ = ["GPU_CONCURRENCY_LIMIT", "GPU_RESOURCES", "gpu_slot", "run_on_gpu_worker_if_any"]
+__all__ = ["GPU_CONCURRENCY_LIMIT", "GPU_RESOURCES", "gpu_stage", "run_on_gpu_worker_if_any"]
 
 GPU_CONCURRENCY_LIMIT = "eoseg-gpu"
 GPU_RESOURCES = {"GPU": 1}
@@ -27,13 +27,17 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def gpu_slot(use_gpu: bool) -> Iterator[None]:
-    """Hold one slot of the ``eoseg-gpu`` concurrency limit while a GPU stage runs (nothing otherwise)."""
-    if not use_gpu:
-        yield
+def gpu_stage(client: Any) -> Iterator[bool]:
+    """Decide a stage's placement: yields whether ``client``'s cluster has GPU workers, and if so holds one
+    slot of the ``eoseg-gpu`` concurrency limit while the stage runs.
+
+    Chunked stages (predict) pass the answer on as ``use_gpu`` so that their chunks go to GPU workers.
+    """
+    if not has_gpu_workers(client):
+        yield False
         return
     with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1):
-        yield
+        yield True
 
 
 def run_on_gpu_worker_if_any(client: Any, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -42,8 +46,8 @@ def run_on_gpu_worker_if_any(client: Any, function: Callable[..., T], /, *args: 
     On a GPU worker the call holds an ``eoseg-gpu`` slot for its whole duration. ``function`` must be a
     module-level (picklable) function; its result comes back to the caller.
     """
-    if has_gpu_workers(client):
-        get_run_logger().info("running %s on a GPU worker", function.__name__)
-        with gpu_slot(True):
+    with gpu_stage(client) as use_gpu:
+        if use_gpu:
+            get_run_logger().info("running %s on a GPU worker", function.__name__)
             return client.submit(function, *args, resources=GPU_RESOURCES, pure=False, **kwargs).result()  # type: ignore[no-any-return]
     return function(*args, **kwargs)

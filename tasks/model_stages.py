@@ -1,4 +1,4 @@
-"""Tasks for the stages that run a model: train, fine-tune, predict, and what comes after (quick-look, evaluate).
+"""Tasks for the stages that run a model: train, fine-tune, predict, and what follows (quick-look, evaluate).
 
 Every family goes through the same tasks (the family is a parameter); GPU placement is
 :mod:`tasks.gpu`'s.
@@ -14,16 +14,23 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from eoseg.compute.cluster import connect, has_gpu_workers
+from eoseg.compute.cluster import connect
 from eoseg.io import storage
 from eoseg.predict.stage import predict_store
 from eoseg.train.finetune import finetune_on_store
 from eoseg.train.options import TrainingOptions
 from eoseg.train.stage import train_on_stores
-from tasks.gpu import GPU_CONCURRENCY_LIMIT, gpu_slot, run_on_gpu_worker_if_any
+from tasks.gpu import GPU_CONCURRENCY_LIMIT, gpu_stage, run_on_gpu_worker_if_any
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
-__all__ = ["GPU_CONCURRENCY_LIMIT", "evaluate_task", "finetune_task", "predict_task", "quicklook_task", "train_task"]
+__all__ = [
+    "GPU_CONCURRENCY_LIMIT",
+    "evaluate_task",
+    "finetune_task",
+    "predict_task",
+    "quicklook_task",
+    "train_task",
+]
 
 logger = logging.getLogger("eoseg.tasks")
 
@@ -62,7 +69,7 @@ def finetune_task(
     overwrite: bool,
     scheduler_address: str | None,
 ) -> dict[str, Any]:
-    """Fine-tune a pre-trained checkpoint on a labelled fraction of one scene (GPU worker when there is one)."""
+    """Fine-tune a pre-trained checkpoint on a labelled fraction of one scene (on a GPU worker if any)."""
     with connect(scheduler_address) as client:
         return run_on_gpu_worker_if_any(
             client, finetune_on_store, model_uri, store_uri, labels_uri, tuned_uri,
@@ -88,10 +95,11 @@ def predict_task(
     A retry resumes: chunks already written by the failed attempt are kept.
     """
     with connect(scheduler_address) as client:
-        use_gpu = has_gpu_workers(client)
-        with gpu_slot(use_gpu):
-            info = predict_store(store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-                                 use_gpu=use_gpu, attention_pooling=attention_pooling)
+        with gpu_stage(client) as use_gpu:
+            info = predict_store(
+                store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
+                use_gpu=use_gpu, attention_pooling=attention_pooling,
+            )  # fmt: skip
     return info.to_attrs()
 
 
