@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import write_geotiff
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import write_geotiff
 from eo_models.family import family_names
 from eoseg.tile.stage import tile_scene
 
