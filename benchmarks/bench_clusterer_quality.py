@@ -10,7 +10,7 @@ Compared, all with K = 8 clusters and both mappings of ``eoseg.evaluate.scores.e
 (``majority``: each cluster -> the class it overlaps most, the protocol of Saha et al.; ``hungarian``:
 one-to-one, leftover clusters to their majority class):
 
-* the clusterer through eoseg's own stages: ``tile_scene`` -> ``train_clusterer_on_store`` (a CPU-sized
+* the clusterer through eoseg's own stages: ``tile_scene`` -> ``train_on_stores`` (a CPU-sized
   configuration, several seeds) -> ``predict_store`` (``attention_pooling="scene"``) -> ``mosaic_to_cog``;
 * k-means on the raw pixel values (normalised with the band mean/std of the valid pixels), every pixel,
   ``scipy.cluster.vq.kmeans2`` (k-means++, seeded), K = 8 and, as a sanity line, K = 2.
@@ -227,7 +227,7 @@ def run_clusterer(
 ) -> dict:
     from eoseg.predict.stage import predict_store
     from eoseg.mosaic.cog import mosaic_to_cog
-    from eoseg.train.stage import train_clusterer_on_store
+    from eoseg.train.stage import train_on_stores
 
     tag = f"{name.replace(' ', '_').replace('/', '-').replace('(', '').replace(')', '').replace(':', '').replace(',', '')}_s{seed}"
     model = workdir / f"model_{tag}.pt"  # a distinct URI per run: eoseg caches predictors by model URI
@@ -239,8 +239,8 @@ def run_clusterer(
     if normalisation == "log":
         summary = _train_predict_log(full, max_patches, str(model), str(map_tif))
     else:
-        summary = train_clusterer_on_store(
-            store, str(model), params=full, max_patches=max_patches, overwrite=True
+        summary = train_on_stores(
+            "clusterer", [store], str(model), params=full, max_patches=max_patches, overwrite=True
         )
         trained = time.perf_counter()
         predict_store(
@@ -625,7 +625,7 @@ def render(report: dict) -> list[str]:
             "information the clusters carry). mean ± sample sd over seeds."
         ),
         (
-            "- clusterer: eoseg's stages (tile -> train_clusterer_on_store -> predict_store with scene pooling -> "
+            "- clusterer: eoseg's stages (tile -> train_on_stores -> predict_store with scene pooling -> "
             "mosaic_to_cog), CPU, K = 8. k-means: scipy kmeans2 (k-means++, 100 iterations) on every valid pixel, "
             "normalised with the band mean/std (for one band this is k-means on the raw values)."
         ),

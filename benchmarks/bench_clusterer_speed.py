@@ -2,7 +2,7 @@
 
 Two questions, each answered against a plain reference that has none of eoseg's machinery:
 
-* **Training** (``eoseg.train.stage.train_clusterer_on_store``): patch-iterations per second (each of the J
+* **Training** (``eoseg.train.stage.train_on_stores``): patch-iterations per second (each of the J
   updates on a batch of B patches counts B) on the SpaceNet scene (1 band) and one NAIP scene (4 bands),
   against a *plain PyTorch loop*: the same model, losses, optimiser, batches and shuffles
   (``eo_models.clusterer.train.clusterer_training_step``) on the same patches already in memory as one
@@ -330,7 +330,7 @@ def case_train(case: dict) -> dict:
         clusterer_training_step,
     )
     from eoseg.train.patches import ZarrPatchSource
-    from eoseg.train.stage import train_clusterer_on_store
+    from eoseg.train.stage import train_on_stores
 
     params = dict(case["params"], device="cpu")
     training = ClustererTrainingParams(**params)
@@ -340,8 +340,8 @@ def case_train(case: dict) -> dict:
         model_path = os.path.join(case["workdir"], f"speed_{case['scene']}_{os.getpid()}.pt")
         result["load_start"] = loads()
         busy0, cpu0, started = machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
-        summary = train_clusterer_on_store(
-            store, model_path, params=params, max_patches=max_patches, overwrite=True
+        summary = train_on_stores(
+            "clusterer", [store], model_path, params=params, max_patches=max_patches, overwrite=True
         )
         seconds = time.perf_counter() - started
         result.update(cpu_s=_cpu_seconds() - cpu0, load_end=loads())
@@ -750,7 +750,7 @@ def render(report: dict) -> list[str]:
                 f"Default parameters except a short run: patch 64, batch B = 16, I = 1 epoch, "
                 f"J = {params['iterations']}, max_patches = {params['max_patches']}, Adam 1e-3, K = 8. "
                 "Throughput = patch-iterations per second (each of the J updates on a batch of B patches "
-                "counts B). `eoseg` = `train_clusterer_on_store` end to end (patch index over the Zarr store, "
+                "counts B). `eoseg` = `train_on_stores` end to end (patch index over the Zarr store, "
                 "reads, normalisation, training loop, checkpoint written); `plain` = the same model, losses, "
                 "optimiser, batches and derangements on the same patches already in memory as one tensor. "
                 f"Median of {params['train_repeats']} fresh-process runs. `cpu/wall` = CPU seconds of the "

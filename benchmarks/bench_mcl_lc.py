@@ -11,7 +11,7 @@ budget on the one labelled scene we have, SpaceNet's 900 x 900 px, 0.5 m panchro
 Fine-tuning uses the same seeded 2 % sample of the labelled pixels (the building footprints of
 ``geotiff_labels.geojson`` rasterised onto the scene's grid; 255 building, 0 rest), the same patches,
 steps and learning rate for (a) and (b). Both go through eoseg's own stages:
-``pretrain_mcl_lc_on_stores`` -> ``finetune_mcl_lc_on_store`` -> ``predict_store`` -> ``mosaic_to_cog``,
+``train_on_stores("mcl-lc", ...)`` -> ``finetune_on_store`` -> ``predict_store`` -> ``mosaic_to_cog``,
 and are scored with ``eoseg.evaluate.scores`` (the checkpoint's class index -> class value mapping, no cluster
 matching) on every pixel **not** in the fine-tuning sample: OA, Cohen's kappa, F1 and IoU of the
 building class, and the mean F1 over the two classes.
@@ -112,7 +112,7 @@ def evaluation_reference(reference: str, out: Path, *, fraction: float, seed: in
     import rasterio
 
     from eoseg.geometry import Window
-    from eoseg.train.pretrain_patches import sampled_label_mask
+    from eoseg.train.labels import sampled_label_mask
 
     with rasterio.open(reference) as src:
         values, profile = src.read(1), src.profile
@@ -172,8 +172,8 @@ def random_init_checkpoint(stores: list[str], out: Path, *, patch_size: int, see
     """The seeded initial weights of pre-training (0 epochs run), with the same pooled normalisation."""
     from eo_models.mcl_lc.model import PretrainParams
     from eo_models.mcl_lc.train import pretrain_mcl_lc
-    from eoseg.train.pretrain_patches import MultiStorePatchSource
-    from eoseg.train.stage import save_checkpoint_to
+    from eoseg.train.patches import MultiStorePatchSource
+    from eoseg.train.checkpoints import save_checkpoint_to
 
     patches = MultiStorePatchSource(stores, patch_size, max_patches=8, seed=seed)
     params = PretrainParams(epochs=1, batch_size=4, patch_size=patch_size, seed=seed, device="cpu")
@@ -310,11 +310,12 @@ def main() -> None:
     import torch
 
     from eoseg.predict.stage import predict_store
-    from eoseg.train.pretrain import finetune_mcl_lc_on_store, pretrain_mcl_lc_on_stores
+    from eoseg.train.finetune import finetune_on_store
+    from eoseg.train.stage import train_on_stores
     from eoseg.mosaic.cog import mosaic_to_cog
     from eoseg.evaluate.reference import rasterize_reference
     from eoseg.store.layout import read_store_info
-    from eoseg.train.stage import load_checkpoint_from
+    from eoseg.train.checkpoints import load_checkpoint_from
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -336,7 +337,7 @@ def main() -> None:
     pretrained = work / "pretrained.pt"
     params = {"epochs": args.pretrain_epochs, "batch_size": args.pretrain_batch, "patch_size": args.patch_size,
               "learning_rate": args.pretrain_lr, "seed": args.pretrain_seed, "device": "cpu"}  # fmt: skip
-    summary = pretrain_mcl_lc_on_stores(pretrain_stores, str(pretrained), params=params,
+    summary = train_on_stores("mcl-lc", pretrain_stores, str(pretrained), params=params,
                                         max_patches=args.pretrain_patches, overwrite=True)  # fmt: skip
     pre_checkpoint = load_checkpoint_from(str(pretrained))
     pretraining = {**summary, "steps": pre_checkpoint["train_params"]["steps_per_epoch"] * args.pretrain_epochs,
@@ -356,7 +357,7 @@ def main() -> None:
             for start, checkpoint in starts.items():
                 tag = f"{'pre' if start.startswith('mCL') else 'rand'}_lr{lr:g}_seed{seed}"
                 tuned = work / f"tuned_{tag}.pt"
-                tuning = finetune_mcl_lc_on_store(
+                tuning = finetune_on_store(
                     checkpoint, spacenet, str(LABELS_GEOJSON), str(tuned),
                     params={"epochs": args.finetune_epochs, "batch_size": args.finetune_batch,
                             "learning_rate": lr, "seed": seed, "device": "cpu"},

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from build_large_scene import build_naip_mosaic
 
     from eoseg.tile.stage import tile_scene
-    from eoseg.train.stage import train_clusterer_on_store
+    from eoseg.train.stage import train_on_stores
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(stores[size]).exists():
             tile_scene(str(scene), stores[size], chunk_size=args.chunk_size, show_progress=False)
     model = str(out / "model.pt")
-    train_clusterer_on_store(stores[sizes[0]], model, params=dict(epochs=1, iterations=5, batch_size=8),
+    train_on_stores("clusterer", [stores[sizes[0]]], model, params=dict(epochs=1, iterations=5, batch_size=8),
                              max_patches=32, overwrite=True)
 
     rows = []

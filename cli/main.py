@@ -12,14 +12,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from pydantic import ValidationError
 
-from cli.options import GlobalOptionsGroup
+from cli.global_options import GlobalOptionsGroup
+from cli.options import with_options
 from eoseg.errors import EosegError
 from eoseg.settings import EosegSettings, load_settings
+from eoseg.train.options import training_options
 
 if TYPE_CHECKING:
     from eoseg.compute.cluster import ClusterSpec
@@ -211,64 +213,8 @@ def evaluate(
     typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())
 
 
-# Options of the clusterer's training, shared by `train clusterer` and `run` (defaults: the paper's I, J, K).
-KOption = Annotated[int, typer.Option("--k", min=2, max=254, help="K: number of clusters (paper: 8).")]
-EpochsOption = Annotated[int, typer.Option(min=1, help="I: passes over all patches (paper: 2).")]
-IterationsOption = Annotated[int, typer.Option(min=1, help="J: updates per batch (paper: 50).")]
-PatchSizeOption = Annotated[int, typer.Option(min=8, help="Training patch edge in pixels.")]
-BatchSizeOption = Annotated[int, typer.Option(min=2, help="Patches per batch.")]
-LrOption = Annotated[float, typer.Option("--lr", min=0.0, help="Learning rate.")]
-OptimizerOption = Annotated[str, typer.Option(help="'adam' or 'sgd' (momentum 0.9).")]
-SeedOption = Annotated[int, typer.Option(help="Random seed (same seed, same weights on CPU).")]
-MaxPatchesOption = Annotated[
-    Optional[int], typer.Option(min=2, help="Train on a random subset of at most N patches (CPU shortcut).")
-]
-DeviceOption = Annotated[str, typer.Option(help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")]
-
-
-def _training_options(**values):
-    from eoseg.config import ClustererTrainingOptions
-
-    try:
-        return ClustererTrainingOptions(**values)
-    except ValueError as error:
-        _fail(EosegError(f"invalid training option: {error}"))
-
-
 train_app = typer.Typer(help="Train a model on tile stores.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
-
-
-@train_app.command("clusterer")
-def train_clusterer(
-    store: Annotated[str, typer.Argument(help="Tile store of the scene to learn from (from `eoseg tile`).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Checkpoint to write (MODEL.pt, path or s3://).")],
-    k: KOption = 8,
-    epochs: EpochsOption = 2,
-    iterations: IterationsOption = 50,
-    patch_size: PatchSizeOption = 64,
-    batch_size: BatchSizeOption = 16,
-    lr: LrOption = 1e-3,
-    optimizer: OptimizerOption = "adam",
-    seed: SeedOption = 0,
-    max_patches: MaxPatchesOption = None,
-    device: DeviceOption = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")] = False,
-) -> None:
-    """Train the single-scene clusterer of Saha et al. (2021) on one unlabelled scene.
-
-    Deep clustering with argmax pseudo-labels plus a shuffled-batch contrastive loss (Algorithm 1).
-    Runs on a GPU worker when the Dask cluster has one (resource GPU), else here; progress per batch.
-    """
-    from flows.segment_flows import train_clusterer_flow
-
-    options = _training_options(num_classes=k, epochs=epochs, iterations=iterations, patch_size=patch_size,
-                                batch_size=batch_size, learning_rate=lr, optimizer=optimizer, seed=seed,
-                                max_patches=max_patches, device=device)
-    summary = _run_flow(train_clusterer_flow, store, out, training=options, cluster=_cluster_spec(),
-                        overwrite=overwrite)
-    typer.echo(f"model: {summary['model_uri']}  ({summary['patches']} patches, {summary['seconds']} s, "
-               f"final loss {summary['final_loss']:.4f})")
 
 
 @app.command()
@@ -301,10 +247,12 @@ def predict(
 
 
 @app.command()
+@with_options(training_options("clusterer"), into="training")
 def run(
     scene: Annotated[str, typer.Argument(help="Input GeoTIFF (path or s3://).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")],
-    model: Annotated[str, typer.Option("--model", help="Model family: 'clusterer' or 'mcl-lc'.")] = "clusterer",
+    model: Annotated[str, typer.Option("--model", help="Model family (see `eoseg train --help`): 'clusterer' "
+                                       "trains here; others need --weights.")] = "clusterer",
     weights: Annotated[
         Optional[str], typer.Option(help="Existing checkpoint: segment without training (e.g. a similar scene).")
     ] = None,
@@ -312,20 +260,11 @@ def run(
         Optional[str], typer.Option(help="Reference map (raster, or GeoJSON polygons) to score the result.")
     ] = None,
     chunk_size: Annotated[int, typer.Option(min=16, help="Tile store chunk edge in pixels.")] = 1024,
-    k: KOption = 8,
-    epochs: EpochsOption = 2,
-    iterations: IterationsOption = 50,
-    patch_size: PatchSizeOption = 64,
-    batch_size: BatchSizeOption = 16,
-    lr: LrOption = 1e-3,
-    optimizer: OptimizerOption = "adam",
-    seed: SeedOption = 0,
-    max_patches: MaxPatchesOption = None,
-    device: DeviceOption = "auto",
     allow_ungeoreferenced: Annotated[
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    training: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
 
@@ -335,11 +274,10 @@ def run(
     from eoseg.config import TileOptions
     from flows.segment_flows import segment_scene_flow
 
-    if model not in ("clusterer", "mcl-lc"):
-        _fail(EosegError(f"--model must be 'clusterer' or 'mcl-lc', got {model!r}"))
-    training = _training_options(num_classes=k, epochs=epochs, iterations=iterations, patch_size=patch_size,
-                                 batch_size=batch_size, learning_rate=lr, optimizer=optimizer, seed=seed,
-                                 max_patches=max_patches, device=device)
+    from eo_models.family import family_names
+
+    if model not in family_names():
+        _fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
     result = _run_flow(segment_scene_flow, scene, out, model=model, weights_uri=weights, reference_uri=reference,
                        tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
                        training=training, cluster=_cluster_spec(), overwrite=overwrite)
@@ -379,9 +317,9 @@ def quicklook(
     typer.echo(f"quick-look: {out}")
 
 
-from cli.pretrain import register as _register_mcl_lc  # noqa: E402  (commands live in their own module)
+from cli.train import register as _register_training  # noqa: E402  (commands live in their own module)
 
-_register_mcl_lc(app, train_app)
+_register_training(app, train_app)
 
 
 def main() -> None:

@@ -161,7 +161,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not source.is_file():
         raise FileNotFoundError(f"checkpoint {source} does not exist; train a model first or check the path")
     try:
-        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+        ckpt: dict[str, Any] = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types (UnpicklingError, RuntimeError, EOFError)
         raise CheckpointError(
             f"{source} cannot be loaded as an eoseg checkpoint with weights_only=True ({error}); "

@@ -1,7 +1,8 @@
 """Inference from a checkpoint: raw pixel blocks in, uint8 cluster/class labels out.
 
-Implements the prediction contract of ``docs/interfaces.md`` for every family in
-``eo_models.registry.MODEL_BUILDERS``.
+Implements the prediction contract of ``docs/interfaces.md`` for every registered model family
+(:mod:`eo_models.family`); the family's optional scene-wide context pass is exposed as
+``context_partial`` / ``combine_context`` and used by ``predict(..., context=...)``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from eo_models.checkpoint import CheckpointError, load_checkpoint, validate_checkpoint
-from eo_models.registry import MODEL_BUILDERS
+from eo_models.family import ModelFamily, SceneContext, get_family
 
 __all__ = ["Predictor", "load_predictor", "resolve_device"]
 
@@ -31,7 +32,7 @@ class Predictor:
     """A trained model in eval mode plus the normalisation it was trained with.
 
     Attributes:
-        family: Model family name, a key of ``MODEL_BUILDERS``.
+        family: Model family name (``eo_models.family.get_family``).
         num_classes: Labels are in ``[0, num_classes)``.
         in_channels: Number of bands a block must have.
         halo: Pixels of context each side that the caller should read around a tile.
@@ -42,7 +43,7 @@ class Predictor:
         self,
         model: nn.Module,
         *,
-        family: str,
+        family: str | ModelFamily,
         num_classes: int,
         in_channels: int,
         halo: int,
@@ -55,7 +56,8 @@ class Predictor:
             raise ValueError(
                 f"band statistics have {len(band_mean)} means and {len(band_std)} stds for {in_channels} bands"
             )
-        self.family = family
+        self.model_family = family if isinstance(family, ModelFamily) else get_family(family)
+        self.family = self.model_family.name
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.halo = halo
@@ -64,7 +66,7 @@ class Predictor:
         self._band_mean = torch.tensor(band_mean, dtype=torch.float32, device=device)[:, None, None]
         self._band_std = torch.tensor(band_std, dtype=torch.float32, device=device)[:, None, None]
 
-    def predict(self, block: np.ndarray, valid: np.ndarray | None = None, *, descriptors=None) -> np.ndarray:
+    def predict(self, block: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
         """Label every pixel of one block.
 
         Args:
@@ -73,6 +75,7 @@ class Predictor:
                 infinite value) are set to 0 after normalisation, i.e. to the band mean, so they
                 cannot spread NaN through the convolutions and the attention's global pooling. Their
                 labels are meaningless; the caller writes nodata over them.
+            context: Optional scene-wide context (``combine_context``); see ``predict_batch``.
 
         Returns:
             uint8 labels of shape (rows, cols) in ``[0, num_classes)``.
@@ -86,9 +89,10 @@ class Predictor:
             raise ValueError(f"block must have shape (bands, rows, cols), got shape {block.shape}")
         if valid is not None:
             valid = np.asarray(valid)[None]
-        return self.predict_batch(block[None], valid, descriptors=descriptors)[0]
+        labels: np.ndarray = self.predict_batch(block[None], valid, context=context)[0]
+        return labels
 
-    def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None, *, descriptors=None) -> np.ndarray:
+    def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
         """Label several same-size blocks in one forward pass.
 
         Each block is still processed independently of the others (eval-mode BatchNorm uses running
@@ -97,15 +101,17 @@ class Predictor:
         Args:
             blocks: Raw pixel values, shape (N, bands, rows, cols), any real numeric dtype.
             valid: Optional bool mask (N, rows, cols); see ``predict``.
-            descriptors: Optional ``(average, max)`` channel descriptors (C,) pooled over a whole
-                scene (see ``attention_moments``); the model then uses them instead of pooling over
-                each block, so tiled inference equals whole-scene inference.
+            context: Optional scene-wide context of the family's context pass, reduced over a whole
+                scene by ``combine_context`` (the clusterer: channel-attention descriptors); the model
+                then uses it instead of pooling over each block, so tiled inference equals whole-scene
+                inference.
 
         Returns:
             uint8 labels of shape (N, rows, cols).
 
         Raises:
-            ValueError: If the shape or band count is wrong.
+            ValueError: If the shape or band count is wrong, or a context is given to a family without
+                a context pass.
             TypeError: If the dtype is not numeric.
         """
         blocks = np.asarray(blocks)
@@ -124,10 +130,8 @@ class Predictor:
 
         with torch.inference_mode():
             normalised = self._normalise(blocks, valid)
-            if descriptors is not None:
-                average, maximum = (torch.as_tensor(np.asarray(d, np.float32), device=self.device)[None]
-                                    for d in descriptors)
-                outputs = self.model.forward_with_descriptors(normalised, average, maximum)
+            if context is not None:
+                outputs = self._scene_context().forward(self.model, normalised, context)
             else:
                 outputs = self.model(normalised)
             return outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
@@ -144,27 +148,36 @@ class Predictor:
         return torch.where(keep, normalised, torch.zeros((), device=self.device))
 
     @property
-    def supports_scene_pooling(self) -> bool:
-        """Whether the model's global pooling can be computed over a whole scene, tile by tile."""
-        return hasattr(self.model, "forward_with_descriptors")
+    def supports_scene_context(self) -> bool:
+        """Whether the family has a scene-wide context pass (the clusterer's attention pooling)."""
+        return self.model_family.scene_context is not None
 
-    def attention_moments(self, block: np.ndarray, valid: np.ndarray | None, inner: tuple[slice, slice]):
-        """Sum and maximum over the ``inner`` pixels of the features that the channel attention pools.
+    def _scene_context(self) -> SceneContext:
+        context = self.model_family.scene_context
+        if context is None:
+            raise ValueError(f"the {self.family} model family has no scene-wide context pass")
+        return context
 
-        Summed over the tiles of a scene (each tile read with a halo at least the convolutions'
-        radius, ``inner`` its own pixels), these give exactly the whole-scene average and max
-        descriptors. Returns ``(sum (C,), pixel count, max (C,))`` as float64/int.
+    def context_partial(self, block: np.ndarray, valid: np.ndarray | None, inner: tuple[slice, slice]) -> Any:
+        """First pass over one tile: its partial scene context (the clusterer: feature sum, count, max).
+
+        Args:
+            block: Raw pixels (bands, rows, cols) of the tile grown by a halo of at least the
+                convolutions' radius.
+            valid: Optional bool mask (rows, cols).
+            inner: The tile's own pixels within ``block``.
+
+        Raises:
+            ValueError: If the family has no context pass.
         """
-        if not self.supports_scene_pooling:
-            raise ValueError(f"the {self.family} model has no channel attention to pool over a scene")
+        context = self._scene_context()
         with torch.inference_mode():
-            features = self.model.features(self._normalise(np.asarray(block)[None],
-                                                           None if valid is None else np.asarray(valid)[None]))
-            kept = features[0][:, inner[0], inner[1]]
-            # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
-            # differs between Dask workers and this process; the labels must not.
-            return (kept.double().sum(dim=(1, 2)).cpu().numpy(), int(kept.shape[1] * kept.shape[2]),
-                    kept.amax(dim=(1, 2)).double().cpu().numpy())
+            mask = None if valid is None else np.asarray(valid)[None]
+            return context.partial(self.model, self._normalise(np.asarray(block)[None], mask), inner)
+
+    def combine_context(self, partials: Sequence[Any]) -> Any:
+        """Reduce the partials of every tile of a scene to the context ``predict`` takes."""
+        return self._scene_context().combine(partials)
 
 
 def load_predictor(
@@ -192,26 +205,24 @@ def load_predictor(
         ckpt = load_checkpoint(path_or_ckpt)
         source = str(path_or_ckpt)
     family_name = ckpt["family"]
-    if family_name not in MODEL_BUILDERS:
-        raise CheckpointError(
-            f"{source}: unknown model family {family_name!r}; known families: {sorted(MODEL_BUILDERS)}"
-        )
-    family = MODEL_BUILDERS[family_name]
-    model = family.build(ckpt["model_config"])
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        family = get_family(family_name)
+    except KeyError as error:
+        raise CheckpointError(f"{source}: {error.args[0]}") from error
+    try:
+        model = family.load_model(ckpt)
     except RuntimeError as error:
         raise CheckpointError(
             f"{source}: its weights do not fit the {family_name} model described by its model_config: {error}"
         ) from error
-    in_channels = int(ckpt["model_config"].get("in_channels", len(ckpt["band_mean"])))
+    in_channels = family.in_channels(ckpt)
     if len(ckpt["band_mean"]) != in_channels:
         raise CheckpointError(
             f"{source}: model_config says {in_channels} input bands but band_mean has {len(ckpt['band_mean'])}"
         )
     return Predictor(
         model,
-        family=family_name,
+        family=family,
         num_classes=int(ckpt["num_classes"]),
         in_channels=in_channels,
         halo=family.halo,

@@ -10,6 +10,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from eoseg.tile.stage import DEFAULT_CHUNK_SIZE
+from eoseg.train.options import TrainingOptions, finetune_options, training_options
+
+__all__ = [
+    "ClustererTrainingOptions",
+    "MclLcFinetuneOptions",
+    "MclLcTrainingOptions",
+    "MosaicOptions",
+    "PredictOptions",
+    "TileOptions",
+    "TrainingOptions",
+]
 
 
 class _Options(BaseModel):
@@ -40,28 +51,12 @@ class MosaicOptions(_Options):
     )
 
 
-class ClustererTrainingOptions(_Options):
-    """Training of the single-scene clusterer (Saha et al. 2021, Algorithm 1). Defaults are the paper's
-    where it gives them (I, J, K); the rest are documented choices (see eo_models.clusterer.train)."""
-
-    num_classes: int = Field(default=8, ge=2, le=254, description="K: number of output features = clusters (paper: 8).")
-    epochs: int = Field(default=2, ge=1, description="I: passes over all patches (paper: 2).")
-    iterations: int = Field(default=50, ge=1, description="J: updates on each batch before the next (paper: 50).")
-    patch_size: int = Field(default=64, ge=8, description="Patch edge R' = C' in pixels (not given by the paper).")
-    batch_size: int = Field(default=16, ge=2, description="B: patches per batch (not given by the paper).")
-    learning_rate: float = Field(default=1e-3, gt=0, description="Optimiser learning rate (not given by the paper).")
-    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="Adam, or SGD with momentum 0.9.")
-    seed: int = Field(default=0, description="Seed for weights, patch order and shuffles (reproducible on CPU).")
-    max_patches: int | None = Field(
-        default=None, ge=2,
-        description="Train on a seeded random subset of at most this many patches (a CPU shortcut; the paper "
-        "uses all patches). Empty: all patches.",
-    )  # fmt: skip
-    device: str = Field(default="auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")
-
-    def training_params(self) -> dict:
-        """Keyword arguments of eo_models.clusterer.train.ClustererTrainingParams."""
-        return self.model_dump(exclude={"max_patches"})
+# Training options per model family, derived from the family's hyper-parameter dataclass in eo_models
+# (declared once there; see eoseg.train.options). Module-level names so that flows can type their
+# parameters with them (the Prefect UI renders a form from the schema).
+ClustererTrainingOptions = training_options("clusterer")
+MclLcTrainingOptions = training_options("mcl-lc")
+MclLcFinetuneOptions = finetune_options("mcl-lc")
 
 
 class PredictOptions(_Options):
@@ -73,6 +68,7 @@ class PredictOptions(_Options):
     )  # fmt: skip
     attention_pooling: Literal["scene", "tile"] = Field(
         default="scene",
-        description="Clusterer's channel attention: 'scene' pools over the whole scene in a first pass "
-        "(tiled output equals whole-scene output), 'tile' pools per tile (one pass, faster).",
+        description="Scene-wide context of families that have one (the clusterer's channel attention): "
+        "'scene' reduces it over the whole scene in a first pass (tiled output equals whole-scene output), "
+        "'tile' pools per tile (one pass, faster).",
     )

@@ -47,8 +47,8 @@ from eoseg.errors import ConfigurationError, EosegError
 from eoseg.train.stores import reusable_tile_store
 from flows.segment_flows import segment_scene_flow
 from tasks.catalog_stages import catalogue_map_task
+from tasks.model_stages import train_task
 from tasks.storage_stages import tile_task
-from tasks.training_set_stages import train_clusterer_on_stores_task
 
 _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
 _CREDENTIAL_KEYS = {
@@ -547,8 +547,8 @@ def train_model_flow(
                         scheduler_address=address,
                     )
                 stores.append(store)
-            summary = train_clusterer_on_stores_task(
-                stores, model_uri, options=training, overwrite=overwrite, scheduler_address=address
+            summary = train_task(
+                model, stores, model_uri, options=training, overwrite=overwrite, scheduler_address=address
             )
     seconds = time.perf_counter() - started
     title = (

@@ -1,4 +1,7 @@
-"""The end-to-end segmentation flow (tile -> train -> predict -> mosaic), and its model stages alone."""
+"""The end-to-end segmentation flow (tile -> train -> predict -> mosaic), and the predict stage alone.
+
+Training flows per model family are in :mod:`flows.train_flows`.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,17 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
+from eo_models.family import family_names, get_family
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from eoseg.outputs import RunOutputs
 from eoseg.store.lifecycle import check_file_output
-from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_clusterer_task
+from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
-
-@flow(name="train-clusterer", log_prints=True)
-def train_clusterer_flow(
-    store_uri: str,
-    model_uri: str,
-    training: ClustererTrainingOptions = ClustererTrainingOptions(),
-    cluster: ClusterSpec = ClusterSpec(),
-    overwrite: bool = False,
-) -> dict:
-    """Train the single-scene clusterer (Saha et al.) on a tile store; GPU worker when the cluster has one."""
-    with dask_cluster(cluster) as address:
-        return train_clusterer_task(store_uri, model_uri, options=training, overwrite=overwrite,
-                                    scheduler_address=address)
+# The registered model families, as a choice in the Prefect UI.
+FamilyName = Literal[tuple(family_names())]  # type: ignore[valid-type]
 
 
 @flow(name="predict", log_prints=True)
@@ -48,7 +41,7 @@ def predict_flow(
 def segment_scene_flow(
     scene_uri: str,
     map_uri: str,
-    model: Literal["clusterer", "mcl-lc"] = "clusterer",
+    model: FamilyName = "clusterer",
     weights_uri: str | None = None,
     reference_uri: str | None = None,
     tile: TileOptions = TileOptions(),
@@ -65,9 +58,12 @@ def segment_scene_flow(
     """
     logger = get_run_logger()
     outputs = RunOutputs.for_map(map_uri)
-    if model == "mcl-lc" and weights_uri is None:
-        raise ConfigurationError("mcl-lc needs pre-trained, fine-tuned weights: run `eoseg train mcl-lc` and "
+    family = get_family(model)
+    if weights_uri is None and family.finetune is not None:
+        raise ConfigurationError(f"{model} needs pre-trained, fine-tuned weights: run `eoseg train {model}` and "
                                  "`eoseg finetune`, then pass --weights")
+    if weights_uri is None and training.params_class is not family.training_params:
+        raise ConfigurationError(f"the training options given are not those of the {model} model family")
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
     scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=tile.allow_ungeoreferenced)
     logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
@@ -78,8 +74,8 @@ def segment_scene_flow(
         training_summary = None
         model_uri = weights_uri
         if model_uri is None:
-            training_summary = train_clusterer_task(outputs.tiles, outputs.model, options=training,
-                                                    overwrite=overwrite, scheduler_address=address)
+            training_summary = train_task(model, [outputs.tiles], outputs.model, options=training,
+                                          overwrite=overwrite, scheduler_address=address)
             model_uri = outputs.model
             logger.info("trained model kept at %s", outputs.model)
         predict_task(outputs.tiles, model_uri, outputs.labels, halo=predict.halo, overwrite=overwrite,

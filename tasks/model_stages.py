@@ -1,53 +1,83 @@
-"""Tasks for the stages that run a model: train, predict, and what comes after (quick-look, evaluate)."""
+"""Tasks for the stages that run a model: train, fine-tune, predict, and what follows (quick-look, evaluate).
+
+Every family goes through the same tasks (the family is a parameter); GPU placement is
+:mod:`tasks.gpu`'s.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import tempfile
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.concurrency.sync import concurrency
 
+from eoseg.compute.cluster import connect
 from eoseg.io import storage
 from eoseg.io.publish import publish_file
-from eoseg.compute.cluster import connect, has_gpu_workers
-from eoseg.config import ClustererTrainingOptions
 from eoseg.predict.stage import predict_store
-from eoseg.train.stage import train_clusterer_on_store
+from eoseg.train.finetune import finetune_on_store
+from eoseg.train.options import TrainingOptions
+from eoseg.train.stage import train_on_stores
+from tasks.gpu import GPU_CONCURRENCY_LIMIT, gpu_stage, run_on_gpu_worker_if_any
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
+
+__all__ = [
+    "GPU_CONCURRENCY_LIMIT",
+    "evaluate_task",
+    "finetune_task",
+    "predict_task",
+    "quicklook_task",
+    "train_task",
+]
 
 logger = logging.getLogger("eoseg.tasks")
 
-# Global concurrency limit that caps GPU stages across all flow runs. Create it once per server:
-#   prefect gcl create eoseg-gpu --limit <number of GPUs>
-# Without it the stages run unthrottled (non-strict), so a fresh install works out of the box.
-GPU_CONCURRENCY_LIMIT = "eoseg-gpu"
 
-
-@task(name="train-clusterer")
-def train_clusterer_task(
-    store_uri: str,
+@task(name="train", task_run_name="train-{family}")
+def train_task(
+    family: str,
+    store_uris: list[str],
     model_uri: str,
     *,
-    options: ClustererTrainingOptions,
+    options: TrainingOptions,
     overwrite: bool,
     scheduler_address: str | None,
-) -> dict:
-    """Train the clusterer: on a GPU worker when the cluster has one, else in this process."""
-    kwargs = dict(params=options.training_params(), max_patches=options.max_patches, overwrite=overwrite)
+    resume_uri: str | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train a model of ``family`` on tile stores: on a GPU worker when the cluster has one, else here."""
+    stage = {key: getattr(options, key) for key in options.stage_fields}
     with connect(scheduler_address) as client:
-        if has_gpu_workers(client):
-            get_run_logger().info("training on a GPU worker of %s", scheduler_address)
-            with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1):
-                future = client.submit(train_clusterer_on_store, store_uri, model_uri, resources={"GPU": 1},
-                                       pure=False, **kwargs)
-                summary = future.result()
-            get_run_logger().info("trained on worker %s", summary["ran_on"])
-            return summary
-    return train_clusterer_on_store(store_uri, model_uri, **kwargs)
+        summary = run_on_gpu_worker_if_any(
+            client, train_on_stores, family, store_uris, model_uri, params=options.training_params(),
+            resume_uri=resume_uri, stop_after_epoch=stop_after_epoch, overwrite=overwrite, **stage,
+        )  # fmt: skip
+    get_run_logger().info("trained %s on %s", family, summary["ran_on"])
+    return summary
+
+
+@task(name="finetune")
+def finetune_task(
+    model_uri: str,
+    store_uri: str,
+    labels_uri: str,
+    tuned_uri: str,
+    *,
+    options: TrainingOptions,
+    overwrite: bool,
+    scheduler_address: str | None,
+) -> dict[str, Any]:
+    """Fine-tune a pre-trained checkpoint on a labelled fraction of one scene (on a GPU worker if any)."""
+    with connect(scheduler_address) as client:
+        return run_on_gpu_worker_if_any(
+            client, finetune_on_store, model_uri, store_uri, labels_uri, tuned_uri,
+            params=options.training_params(), num_classes=options.num_classes,  # type: ignore[attr-defined]
+            label_fraction=options.label_fraction, ignore_values=tuple(options.ignore_values),  # type: ignore[attr-defined]
+            patch_size=options.patch_size, max_patches=options.max_patches, overwrite=overwrite,  # type: ignore[attr-defined]
+        )  # fmt: skip
 
 
 @task(name="predict", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
@@ -60,16 +90,17 @@ def predict_task(
     overwrite: bool,
     scheduler_address: str | None,
     attention_pooling: str = "scene",
-) -> dict:
+) -> dict[str, Any]:
     """Tiled inference on the cluster (GPU workers only, when there are any); returns label store metadata.
 
     A retry resumes: chunks already written by the failed attempt are kept.
     """
     with connect(scheduler_address) as client:
-        use_gpu = has_gpu_workers(client)
-        with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1) if use_gpu else contextlib.nullcontext():
-            info = predict_store(store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-                                 use_gpu=use_gpu, attention_pooling=attention_pooling)
+        with gpu_stage(client) as use_gpu:
+            info = predict_store(
+                store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
+                use_gpu=use_gpu, attention_pooling=attention_pooling,
+            )  # fmt: skip
     return info.to_attrs()
 
 

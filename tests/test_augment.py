@@ -5,19 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eo_models.mcl_lc.augment import (
-    AugmentParams,
-    GeometricParams,
-    GeometricTransform,
+from eo_models.mcl_lc.augment import AugmentParams, GeometricParams, GeometricTransform, make_view_pair, resample
+from eo_models.mcl_lc.radiometry import (
     add_pseudo_clouds,
     apply_radiometric_augmentations,
-    extract_rois,
     gaussian_blur,
-    make_view_pair,
     random_pseudo_cloud_mask,
-    resample,
-    sample_matched_rois,
 )
+from eo_models.mcl_lc.rois import extract_rois, sample_matched_rois
 
 SIZE = 32
 

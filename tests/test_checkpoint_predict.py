@@ -11,7 +11,7 @@ import torch
 
 from eo_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from eo_models.predict import Predictor, load_predictor
-from eo_models.registry import MODEL_BUILDERS
+from eo_models.family import get_family
 from eo_models.clusterer.train import ArrayPatchSource, ClustererTrainingParams, train_clusterer
 
 BAND_MEAN = [100.0, 50.0, 20.0]
@@ -66,7 +66,7 @@ def test_predictor_reproduces_the_model_argmax(trained_checkpoint: dict[str, Any
     predictor = load_predictor(path, device="cpu")
     normalised = np.random.default_rng(0).standard_normal((3, 20, 24)).astype(np.float32)
 
-    model = MODEL_BUILDERS["clusterer"].build(trained_checkpoint["model_config"])
+    model = get_family("clusterer").build(trained_checkpoint["model_config"])
     model.load_state_dict(trained_checkpoint["state_dict"])
     model.eval()
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_predictor_exposes_the_contract_attributes(predictor: Predictor) -> None
     assert predictor.family == "clusterer"
     assert predictor.num_classes == 8
     assert predictor.in_channels == 3
-    assert predictor.halo == MODEL_BUILDERS["clusterer"].halo >= 5  # at least the 5 px radius of 5 3x3 convs
+    assert predictor.halo == get_family("clusterer").halo >= 5  # at least the 5 px radius of 5 3x3 convs
 
 
 def test_predictor_accepts_integer_pixels(predictor: Predictor) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import rasterio
 
-from cli.options import hoist_global_options
+from cli.global_options import hoist_global_options
 from eoseg.settings import load_settings
 from test_cli_flows import _flow_runs, _logs_of, _plain, run_eoseg
 

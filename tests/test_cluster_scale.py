@@ -22,7 +22,7 @@ from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done
 from eoseg.tile.stage import tile_scene
-from eoseg.train.stage import train_clusterer_on_store
+from eoseg.train.stage import train_on_stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
@@ -51,7 +51,7 @@ def big_store_and_model(tmp_path_factory, shared_data):
     store = folder / "naip_2x2.zarr"
     tile_scene(str(scene), str(store), chunk_size=128, show_progress=False)  # 15 x 12 = 180 chunks
     model = folder / "model.pt"
-    train_clusterer_on_store(str(store), str(model), params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
+    train_on_stores("clusterer", [str(store)], str(model), params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
                              max_patches=8)
     reference = folder / "reference.zarr"
     predict_store(str(store), str(model), str(reference), show_progress=False)  # single process, local threads
@@ -82,12 +82,12 @@ def test_gpu_annotated_work_runs_only_on_the_gpu_worker(big_store_and_model, tmp
 
 def test_training_goes_to_the_gpu_worker(big_store_and_model, tmp_path):
     from eoseg.config import ClustererTrainingOptions
-    from flows.segment_flows import train_clusterer_flow
+    from flows.train_flows import train_clusterer_flow
 
     store, _, _ = big_store_and_model
     options = ClustererTrainingOptions(epochs=1, iterations=1, batch_size=4, patch_size=32, max_patches=4)
     spec = ClusterSpec(n_workers=2, gpu_workers=1)
-    summary = train_clusterer_flow(str(store), str(tmp_path / "m.pt"), training=options, cluster=spec)
+    summary = train_clusterer_flow([str(store)], str(tmp_path / "m.pt"), training=options, cluster=spec)
     assert summary["ran_on"].startswith("tcp://")  # a Dask worker, not this process
     assert (tmp_path / "m.pt").exists()
 

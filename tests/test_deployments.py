@@ -77,7 +77,7 @@ def deployed(s3_endpoint, s3_dask_address, tmp_path_factory, shared_data):
     import s3fs
 
     from eoseg.tile.stage import tile_scene
-    from eoseg.train.stage import train_clusterer_on_store
+    from eoseg.train.stage import train_on_stores
 
     work = tmp_path_factory.mktemp("deployments")
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
@@ -89,8 +89,9 @@ def deployed(s3_endpoint, s3_dask_address, tmp_path_factory, shared_data):
     }
     # The checkpoint every run applies (training is not what these tests are about).
     tile_scene(str(NAIP[0]), str(work / "train.tiles.zarr"), chunk_size=512, show_progress=False)
-    train_clusterer_on_store(
-        str(work / "train.tiles.zarr"),
+    train_on_stores(
+        "clusterer",
+        [str(work / "train.tiles.zarr")],
         prefixes["model"],
         params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
         max_patches=8,

@@ -231,7 +231,7 @@ def test_reference_rasterised_on_a_geobox_equals_on_a_raster(rotated_scene, tmp_
 
 def test_polygon_labels_burn_onto_the_store_geobox(rotated_scene, rotated_store, tmp_path):
     """Fine-tuning labels given as polygons use the store's GeoBox, no throw-away GeoTIFF of its grid."""
-    from eoseg.train.pretrain import prepare_label_raster
+    from eoseg.train.labels import prepare_label_raster
 
     vectors = _square_around_centre(rotated_scene, tmp_path / "square.geojson")
     scratch = tmp_path / "scratch"

@@ -12,7 +12,7 @@ from eoseg.errors import BandCountError
 from eoseg.predict.stage import model_load_counts, predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.tile.stage import tile_scene, valid_pixel_mask
-from eoseg.train.stage import train_clusterer_on_store
+from eoseg.train.stage import train_on_stores
 
 TINY_TRAINING = dict(epochs=1, iterations=3, batch_size=4, patch_size=32, num_classes=6, seed=3)
 
@@ -24,7 +24,7 @@ def landsat_model(tmp_path_factory, shared_data):
     store = folder / "landsat.zarr"
     tile_scene(str(REAL_SCENES["landsat"]), str(store), chunk_size=200, show_progress=False)
     model = folder / "landsat.pt"
-    train_clusterer_on_store(str(store), str(model), params=TINY_TRAINING, max_patches=16)
+    train_on_stores("clusterer", [str(store)], str(model), params=TINY_TRAINING, max_patches=16)
     return store, model
 
 

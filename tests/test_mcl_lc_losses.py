@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from eo_models.mcl_lc.augment import AugmentParams, make_view_pair, sample_matched_rois
+from eo_models.mcl_lc.augment import AugmentParams, make_view_pair
+from eo_models.mcl_lc.rois import sample_matched_rois
 from eo_models.checkpoint import validate_checkpoint
 from eo_models.mcl_lc.contrastive import nt_xent_loss, style_feature
 from eo_models.mcl_lc.deeplabv3plus import DeepLabV3Plus

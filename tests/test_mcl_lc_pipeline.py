@@ -19,21 +19,20 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from eoseg.compute.cluster import ClusterSpec
-from eoseg.config import TileOptions
-from eoseg.train.pretrain_config import MclLcFinetuneOptions, MclLcPretrainOptions
+from eoseg.config import MclLcFinetuneOptions, MclLcTrainingOptions, TileOptions
 from eoseg.evaluate.scores import GridMismatchError
-from eoseg.train.pretrain_patches import (
+from eoseg.train.labels import (
     ZarrLabelledPatchSource,
     check_labels_on_grid,
-    pooled_band_statistics,
+    prepare_label_raster,
     sampled_label_mask,
     scan_label_raster,
 )
-from eoseg.train.pretrain import prepare_label_raster
+from eoseg.train.patches import pooled_band_statistics
 from eoseg.evaluate.reference import rasterize_reference
 from eoseg.store.layout import read_store_info
 from eoseg.tile.stage import tile_scene
-from flows.pretrain_flows import finetune_mcl_lc_flow, pretrain_mcl_lc_flow
+from flows.train_flows import finetune_mcl_lc_flow, train_mcl_lc_flow
 from flows.segment_flows import segment_scene_flow
 
 # Every flow run in these tests goes to one real temporary Prefect server; stores for them are tiled
@@ -44,7 +43,7 @@ pytestmark = [
 ]
 
 SPACENET_POLYGONS = SHARED_DATA / "spacenet" / "geotiff_labels.geojson"
-TINY_PRETRAIN = MclLcPretrainOptions(epochs=1, batch_size=4, patch_size=64, max_patches=8, max_steps_per_epoch=1,
+TINY_PRETRAIN = MclLcTrainingOptions(epochs=1, batch_size=4, patch_size=64, max_patches=8, max_steps_per_epoch=1,
                                      device="cpu")
 TINY_FINETUNE = MclLcFinetuneOptions(epochs=1, batch_size=4, patch_size=64, max_patches=8, device="cpu")
 runner = CliRunner()
@@ -79,7 +78,7 @@ def pretrained(stores, tmp_path_factory) -> str:
     this also checks that pre-training is sent to the GPU worker.
     """
     model = tmp_path_factory.mktemp("mcl_lc_models") / "pretrained.pt"
-    summary = pretrain_mcl_lc_flow([stores["spacenet"], stores["naip_intensity"]], str(model),
+    summary = train_mcl_lc_flow([stores["spacenet"], stores["naip_intensity"]], str(model),
                                    training=TINY_PRETRAIN, cluster=ClusterSpec(n_workers=1, gpu_workers=1))
     assert summary["ran_on"].startswith("tcp://")  # the GPU worker, not this process
     assert summary["patches"] == 8 and summary["epochs_done"] == 1
@@ -136,7 +135,7 @@ def test_resume_continues_pretraining(stores, pretrained, tmp_path, dask_address
     assert refused.exit_code == 2 and "seed: 0 then, 1 now" in _plain(refused.output)
     result = runner.invoke(app, [*args, "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    assert "pre-trained 2/2 epochs" in result.output
+    assert "trained 2/2 epochs" in result.output
     resumed = torch.load(out, weights_only=True)
     assert resumed["extra"]["epoch"] == 2 and len(resumed["history"]["loss"]) == 2
     assert resumed["history"]["loss"][0] == first["history"]["loss"][0]
@@ -263,13 +262,13 @@ def test_help_explains_every_option(command):
 
 def test_flow_parameters_are_typed_and_documented_for_the_ui():
     for flow, options, required in [
-        (pretrain_mcl_lc_flow, "MclLcPretrainOptions", {"store_uris", "model_uri"}),
+        (train_mcl_lc_flow, "MclLcTrainingOptions", {"store_uris", "model_uri"}),
         (finetune_mcl_lc_flow, "MclLcFinetuneOptions", {"model_uri", "store_uri", "labels_uri", "tuned_uri"}),
     ]:
         schema = flow.parameters.model_dump()
         fields = schema["definitions"][options]["properties"]
         assert fields and all(field.get("description") for field in fields.values())
         assert set(schema["required"]) == required
-    schema = pretrain_mcl_lc_flow.parameters.model_dump()
+    schema = train_mcl_lc_flow.parameters.model_dump()
     assert schema["properties"]["store_uris"]["type"] == "array"
-    assert schema["definitions"]["MclLcPretrainOptions"]["properties"]["epochs"]["default"] == 200
+    assert schema["definitions"]["MclLcTrainingOptions"]["properties"]["epochs"]["default"] == 200

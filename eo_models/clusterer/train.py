@@ -10,16 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eo_models.checkpoint import FORMAT_VERSION
-from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
 from eo_models.clusterer.losses import clustering_loss, random_derangement, shuffled_contrastive_loss
+from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
+from eo_models.clusterer.params import ClustererTrainingParams
 from eo_models.predict import resolve_device
+from eo_models.training import (
+    PatchSource,
+    Progress,
+    assemble_checkpoint,
+    check_band_statistics,
+    fit,
+    read_batch,
+    seeded,
+)
 
 __all__ = [
     "ArrayPatchSource",
@@ -32,19 +41,6 @@ __all__ = [
     "compute_clusterer_losses",
     "train_clusterer",
 ]
-
-
-@runtime_checkable
-class PatchSource(Protocol):
-    """Square patches of one scene, already normalised with the band statistics of the checkpoint."""
-
-    def __len__(self) -> int:
-        """Number of patches."""
-        ...
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """Patches ``indices`` as float32 of shape (len(indices), bands, patch, patch)."""
-        ...
 
 
 class ArrayPatchSource:
@@ -93,86 +89,10 @@ class ArrayPatchSource:
         )
 
 
-@dataclass(frozen=True)
-class ClustererTrainingParams:
-    """Hyper-parameters of Algorithm 1.
-
-    The paper gives I, J and K. It does not give the patch size, batch size, optimiser, learning rate,
-    or input normalisation; the defaults here for those are ours, chosen as explained per field.
-
-    Attributes:
-        epochs: I, passes over all patches of the scene (paper: 2).
-        iterations: J, consecutive updates on each batch (paper: 50).
-        num_classes: K, output features = the most clusters (paper: 8, for 6 reference classes).
-        patch_size: R' = C'. 64 px: the receptive field of the five 3x3 convolutions is only 11 px, so
-            larger patches add no context to a pixel; they only change the batch statistics and the
-            channel attention's pooling extent. 64 px patches keep these statistics local enough to
-            differ between patches (which the contrastive term relies on) while giving a scene of
-            about 1000 x 1000 px some 250 patches.
-        batch_size: B. 16 patches of 64 x 64 = 65 536 pixels per batch: enough pixels for stable
-            BatchNorm statistics, and a last-batch/derangement structure with plenty of negatives;
-            about 0.5 GB of activations (batch and shuffled batch) on CPU or GPU.
-        learning_rate: 1e-3 with Adam. Each batch gets J = 50 consecutive updates, so an optimiser
-            whose step size does not depend on the gradient scale is the safer choice: the
-            cross-entropy (up to log K) and the contrastive term (in (0, 1]) have very different
-            gradient magnitudes, and both change as clusters sharpen. Adam at its standard 1e-3 needs
-            no tuning for that; SGD (momentum 0.9) would, typically 0.01-0.1.
-        optimizer: ``"adam"`` or ``"sgd"`` (SGD with momentum 0.9). One optimiser lives for the whole
-            run, so its state carries over from batch to batch.
-        seed: Seeds the weight initialisation (torch) and the patch order and shuffles (numpy).
-        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    """
-
-    epochs: int = 2
-    iterations: int = 50
-    num_classes: int = 8
-    patch_size: int = 64
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "iterations", "patch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ClustererTrainingParams.{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ValueError(
-                f"ClustererTrainingParams.batch_size must be >= 2 (the contrastive loss pairs each patch "
-                f"with another one), got {self.batch_size}"
-            )
-        if not 2 <= self.num_classes <= 256:
-            raise ValueError(
-                f"ClustererTrainingParams.num_classes must be in [2, 256] (labels are uint8), got {self.num_classes}"
-            )
-        if not self.learning_rate > 0:
-            raise ValueError(f"ClustererTrainingParams.learning_rate must be > 0, got {self.learning_rate}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"ClustererTrainingParams.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    """Reported once per batch, after its J updates.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        batch: 1-based batch number within the epoch.
-        batches_per_epoch: Number of batches in each epoch.
-        iteration: Optimiser updates done so far in the whole run.
-        loss: Mean of L + L' over this batch's J updates.
-        clustering_loss: Mean of L (Eq. 2) over the J updates.
-        contrastive_loss: Mean of L' (Eq. 3) over the J updates.
-    """
-
-    epoch: int
-    batch: int
-    batches_per_epoch: int
-    iteration: int
-    loss: float
-    clustering_loss: float
-    contrastive_loss: float
+TrainingProgress = Progress
+"""Reported once per batch, after its J updates: ``epoch``, ``batch``, ``batches_per_epoch``, and the
+metrics ``iteration`` (updates so far), ``loss`` (mean L + L' of the J updates), ``clustering_loss``
+(Eq. 2) and ``contrastive_loss`` (Eq. 3)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +135,7 @@ def clusterer_training_step(
     """
     losses = compute_clusterer_losses(model, batch, permutation)
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()
+    losses.total.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return ClustererLosses(clustering=losses.clustering.detach(), contrastive=losses.contrastive.detach())
 
@@ -244,21 +164,6 @@ def _build_optimizer(params: ClustererTrainingParams, model: nn.Module) -> torch
     if params.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     return torch.optim.SGD(model.parameters(), lr=params.learning_rate, momentum=0.9)
-
-
-def _read_batch(
-    patches: PatchSource, indices: np.ndarray, in_channels: int, patch_size: int, device: torch.device
-) -> Tensor:
-    array = np.asarray(patches.read(indices.tolist()), dtype=np.float32)
-    expected_shape = (len(indices), in_channels, patch_size, patch_size)
-    if array.shape != expected_shape:
-        raise ValueError(
-            f"patch source returned shape {array.shape} for {len(indices)} patches; expected {expected_shape} "
-            "(in_channels and params.patch_size must match the patch source)"
-        )
-    if not np.isfinite(array).all():
-        raise ValueError("patch source returned NaN or infinite values; fill nodata (e.g. with 0) before training")
-    return torch.from_numpy(array).to(device)
 
 
 def train_clusterer(
@@ -292,75 +197,60 @@ def train_clusterer(
         ValueError: On inconsistent inputs (band statistics, patch shapes, fewer than 2 patches, NaN).
         FloatingPointError: If the loss becomes NaN or infinite.
     """
-    if len(band_mean) != in_channels or len(band_std) != in_channels:
-        raise ValueError(
-            f"expected {in_channels} band means and stds, got {len(band_mean)} and {len(band_std)}"
-        )
-    num_patches = len(patches)
+    check_band_statistics(in_channels, band_mean, band_std)
     device = resolve_device(params.device)
     config = ClustererConfig(in_channels=in_channels, num_classes=params.num_classes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+    with seeded(params.seed, torch.device("cpu")):
         model = SingleSceneClusterer(config)
     model.to(device).train()
-    optimizer = _build_optimizer(params, model)
-    generator = np.random.default_rng(params.seed)
-
+    steps = _Algorithm1Steps(patches, model, _build_optimizer(params, model), params, in_channels, device)
     history: dict[str, list[float]] = {"loss": [], "clustering_loss": [], "contrastive_loss": []}
-    updates = 0
-    for epoch in range(1, params.epochs + 1):
-        epoch_batches = batch_indices_for_epoch(num_patches, params.batch_size, generator)
-        for batch_number, indices in enumerate(epoch_batches, start=1):
-            batch = _read_batch(patches, indices, in_channels, params.patch_size, device)
-            clustering_sum = torch.zeros((), device=device)
-            contrastive_sum = torch.zeros((), device=device)
-            for _ in range(params.iterations):
-                # Algorithm 1 shuffles inside the J loop (line 16): a fresh derangement each update, so
-                # every patch meets several different negatives.
-                permutation = torch.as_tensor(random_derangement(len(indices), generator), device=device)
-                losses = clusterer_training_step(model, optimizer, batch, permutation)
-                clustering_sum += losses.clustering
-                contrastive_sum += losses.contrastive
-                updates += 1
-            # One device->host sync per batch, not per update.
-            mean_clustering = clustering_sum.item() / params.iterations
-            mean_contrastive = contrastive_sum.item() / params.iterations
-            mean_total = mean_clustering + mean_contrastive
-            if not np.isfinite(mean_total):
-                raise FloatingPointError(
-                    f"loss became {mean_total} in epoch {epoch}, batch {batch_number}; "
-                    "check the patch normalisation or lower the learning rate"
-                )
-            history["loss"].append(mean_total)
-            history["clustering_loss"].append(mean_clustering)
-            history["contrastive_loss"].append(mean_contrastive)
-            if on_progress is not None:
-                on_progress(
-                    TrainingProgress(
-                        epoch=epoch,
-                        batch=batch_number,
-                        batches_per_epoch=len(epoch_batches),
-                        iteration=updates,
-                        loss=mean_total,
-                        clustering_loss=mean_clustering,
-                        contrastive_loss=mean_contrastive,
-                    )
-                )
+    fit(steps, epochs=params.epochs, history=history, history_per="step", on_progress=on_progress)
+    return assemble_checkpoint(
+        family="clusterer",
+        model_config=asdict(config),
+        band_mean=band_mean,
+        band_std=band_std,
+        num_classes=params.num_classes,
+        train_params={**asdict(params), "resolved_device": str(device), "num_patches": len(patches),
+                      "in_channels": in_channels},
+        history=history,
+        model=model,
+    )
 
-    return {
-        "format_version": FORMAT_VERSION,
-        "family": "clusterer",
-        "model_config": asdict(config),
-        "band_mean": [float(value) for value in band_mean],
-        "band_std": [float(value) for value in band_std],
-        "num_classes": params.num_classes,
-        "train_params": {
-            **asdict(params),
-            "resolved_device": str(device),
-            "num_patches": num_patches,
-            "in_channels": in_channels,
-        },
-        "history": history,
-        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
-        "extra": {},
-    }
+
+class _Algorithm1Steps:
+    """Algorithm 1 plugged into :func:`eo_models.training.fit`: a step is one batch's J updates."""
+
+    def __init__(self, patches: PatchSource, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 params: ClustererTrainingParams, in_channels: int, device: torch.device) -> None:
+        self.patches, self.model, self.optimizer = patches, model, optimizer
+        self.params, self.in_channels, self.device = params, in_channels, device
+        # One generator for the whole run: patch order of every epoch and every derangement.
+        self.generator = np.random.default_rng(params.seed)
+        self.updates = 0
+        self.updates_per_step = params.iterations
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        batches = batch_indices_for_epoch(len(self.patches), self.params.batch_size, self.generator)
+        return [batch.tolist() for batch in batches]
+
+    def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
+        params = self.params
+        batch = read_batch(self.patches, indices, in_channels=self.in_channels,
+                           patch_size=params.patch_size).to(self.device)
+        clustering_sum = torch.zeros((), device=self.device)
+        contrastive_sum = torch.zeros((), device=self.device)
+        for _ in range(params.iterations):
+            # Algorithm 1 shuffles inside the J loop (line 16): a fresh derangement each update, so
+            # every patch meets several different negatives.
+            permutation = torch.as_tensor(random_derangement(len(indices), self.generator), device=self.device)
+            losses = clusterer_training_step(self.model, self.optimizer, batch, permutation)
+            clustering_sum += losses.clustering
+            contrastive_sum += losses.contrastive
+            self.updates += 1
+        # One device->host sync per batch, not per update.
+        clustering = clustering_sum.item() / params.iterations
+        contrastive = contrastive_sum.item() / params.iterations
+        return {"loss": clustering + contrastive, "clustering_loss": clustering,
+                "contrastive_loss": contrastive, "iteration": float(self.updates)}

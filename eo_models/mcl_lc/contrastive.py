@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjectionHead", "channel_mean", "nt_xent_loss", "style_feature"]
+__all__ = ["DEFAULT_PROJECTION_DIM", "ProjectionHead", "channel_mean", "nt_xent_loss", "style_feature"]
 
-# SimCLR's projection output size; the paper gives none for g_f / g_s.
-DEFAULT_PROJECTION_DIM = 128
+from eo_models.mcl_lc.params import DEFAULT_PROJECTION_DIM  # SimCLR's; the paper gives none for g_f / g_s
 
 
 def channel_mean(feature_map: torch.Tensor) -> torch.Tensor:

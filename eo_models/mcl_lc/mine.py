@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["MutualInformation", "MutualInformationEstimator", "StatisticsNetwork"]
+__all__ = ["DEFAULT_EMA_RATE", "MutualInformation", "MutualInformationEstimator", "StatisticsNetwork"]
 
-# MINE paper's moving-average rate for the bias-corrected gradient.
-DEFAULT_EMA_RATE = 0.01
+from eo_models.mcl_lc.params import DEFAULT_EMA_RATE  # the MINE paper's moving-average rate
 
 
 class StatisticsNetwork(nn.Module):

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-import threading
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,52 +35,15 @@ from eoseg.store.lifecycle import (
     mark_chunk_done,
     open_store_output,
 )
+from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
 from eoseg.tile.stage import valid_pixel_mask
 
+if TYPE_CHECKING:
+    from eo_models.predict import Predictor
+
+__all__ = ["PredictChunkJob", "cached_predictor", "model_load_counts", "predict_chunk", "predict_store"]
+
 logger = logging.getLogger("eoseg.predict.stage")
-
-_predictors: dict[tuple[str, str], object] = {}
-_load_counts: dict[str, int] = {}
-_predictors_lock = threading.Lock()
-_scratch = tempfile.mkdtemp(prefix="eoseg-models-")
-
-
-def _match_torch_threads_to_worker() -> None:
-    """On a Dask worker, give torch as many CPU threads as the worker has task slots.
-
-    torch defaults to one thread per core in every process, so N single-threaded workers on N cores would
-    run N x N threads and lose much of their time to oversubscription.
-    """
-    try:
-        from distributed import get_worker
-
-        slots = get_worker().state.nthreads
-    except (ImportError, ValueError, AttributeError):
-        return
-    import torch
-
-    torch.set_num_threads(max(1, slots))
-
-
-def cached_predictor(model_uri: str, device: str | None = None):
-    """The predictor for ``model_uri`` in this process, loaded on first use (once per worker)."""
-    key = (model_uri, device or "auto")
-    with _predictors_lock:
-        if key not in _predictors:
-            from eo_models.predict import load_predictor
-
-            _match_torch_threads_to_worker()
-            local = storage.fetch_to_local(model_uri, _scratch)
-            _predictors[key] = load_predictor(local, device=device)
-            _load_counts[model_uri] = _load_counts.get(model_uri, 0) + 1
-            logger.info("loaded %s in process %d", model_uri, os.getpid())
-        return _predictors[key]
-
-
-def model_load_counts() -> dict[str, int]:
-    """How often this process loaded each model (tests check: once per worker, not once per chunk)."""
-    return dict(_load_counts)
-
 
 @dataclass(frozen=True)
 class PredictChunkJob:
@@ -94,29 +56,37 @@ class PredictChunkJob:
     window: Window
     halo: int
     device: str | None
-    descriptors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    model_fingerprint: str | None = None
+    context: Any = None
 
 
-def _read_with_halo(store_uri: str, window: Window, halo: int):
+def _read_with_halo(
+    store_uri: str, window: Window, halo: int
+) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """The window grown by ``halo`` (clipped to the scene), its valid mask, and the window within it."""
     info = read_store_info(store_uri)
     grown = window.grown(halo, height_limit=info.height, width_limit=info.width)
     block = np.asarray(open_data_array(store_uri, info)[(slice(None), *grown.slices)])
     return block, valid_pixel_mask(block, info.nodata), window.relative_to(grown).slices
 
 
-def attention_moments_chunk(job: PredictChunkJob):
-    """First pass of scene pooling: the chunk's feature sum, pixel count and maximum."""
+def _predictor(job: PredictChunkJob) -> Predictor:
+    return cached_predictor(job.model_uri, job.device, fingerprint=job.model_fingerprint)
+
+
+def context_partial_chunk(job: PredictChunkJob) -> Any:
+    """First pass of the family's scene-wide context: the chunk's partial (the clusterer: sum, count, max)."""
     block, valid, inner = _read_with_halo(job.store_uri, job.window, job.halo)
-    return cached_predictor(job.model_uri, job.device).attention_moments(block, valid, inner)
+    return _predictor(job).context_partial(block, valid, inner)
 
 
-def predict_chunk(job: PredictChunkJob) -> dict[str, int]:
+def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
     """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
     block, valid, (rows, cols) = _read_with_halo(job.store_uri, job.window, job.halo)
-    predictor = cached_predictor(job.model_uri, job.device)
+    predictor = _predictor(job)
     labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
     if valid.any():
-        labels = predictor.predict(block, valid, descriptors=job.descriptors)
+        labels = predictor.predict(block, valid, context=job.context)
         labels[~valid] = NODATA_LABEL
     centre = labels[rows, cols]
     open_data_array(job.labels_uri, "labels", mode="r+")[job.window.slices] = centre
@@ -148,32 +118,35 @@ def predict_store(
         overwrite: replace an existing label store.
         client: a ``distributed.Client`` (default: the active one, else local threads).
         use_gpu: schedule chunks only on workers advertising ``GPU=1`` (which predict on CUDA when present).
-        attention_pooling: ``"scene"`` (two passes, tiled == whole-scene inference) or ``"tile"`` (one
-            pass); models without global pooling ignore it.
+        attention_pooling: ``"scene"`` (two passes: the family's scene-wide context pass first, so tiled
+            == whole-scene inference) or ``"tile"`` (one pass); families without a context pass ignore it.
         show_progress: terminal progress bar on/off.
     """
-    from eo_models.registry import MODEL_BUILDERS
+    from eo_models.family import get_family
 
-    from eoseg.train.stage import load_checkpoint_from
+    from eoseg.train.checkpoints import load_checkpoint_from
 
     store_uri = storage.normalise_uri(store_uri)
     model_uri = storage.normalise_uri(model_uri)
     labels_uri = storage.normalise_uri(labels_uri)
     info = read_store_info(store_uri)
     checkpoint = load_checkpoint_from(model_uri)
+    fingerprint = checkpoint_fingerprint(model_uri)
     bands = len(checkpoint["band_mean"])
     if bands != info.band_count:
         raise BandCountError(
             f"{store_uri}: the scene has {info.band_count} band(s) but the model {model_uri} was trained on "
             f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
         )
-    family = checkpoint["family"]
-    halo = MODEL_BUILDERS[family].halo if halo is None else halo
+    model_family = get_family(checkpoint["family"])
+    family = model_family.name
+    halo = model_family.halo if halo is None else halo
     if attention_pooling not in ("scene", "tile"):
         from eoseg.errors import ConfigurationError
 
         raise ConfigurationError(f"attention pooling must be 'scene' or 'tile', got {attention_pooling!r}")
-    scene_pooling = attention_pooling == "scene" and family == "clusterer"
+    scene_context = model_family.scene_context if attention_pooling == "scene" else None
+    scene_pooling = scene_context is not None
     num_classes = int(checkpoint["num_classes"])
     wanted = replace(
         info,
@@ -194,25 +167,23 @@ def predict_store(
     staging, labels_info = output.staging, output.info
     done = output.chunks_done()
     device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
-    resources = {"GPU": 1} if use_gpu else None
+    resources: dict[str, float] | None = {"GPU": 1} if use_gpu else None
     windows = list(info.grid.windows())
     with discarded_on_bad_input(output):
-        descriptors = None
-        if scene_pooling and not done.all():
-            moments = map_chunks(
-                attention_moments_chunk,
-                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device) for i, w in windows],
+        context = None
+        if scene_context is not None and not done.all():
+            partials = map_chunks(
+                context_partial_chunk,
+                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device, fingerprint)
+                 for i, w in windows],
                 label="pool", client=client, resources=resources, show_bar=show_progress,
             )  # fmt: skip
-            total = sum(m[0] for m in moments)
-            count = sum(m[1] for m in moments)
-            maximum = np.max(np.stack([m[2] for m in moments]), axis=0)
-            descriptors = (tuple((total / count).tolist()), tuple(maximum.tolist()))
+            context = scene_context.combine(partials)
         logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", int((~done).sum()),
                     len(info.grid), model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
         stage = ChunkedStage(
             label="predict",
-            jobs=[PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, descriptors)
+            jobs=[PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, fingerprint, context)
                   for index, window in windows],
             done=[bool(done[index]) for index, _ in windows],
             compute=predict_chunk,

@@ -1,131 +1,63 @@
-"""Patches for mCL-LC: unlabelled ones from several tile stores, labelled ones from a store and a raster.
+"""Labels for supervised fine-tuning: a label raster on a store's grid, a seeded pixel sample, patches.
 
-- :class:`MultiStorePatchSource` joins the patches of several stores (same band count) into one
-  ``PatchSource`` (``docs/interfaces.md``), all normalised with the same pooled band statistics
-  (:func:`pooled_band_statistics`), so that the network sees one input distribution.
-- :class:`ZarrLabelledPatchSource` is the ``LabelledPatchSource`` of fine-tuning: image windows read
-  from Zarr, label windows read from a raster on the store's grid (rasterio windowed reads), label
-  values remapped to class indices, and only a seeded fraction of the labelled pixels kept
-  (:func:`sampled_label_mask`); every other pixel is ``IGNORE_INDEX``.
-
-Nothing here holds a whole scene in memory: labels are scanned and read window by window.
+- :func:`prepare_label_raster` checks a label raster against the store's grid, or burns GeoJSON polygons
+  onto it; :func:`scan_label_raster` finds its class values, strip by strip.
+- :func:`sampled_label_mask` chooses a seeded fraction of the pixels by hashing (row, col), so the same
+  pixels are chosen whichever windows are read, in whatever order.
+- :class:`ZarrLabelledPatchSource` is the ``LabelledPatchSource`` of fine-tuning: image windows from
+  Zarr, label windows from the raster (windowed reads), values remapped to class indices; every pixel
+  not sampled, unlabelled or nodata in the image is ``IGNORE_INDEX``.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from eoseg.io import storage
-from eoseg.errors import BandCountError, CorruptSceneError, EmptySceneError, SceneNotFoundError
+from eoseg.errors import CorruptSceneError, EmptySceneError, MissingCRSError, SceneNotFoundError
 from eoseg.evaluate.scores import GridMismatchError
-from eoseg.geometry import Window
-from eoseg.train.patches import ZarrPatchSource, normalise_block
-from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
+from eoseg.geometry import Window, geobox_of, grids_match
+from eoseg.io import storage
+from eoseg.store.layout import StoreInfo
 from eoseg.tile.stage import valid_pixel_mask
+from eoseg.train.patches import ZarrPatchSource, normalise_block
 
-IGNORE_INDEX = -1  # label of pixels left out of the fine-tuning loss (FinetuneParams.ignore_index)
+__all__ = [
+    "IGNORE_INDEX",
+    "LabelRaster",
+    "ZarrLabelledPatchSource",
+    "check_labels_on_grid",
+    "label_mapping_record",
+    "prepare_label_raster",
+    "sampled_label_mask",
+    "scan_label_raster",
+]
+
+IGNORE_INDEX = -1  # label of pixels left out of the fine-tuning loss (the family's ignore_index)
 
 
-def read_same_band_stores(store_uris: Sequence[str]) -> list[StoreInfo]:
-    """The infos of finished image stores that all have the same band count.
+def prepare_label_raster(labels_uri: str, store_uri: str, info: StoreInfo, scratch: str) -> str:
+    """A label raster on the store's grid: the raster itself (checked), or GeoJSON polygons burnt onto it.
 
-    Raises:
-        BandCountError: naming the first store whose band count differs (or that is not an image store).
+    Polygons become 255 (inside) on 0 (outside), as ``eoseg evaluate`` rasterises references.
     """
-    if not store_uris:
-        raise SceneNotFoundError("no tile store given: pass at least one STORE.zarr (from `eoseg tile`)")
-    infos = [read_store_info(uri) for uri in store_uris]
-    first = infos[0]
-    for uri, info in zip(store_uris, infos, strict=True):
-        if info.kind != "image":
-            raise BandCountError(f"{uri}: a {info.kind} store; pre-training needs image stores from `eoseg tile`")
-        if info.band_count != first.band_count:
-            raise BandCountError(
-                f"{uri}: has {info.band_count} band(s) but {store_uris[0]} has {first.band_count}; every "
-                "pre-training store must have the same bands (one network input). Pre-train on stores of one "
-                "sensor, or convert the scenes to common bands before tiling them."
+    from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
+
+    if is_vector_reference(labels_uri):
+        if info.crs_wkt is None:
+            raise MissingCRSError(
+                f"{store_uri}: the store has no CRS, so the polygons of {labels_uri} cannot "
+                "be placed on its grid; pass a label raster on the store's pixel grid"
             )
-    return infos
-
-
-def pooled_band_statistics(infos: Sequence[StoreInfo]) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over the valid pixels of all stores, from each store's ``band_stats``.
-
-    Count-weighted: ``mean = sum(n_i m_i) / N`` and ``var = sum(n_i (s_i^2 + (m_i - mean)^2)) / N``
-    (population variance, as the stores record). Std is floored at 1e-6 like a single store's.
-    """
-    counts, means, stds = [], [], []
-    for info in infos:
-        if not info.band_stats:
-            raise CorruptSceneError(f"{info.source_uri}: its store has no band statistics; tile the scene again")
-        counts.append(np.asarray(info.band_stats["count"], np.float64))
-        means.append(np.asarray(info.band_stats["mean"], np.float64))
-        stds.append(np.asarray(info.band_stats["std"], np.float64))
-    n, m, s = np.stack(counts), np.stack(means), np.stack(stds)
-    total = n.sum(axis=0)
-    if (total <= 0).any():
-        raise EmptySceneError("the stores hold no valid pixels to compute band statistics from")
-    mean = (n * m).sum(axis=0) / total
-    variance = (n * (s**2 + (m - mean) ** 2)).sum(axis=0) / total
-    return mean.tolist(), np.maximum(np.sqrt(variance), 1e-6).tolist()
-
-
-class MultiStorePatchSource:
-    """The patches of several stores as one ``PatchSource``, normalised with one set of statistics.
-
-    Args:
-        store_uris: finished image stores with the same band count.
-        patch_size: patch edge in pixels.
-        normalisation: ``(mean, std)`` per band; default: pooled over the stores.
-        max_patches: keep a seeded random subset of at most this many patches over all stores.
-        seed: seed of that subset.
-        min_valid_fraction: windows with fewer valid pixels are left out.
-    """
-
-    def __init__(self, store_uris: Sequence[str], patch_size: int, *,
-                 normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
-                 max_patches: int | None = None, seed: int = 0, min_valid_fraction: float = 0.5) -> None:
-        infos = read_same_band_stores(store_uris)
-        self.store_uris = list(store_uris)
-        self.band_mean, self.band_std = normalisation or pooled_band_statistics(infos)
-        self.sources = [
-            ZarrPatchSource(uri, patch_size, min_valid_fraction=min_valid_fraction,
-                            normalisation=(self.band_mean, self.band_std))
-            for uri in self.store_uris
-        ]  # fmt: skip
-        self.patch_size = patch_size
-        self.band_count = infos[0].band_count
-        # (source, window index) of every patch kept, in store order.
-        self.index = [(s, w) for s, source in enumerate(self.sources) for w in range(len(source))]
-        if max_patches is not None and len(self.index) > max_patches:
-            keep = np.sort(np.random.default_rng(seed).choice(len(self.index), max_patches, replace=False))
-            self.index = [self.index[i] for i in keep]
-
-    def patches_per_store(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.store_uris, 0)
-        for source, _ in self.index:
-            counts[self.store_uris[source]] += 1
-        return counts
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """``(len(indices), bands, patch, patch)`` float32, normalised, nodata set to 0."""
-        out = np.empty((len(indices), self.band_count, self.patch_size, self.patch_size), np.float32)
-        for slot, index in enumerate(indices):
-            source, window = self.index[int(index)]
-            out[slot] = self.sources[source].read([window])[0]
-        return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Labels
-# --------------------------------------------------------------------------------------------------
+        local = storage.fetch_to_local(labels_uri, scratch)
+        return rasterize_reference(local, info.geobox, os.path.join(scratch, "labels.tif"))
+    check_labels_on_grid(labels_uri, info, store_uri)
+    return labels_uri
 
 
 def sampled_label_mask(window: Window, *, fraction: float, seed: int) -> np.ndarray:
@@ -170,7 +102,7 @@ class LabelRaster:
         return {value: index for index, value in enumerate(self.class_values)}
 
 
-def _open_labels(uri: str):
+def _open_labels(uri: str) -> Any:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -186,9 +118,7 @@ def _open_labels(uri: str):
 
 
 def check_labels_on_grid(uri: str, info: StoreInfo, store_uri: str) -> None:
-    """Refuse a label raster that is not on the store's pixel grid (shape, CRS and transform)."""
-    from affine import Affine
-
+    """Refuse a label raster that is not on the store's pixel grid (shape, CRS, corners within 0.01 px)."""
     with storage.gdal_env(uri), _open_labels(uri) as labels:
         if not np.issubdtype(np.dtype(labels.dtypes[0]), np.integer):
             raise CorruptSceneError(
@@ -205,14 +135,11 @@ def check_labels_on_grid(uri: str, info: StoreInfo, store_uri: str) -> None:
             return
         if labels.crs is None:
             raise GridMismatchError(
-                f"{uri}: the labels raster has no CRS, so it cannot be checked against the store {store_uri}; "
+                f"{uri}: the labels raster has no CRS, so it cannot be checked against the store "
+                f"{store_uri}; "
                 "georeference it on the scene's grid (gdal_edit.py -a_srs ... -a_ullr ...)"
             )
-        from rasterio.crs import CRS
-
-        if labels.crs != CRS.from_wkt(info.crs_wkt) or not labels.transform.almost_equals(
-            Affine(*info.transform[:6])
-        ):
+        if not grids_match(geobox_of(labels), info.geobox):
             raise GridMismatchError(
                 f"{uri}: the labels ({labels.crs}, {tuple(labels.transform)[:6]}) are not on the grid of the "
                 f"store {store_uri} ({tuple(info.transform[:6])}); reproject them onto the scene's grid"
@@ -227,11 +154,14 @@ def scan_label_raster(uri: str, *, ignore_values: Sequence[int] = (), block_rows
     from rasterio.windows import Window as RioWindow
 
     with storage.gdal_env(uri), _open_labels(uri) as labels:
-        unlabelled = sorted({int(v) for v in ignore_values} | ({int(labels.nodata)} if labels.nodata is not None
-                                                                 else set()))  # fmt: skip
+        unlabelled = sorted(
+            {int(v) for v in ignore_values} | ({int(labels.nodata)} if labels.nodata is not None else set())
+        )
         totals: dict[int, int] = {}
         for row in range(0, labels.height, block_rows):
-            strip = labels.read(1, window=RioWindow(0, row, labels.width, min(block_rows, labels.height - row)))
+            strip = labels.read(
+                1, window=RioWindow(0, row, labels.width, min(block_rows, labels.height - row))
+            )
             values, counts = np.unique(strip, return_counts=True)
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                 totals[int(value)] = totals.get(int(value), 0) + int(count)
@@ -257,19 +187,30 @@ class ZarrLabelledPatchSource:
     Only windows holding at least one sampled labelled pixel are kept (the others carry no loss).
     """
 
-    def __init__(self, store_uri: str, labels: LabelRaster, patch_size: int, *,
-                 normalisation: tuple[Sequence[float], Sequence[float]], label_fraction: float, seed: int = 0,
-                 max_patches: int | None = None, min_valid_fraction: float = 0.5) -> None:
+    def __init__(
+        self,
+        store_uri: str,
+        labels: LabelRaster,
+        patch_size: int,
+        *,
+        normalisation: tuple[Sequence[float], Sequence[float]],
+        label_fraction: float,
+        seed: int = 0,
+        max_patches: int | None = None,
+        min_valid_fraction: float = 0.5,
+    ) -> None:
         # The valid windows and the normalisation; pixels are read here, to mask labels on nodata too.
-        self.images = ZarrPatchSource(store_uri, patch_size, min_valid_fraction=min_valid_fraction,
-                                      normalisation=normalisation)
-        self._array = open_data_array(store_uri, self.images.info)
+        self.images = ZarrPatchSource(
+            store_uri, patch_size, min_valid_fraction=min_valid_fraction, normalisation=normalisation
+        )
         self.labels = labels
         self.patch_size = patch_size
         self.label_fraction = label_fraction
         self.seed = seed
         self._lookup_values = np.asarray(labels.class_values, dtype=np.int64)
-        counts = [(int((label >= 0).sum()), labelled) for label, labelled in self._scan(range(len(self.images)))]
+        counts = [
+            (int((label >= 0).sum()), labelled) for label, labelled in self._scan(range(len(self.images)))
+        ]
         self.windows = [w for w, (sampled, _) in enumerate(counts) if sampled > 0]
         # Over every valid window of the scene, before max_patches: labelled pixels, and those sampled.
         self.labelled_pixels = sum(labelled for _, labelled in counts)
@@ -277,7 +218,8 @@ class ZarrLabelledPatchSource:
         self.candidate_patches = len(self.windows)
         if not self.windows:
             raise EmptySceneError(
-                f"{labels.uri}: no {patch_size} px patch of {store_uri} holds a sampled labelled pixel; raise "
+                f"{labels.uri}: no {patch_size} px patch of {store_uri} holds a sampled labelled "
+                "pixel; raise "
                 "--label-fraction or lower --patch-size"
             )
         if max_patches is not None and len(self.windows) > max_patches:
@@ -305,7 +247,9 @@ class ZarrLabelledPatchSource:
         totals = np.zeros(len(self.labels.class_values), np.int64)
         for label in self._read_labels(self.windows):
             totals += np.bincount(label[label >= 0], minlength=len(totals))
-        return {value: int(count) for value, count in zip(self.labels.class_values, totals.tolist(), strict=True)}
+        return {
+            value: int(count) for value, count in zip(self.labels.class_values, totals.tolist(), strict=True)
+        }
 
     @property
     def band_count(self) -> int:
@@ -323,8 +267,8 @@ class ZarrLabelledPatchSource:
         labels = np.stack(self._read_labels(chosen))
         images = np.empty((len(chosen), self.band_count, self.patch_size, self.patch_size), np.float32)
         info = self.images.info
-        for slot, index in enumerate(chosen):
-            block = np.asarray(self._array[(slice(None), *self.images.windows[index].slices)])
+        blocks = self.images.readers[0].read([self.images.windows[index] for index in chosen])
+        for slot, block in enumerate(blocks):
             images[slot] = normalise_block(block, self.images.band_mean, self.images.band_std, info.nodata)
             labels[slot][~valid_pixel_mask(block, info.nodata)] = IGNORE_INDEX
         return images, labels

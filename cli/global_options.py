@@ -1,0 +1,72 @@
+"""Options shared by every ``eoseg`` command, accepted before or after the command name.
+
+Click only parses a group's options before the sub-command's name, so ``eoseg run SCENE --cluster X``
+would be refused ("No such option: --cluster"). :class:`GlobalOptionsGroup` moves the shared options to
+the front before Click parses the command line; everything else keeps its place and order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+from typer.core import TyperGroup
+
+# Shared options that take a value, and shared flags (kept in step with cli.main.main_options).
+GLOBAL_VALUE_OPTIONS = frozenset({"--cluster", "--cluster-config", "--workers", "--threads-per-worker", "--memory-limit"})
+GLOBAL_FLAGS = frozenset({"--verbose", "-v"})
+
+
+def _command_index(args: Sequence[str]) -> int:
+    """Index of the first sub-command name in ``args`` (len(args) when there is none)."""
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--" or not arg.startswith("-"):
+            return index
+        takes_value = arg in GLOBAL_VALUE_OPTIONS  # "--opt=value" carries its value itself
+        index += 2 if takes_value else 1
+    return index
+
+
+def hoist_global_options(args: Sequence[str]) -> list[str]:
+    """Move the shared options found after the command name to before it.
+
+    Args:
+        args: The command line without the program name, e.g. ``["run", "a.tif", "--cluster", "tcp://h:1"]``.
+
+    Returns:
+        The same tokens with the shared options (and their values) first, e.g.
+        ``["--cluster", "tcp://h:1", "run", "a.tif"]``. Tokens after ``--`` are never moved.
+    """
+    args = list(args)
+    start = _command_index(args)
+    if start >= len(args) or args[start] == "--":
+        return args
+    moved: list[str] = []
+    kept: list[str] = []
+    index = start
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            kept.extend(args[index:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_VALUE_OPTIONS:
+            width = 1 if "=" in arg else 2
+            moved.extend(args[index : index + width])
+            index += width
+        elif arg in GLOBAL_FLAGS:
+            moved.append(arg)
+            index += 1
+        else:
+            kept.append(arg)
+            index += 1
+    return args[:start] + moved + kept
+
+
+class GlobalOptionsGroup(TyperGroup):
+    """The root command group: shared options may follow the command name."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))

@@ -1,0 +1,98 @@
+"""Trained models on the workers of the predict stage: loaded once per process, keyed by checkpoint identity.
+
+A long-lived Dask worker keeps every predictor it has loaded. The cache key is the checkpoint's URI, its
+*fingerprint* and the device: a model retrained to the same URI (``--overwrite``) has a new fingerprint,
+so the worker loads the new weights instead of serving the old ones. The predict stage takes the
+fingerprint once (:func:`checkpoint_fingerprint`) and passes it in every chunk job, so all chunks of one
+run use the same weights and no worker has to stat the checkpoint per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from eo_models.predict import Predictor
+from eoseg.io import storage
+
+__all__ = ["cached_predictor", "checkpoint_fingerprint", "model_load_counts"]
+
+logger = logging.getLogger("eoseg.predict.stage")
+
+_predictors: dict[tuple[str, str, str], Predictor] = {}
+_load_counts: dict[str, int] = {}
+_predictors_lock = threading.Lock()
+_scratch = tempfile.mkdtemp(prefix="eoseg-models-")
+
+
+def checkpoint_fingerprint(model_uri: str) -> str:
+    """What identifies the checkpoint's current bytes: size, mtime (ns) and inode locally, the ETag on S3.
+
+    Checkpoints are written by an atomic replace, so a rewritten local file always has a new inode (and
+    mtime); an S3 object rewritten with other bytes has a new ETag.
+
+    Raises:
+        FileNotFoundError: If there is no checkpoint at ``model_uri``.
+    """
+    if storage.is_s3(model_uri):
+        fs = storage.s3_filesystem()
+        fs.invalidate_cache(model_uri)
+        info = fs.info(model_uri)
+        etag = info.get("ETag") or info.get("etag") or ""
+        return f"etag:{str(etag).strip(chr(34))}:{info.get('size')}"
+    stat = Path(model_uri).stat()
+    return f"file:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+
+
+def _match_torch_threads_to_worker() -> None:
+    """On a Dask worker, give torch as many CPU threads as the worker has task slots.
+
+    torch defaults to one thread per core in every process, so N single-threaded workers on N cores would
+    run N x N threads and lose much of their time to oversubscription.
+    """
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    torch.set_num_threads(max(1, slots))
+
+
+def cached_predictor(
+    model_uri: str, device: str | None = None, *, fingerprint: str | None = None
+) -> Predictor:
+    """The predictor for ``model_uri`` in this process, loaded on first use of this checkpoint version.
+
+    Args:
+        model_uri: Local path or ``s3://`` URI of the checkpoint.
+        device: ``None``/``"auto"`` (CUDA when present) or a torch device string.
+        fingerprint: :func:`checkpoint_fingerprint` of the checkpoint as the stage saw it; default: taken
+            here. A different fingerprint than a cached predictor's loads the checkpoint again.
+    """
+    fingerprint = checkpoint_fingerprint(model_uri) if fingerprint is None else fingerprint
+    key = (model_uri, fingerprint, device or "auto")
+    with _predictors_lock:
+        if key not in _predictors:
+            from eo_models.predict import load_predictor
+
+            _match_torch_threads_to_worker()
+            # Older versions of this checkpoint will not be asked for again: free their memory.
+            for stale in [k for k in _predictors if k[0] == model_uri and k[1] != fingerprint]:
+                del _predictors[stale]
+            with tempfile.TemporaryDirectory(dir=_scratch) as scratch:
+                local = storage.fetch_to_local(model_uri, scratch)
+                _predictors[key] = load_predictor(local, device=device)
+            _load_counts[model_uri] = _load_counts.get(model_uri, 0) + 1
+            logger.info("loaded %s (%s) in process %d", model_uri, fingerprint, os.getpid())
+        return _predictors[key]
+
+
+def model_load_counts() -> dict[str, int]:
+    """How often this process loaded each model (tests check: once per worker, not once per chunk)."""
+    return dict(_load_counts)

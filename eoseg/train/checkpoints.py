@@ -1,0 +1,43 @@
+"""Checkpoints on local paths and S3: written atomically, read with ``torch.load(weights_only=True)``.
+
+The format is :mod:`eo_models.checkpoint`'s (``docs/interfaces.md``); this module only moves the file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from eoseg.errors import SceneNotFoundError
+from eoseg.io import storage
+from eoseg.io.publish import publishing_file
+
+__all__ = ["load_checkpoint_from", "save_checkpoint_to"]
+
+
+def save_checkpoint_to(uri: str, checkpoint: dict[str, Any], *, overwrite: bool) -> None:
+    """Validate a checkpoint dict and write it to a local path or S3, atomically.
+
+    Raises:
+        OutputExistsError: If ``uri`` exists and ``overwrite`` is false.
+        CheckpointError: If the dict does not follow the format.
+    """
+    from eo_models.checkpoint import save_checkpoint
+
+    with publishing_file(uri, overwrite=overwrite) as staging:
+        save_checkpoint(staging, checkpoint)
+
+
+def load_checkpoint_from(uri: str) -> dict[str, Any]:
+    """Read a checkpoint from a local path or S3 (``torch.load(weights_only=True)``), validated.
+
+    Raises:
+        SceneNotFoundError: If there is no checkpoint at ``uri``.
+        CheckpointError: If the file is not a valid checkpoint.
+    """
+    from eo_models.checkpoint import load_checkpoint
+
+    if not storage.exists(uri):
+        raise SceneNotFoundError(f"{uri}: model checkpoint not found. Train one with `eoseg train`.")
+    with tempfile.TemporaryDirectory(prefix="eoseg-ckpt-") as scratch:
+        return load_checkpoint(storage.fetch_to_local(uri, scratch))
