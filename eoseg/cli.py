@@ -7,7 +7,6 @@ on that server. Without ``--cluster`` (or ``EOSEG_CLUSTER``) a local Dask cluste
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from eoseg.errors import EosegError
+from eoseg.logs import configure_logging
 
 app = typer.Typer(
     name="eoseg",
@@ -100,10 +100,8 @@ def main_options(
     STATE.workers = workers
     STATE.threads_per_worker = threads_per_worker
     STATE.memory_limit = memory_limit
-    # Prefect attaches its console (and API) handlers to the "eoseg" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
-    logging.getLogger("eoseg").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # eoseg's progress at INFO in the terminal and in the run's Prefect logs; Dask's chatter kept out.
+    configure_logging(verbose=verbose)
 
 
 @app.command()
@@ -369,7 +367,10 @@ _register_mcl_lc(app, train_app)
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "eoseg")
+    # Before Prefect is imported: its run-log handler is then attached to the "eoseg" logger too
+    # (configure_logging attaches it when a flow starts, for processes started otherwise).
+    extra = [name.strip() for name in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if name.strip()]
+    os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(dict.fromkeys([*extra, "eoseg"]))
     app()
 
 

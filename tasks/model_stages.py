@@ -16,6 +16,7 @@ from eoseg.cluster import connect, has_gpu_workers
 from eoseg.config import ClustererTrainingOptions
 from eoseg.inference import predict_store
 from eoseg.training import train_clusterer_on_store
+from tasks.run_names import named_after
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
 logger = logging.getLogger("eoseg.tasks")
@@ -26,7 +27,7 @@ logger = logging.getLogger("eoseg.tasks")
 GPU_CONCURRENCY_LIMIT = "eoseg-gpu"
 
 
-@task(name="train-clusterer")
+@task(name="train-clusterer", task_run_name=named_after("train-clusterer", "store_uri"))
 def train_clusterer_task(
     store_uri: str,
     model_uri: str,
@@ -49,7 +50,12 @@ def train_clusterer_task(
     return train_clusterer_on_store(store_uri, model_uri, **kwargs)
 
 
-@task(name="predict", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="predict",
+    task_run_name=named_after("predict", "store_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def predict_task(
     store_uri: str,
     model_uri: str,
@@ -72,7 +78,12 @@ def predict_task(
     return info.to_attrs()
 
 
-@task(name="quicklook", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="quicklook",
+    task_run_name=named_after("quicklook", "scene_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
     """A PNG beside the COG: the scene and its label map side by side, in class colours."""
     from eoseg.quicklook import write_quicklook
@@ -84,7 +95,7 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
     return png_uri
 
 
-@task(name="evaluate")
+@task(name="evaluate", task_run_name=named_after("evaluate", "cog_uri"))
 def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()) -> dict:
     """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
     from eoseg.evaluate import evaluate_label_map

@@ -9,9 +9,10 @@ from eoseg.cluster import connect, has_gpu_workers
 from eoseg.config import ClustererTrainingOptions
 from eoseg.training_sets import train_clusterer_on_stores
 from tasks.model_stages import GPU_CONCURRENCY_LIMIT
+from tasks.run_names import named_after
 
 
-@task(name="train-clusterer-on-scenes")
+@task(name="train-clusterer-on-scenes", task_run_name=named_after("train-clusterer", "model_uri"))
 def train_clusterer_on_stores_task(
     store_uris: list[str],
     model_uri: str,
