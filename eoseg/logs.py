@@ -10,7 +10,9 @@ WARNING level, so none of it reaches Prefect when a worker starts a flow run; an
 - Prefect's run-log (API) handler receives eoseg's records, so they show in the run's logs, the UI and
   ``prefect deployment run --watch``; it is attached once, however often this is called;
 - Dask's own INFO chatter (``distributed.*``, ``tornado``, ``bokeh``) is kept at WARNING, here and in the
-  worker processes of Dask clusters started afterwards (through the ``DASK_LOGGING__*`` environment).
+  worker processes of Dask clusters started afterwards (through the ``DASK_LOGGING__*`` environment);
+- a failure is logged once: the flow run's logger logs the traceback, and Prefect's engine, which logs
+  the same traceback again when the run's process exits, logs only its one-line message.
 
 This module does not import Prefect at import time; it uses Prefect's logging configuration only when
 Prefect has set it up in this process.
@@ -26,6 +28,8 @@ EOSEG_LOGGER = "eoseg"
 QUIET_LOGGERS = ("distributed", "tornado", "bokeh", "httpx", "asyncio")
 # Prefect copies the handlers of this logger to every logger named in PREFECT_LOGGING_EXTRA_LOGGERS.
 _PREFECT_EXTRA = "prefect.extra"
+# The logger of Prefect's flow-run process (``python -m prefect.engine``).
+_PREFECT_ENGINE = "prefect.engine"
 
 
 def configure_logging(verbose: bool = False) -> logging.Logger:
@@ -52,7 +56,30 @@ def configure_logging(verbose: bool = False) -> logging.Logger:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level_name)
     os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
     _attach_prefect_run_log_handlers(eoseg)
+    engine = logging.getLogger(_PREFECT_ENGINE)
+    if not any(isinstance(existing, _TracebackOnce) for existing in engine.filters):
+        engine.addFilter(_TracebackOnce())
     return eoseg
+
+
+class _TracebackOnce(logging.Filter):
+    """Drop the second copy of a failed flow run's traceback, keeping the engine's one-line message.
+
+    When a flow run fails, Prefect's flow engine logs "Encountered exception during execution" with the
+    traceback (to the run's logs and the terminal), then re-raises, and the process's engine logs
+    "Execution of flow run ... exited with unexpected exception" with the same traceback again.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "exited with unexpected exception" in record.getMessage():
+            error = record.exc_info[1]
+            record.msg = (
+                f"{record.getMessage()} ({type(error).__name__}; traceback in the flow run's log above)"
+            )
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _attach_prefect_run_log_handlers(logger: logging.Logger) -> None:

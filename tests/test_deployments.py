@@ -216,7 +216,9 @@ def test_prefect_yaml_declares_the_deployments_the_server_holds(deployed):
         (schedule,) = reprocess.schedules
         assert schedule.schedule.cron == declared_schedule["cron"]
         assert schedule.schedule.timezone == declared_schedule["timezone"]
-        assert schedule.active is declared_schedule["active"] is True
+        # A slug and no `active:`: `prefect deploy` updates the schedule in place and keeps a pause.
+        assert "active" not in declared_schedule and schedule.active is True
+        assert schedule.slug == declared_schedule["slug"]
         # Keep the hourly schedule from firing in the middle of the tests.
         client.update_deployment_schedule(reprocess.id, schedule.id, active=False)
         assert reprocess.parameters["scenes_prefix"] == deployed["prefixes"]["scenes"]

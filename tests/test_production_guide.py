@@ -272,6 +272,9 @@ def test_guide_runs_as_written(guide):
     assert "eoseg-process" in transcript and "eoseg-kubernetes" in transcript  # prefect work-pool ls
     assert "eoseg-new-acquisition" in transcript  # prefect automation ls
     assert "Flow run finished successfully in 'Completed'" in transcript  # the --watch runs
+    # --watch shows the run's logs as they come, eoseg's own included (train-model: tiling, loss).
+    watched = transcript.split("$ prefect deployment run train-model/train-model")[1].split("\n$ ")[0]
+    assert re.search(r"\d+/\d+ chunks \(100%\)", watched) and "loss" in watched, watched[-3000:]
     assert '{"emitted": 1}' in transcript  # the relay accepted the bucket notification
     # `prefect deploy` again did not re-activate the paused schedule: the `ls` after it says False.
     after_redeploy = transcript.split("$ prefect deploy --prefect-file deployments/prefect.yaml --name")[1]
@@ -400,5 +403,7 @@ def test_a_run_with_an_empty_setting_refuses_and_names_it(guide):
     assert "weights_uri is empty" in run.state.message and "EOSEG_WEIGHTS_URI" in run.state.message
     assert "'train'" in run.state.message
     worker_log = (guide["logs"] / "worker.log").read_text(errors="replace")
-    # A failure is logged once: the traceback of this run appears one time in the worker's terminal.
-    assert worker_log.count("ConfigurationError: weights_uri is empty") == 1, worker_log[-5000:]
+    # A failure is logged once: the traceback of this run appears one time in the worker's terminal
+    # (each copy of the traceback has one frame line "in weights_choice").
+    assert worker_log.count(", in weights_choice") == 1, worker_log[-5000:]
+    assert "exited with unexpected exception (ConfigurationError; traceback in the flow run" in worker_log
