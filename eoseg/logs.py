@@ -28,8 +28,9 @@ EOSEG_LOGGER = "eoseg"
 QUIET_LOGGERS = ("distributed", "tornado", "bokeh", "httpx", "asyncio")
 # Prefect copies the handlers of this logger to every logger named in PREFECT_LOGGING_EXTRA_LOGGERS.
 _PREFECT_EXTRA = "prefect.extra"
-# The logger of Prefect's flow-run process (``python -m prefect.engine``).
-_PREFECT_ENGINE = "prefect.engine"
+# Where Prefect logs a failed flow run's traceback a second time: the run's own logger (the flow engine's
+# "Engine execution exited with unexpected exception") and the flow-run process's engine logger.
+_SECOND_TRACEBACK_LOGGERS = ("prefect.flow_runs", "prefect.engine")
 
 
 def configure_logging(verbose: bool = False) -> logging.Logger:
@@ -56,9 +57,10 @@ def configure_logging(verbose: bool = False) -> logging.Logger:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level_name)
     os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
     _attach_prefect_run_log_handlers(eoseg)
-    engine = logging.getLogger(_PREFECT_ENGINE)
-    if not any(isinstance(existing, _TracebackOnce) for existing in engine.filters):
-        engine.addFilter(_TracebackOnce())
+    for name in _SECOND_TRACEBACK_LOGGERS:
+        prefect_logger = logging.getLogger(name)
+        if not any(isinstance(existing, _TracebackOnce) for existing in prefect_logger.filters):
+            prefect_logger.addFilter(_TracebackOnce())
     return eoseg
 
 
@@ -66,8 +68,9 @@ class _TracebackOnce(logging.Filter):
     """Drop the second copy of a failed flow run's traceback, keeping the engine's one-line message.
 
     When a flow run fails, Prefect's flow engine logs "Encountered exception during execution" with the
-    traceback (to the run's logs and the terminal), then re-raises, and the process's engine logs
-    "Execution of flow run ... exited with unexpected exception" with the same traceback again.
+    traceback (to the run's logs and the terminal), then re-raises, and logs "Engine execution exited with
+    unexpected exception" with the same traceback again (to both as well). Installed by
+    :func:`configure_logging`, i.e. once the flow function runs, whose exceptions the first message covers.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -202,6 +202,16 @@ def quicklook_link(uri: str) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
+def _quicklook_cell(quicklook: str | None, link: str | None) -> str:
+    if not quicklook:
+        return "-"
+    if not link:
+        return f"`{quicklook}`"
+    if link.startswith("data:"):  # embedded once, under "Quick-looks"
+        return f"{PurePosixPath(quicklook).name} (below)"
+    return f"[{PurePosixPath(quicklook).name}]({link})"
+
+
 def _summary_row(row: dict[str, Any]) -> str:
     """One markdown table row of a run's summary."""
     quicklook = row.get("quicklook")
@@ -217,7 +227,7 @@ def _summary_row(row: dict[str, Any]) -> str:
         f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
         row.get("map") or "-",
         row.get("item") or "-",
-        (f"[{PurePosixPath(quicklook).name}]({link})" if link else f"`{quicklook}`") if quicklook else "-",
+        _quicklook_cell(quicklook, link),
         last,
     ]
     return "| " + " | ".join(cells) + " |"

@@ -14,6 +14,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -372,6 +373,9 @@ def test_no_credential_in_logs_parameters_or_artifacts(deployed):
         "deployments": json.dumps([d.model_dump(mode="json") for d in deployments]),
         "worker output": deployed["worker_log"].read_text(errors="replace"),
     }
+    # The artifacts' quick-look links are presigned URLs, which carry the access key *id* (never the secret)
+    # in their X-Amz-Credential field; that is the only place the key id may appear.
+    texts["artifacts"] = re.sub(r"X-Amz-Credential=[^&)\s]+", "X-Amz-Credential=(key id)", texts["artifacts"])
     for where, text in texts.items():
         for secret in CREDENTIALS:
             assert secret not in text, f"a credential appears in the {where}"
