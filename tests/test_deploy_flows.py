@@ -165,6 +165,7 @@ def test_credentials_from_a_secret_block_last_only_for_the_run():
 def test_eoseg_lines_reach_the_run_logs_once_whatever_the_environment(monkeypatch):
     """configure_logging gives the eoseg logger Prefect's run-log handler, once, and the INFO level."""
     import logging
+    import time
     import uuid
 
     from prefect import flow
@@ -190,8 +191,15 @@ def test_eoseg_lines_reach_the_run_logs_once_whatever_the_environment(monkeypatc
 
     run_id = logging_check()
     assert sum(isinstance(h, APILogHandler) for h in eoseg.handlers) == 1
-    APILogHandler.flush()
+    for handler in eoseg.handlers:
+        if isinstance(handler, APILogHandler):
+            handler.flush()
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    messages = [log.message for log in logs]
-    assert [m for m in messages if marker in m] == [f"tile: 1/1 chunks (100%) {marker}"]
+        while True:  # logs reach the server in batches
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            lines = [log.message for log in logs if marker in log.message]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert lines == [f"tile: 1/1 chunks (100%) {marker}"]
