@@ -268,7 +268,7 @@ def _logs_of(client, flow_run_ids) -> list:
 def test_guide_runs_as_written(guide):
     """Every command succeeded (the fixture asserts the exit code); the steps printed what the guide says."""
     transcript = guide["transcript"]
-    assert "true" in transcript  # curl -s $PREFECT_API_URL/health
+    assert re.search(r"^\$ curl -s \$PREFECT_API_URL/health.*\ntrue$", transcript, flags=re.M)
     assert "eoseg-process" in transcript and "eoseg-kubernetes" in transcript  # prefect work-pool ls
     assert "eoseg-new-acquisition" in transcript  # prefect automation ls
     assert "Flow run finished successfully in 'Completed'" in transcript  # the --watch runs
