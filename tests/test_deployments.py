@@ -374,8 +374,10 @@ def test_no_credential_in_logs_parameters_or_artifacts(deployed):
         "worker output": deployed["worker_log"].read_text(errors="replace"),
     }
     # The artifacts' quick-look links are presigned URLs, which carry the access key *id* (never the secret)
-    # in their X-Amz-Credential field; that is the only place the key id may appear.
-    texts["artifacts"] = re.sub(r"X-Amz-Credential=[^&)\s]+", "X-Amz-Credential=(key id)", texts["artifacts"])
+    # in their AWSAccessKeyId (SigV2) or X-Amz-Credential (SigV4) field: the only place it may appear.
+    texts["artifacts"] = re.sub(
+        r"(AWSAccessKeyId|X-Amz-Credential)=[^&)\s]+", r"\1=(key id)", texts["artifacts"]
+    )
     for where, text in texts.items():
         for secret in CREDENTIALS:
             assert secret not in text, f"a credential appears in the {where}"
