@@ -266,8 +266,11 @@ def _titled(title: str, rows: list[dict[str, Any]]) -> str:
 
 
 def _for_deployment_users(message: str) -> str:
-    """A deployment's user sets parameters, not CLI flags: name the parameter instead of ``--overwrite``."""
-    return re.sub(r"[Pp]ass --overwrite", "Run again with `-p overwrite=true`", message)
+    """A deployment's user sets parameters and runs deployments: say so instead of naming CLI commands."""
+    message = re.sub(r"[Pp]ass --overwrite", "Run again with `-p overwrite=true`", message)
+    return message.replace(
+        "Train one with `eoseg train`.", "Publish it with the train-model deployment (docs/production.md, 6)."
+    )
 
 
 def _map_and_catalogue(
@@ -395,8 +398,9 @@ def _finish(
     )
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
+        others = "; the others were mapped" if len(failed) < len(rows) else ""
         raise ScenesFailedError(
-            f"{len(failed)} of {len(rows)} scene(s) failed (the others were mapped; see the run's artifact): "
+            f"{len(failed)} of {len(rows)} scene(s) failed{others} (see the run's artifact): "
             + "; ".join(f"{row['scene']}: {row['error']}" for row in failed)
         )
     return Completed(message=title, data=result)

@@ -375,17 +375,17 @@ def test_event_relay_and_city_run_mapped_their_scenes(guide):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        runs = _flow_runs(client, REPROCESS)
-        triggered = [run for run in runs if not run.auto_scheduled and run.state is not None]
-        for run in triggered:
-            if not run.state.is_final():
-                _wait_until_final(client, run.id)
-        runs = [client.read_flow_run(run.id) for run in triggered]
+        started = [run for run in _flow_runs(client, REPROCESS) if run.state and not run.state.is_scheduled()]
+        runs = [_wait_until_final(client, run.id) for run in started]
         (city,) = _flow_runs(client, "city-run/city-run")
-    assert len(runs) >= 3 and all(run.state.is_completed() for run in runs), [
-        (run.name, run.state.name, run.state.message) for run in runs
+    # By hand, by the event, by the relay: three runs that completed (each maps what is new by then).
+    by_hand_or_event = [run for run in runs if not run.auto_scheduled]
+    assert len(by_hand_or_event) >= 3 and all(run.state.is_completed() for run in by_hand_or_event), [
+        (run.name, run.state.name, run.state.message) for run in by_hand_or_event
     ]
-    messages = " ".join(run.state.message or "" for run in runs)
+    # (An hourly run may also have fired meanwhile, at minute 15: it maps what it finds, or, before the
+    # model is published, fails naming the missing checkpoint, as the guide says.)
+    messages = " ".join(run.state.message or "" for run in runs if run.state.is_completed())
     assert "m_4709963_se_14_1_20200831.tif" in messages and "m_4709963_se_14_1_20120731.tif" in messages
     assert city.state.is_completed() and "1 of 1 scene(s) mapped" in city.state.message
     fs = s3fs.S3FileSystem()
