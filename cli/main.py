@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from contextvars import ContextVar
-import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
 from eoseg.errors import EosegError
+from eoseg.logs import configure_logging
 from eoseg.settings import EosegSettings, load_settings
 from eoseg.train.options import training_options
 
@@ -120,10 +120,8 @@ def main_options(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         _fail(EosegError(f"EOSEG_* settings: {problems}; fix the environment variable or pass the option."))
     _RUN_SETTINGS.set(settings)
-    # Prefect attaches its console (and API) handlers to the "eoseg" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
-    logging.getLogger("eoseg").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # eoseg's progress at INFO in the terminal and in the run's Prefect logs; Dask's chatter kept out.
+    configure_logging(verbose=verbose)
 
 
 @app.command()
@@ -325,7 +323,10 @@ _register_training(app, train_app)
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "eoseg")
+    # Before Prefect is imported: its run-log handler is then attached to the "eoseg" logger too
+    # (configure_logging attaches it when a flow starts, for processes started otherwise).
+    extra = [name.strip() for name in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if name.strip()]
+    os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(dict.fromkeys([*extra, "eoseg"]))
     app()
 
 

@@ -14,6 +14,7 @@ environment (``AWS_*``) or from a Prefect Secret block whose *name* is a paramet
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -44,6 +45,7 @@ from eoseg.catalog.stac import catalog_uri_for_prefix
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError, EosegError
+from eoseg.logs import configure_logging
 from eoseg.train.stores import reusable_tile_store
 from flows.segment_flows import segment_scene_flow
 from tasks.catalog_stages import catalogue_map_task
@@ -51,6 +53,19 @@ from tasks.model_stages import train_task
 from tasks.storage_stages import tile_task
 
 _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+# The parameters deployments/prefect.yaml fills from the environment at deploy time (`{{ $NAME }}`). Prefect
+# turns an unset variable into "", so an empty value of one of these names the variable to set.
+DEPLOYMENT_VARIABLES = {
+    "scenes_prefix": "EOSEG_SCENES_PREFIX",
+    "output_prefix": "EOSEG_OUTPUT_PREFIX",
+    "weights_uri": "EOSEG_WEIGHTS_URI",
+}
+# The explicit weights_uri that means "train the clusterer on each scene" (never an empty value).
+TRAIN_PER_SCENE = "train"
+# A presigned quick-look link stays valid this long (SigV4's maximum is 7 days).
+QUICKLOOK_LINK_SECONDS = 7 * 24 * 3600
+# Local quick-looks up to this size are embedded in the artifact (a data: URI); larger ones are named.
+QUICKLOOK_INLINE_BYTES = 512 * 1024
 _CREDENTIAL_KEYS = {
     "aws_access_key_id": "AWS_ACCESS_KEY_ID",
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
@@ -64,11 +79,29 @@ class ScenesFailedError(EosegError, RuntimeError):
     """Some scenes of a run failed; the others were mapped and catalogued."""
 
 
+def _how_to_set(name: str) -> str:
+    variable = DEPLOYMENT_VARIABLES.get(name)
+    with_run = f"pass it with the run (`prefect deployment run ... -p {name}=...`)"
+    if variable:
+        return f"set {variable} and run `prefect deploy` again, or {with_run}"
+    return with_run
+
+
 def configured(value: str | None, name: str, *, required: bool = False) -> str | None:
-    """A parameter's value, None when empty; refuses a ``{{ $VAR }}`` left unresolved at deploy time."""
+    """A parameter's value, None when empty; refuses a ``{{ $VAR }}`` left unresolved at deploy time.
+
+    Args:
+        value: the parameter's value as the run received it.
+        name: the parameter's name (the error names it, and the environment variable that fills it).
+        required: refuse an empty value instead of returning None.
+
+    Raises:
+        ConfigurationError: required and empty (``prefect deploy`` turns an unset ``{{ $NAME }}`` into ""),
+            or a placeholder left unresolved.
+    """
     if value is None or not str(value).strip():
         if required:
-            raise ConfigurationError(f"{name} is required")
+            raise ConfigurationError(f"{name} is empty, and this run needs it: {_how_to_set(name)}.")
         return None
     match = _ENV_PLACEHOLDER.search(str(value))
     if match:
@@ -77,6 +110,23 @@ def configured(value: str | None, name: str, *, required: bool = False) -> str |
             f"created. Set it and run `prefect deploy` again, or pass {name} with the run."
         )
     return str(value).strip()
+
+
+def weights_choice(value: str | None) -> str | None:
+    """The checkpoint to apply, or None for the explicit choice ``train`` (train on each scene).
+
+    Raises:
+        ConfigurationError: the value is empty: it must name a checkpoint or say ``train``.
+    """
+    if value is None or not str(value).strip():
+        variable = DEPLOYMENT_VARIABLES["weights_uri"]
+        raise ConfigurationError(
+            f"weights_uri is empty: set {variable} to a published checkpoint (e.g. "
+            f"s3://bucket/models/v1.pt) or to '{TRAIN_PER_SCENE}' to train a model on each scene, and run "
+            f"`prefect deploy` again; or pass `-p weights_uri=...` with the run."
+        )
+    weights = configured(value, "weights_uri", required=True)
+    return None if weights == TRAIN_PER_SCENE else weights
 
 
 @contextlib.contextmanager
@@ -94,7 +144,13 @@ def s3_credentials(secret_block: str | None) -> Iterator[None]:
     import s3fs
     from prefect.blocks.system import Secret
 
-    value = Secret.load(secret_block).get()
+    try:
+        value = Secret.load(secret_block).get()
+    except ValueError as error:  # Prefect: "Unable to find block document named ..."
+        raise ConfigurationError(
+            f"credentials_secret names the Secret block {secret_block!r}, which the Prefect server does not "
+            f"hold: create it (docs/production.md, 'Object storage') or pass another credentials_secret"
+        ) from error
     values = json.loads(value) if isinstance(value, str) else dict(value)
     unknown = set(values) - set(_CREDENTIAL_KEYS)
     if unknown or "aws_secret_access_key" not in values:
@@ -127,9 +183,39 @@ def _format_scores(scores: dict | None) -> str:
     return f"F1 {majority.get('f1', float('nan')):.3f}, OA {majority.get('oa', float('nan')):.3f} (majority)"
 
 
+def quicklook_link(uri: str) -> str | None:
+    """An address a browser opens for a quick-look PNG, or None.
+
+    On S3: a presigned HTTPS (or the endpoint's HTTP) URL, valid for ``QUICKLOOK_LINK_SECONDS``; the
+    artifact never holds a credential, only the signature. Local files up to ``QUICKLOOK_INLINE_BYTES``:
+    the PNG itself as a ``data:`` URI. Larger local files: None (the table names the path).
+    """
+    if storage.is_s3(uri):
+        return storage.s3_filesystem().url(uri, expires=QUICKLOOK_LINK_SECONDS)
+    try:
+        with open(uri, "rb") as handle:
+            data = handle.read(QUICKLOOK_INLINE_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > QUICKLOOK_INLINE_BYTES:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _quicklook_cell(quicklook: str | None, link: str | None) -> str:
+    if not quicklook:
+        return "-"
+    if not link:
+        return f"`{quicklook}`"
+    if link.startswith("data:"):  # embedded once, under "Quick-looks"
+        return f"{PurePosixPath(quicklook).name} (below)"
+    return f"[{PurePosixPath(quicklook).name}]({link})"
+
+
 def _summary_row(row: dict[str, Any]) -> str:
     """One markdown table row of a run's summary."""
     quicklook = row.get("quicklook")
+    link = row.get("quicklook_link")
     if row["status"] == "failed":
         last = (row.get("error") or "")[:200]
     else:
@@ -141,21 +227,50 @@ def _summary_row(row: dict[str, Any]) -> str:
         f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
         row.get("map") or "-",
         row.get("item") or "-",
-        f"[{PurePosixPath(quicklook).name}]({quicklook})" if quicklook else "-",
+        _quicklook_cell(quicklook, link),
         last,
     ]
     return "| " + " | ".join(cells) + " |"
 
 
 def _summary_markdown(title: str, lines: list[str], rows: list[dict[str, Any]]) -> str:
+    """The run's artifact: title, context lines, one table row per scene, then the quick-looks themselves."""
     parts = [f"# {title}", "", *lines, ""]
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed:
+        parts += [f"**{len(failed)} of {len(rows)} scene(s) failed:**", ""]
+        parts += [f"- `{row['scene']}`: {(row.get('error') or '')[:500]}" for row in failed]
+        parts += [""]
     if rows:
         parts += [
             "| scene | status | pixels | seconds | map | STAC item | quick-look | scores |",
             "|---|---|---:|---:|---|---|---|---|",
             *[_summary_row(row) for row in rows],
         ]
+    images = [row for row in rows if row.get("quicklook_link")]
+    if images:
+        parts += ["", "## Quick-looks", ""]
+        for row in images:
+            name = PurePosixPath(row["scene"]).name
+            parts += [f"**{name}**", "", f"![quick-look of {name}]({row['quicklook_link']})", ""]
+        if any(storage.is_s3(row["quicklook"]) for row in images):
+            days = QUICKLOOK_LINK_SECONDS // 86400
+            parts += [f"(Quick-look links are presigned and expire {days} days after the run.)"]
     return "\n".join(parts) + "\n"
+
+
+def _titled(title: str, rows: list[dict[str, Any]]) -> str:
+    """The title, led by the failure count when scenes failed (the artifact list shows titles)."""
+    failed = sum(row["status"] == "failed" for row in rows)
+    return f"FAILED {failed} of {len(rows)} scene(s): {title}" if failed else title
+
+
+def _for_deployment_users(message: str) -> str:
+    """A deployment's user sets parameters and runs deployments: say so instead of naming CLI commands."""
+    message = re.sub(r"[Pp]ass --overwrite", "Run again with `-p overwrite=true`", message)
+    return message.replace(
+        "Train one with `eoseg train`.", "Publish it with the train-model deployment (docs/production.md, 6)."
+    )
 
 
 def _map_and_catalogue(
@@ -192,12 +307,13 @@ def _map_and_catalogue(
         return_state=True,
     )
     if not state.is_completed():
-        logger.error("%s failed: %s", scene.uri, state.message)
+        message = _for_deployment_users(state.message or state.name)
+        logger.error("%s failed: %s", scene.uri, message)
         return {
             "scene": scene.uri,
             "status": "failed",
             "was": status,
-            "error": state.message or state.name,
+            "error": message,
             "seconds": time.perf_counter() - started,
         }
     result = state.result()
@@ -229,6 +345,7 @@ def _map_and_catalogue(
         "map": result["map"],
         "item": entry["item"],
         "quicklook": result["quicklook"],
+        "quicklook_link": quicklook_link(result["quicklook"]),
         "model": result["model"],
         "scores": result["scores"],
         "pixels": pixels,
@@ -275,13 +392,15 @@ def _finish(
     result: dict[str, Any],
 ):
     """Publish the run's artifact; fail the run if a scene failed, else complete it with a summary message."""
+    title = _titled(title, rows)
     create_markdown_artifact(
         _summary_markdown(title, lines, rows), key=_artifact_key(kind, key_prefix), description=title
     )
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
+        others = "; the others were mapped" if len(failed) < len(rows) else ""
         raise ScenesFailedError(
-            f"{len(failed)} of {len(rows)} scene(s) failed: "
+            f"{len(failed)} of {len(rows)} scene(s) failed{others} (see the run's artifact): "
             + "; ".join(f"{row['scene']}: {row['error']}" for row in failed)
         )
     return Completed(message=title, data=result)
@@ -294,7 +413,7 @@ def city_run_flow(
     scenes_prefix: str | None = None,
     recursive: bool = False,
     model: Literal["clusterer", "mcl-lc"] = "clusterer",
-    weights_uri: str | None = None,
+    weights_uri: str = TRAIN_PER_SCENE,
     tile: TileOptions = TileOptions(),
     training: ClustererTrainingOptions = ClustererTrainingOptions(),
     predict: PredictOptions = PredictOptions(),
@@ -311,20 +430,21 @@ def city_run_flow(
         scenes_prefix: segment every *.tif/*.tiff under this folder or s3:// prefix as well.
         recursive: with scenes_prefix, also look in sub-folders.
         model: model family.
-        weights_uri: checkpoint to apply to every scene (e.g. from the train-model deployment). Empty: train
-            the clusterer on each scene (MAP.model.pt beside its map).
+        weights_uri: checkpoint to apply to every scene (e.g. from the train-model deployment), or ``train``
+            to train the clusterer on each scene (MAP.model.pt beside its map). Empty is refused.
         tile: tiling options.
         training: clusterer training options (used when weights_uri is empty).
         predict: inference options.
         mosaic: COG options.
         cluster: Dask cluster shared by all scenes of the run.
-        overwrite: replace existing maps.
+        overwrite: replace existing maps (refused, before any work, when false and a map exists).
         credentials_secret: name of a Prefect Secret block holding S3 credentials (JSON); empty: the worker's
             AWS_* environment. Never put a credential itself in a parameter.
     """
+    configure_logging()
     logger = get_run_logger()
     output_prefix = configured(output_prefix, "output_prefix", required=True)
-    weights = configured(weights_uri, "weights_uri")
+    weights = weights_choice(weights_uri)
     prefix = configured(scenes_prefix, "scenes_prefix")
     with s3_credentials(configured(credentials_secret, "credentials_secret")):
         scenes = [
@@ -346,6 +466,14 @@ def city_run_flow(
             SceneDecision(scene, SceneStatus.NEW, map_uri_for(scene.uri, output_prefix), "requested")
             for scene in scenes
         ]
+        existing = [d.map_uri for d in decisions if storage.exists(d.map_uri)]
+        if existing and not overwrite:
+            raise ConfigurationError(
+                f"{len(existing)} of {len(decisions)} map(s) already exist under {output_prefix} "
+                f"({', '.join(PurePosixPath(uri).name for uri in existing[:5])}"
+                f"{', ...' if len(existing) > 5 else ''}): run again with `-p overwrite=true` to replace "
+                "them, or pass another output_prefix"
+            )
         started = time.perf_counter()
         rows = _map_scenes(
             decisions,
@@ -382,9 +510,9 @@ def city_run_flow(
 def reprocess_new_acquisitions_flow(
     scenes_prefix: str,
     output_prefix: str,
+    weights_uri: str,
     recursive: bool = False,
     model: Literal["clusterer", "mcl-lc"] = "clusterer",
-    weights_uri: str | None = None,
     tile: TileOptions = TileOptions(),
     training: ClustererTrainingOptions = ClustererTrainingOptions(),
     predict: PredictOptions = PredictOptions(),
@@ -400,10 +528,10 @@ def reprocess_new_acquisitions_flow(
     Args:
         scenes_prefix: folder or s3:// prefix where new scenes (*.tif, *.tiff) arrive.
         output_prefix: folder or s3:// prefix for maps, STAC items and catalog.json (not the scenes prefix).
+        weights_uri: checkpoint applied to every new scene (e.g. published by train-model), or ``train`` to
+            train the clusterer on each scene. Empty is refused.
         recursive: also look in sub-folders of scenes_prefix.
         model: model family.
-        weights_uri: checkpoint applied to every new scene (e.g. published by train-model). Empty: train the
-            clusterer on each scene.
         tile: tiling options.
         training: clusterer training options (used when weights_uri is empty).
         predict: inference options.
@@ -412,10 +540,11 @@ def reprocess_new_acquisitions_flow(
         credentials_secret: name of a Prefect Secret block holding S3 credentials (JSON); empty: the worker's
             AWS_* environment.
     """
+    configure_logging()
     logger = get_run_logger()
     scenes_prefix = configured(scenes_prefix, "scenes_prefix", required=True)
     output_prefix = configured(output_prefix, "output_prefix", required=True)
-    weights = configured(weights_uri, "weights_uri")
+    weights = weights_choice(weights_uri)
     with s3_credentials(configured(credentials_secret, "credentials_secret")):
         plan = plan_reprocessing(scenes_prefix, output_prefix, recursive=recursive)
         todo = [decision for decision in plan if decision.needs_processing]
@@ -513,6 +642,7 @@ def train_model_flow(
         overwrite: replace an existing checkpoint.
         credentials_secret: name of a Prefect Secret block holding S3 credentials; empty: the environment.
     """
+    configure_logging()
     logger = get_run_logger()
     model_uri = storage.normalise_uri(configured(model_uri, "model_uri", required=True))
     prefix = configured(scenes_prefix, "scenes_prefix")
@@ -527,8 +657,8 @@ def train_model_flow(
             )
         if storage.exists(model_uri) and not overwrite:
             raise ConfigurationError(
-                f"{model_uri}: a checkpoint is already published there; pass overwrite or "
-                "publish under a new name (e.g. a version suffix)"
+                f"{model_uri}: a checkpoint is already published there; run again with `-p overwrite=true` "
+                "to replace it, or publish under a new name (e.g. a version suffix)"
             )
         started = time.perf_counter()
         stores = []

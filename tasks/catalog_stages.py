@@ -7,10 +7,16 @@ from typing import Any
 from prefect import task
 
 from eoseg.catalog.stac import catalogue_map
+from tasks.run_names import named_after
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
 
-@task(name="catalogue", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="catalogue",
+    task_run_name=named_after("catalogue", "map_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def catalogue_map_task(
     map_uri: str,
     *,

@@ -22,6 +22,7 @@ from eoseg.train.finetune import finetune_on_store
 from eoseg.train.options import TrainingOptions
 from eoseg.train.stage import train_on_stores
 from tasks.gpu import GPU_CONCURRENCY_LIMIT, gpu_stage, run_on_gpu_worker_if_any
+from tasks.run_names import named_after
 from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 logger = logging.getLogger("eoseg.tasks")
 
 
-@task(name="train", task_run_name="train-{family}")
+@task(name="train", task_run_name=named_after("train-{family}", "model_uri"))
 def train_task(
     family: str,
     store_uris: list[str],
@@ -80,7 +81,12 @@ def finetune_task(
         )  # fmt: skip
 
 
-@task(name="predict", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="predict",
+    task_run_name=named_after("predict", "store_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def predict_task(
     store_uri: str,
     model_uri: str,
@@ -104,7 +110,12 @@ def predict_task(
     return info.to_attrs()
 
 
-@task(name="quicklook", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="quicklook",
+    task_run_name=named_after("quicklook", "scene_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
     """A PNG beside the COG: the scene and its label map side by side, in class colours."""
     from eoseg.mosaic.quicklook import write_quicklook
@@ -116,7 +127,7 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
     return png_uri
 
 
-@task(name="evaluate")
+@task(name="evaluate", task_run_name=named_after("evaluate", "cog_uri"))
 def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()) -> dict:
     """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
     from eoseg.evaluate.scores import evaluate_label_map

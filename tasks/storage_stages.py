@@ -12,6 +12,7 @@ from eoseg.errors import EosegError
 from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.scene.inspect import inspect_scene
 from eoseg.tile.stage import tile_scene
+from tasks.run_names import named_after
 
 # Storage hiccups (an S3 503, a dropped connection) are worth retrying; bad input is not.
 STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
@@ -27,13 +28,23 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     return False
 
 
-@task(name="inspect-scene", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="inspect-scene",
+    task_run_name=named_after("inspect-scene", "scene_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def inspect_scene_task(scene_uri: str, *, allow_ungeoreferenced: bool) -> dict:
     """Validate a scene before any cluster or output exists; returns its description."""
     return inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced).to_dict()
 
 
-@task(name="tile", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="tile",
+    task_run_name=named_after("tile", "scene_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def tile_task(
     scene_uri: str,
     store_uri: str,
@@ -56,7 +67,12 @@ def tile_task(
     return info.to_attrs()
 
 
-@task(name="mosaic", retry_condition_fn=_retry_unless_bad_input, **STORAGE_RETRIES)
+@task(
+    name="mosaic",
+    task_run_name=named_after("mosaic", "cog_uri"),
+    retry_condition_fn=_retry_unless_bad_input,
+    **STORAGE_RETRIES,
+)
 def mosaic_task(
     store_uri: str,
     cog_uri: str,

@@ -18,7 +18,17 @@ from conftest import write_geotiff
 from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import ClustererTrainingOptions, TileOptions
 from eoseg.errors import ConfigurationError
-from flows.deploy_flows import city_run_flow, configured, s3_credentials, train_model_flow
+from flows.deploy_flows import (
+    DEPLOYMENT_VARIABLES,
+    _for_deployment_users,
+    _summary_markdown,
+    _titled,
+    city_run_flow,
+    configured,
+    s3_credentials,
+    train_model_flow,
+    weights_choice,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -75,15 +85,65 @@ def test_train_model_on_a_set_then_city_run_with_the_published_checkpoint(tmp_pa
     assert items[0].assets["model"].href == str(model_uri)
     assert items[0].assets["scores"].href == str(maps / "area_20200101.scores.json")
     assert (maps / "area_20200101.png").exists() and not (maps / "area_20200101.model.pt").exists()
+    # A small local quick-look is embedded in the artifact, so a browser shows it.
+    assert result["scenes"][0]["quicklook_link"].startswith("data:image/png;base64,iVBORw0KGgo")
+    # The same scenes again into the same prefix: refused before any work, naming the parameter.
+    with pytest.raises(ConfigurationError, match=r"2 of 2 map\(s\) already exist.*-p overwrite=true"):
+        city_run_flow(str(maps), scenes_prefix=str(two_scenes), weights_uri=str(model_uri), cluster=THREADS)
 
 
 def test_unresolved_deploy_time_variables_are_refused():
     assert configured("  s3://bucket/x ", "scenes_prefix") == "s3://bucket/x"
-    assert configured("", "weights_uri") is None
+    assert configured("", "work_prefix") is None
     with pytest.raises(ConfigurationError, match="EOSEG_SCENES_PREFIX was not set"):
         configured("{{ $EOSEG_SCENES_PREFIX }}", "scenes_prefix")
-    with pytest.raises(ConfigurationError, match="output_prefix is required"):
-        configured(None, "output_prefix", required=True)
+    # `prefect deploy` turns an unset {{ $EOSEG_OUTPUT_PREFIX }} into "": the error names the variable.
+    with pytest.raises(ConfigurationError, match="output_prefix is empty.*set EOSEG_OUTPUT_PREFIX"):
+        configured("", "output_prefix", required=True)
+    with pytest.raises(ConfigurationError, match=r"model_uri is empty.*-p model_uri="):
+        configured(None, "model_uri", required=True)
+
+
+def test_training_per_scene_is_an_explicit_choice_never_an_empty_value():
+    assert weights_choice("train") is None
+    assert weights_choice(" s3://bucket/models/v1.pt ") == "s3://bucket/models/v1.pt"
+    for empty in ("", "  ", None):
+        with pytest.raises(ConfigurationError, match="weights_uri is empty.*EOSEG_WEIGHTS_URI.*'train'"):
+            weights_choice(empty)
+
+
+def test_every_deploy_time_variable_of_prefect_yaml_is_named_by_the_flows():
+    """Each `{{ $NAME }}` parameter in prefect.yaml is one the flows name when it arrives empty."""
+    import re
+
+    import yaml
+    from conftest import REPO_ROOT
+
+    spec = yaml.safe_load((REPO_ROOT / "deployments" / "prefect.yaml").read_text())
+    seen = set()
+    for deployment in spec["deployments"]:
+        for name, value in (deployment.get("parameters") or {}).items():
+            match = re.fullmatch(r"\{\{\s*\$(\w+)\s*\}\}", str(value))
+            if match:
+                assert DEPLOYMENT_VARIABLES[name] == match[1], (deployment["name"], name)
+                seen.add(name)
+    assert seen == set(DEPLOYMENT_VARIABLES)
+
+
+def test_artifact_title_and_body_say_when_scenes_failed():
+    rows = [
+        {"scene": "s3://b/in/a.tif", "status": "mapped", "was": "new", "pixels": 10, "seconds": 1.0,
+         "map": "s3://b/maps/a.tif", "item": "s3://b/maps/a.item.json", "quicklook": "s3://b/maps/a.png",
+         "quicklook_link": "http://127.0.0.1:9/b/maps/a.png?X-Amz-Signature=x", "scores": None},
+        {"scene": "s3://b/in/b.tif", "status": "failed", "was": "new", "error": "corrupt upload",
+         "seconds": 0.5},
+    ]
+    title = _titled("city-run: 1 of 2 scene(s) mapped", rows)
+    assert title.startswith("FAILED 1 of 2 scene(s): ")
+    body = _summary_markdown(title, [], rows)
+    assert "**1 of 2 scene(s) failed:**" in body and "`s3://b/in/b.tif`: corrupt upload" in body
+    assert "![quick-look of a.tif](http://127.0.0.1:9/b/maps/a.png?X-Amz-Signature=x)" in body
+    assert _titled("all good", rows[:1]) == "all good"
 
 
 def test_credentials_from_a_secret_block_last_only_for_the_run():
@@ -101,3 +161,53 @@ def test_credentials_from_a_secret_block_last_only_for_the_run():
     with pytest.raises(ConfigurationError, match="aws_secret_access_key"):
         with s3_credentials("eoseg-test-not-s3"):
             pass
+
+
+def test_eoseg_lines_reach_the_run_logs_once_whatever_the_environment(monkeypatch):
+    """configure_logging gives the eoseg logger Prefect's run-log handler, once, and the INFO level."""
+    import logging
+    import time
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogHandler
+
+    from eoseg.logs import configure_logging
+
+    eoseg = logging.getLogger("eoseg")
+    # As in a worker's flow-run process without PREFECT_LOGGING_EXTRA_LOGGERS: no handler, no level.
+    monkeypatch.setattr(eoseg, "handlers", [h for h in eoseg.handlers if not isinstance(h, APILogHandler)])
+    monkeypatch.setattr(eoseg, "level", logging.NOTSET)
+    marker = f"progress line {uuid.uuid4().hex}"
+
+    @flow(name="eoseg-logging-check")
+    def logging_check() -> str:
+        configure_logging()
+        configure_logging()  # idempotent: no second handler
+        logging.getLogger("eoseg.compute").info("tile: 1/1 chunks (100%%) %s", marker)
+        return str(get_run_context().flow_run.id)
+
+    run_id = logging_check()
+    assert sum(isinstance(h, APILogHandler) for h in eoseg.handlers) == 1
+    for handler in eoseg.handlers:
+        if isinstance(handler, APILogHandler):
+            handler.flush()
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # logs reach the server in batches
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            lines = [log.message for log in logs if marker in log.message]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert lines == [f"tile: 1/1 chunks (100%) {marker}"]
+
+
+def test_errors_met_by_deployment_users_name_parameters_and_deployments_not_cli_commands():
+    message = _for_deployment_users("s3://b/a.tif: output already exists. Pass --overwrite to replace it.")
+    assert "--overwrite" not in message and "`-p overwrite=true`" in message
+    message = _for_deployment_users("s3://b/m.pt: model checkpoint not found. Train one with `eoseg train`.")
+    assert "eoseg train" not in message and "train-model deployment" in message

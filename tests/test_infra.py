@@ -476,3 +476,89 @@ def test_prefect_yaml_entrypoints_pools_schedule_and_trigger():
     TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
     assert trigger["expect"] == ["eoseg.acquisition.created"]
     assert reprocess["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+
+
+# --- the container and Kubernetes files agree with each other and with the guides ------------------------
+
+GUIDE = REPO_ROOT / "docs" / "production.md"
+INFRA_README = INFRA / "README.md"
+
+
+def _kustomized_image() -> str:
+    """The image the kustomization renders for registry.example.com/eoseg (name:tag)."""
+    (image,) = yaml.safe_load((K8S / "kustomization.yaml").read_text())["images"]
+    return f"{image.get('newName', image['name'])}:{image['newTag']}"
+
+
+def test_image_names_agree_across_deployments_work_pools_manifests_compose_and_guides():
+    spec = yaml.safe_load(PREFECT_FILE.read_text())
+    pools = spec["definitions"]["work_pools"]
+    kube_image = _kustomized_image()
+    (cluster,) = _by_kind("DaskCluster")
+    manifest_images = {
+        c["image"] for part in ("scheduler", "worker") for c in cluster["spec"][part]["spec"]["containers"]
+    }
+    # The manifests' image, as kustomize rewrites it, is what the Kubernetes flow-run Jobs use too.
+    assert {image.rsplit(":", 1)[0] for image in manifest_images} == {kube_image.rsplit(":", 1)[0]}
+    assert pools["kubernetes_gpu"]["job_variables"]["image"] == kube_image
+    assert pools["kubernetes_dask"]["job_variables"]["image"] == kube_image
+    kube_template = json.loads((WORK_POOLS / "kubernetes-gpu.json").read_text())
+    assert kube_template["variables"]["properties"]["image"]["default"] == kube_image
+    # The CPU image: docker pool, prefect.yaml's docker deployments, the compose stack, the build commands.
+    cpu_image = pools["docker"]["job_variables"]["image"]
+    docker_template = json.loads((WORK_POOLS / "docker.json").read_text())
+    assert docker_template["variables"]["properties"]["image"]["default"] == cpu_image
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert compose["x-eoseg-image"]["image"] == cpu_image
+    readme = INFRA_README.read_text()
+    for text in (readme, (INFRA / "Dockerfile.cpu").read_text()):
+        assert re.search(r"-f infra/Dockerfile\.cpu\s+-t (\S+)\s+\.", text)[1] == cpu_image
+    for text in (readme, (INFRA / "Dockerfile.cuda").read_text()):
+        cuda_tag = re.search(r"-f infra/Dockerfile\.cuda\s+-t (\S+)\s+\.", text)[1]
+        assert kube_image.endswith("/" + cuda_tag), (kube_image, cuda_tag)
+    guide = GUIDE.read_text()
+    assert f"`{cpu_image}` container" in guide
+    assert kube_image in readme
+
+
+def test_every_container_has_a_path_to_s3_credentials():
+    # Kubernetes: the flow-run Jobs and the Dask workers load one Secret, the one infra/README creates.
+    kube_template = json.loads((WORK_POOLS / "kubernetes-gpu.json").read_text())
+    secret = kube_template["variables"]["properties"]["s3_credentials_secret"]["default"]
+    (cluster,) = _by_kind("DaskCluster")
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    assert {"secretRef": {"name": secret, "optional": True}} in worker["envFrom"]
+    assert f"create secret generic {secret}" in INFRA_README.read_text()
+    # Docker pool: containers do not inherit the worker's environment, so every deployment on the pool
+    # names a Prefect Secret block, and the guide shows how to create a block of that name.
+    spec = yaml.safe_load(PREFECT_FILE.read_text())
+    docker_deployments = [d for d in spec["deployments"] if d["work_pool"]["name"] == "eoseg-docker"]
+    assert docker_deployments
+    guide = GUIDE.read_text()
+    for deployment in docker_deployments:
+        block = deployment["parameters"]["credentials_secret"]
+        assert block and f'.save("{block}"' in guide, deployment["name"]
+    # Compose: the process worker and the Dask workers get the S3 environment, endpoint included.
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in ("prefect-worker", "dask-worker-1", "dask-worker-2"):
+        environment = services[name]["environment"]
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= set(environment), name
+
+
+def test_the_lambda_relay_needs_only_the_standard_library_as_both_guides_say():
+    import ast
+    import sys
+
+    source = REPO_ROOT / "deployments" / "acquisition_events.py"
+    tree = ast.parse(source.read_text())
+    imported = set()
+    for node in tree.body:  # module level: what a Lambda imports when it loads the handler
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
+    for text in (GUIDE.read_text(), INFRA_README.read_text()):
+        lambda_part = text[text.index("Lambda") :][:600]
+        assert "standard library only" in lambda_part
+        assert "pip install" not in lambda_part

@@ -33,7 +33,7 @@ from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done, file_staging_dir, store_staging_uri
 from eoseg.tile.stage import tile_scene
-from eoseg.train.stage import train_clusterer_on_store
+from eoseg.train.stage import train_on_stores
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 EOSEG = str(Path(sys.executable).parent / "eoseg")
@@ -54,8 +54,8 @@ def inputs(tmp_path_factory, shared_data) -> dict[str, str]:
     store = folder / "naip_crop.zarr"
     tile_scene(str(scene), str(store), chunk_size=CHUNK, show_progress=False)
     model = folder / "model.pt"
-    train_clusterer_on_store(str(store), str(model), params={"epochs": 1, "iterations": 2,
-                                                                 "batch_size": 4, "patch_size": 32}, max_patches=8)
+    train_on_stores("clusterer", [str(store)], str(model),
+                    params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32}, max_patches=8)
     labels = folder / "labels.zarr"
     predict_store(str(store), str(model), str(labels), show_progress=False)
     return {"scene": str(scene), "store": str(store), "model": str(model), "labels": str(labels),
