@@ -359,7 +359,7 @@ def test_train_model_logs_tell_the_story(guide):
         r"tiling .*m_4709963_se_14_1_20090818\.tif .* into \d+ chunks",  # a stage start
         r"\d+/\d+ chunks \(100%\)",  # chunk progress
         r"loss",  # training loss
-        r"trained in .* checkpoint s3://acme-eoseg/models/naip-v1\.pt",  # the output
+        r"trained clusterer .* in .* s on .*; checkpoint s3://acme-eoseg/models/naip-v1\.pt",  # the output
     ):
         assert re.search(expected, text), f"no log line matches {expected!r}"
     names = {task_run.name for task_run in task_runs}
