@@ -81,7 +81,9 @@ def validate_checkpoint(ckpt: Mapping[str, Any], *, source: str = "checkpoint") 
     if not all(_is_finite_number(value) for value in band_mean):
         raise CheckpointError(f"{source}: every 'band_mean' value must be a finite number, got {band_mean}")
     if not all(_is_finite_number(value) and value > 0 for value in band_std):
-        raise CheckpointError(f"{source}: every 'band_std' value must be a positive finite number, got {band_std}")
+        raise CheckpointError(
+            f"{source}: every 'band_std' value must be a positive finite number, got {band_std}"
+        )
     num_classes = ckpt["num_classes"]
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= 256:
         raise CheckpointError(

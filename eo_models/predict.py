@@ -66,7 +66,9 @@ class Predictor:
         self._band_mean = torch.tensor(band_mean, dtype=torch.float32, device=device)[:, None, None]
         self._band_std = torch.tensor(band_std, dtype=torch.float32, device=device)[:, None, None]
 
-    def predict(self, block: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
+    def predict(
+        self, block: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None
+    ) -> np.ndarray:
         """Label every pixel of one block.
 
         Args:
@@ -92,7 +94,9 @@ class Predictor:
         labels: np.ndarray = self.predict_batch(block[None], valid, context=context)[0]
         return labels
 
-    def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
+    def predict_batch(
+        self, blocks: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None
+    ) -> np.ndarray:
         """Label several same-size blocks in one forward pass.
 
         Each block is still processed independently of the others (eval-mode BatchNorm uses running
@@ -122,7 +126,9 @@ class Predictor:
                 f"the {self.family} model expects {self.in_channels} bands (in_channels), "
                 f"got a block with {blocks.shape[1]} bands; check the band selection of the input scene"
             )
-        if not (np.issubdtype(blocks.dtype, np.number) or blocks.dtype == np.bool_) or np.iscomplexobj(blocks):
+        if not (np.issubdtype(blocks.dtype, np.number) or blocks.dtype == np.bool_) or np.iscomplexobj(
+            blocks
+        ):
             raise TypeError(f"block dtype must be real numeric, got {blocks.dtype}")
         expected_mask_shape = (blocks.shape[0], *blocks.shape[2:])
         if valid is not None and np.shape(valid) != expected_mask_shape:

@@ -146,7 +146,9 @@ class SingleSceneClusterer(nn.Module):
             )
         return self._classify(self.attention(self.features(x)))
 
-    def forward_with_descriptors(self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
+    def forward_with_descriptors(
+        self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor
+    ) -> Tensor:
         """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
         weights = self.attention.weights_from_descriptors(average_descriptor, max_descriptor)
         return self._classify(self.features(x) * weights[:, :, None, None])

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from eoseg.io import storage
 from eoseg.catalog.stac import item_uri_for_map
 from eoseg.errors import ConfigurationError, SceneNotFoundError
+from eoseg.io import storage
 from eoseg.outputs import RunOutputs
 
 SCENE_SUFFIXES = (".tif", ".tiff")

@@ -317,7 +317,9 @@ def add_items_to_catalog(
         href = make_relative_href(item_uri, catalog_uri)
         if href not in listed:
             title = PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)]
-            catalog.add_link(pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.JSON, title=title))
+            catalog.add_link(
+                pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.JSON, title=title)
+            )
             listed.add(href)
     catalog.clear_links(pystac.RelType.ROOT)
     catalog.add_link(pystac.Link(pystac.RelType.ROOT, f"./{CATALOG_FILE}", media_type=pystac.MediaType.JSON))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +33,9 @@ class ClusterSpec(BaseModel):
     )
     n_workers: int = Field(default=2, ge=1, description="Local cluster: number of worker processes.")
     threads_per_worker: int = Field(default=1, ge=1, description="Local cluster: threads per worker.")
-    memory_limit: str = Field(default="auto", description="Local cluster: memory limit per worker, e.g. '4GiB'.")
+    memory_limit: str = Field(
+        default="auto", description="Local cluster: memory limit per worker, e.g. '4GiB'."
+    )
     processes: bool = Field(default=True, description="Local cluster: worker processes (True) or threads.")
     gpu_workers: int = Field(
         default=0,
@@ -111,13 +112,19 @@ def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
             from distributed import Client
 
             with Client(address, set_as_default=False, timeout="30s") as client:
-                logger.info("using the Dask cluster at %s (%d workers); dashboard %s", address,
-                            len(client.scheduler_info(n_workers=-1)["workers"]), client.dashboard_link)
+                logger.info(
+                    "using the Dask cluster at %s (%d workers); dashboard %s",
+                    address,
+                    len(client.scheduler_info(n_workers=-1)["workers"]),
+                    client.dashboard_link,
+                )
         except OSError as error:
             from eoseg.errors import ConfigurationError
 
-            raise ConfigurationError(f"cannot reach the Dask scheduler at {address} ({error}); check the "
-                                     f"address (--cluster / {CLUSTER_ENV_VAR}) and that the scheduler runs") from error
+            raise ConfigurationError(
+                f"cannot reach the Dask scheduler at {address} ({error}); check the "
+                f"address (--cluster / {CLUSTER_ENV_VAR}) and that the scheduler runs"
+            ) from error
         yield address
         return
     cluster = _start_local_cluster(spec)
@@ -126,8 +133,12 @@ def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
 
         with Client(cluster) as client:
             client.wait_for_workers(spec.n_workers, timeout=120)
-        logger.info("started a local Dask cluster: %d worker process(es) x %d thread(s); dashboard %s",
-                    spec.n_workers, spec.threads_per_worker, cluster.dashboard_link)
+        logger.info(
+            "started a local Dask cluster: %d worker process(es) x %d thread(s); dashboard %s",
+            spec.n_workers,
+            spec.threads_per_worker,
+            cluster.dashboard_link,
+        )
         yield cluster.scheduler_address
     finally:
         cluster.close()
@@ -149,7 +160,9 @@ def has_gpu_workers(client) -> bool:
     """Whether any worker of the cluster advertises a ``GPU`` resource."""
     if client is None:
         return False
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if hasattr(client, "scheduler_info") else {}
+    workers = (
+        client.scheduler_info(n_workers=-1).get("workers", {}) if hasattr(client, "scheduler_info") else {}
+    )
     return any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values())
 
 
@@ -160,8 +173,12 @@ def _cluster_from_config_file(path: str) -> Iterator[str]:
     config = load_cluster_config(path)
     logger.info("cluster configuration %s: %s", path, config.kind)
     if config.kind == "local":
-        local = ClusterSpec(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker,
-                            memory_limit=config.memory_limit, gpu_workers=config.gpu_workers)
+        local = ClusterSpec(
+            n_workers=config.n_workers,
+            threads_per_worker=config.threads_per_worker,
+            memory_limit=config.memory_limit,
+            gpu_workers=config.gpu_workers,
+        )
         with dask_cluster(local) as address:
             yield address
         return

@@ -77,17 +77,32 @@ def run_stage(
     """
     missing = [i for i, done in enumerate(stage.done) if not done]
     finished = [i for i, done in enumerate(stage.done) if done]
-    logger.info("%s: %d of %d chunks to compute (%d done)", stage.label, len(missing), len(stage.jobs),
-                len(finished))
+    logger.info(
+        "%s: %d of %d chunks to compute (%d done)", stage.label, len(missing), len(stage.jobs), len(finished)
+    )
     resources = dict(stage.resources) if stage.resources else None
     results: list[ResultT | None] = [None] * len(stage.jobs)
-    computed = map_chunks(stage.compute, [stage.jobs[i] for i in missing], label=stage.label, client=client,
-                          resources=resources, show_bar=show_progress, local=stage.local)
+    computed = map_chunks(
+        stage.compute,
+        [stage.jobs[i] for i in missing],
+        label=stage.label,
+        client=client,
+        resources=resources,
+        show_bar=show_progress,
+        local=stage.local,
+    )
     for index, result in zip(missing, computed, strict=True):
         results[index] = result
     if stage.recall is not None and finished:
-        recalled = map_chunks(stage.recall, [stage.jobs[i] for i in finished], label=f"{stage.label} (recall)",
-                              client=client, resources=resources, show_bar=show_progress, local=stage.local)
+        recalled = map_chunks(
+            stage.recall,
+            [stage.jobs[i] for i in finished],
+            label=f"{stage.label} (recall)",
+            client=client,
+            resources=resources,
+            show_bar=show_progress,
+            local=stage.local,
+        )
         for index, result in zip(finished, recalled, strict=True):
             results[index] = result
     return stage.finalise(results)

@@ -159,17 +159,22 @@ def inspect_scene(uri: str, *, allow_ungeoreferenced: bool = False, probe_pixels
     if not found:
         raise SceneNotFoundError(f"{uri}: scene not found. Check the path (or bucket and key for s3://).")
     if storage.size_of(uri) == 0:
-        raise EmptySceneError(f"{uri}: the file is empty (0 bytes); an upload or copy probably failed. "
-                              "Copy the scene again.")
+        raise EmptySceneError(
+            f"{uri}: the file is empty (0 bytes); an upload or copy probably failed. Copy the scene again."
+        )
     try:
         with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as dataset:
             if dataset.width == 0 or dataset.height == 0 or dataset.count == 0:
-                raise EmptySceneError(f"{uri}: the raster has no pixels ({dataset.width} x {dataset.height} "
-                                      f"x {dataset.count} bands).")
+                raise EmptySceneError(
+                    f"{uri}: the raster has no pixels ({dataset.width} x {dataset.height} "
+                    f"x {dataset.count} bands)."
+                )
             dtypes = set(dataset.dtypes)
             if len(dtypes) != 1:
-                raise UnsupportedDtypeError(f"{uri}: bands have different data types {sorted(dtypes)}; "
-                                            "convert them to one type (e.g. gdal_translate -ot).")
+                raise UnsupportedDtypeError(
+                    f"{uri}: bands have different data types {sorted(dtypes)}; "
+                    "convert them to one type (e.g. gdal_translate -ot)."
+                )
             dtype = dataset.dtypes[0]
             if dtype not in SUPPORTED_DTYPES:
                 raise UnsupportedDtypeError(

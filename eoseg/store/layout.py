@@ -12,14 +12,14 @@ is set last: a store without it is an interrupted write, refused by readers and 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 
-from eoseg.io import storage
 from eoseg.errors import IncompleteStoreError, SceneNotFoundError
 from eoseg.geometry import ChunkGrid, GeoBox, crs_wkt_of, make_geobox, transform_of, xy_coordinates
+from eoseg.io import storage
 from eoseg.store.versions import LAYOUT_VERSION, check_layout_version
 
 StoreKind = Literal["image", "labels"]
@@ -215,5 +215,6 @@ def open_data_array(uri: str, info: StoreInfo | str, *, mode: str = "r"):
     import zarr
 
     variable = info if isinstance(info, str) else info.variable
-    return zarr.open_array(f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri),
-                           zarr_format=3)
+    return zarr.open_array(
+        f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri), zarr_format=3
+    )
