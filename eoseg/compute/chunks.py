@@ -143,7 +143,7 @@ def _map_on_cluster(
     results: list[Any] = [None] * len(items)
     try:
         with client.as_current():  # as_completed looks up the current client
-            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]  # unannotated in distributed
                 results[index_of[future.key]] = future.result()  # re-raises the worker's exception
                 reporter.advance()
     except BaseException:

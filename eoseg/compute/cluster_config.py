@@ -12,11 +12,14 @@ training and inference stages ask for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from eoseg.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dask_jobqueue.core import JobQueueCluster
 
 
 class _Config(BaseModel):
@@ -57,7 +60,7 @@ class KubernetesClusterConfig(_Config):
         "Kubernetes secrets mounted into the image's environment).",
     )
 
-    def cluster_spec(self) -> dict:
+    def cluster_spec(self) -> dict[str, Any]:
         """The DaskCluster custom resource (also usable with `kubectl apply`)."""
         from dask_kubernetes.operator import make_cluster_spec
 
@@ -67,7 +70,7 @@ class KubernetesClusterConfig(_Config):
         }
         if self.gpus_per_worker:
             resources["limits"]["nvidia.com/gpu"] = str(self.gpus_per_worker)
-        spec = make_cluster_spec(
+        spec: dict[str, Any] = make_cluster_spec(
             name=self.name,
             image=self.image,
             n_workers=self.n_workers,
@@ -95,14 +98,18 @@ class JobqueueClusterConfig(_Config):
     gpus_per_job: int = Field(default=0, ge=0, le=1, description="GPUs per job (0 or 1).")
     job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH/#PBS lines.")
 
-    def make_cluster(self):
-        import dask_jobqueue
+    def make_cluster(self) -> JobQueueCluster:
+        """The dask-jobqueue cluster of ``system`` (no job is submitted until it is scaled)."""
+        from dask_jobqueue.lsf import LSFCluster
+        from dask_jobqueue.pbs import PBSCluster
+        from dask_jobqueue.sge import SGECluster
+        from dask_jobqueue.slurm import SLURMCluster
 
-        classes = {
-            "slurm": dask_jobqueue.SLURMCluster,
-            "pbs": dask_jobqueue.PBSCluster,
-            "sge": dask_jobqueue.SGECluster,
-            "lsf": dask_jobqueue.LSFCluster,
+        classes: dict[str, type[JobQueueCluster]] = {
+            "slurm": SLURMCluster,
+            "pbs": PBSCluster,
+            "sge": SGECluster,
+            "lsf": LSFCluster,
         }
         directives = list(self.job_extra_directives)
         worker_args: list[str] = []

@@ -39,6 +39,8 @@ from eoseg.store.lifecycle import (
 from eoseg.tile.stage import valid_pixel_mask
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from eo_models.predict import Predictor
 
 __all__ = ["PredictChunkJob", "cached_predictor", "model_load_counts", "predict_chunk", "predict_store"]
@@ -107,7 +109,7 @@ def predict_store(
     *,
     halo: int | None = None,
     overwrite: bool = False,
-    client=None,
+    client: Client | None = None,
     use_gpu: bool = False,
     attention_pooling: str = "scene",
     show_progress: bool | None = None,

@@ -22,7 +22,7 @@ from eoseg.errors import (
     SceneNotFoundError,
     UnsupportedDtypeError,
 )
-from eoseg.geometry import GeoBox, crs_wkt_of, make_geobox, transform_of
+from eoseg.geometry import GeoBox, GeoBoxProperties, make_geobox
 from eoseg.io import storage
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ SUPPORTED_DTYPES = (
 
 
 @dataclass(frozen=True)
-class SceneInfo:
+class SceneInfo(GeoBoxProperties):
     """What eoseg needs to know about a scene; small, immutable, picklable.
 
     Attributes:
@@ -57,24 +57,6 @@ class SceneInfo:
     band_names: tuple[str, ...]
     band_descriptions: tuple[str, ...]
     acquired: str | None
-
-    @property
-    def height(self) -> int:
-        return int(self.geobox.height)
-
-    @property
-    def width(self) -> int:
-        return int(self.geobox.width)
-
-    @property
-    def crs_wkt(self) -> str | None:
-        """The CRS as the file's WKT, or ``None``."""
-        return crs_wkt_of(self.geobox)
-
-    @property
-    def transform(self) -> tuple[float, float, float, float, float, float]:
-        """The affine ``(a, b, c, d, e, f)``."""
-        return transform_of(self.geobox)
 
     @property
     def pixels(self) -> int:
