@@ -97,7 +97,7 @@ def _is_finite_number(value: Any) -> bool:
 
 def _check_plain(value: Any, where: str) -> None:
     """Refuse anything that ``torch.load(weights_only=True)`` would refuse, naming where it is."""
-    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN_SCALARS):
+    if isinstance(value, (torch.Tensor, *_PLAIN_SCALARS)):
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -111,7 +111,8 @@ def _check_plain(value: Any, where: str) -> None:
         return
     raise CheckpointError(
         f"checkpoint value at {where} has type {type(value).__name__}; only tensors, str, int, float, "
-        "bool, None, list, tuple and dict load with weights_only=True (convert numpy values with float()/.tolist())"
+        "bool, None, list, tuple and dict load with weights_only=True "
+        "(convert numpy values with float()/.tolist())"
     )
 
 

@@ -54,7 +54,8 @@ class Predictor:
         """Wrap a model; prefer ``load_predictor``, which builds everything from a checkpoint."""
         if len(band_mean) != in_channels or len(band_std) != in_channels:
             raise ValueError(
-                f"band statistics have {len(band_mean)} means and {len(band_std)} stds for {in_channels} bands"
+                f"band statistics have {len(band_mean)} means and {len(band_std)} stds "
+                f"for {in_channels} bands"
             )
         self.model_family = family if isinstance(family, ModelFamily) else get_family(family)
         self.family = self.model_family.name
@@ -224,7 +225,8 @@ def load_predictor(
     in_channels = family.in_channels(ckpt)
     if len(ckpt["band_mean"]) != in_channels:
         raise CheckpointError(
-            f"{source}: model_config says {in_channels} input bands but band_mean has {len(ckpt['band_mean'])}"
+            f"{source}: model_config says {in_channels} input bands "
+            f"but band_mean has {len(ckpt['band_mean'])}"
         )
     return Predictor(
         model,

@@ -66,7 +66,8 @@ class PredictOptions(_Options):
 
     halo: int | None = Field(
         default=None, ge=0,
-        description="Context pixels read around each chunk (overlap-tile); empty: the model family's default.",
+        description="Context pixels read around each chunk (overlap-tile); "
+        "empty: the model family's default.",
     )  # fmt: skip
     attention_pooling: Literal["scene", "tile"] = Field(
         default="scene",
