@@ -101,6 +101,8 @@ def params_from_dict(cls: type[P], values: Mapping[str, Any]) -> P:
     """
     hints = typing.get_type_hints(cls)
     converted = dict(values)
+    # ``cls`` is a dataclass (typeshed's DataclassInstance bound would not admit the ``type`` that the
+    # families' ``training_params`` are declared as).
     for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
         hint = hints.get(spec.name)
         value = converted.get(spec.name)
@@ -119,4 +121,5 @@ def plain_dict(params: Any) -> dict[str, Any]:
             return [plain(item) for item in value]
         return value
 
-    return plain(dataclasses.asdict(params))  # type: ignore[no-any-return]
+    as_dict: dict[str, Any] = plain(dataclasses.asdict(params))
+    return as_dict

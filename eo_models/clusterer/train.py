@@ -140,7 +140,7 @@ def clusterer_training_step(
     """
     losses = compute_clusterer_losses(model, batch, permutation)
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()  # type: ignore[no-untyped-call]
+    losses.total.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     optimizer.step()
     return ClustererLosses(clustering=losses.clustering.detach(), contrastive=losses.contrastive.detach())
 

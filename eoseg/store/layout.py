@@ -39,6 +39,8 @@ class StoreInfo(GeoBoxProperties):
     same names give back.
     """
 
+    # The scene's fields again (SceneInfo), in the order of the store's attribute; the grid's properties
+    # are shared through GeoBoxProperties. A common base class would reorder the fields.
     kind: StoreKind
     geobox: GeoBox
     band_count: int
