@@ -225,8 +225,8 @@ def run_clusterer(
     max_wait: float,
     normalisation: str | None = None,
 ) -> dict:
-    from eoseg.predict.stage import predict_store
     from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.predict.stage import predict_store
     from eoseg.train.stage import train_on_stores
 
     tag = f"{name.replace(' ', '_').replace('/', '-').replace('(', '').replace(')', '').replace(':', '').replace(',', '')}_s{seed}"
@@ -284,8 +284,8 @@ def _train_predict_log(params: dict, max_patches: int | None, model_path: str, m
     """
     import rasterio
 
-    from eo_models.predict import load_predictor
     from eo_models.clusterer.train import ArrayPatchSource, ClustererTrainingParams, train_clusterer
+    from eo_models.predict import load_predictor
 
     with rasterio.open(SCENE) as src:
         raw = src.read().astype(np.float32)
@@ -438,8 +438,8 @@ def main() -> None:
 
     import rasterio
 
-    from eoseg.mosaic.quicklook import write_quicklook
     from eoseg.evaluate.reference import rasterize_reference
+    from eoseg.mosaic.quicklook import write_quicklook
 
     seeds = [int(s) for s in args.seeds.split(",")]
     baseline_params = {"iterations": args.iterations}

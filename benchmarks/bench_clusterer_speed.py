@@ -321,8 +321,8 @@ def case_train(case: dict) -> dict:
     import numpy as np
     import torch
 
-    from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
     from eo_models.clusterer.losses import random_derangement
+    from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
     from eo_models.clusterer.train import (
         ClustererTrainingParams,
         _build_optimizer,

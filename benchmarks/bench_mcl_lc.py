@@ -131,8 +131,11 @@ def score_map(cog: str, reference: str, class_values: list[int]) -> dict:
     report = score(counts, mapping, method="checkpoint class mapping")
     building = report.per_class.get(255)
     predicted = counts.counts.sum(axis=1)
-    building_share = sum(int(n) for label, n in zip(counts.prediction_labels, predicted, strict=True)
-                         if class_values[label] == 255)
+    building_share = sum(
+        int(n)
+        for label, n in zip(counts.prediction_labels, predicted, strict=True)
+        if class_values[label] == 255
+    )
     return {
         "oa": report.oa, "kappa": report.kappa, "f1_building": building.f1 if building else 0.0,
         "iou_building": building.iou if building else 0.0, "f1_mean": report.f1, "pixels": report.pixels,
@@ -172,13 +175,19 @@ def random_init_checkpoint(stores: list[str], out: Path, *, patch_size: int, see
     """The seeded initial weights of pre-training (0 epochs run), with the same pooled normalisation."""
     from eo_models.mcl_lc.model import PretrainParams
     from eo_models.mcl_lc.train import pretrain_mcl_lc
-    from eoseg.train.patches import MultiStorePatchSource
     from eoseg.train.checkpoints import save_checkpoint_to
+    from eoseg.train.patches import MultiStorePatchSource
 
     patches = MultiStorePatchSource(stores, patch_size, max_patches=8, seed=seed)
     params = PretrainParams(epochs=1, batch_size=4, patch_size=patch_size, seed=seed, device="cpu")
-    checkpoint = pretrain_mcl_lc(patches, in_channels=patches.band_count, params=params,
-                                 band_mean=patches.band_mean, band_std=patches.band_std, stop_after_epoch=0)
+    checkpoint = pretrain_mcl_lc(
+        patches,
+        in_channels=patches.band_count,
+        params=params,
+        band_mean=patches.band_mean,
+        band_std=patches.band_std,
+        stop_after_epoch=0,
+    )
     save_checkpoint_to(str(out), checkpoint, overwrite=True)
     return str(out)
 
@@ -202,9 +211,16 @@ def markdown(results: dict) -> str:
         f"**{pre['patches_per_second']:.2f} patches/s** (each patch gives two augmented views).",
         "",
         "Pre-training loss per epoch (mean over its steps): "
-        + "; ".join(f"{name} {[round(v, 3) for v in pre['history'][key]]}" for name, key in (
-            ("total", "loss"), ("feature-level", "feature_loss"), ("semantic-level", "semantic_loss"),
-            ("local-consistency", "local_consistency_loss"), ("MINE estimate (nats)", "mutual_information")))
+        + "; ".join(
+            f"{name} {[round(v, 3) for v in pre['history'][key]]}"
+            for name, key in (
+                ("total", "loss"),
+                ("feature-level", "feature_loss"),
+                ("semantic-level", "semantic_loss"),
+                ("local-consistency", "local_consistency_loss"),
+                ("MINE estimate (nats)", "mutual_information"),
+            )
+        )
         + f". For reference, NT-Xent at chance is log(2N - 1) = {np.log(2 * setup['pretrain_batch'] - 1):.3f} "
         f"for N = {setup['pretrain_batch']}; a Donsker-Varadhan MINE estimate below 0 is below the trivial bound "
         "(the true mutual information is >= 0).",
@@ -278,8 +294,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.environ.get("EOSEG_BENCH_DIR", "/tmp/eoseg-bench-mcl-lc"))
     parser.add_argument("--results", default=str(HERE / "results"))
-    parser.add_argument("--naip-years", default="2009,2012,2015,2018,2020",
-                        help="NAIP acquisitions (years) converted to intensity for pre-training")
+    parser.add_argument(
+        "--naip-years",
+        default="2009,2012,2015,2018,2020",
+        help="NAIP acquisitions (years) converted to intensity for pre-training",
+    )
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--pretrain-patches", type=int, default=192, help="max_patches of pre-training")
     parser.add_argument("--pretrain-batch", type=int, default=8)
@@ -292,14 +311,18 @@ def main() -> None:
     parser.add_argument("--label-fraction", type=float, default=0.02)
     parser.add_argument("--seeds", default="0,1", help="comma-separated fine-tuning seeds (label sample too)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
-    parser.add_argument("--report-only", action="store_true",
-                        help="only rewrite mcl_lc.md (and the verdict) from an existing mcl_lc.json")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rewrite mcl_lc.md (and the verdict) from an existing mcl_lc.json",
+    )
     args = parser.parse_args()
     if args.report_only:
         path = Path(args.results) / "mcl_lc.json"
         results = json.loads(path.read_text())
-        results["verdict"] = (verdict(results["runs"]) + "\n\n"
-                              + verdict(results["runs"], "scores_patchwise", "patch-wise"))
+        results["verdict"] = (
+            verdict(results["runs"]) + "\n\n" + verdict(results["runs"], "scores_patchwise", "patch-wise")
+        )
         path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         (Path(args.results) / "mcl_lc.md").write_text(markdown(results))
         print(markdown(results))
@@ -309,13 +332,13 @@ def main() -> None:
 
     import torch
 
-    from eoseg.predict.stage import predict_store
-    from eoseg.train.finetune import finetune_on_store
-    from eoseg.train.stage import train_on_stores
-    from eoseg.mosaic.cog import mosaic_to_cog
     from eoseg.evaluate.reference import rasterize_reference
+    from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.predict.stage import predict_store
     from eoseg.store.layout import read_store_info
     from eoseg.train.checkpoints import load_checkpoint_from
+    from eoseg.train.finetune import finetune_on_store
+    from eoseg.train.stage import train_on_stores
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -328,7 +351,9 @@ def main() -> None:
     naip_stores = []
     for year in args.naip_years.split(","):
         naip = next(NAIP_DIR.glob(f"m_4709963_se_14_1_{year}*.tif"))
-        intensity = naip_intensity(naip, work / f"naip_{year}_intensity.tif", stats["mean"][0], stats["std"][0])
+        intensity = naip_intensity(
+            naip, work / f"naip_{year}_intensity.tif", stats["mean"][0], stats["std"][0]
+        )
         naip_stores.append(tile_once(intensity, work / f"naip_{year}_intensity.zarr", 1024))
     pretrain_stores = [*naip_stores, spacenet]
     reference = rasterize_reference(str(LABELS_GEOJSON), str(SCENE), str(work / "reference.tif"))
@@ -343,8 +368,11 @@ def main() -> None:
     pretraining = {**summary, "steps": pre_checkpoint["train_params"]["steps_per_epoch"] * args.pretrain_epochs,
                    "history": pre_checkpoint["history"]}  # fmt: skip
     del pre_checkpoint
-    print(f"pre-training: {summary['patches']} patches, {summary['seconds']} s, "
-          f"{summary['patches_per_second']} patches/s, loss {pretraining['history']['loss']}", flush=True)
+    print(
+        f"pre-training: {summary['patches']} patches, {summary['seconds']} s, "
+        f"{summary['patches_per_second']} patches/s, loss {pretraining['history']['loss']}",
+        flush=True,
+    )
     random_init = random_init_checkpoint(pretrain_stores, work / "random_init.pt", patch_size=args.patch_size,
                                          seed=args.pretrain_seed)  # fmt: skip
     starts = {"random init": random_init, "mCL-LC pre-trained": str(pretrained)}
@@ -369,7 +397,9 @@ def main() -> None:
                 predict_store(spacenet, str(tuned), str(labels), overwrite=True, show_progress=False)
                 cog = work / f"map_{tag}.tif"
                 mosaic_to_cog(str(labels), str(cog), overwrite=True, show_progress=False)
-                class_values = torch.load(tuned, weights_only=True, map_location="cpu")["extra"]["class_values"]
+                class_values = torch.load(tuned, weights_only=True, map_location="cpu")["extra"][
+                    "class_values"
+                ]
                 scores = score_map(str(cog), eval_reference, class_values)
                 patchwise = predict_in_patches(str(tuned), work / f"patchwise_{tag}.tif", args.patch_size)
                 run = {"start": start, "finetune_lr": lr, "seed": seed, "scores": scores,
@@ -383,13 +413,20 @@ def main() -> None:
     results = {
         "machine": machine,
         "setup": {
-            "scene": str(SCENE), "labels": str(LABELS_GEOJSON), "pretrain_stores": pretrain_stores,
+            "scene": str(SCENE),
+            "labels": str(LABELS_GEOJSON),
+            "pretrain_stores": pretrain_stores,
             "naip_conversion": "mean(R,G,B) linearly matched to SpaceNet's mean/std, uint16, 1 band",
-            "patch_size": args.patch_size, "pretrain_patches": args.pretrain_patches,
-            "pretrain_batch": args.pretrain_batch, "pretrain_epochs": args.pretrain_epochs,
-            "pretrain_lr": args.pretrain_lr, "pretrain_seed": args.pretrain_seed,
-            "finetune_patches": args.finetune_patches, "finetune_batch": args.finetune_batch,
-            "finetune_epochs": args.finetune_epochs, "label_fraction": args.label_fraction,
+            "patch_size": args.patch_size,
+            "pretrain_patches": args.pretrain_patches,
+            "pretrain_batch": args.pretrain_batch,
+            "pretrain_epochs": args.pretrain_epochs,
+            "pretrain_lr": args.pretrain_lr,
+            "pretrain_seed": args.pretrain_seed,
+            "finetune_patches": args.finetune_patches,
+            "finetune_batch": args.finetune_batch,
+            "finetune_epochs": args.finetune_epochs,
+            "label_fraction": args.label_fraction,
             "evaluation": "pixels outside the fine-tuning sample; class index -> value from the checkpoint",
         },  # fmt: skip
         "pretraining": pretraining,

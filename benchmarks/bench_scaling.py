@@ -36,8 +36,14 @@ def _peak_rss_mib() -> float:
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM"
 
@@ -58,9 +64,15 @@ def run_case(store: str, model: str, out: str, workers: int) -> dict:
             seconds = time.perf_counter() - started
             peaks = sorted(client.run(_peak_rss_mib).values())
     megapixels = info.height * info.width / 1e6
-    return {"workers": workers, "megapixels": round(megapixels, 2), "chunks": len(info.grid),
-            "seconds": round(seconds, 1), "mp_per_s": round(megapixels / seconds, 3),
-            "peak_rss_per_worker_mib": [round(p) for p in peaks], "load_before": round(load_before, 1)}
+    return {
+        "workers": workers,
+        "megapixels": round(megapixels, 2),
+        "chunks": len(info.grid),
+        "seconds": round(seconds, 1),
+        "mp_per_s": round(megapixels / seconds, 3),
+        "peak_rss_per_worker_mib": [round(p) for p in peaks],
+        "load_before": round(load_before, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(stores[size]).exists():
             tile_scene(str(scene), stores[size], chunk_size=args.chunk_size, show_progress=False)
     model = str(out / "model.pt")
-    train_on_stores("clusterer", [stores[sizes[0]]], model, params=dict(epochs=1, iterations=5, batch_size=8),
-                             max_patches=32, overwrite=True)
+    train_on_stores(
+        "clusterer",
+        [stores[sizes[0]]],
+        model,
+        params=dict(epochs=1, iterations=5, batch_size=8),
+        max_patches=32,
+        overwrite=True,
+    )
 
     rows = []
     for size in sizes:
@@ -109,22 +127,34 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "speedup_2_vs_1_workers": round(two["mp_per_s"] / one["mp_per_s"], 2),
         "time_per_megapixel_ratio_largest_vs_smallest": round(
-            (rows[len(sizes) - 1]["seconds"] / rows[len(sizes) - 1]["megapixels"]) / (base["seconds"] / base["megapixels"]), 2),
+            (rows[len(sizes) - 1]["seconds"] / rows[len(sizes) - 1]["megapixels"])
+            / (base["seconds"] / base["megapixels"]),
+            2,
+        ),
         "peak_rss_growth_largest_vs_smallest": round(
-            max(rows[len(sizes) - 1]["peak_rss_per_worker_mib"]) / max(base["peak_rss_per_worker_mib"]), 2),
+            max(rows[len(sizes) - 1]["peak_rss_per_worker_mib"]) / max(base["peak_rss_per_worker_mib"]), 2
+        ),
         "cpu_worker_mp_per_s": round(per_worker_mp_s, 3),
     }
-    lines = [f"# Distributed inference scaling ({summary['machine']}, {summary['date']}, chunks "
-             f"{args.chunk_size} px, scene-level attention pooling)", "",
-             "| case | megapixels | chunks | seconds | MP/s | peak RSS per worker (MiB) | load before |",
-             "|---|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        f"# Distributed inference scaling ({summary['machine']}, {summary['date']}, chunks "
+        f"{args.chunk_size} px, scene-level attention pooling)",
+        "",
+        "| case | megapixels | chunks | seconds | MP/s | peak RSS per worker (MiB) | load before |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['megapixels']} | {r['chunks']} | {r['seconds']} | {r['mp_per_s']} | "
-                     f"{r['peak_rss_per_worker_mib']} | {r['load_before']} |")
-    lines += ["", f"- 2 vs 1 worker speed-up: {summary['speedup_2_vs_1_workers']}x",
-              f"- seconds per megapixel, largest vs smallest scene: {summary['time_per_megapixel_ratio_largest_vs_smallest']}"
-              " (1.0 = linear in pixels)",
-              f"- peak worker RSS, largest vs smallest scene: {summary['peak_rss_growth_largest_vs_smallest']}x (flat = 1.0)"]
+        lines.append(
+            f"| {r['case']} | {r['megapixels']} | {r['chunks']} | {r['seconds']} | {r['mp_per_s']} | "
+            f"{r['peak_rss_per_worker_mib']} | {r['load_before']} |"
+        )
+    lines += [
+        "",
+        f"- 2 vs 1 worker speed-up: {summary['speedup_2_vs_1_workers']}x",
+        f"- seconds per megapixel, largest vs smallest scene: {summary['time_per_megapixel_ratio_largest_vs_smallest']}"
+        " (1.0 = linear in pixels)",
+        f"- peak worker RSS, largest vs smallest scene: {summary['peak_rss_growth_largest_vs_smallest']}x (flat = 1.0)",
+    ]
     text = "\n".join(lines)
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)

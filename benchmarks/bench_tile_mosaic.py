@@ -217,8 +217,14 @@ def _timed(function) -> dict:
         start = time.perf_counter()
         value = function()
         wall = time.perf_counter() - start
-    return {"wall_s": wall, "cpu_s": cpu_seconds() - cpu0, "baseline_rss": baseline, "peak_rss": self_maxrss(),
-            "peak_rss_sampled_total": sampler.peak_total, "_value": value}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu_seconds() - cpu0,
+        "baseline_rss": baseline,
+        "peak_rss": self_maxrss(),
+        "peak_rss_sampled_total": sampler.peak_total,
+        "_value": value,
+    }
 
 
 def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list[str] | None = None) -> dict:
@@ -234,8 +240,11 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
         from eoseg.tile.stage import tile_scene
 
         _remove(p["store_threads"])
-        result.update(_timed(lambda: tile_scene(scene, str(p["store_threads"]), chunk_size=chunk_size,
-                                                show_progress=False)))
+        result.update(
+            _timed(
+                lambda: tile_scene(scene, str(p["store_threads"]), chunk_size=chunk_size, show_progress=False)
+            )
+        )
         result.pop("_value")
     elif case == "tile-cluster":
         from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
@@ -243,7 +252,10 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
 
         _remove(p["store_cluster"])
         t0 = time.perf_counter()
-        with dask_cluster(ClusterSpec(n_workers=2, threads_per_worker=1)) as address, connect(address) as client:
+        with (
+            dask_cluster(ClusterSpec(n_workers=2, threads_per_worker=1)) as address,
+            connect(address) as client,
+        ):
             # Workers import what a tile task needs before the clock starts (a warm, long-lived cluster).
             if patches:
                 import eoseg_patches
@@ -258,8 +270,9 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
             cpu0 = cpu_seconds()
             with TreeSampler() as sampler:
                 start = time.perf_counter()
-                tile_scene(scene, str(p["store_cluster"]), chunk_size=chunk_size, client=client,
-                           show_progress=False)
+                tile_scene(
+                    scene, str(p["store_cluster"]), chunk_size=chunk_size, client=client, show_progress=False
+                )
                 wall = time.perf_counter() - start
             client_cpu = cpu_seconds() - cpu0
             worker_cpu = client.run(cpu_seconds)
@@ -305,8 +318,13 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
         if not p["store_threads"].exists():
             raise SystemExit(f"{p['store_threads']}: run tile-threads first")
         _remove(p["cog_eoseg"])
-        result.update(_timed(lambda: mosaic_to_cog(str(p["store_threads"]), str(p["cog_eoseg"]), band=1,
-                                                   show_progress=False)))
+        result.update(
+            _timed(
+                lambda: mosaic_to_cog(
+                    str(p["store_threads"]), str(p["cog_eoseg"]), band=1, show_progress=False
+                )
+            )
+        )
         result.pop("_value")
         result["output_bytes"] = p["cog_eoseg"].stat().st_size
     elif case in ("gdal-cog", "gdal-cog-mt"):
@@ -420,9 +438,13 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def report_run(size: str, case: str, m: dict, rep: int, repeat: int) -> None:
-    print(f"[{size}] {rep}/{repeat} {case:14s} {m['wall_s']:7.2f} s  cpu {m.get('cpu_s', 0):6.1f} s  peak RSS "
-          f"{mib(m['peak_rss']):>6s} MiB" + (f"  max worker {mib(m['max_worker_rss'])} MiB" if "max_worker_rss" in m
-                                             else "") + f"  (load {m.get('loadavg_1min', 0):.1f})", flush=True)
+    print(
+        f"[{size}] {rep}/{repeat} {case:14s} {m['wall_s']:7.2f} s  cpu {m.get('cpu_s', 0):6.1f} s  peak RSS "
+        f"{mib(m['peak_rss']):>6s} MiB"
+        + (f"  max worker {mib(m['max_worker_rss'])} MiB" if "max_worker_rss" in m else "")
+        + f"  (load {m.get('loadavg_1min', 0):.1f})",
+        flush=True,
+    )
 
 
 def mib(value: float | None) -> str:
@@ -490,14 +512,22 @@ def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> di
             targets.append({"target": f"tile peak RSS flat as scene grows 4x [{case}, {small} -> {large}]",
                             "value": f"{mib(a)} -> {mib(b)} MiB ({b / a:.2f}x; flat means <= {TARGET_RSS_FLAT}x)",
                             "verdict": verdict(b / a <= TARGET_RSS_FLAT)})  # fmt: skip
-    return {"environment": env, "scenes": scenes, "tile": tile_rows, "mosaic": mosaic_rows, "targets": targets}
+    return {
+        "environment": env,
+        "scenes": scenes,
+        "tile": tile_rows,
+        "mosaic": mosaic_rows,
+        "targets": targets,
+    }
 
 
 def _table(headers: list[str], rows: list[list[str]], aligns: str) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def fmt(cells):
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns)).rstrip()
+        return "  ".join(
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns)
+        ).rstrip()
 
     return [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
@@ -519,10 +549,12 @@ def _header_lines(env: dict, scenes: dict, bullet: str, repeats: dict | None = N
            f"(GDAL {env['gdal_in_rasterio']}), gdal_translate: {env['gdal_translate']}, dask "
            f"{env['dask']}, distributed {env['distributed']}, zarr {env['zarr']}, numpy {env['numpy']}")]  # fmt: skip
     for size, scene in scenes.items():
-        out.append(f"{bullet}scene {size}: {scene['width']} x {scene['height']} px x {scene['bands']} bands uint8 "
-                   f"({scene['width'] * scene['height'] / 1e6:.1f} Mpx), {scene['bytes'] / MiB:.0f} MiB DEFLATE "
-                   f"GeoTIFF (256 px tiles), mosaic of the 10 real NAIP scenes"
-                   + (f"; median of {repeats[size]} run(s) per case" if repeats else ""))
+        out.append(
+            f"{bullet}scene {size}: {scene['width']} x {scene['height']} px x {scene['bands']} bands uint8 "
+            f"({scene['width'] * scene['height'] / 1e6:.1f} Mpx), {scene['bytes'] / MiB:.0f} MiB DEFLATE "
+            f"GeoTIFF (256 px tiles), mosaic of the 10 real NAIP scenes"
+            + (f"; median of {repeats[size]} run(s) per case" if repeats else "")
+        )
     return out
 
 
@@ -533,11 +565,15 @@ def render(report: dict, *, markdown: bool) -> str:
     out: list[str] = [f"{head}eoseg tile / mosaic benchmark ({env['date']})", ""]
     out += _header_lines(env, report["scenes"], bullet, report["repeat"])
     if report.get("loadavg_at_end"):
-        out.append(f"{bullet}load average at end {report['loadavg_at_end']} (2 cores: above ~0.5 other work "
-                   "competes for the CPUs; then the CPU-seconds ratios are the steadier comparison)")
+        out.append(
+            f"{bullet}load average at end {report['loadavg_at_end']} (2 cores: above ~0.5 other work "
+            "competes for the CPUs; then the CPU-seconds ratios are the steadier comparison)"
+        )
     out.append("")
-    out.append(f"{sub}Tile: GeoTIFF -> Zarr (chunks 4 x {report['chunk_size']} x {report['chunk_size']}, "
-               "Blosc zstd-3 bitshuffle)")
+    out.append(
+        f"{sub}Tile: GeoTIFF -> Zarr (chunks 4 x {report['chunk_size']} x {report['chunk_size']}, "
+        "Blosc zstd-3 bitshuffle)"
+    )
     out.append("")
     headers = ["size", "pixels", "case", "wall s", "cpu s", "Mpx/s", "peak RSS MiB", "max worker MiB",
                "all procs MiB", "eoseg/gdal"]  # fmt: skip
@@ -548,7 +584,17 @@ def render(report: dict, *, markdown: bool) -> str:
     out.append("")
     out.append(f"{sub}Mosaic: band 1 -> COG (512 px tiles, DEFLATE + predictor, nearest overviews)")
     out.append("")
-    headers = ["size", "pixels", "case", "wall s", "cpu s", "Mpx/s", "peak RSS MiB", "output MiB", "eoseg/gdal"]
+    headers = [
+        "size",
+        "pixels",
+        "case",
+        "wall s",
+        "cpu s",
+        "Mpx/s",
+        "peak RSS MiB",
+        "output MiB",
+        "eoseg/gdal",
+    ]
     rows = [[r["size"], r["pixels"], r["label"], f"{r['wall_s']:.1f}", _secs(r["cpu_s"]), f"{r['mpx_s']:.1f}",
              mib(r["peak_rss"]), f"{r['output_mib']:.1f}", f"{r['vs_gdal']:.2f}x"] for r in report["mosaic"]]  # fmt: skip
     out += table(headers, rows, "lllrrrrrr")
@@ -559,14 +605,20 @@ def render(report: dict, *, markdown: bool) -> str:
     out += table(["target", "measured", "verdict"], rows, "lll")
     out.append("")
     notes = [
-        ("wall s: median wall time of --repeat runs, each in a fresh process; imports excluded; for the cluster, "
-        "cluster start-up and worker imports excluded (startup_s in the JSON). cpu s: user+system CPU seconds of "
-        "the same run (for the cluster: client + workers), less sensitive than wall time to other load."),
-        ("peak RSS MiB: the measuring process's VmHWM (GDAL rows: gdal_translate's). For the cluster: the "
-        "client process (which also hosts the scheduler and nannies); max worker MiB: the largest worker's "
-        "VmHWM; all procs MiB: peak of the summed RSS of the whole process tree, sampled every 0.1 s."),
-        ("eoseg/gdal: eoseg wall time / gdal_translate wall time (tile: -of Zarr with the same Blosc codec; "
-        "mosaic: -of COG without NUM_THREADS). Every input is in the page cache."),
+        (
+            "wall s: median wall time of --repeat runs, each in a fresh process; imports excluded; for the cluster, "
+            "cluster start-up and worker imports excluded (startup_s in the JSON). cpu s: user+system CPU seconds of "
+            "the same run (for the cluster: client + workers), less sensitive than wall time to other load."
+        ),
+        (
+            "peak RSS MiB: the measuring process's VmHWM (GDAL rows: gdal_translate's). For the cluster: the "
+            "client process (which also hosts the scheduler and nannies); max worker MiB: the largest worker's "
+            "VmHWM; all procs MiB: peak of the summed RSS of the whole process tree, sampled every 0.1 s."
+        ),
+        (
+            "eoseg/gdal: eoseg wall time / gdal_translate wall time (tile: -of Zarr with the same Blosc codec; "
+            "mosaic: -of COG without NUM_THREADS). Every input is in the page cache."
+        ),
     ]
     out += [f"{bullet}{n}" for n in notes]
     return "\n".join(out) + "\n"
@@ -593,14 +645,21 @@ def run_experiments(size: str, workdir: Path, chunk_size: int, repeat: int, env:
     scene = build_named(size, workdir)
     paths = _paths(workdir, size)
     ensure_band1(paths)
-    plan: list[tuple[str, str, list[str]]] = [("reference", "gdal-zarr", []), ("reference", "gdal-zarr-l1", [])]
-    plan += [(name, case, patches) for name, patches in TILE_VARIANTS for case in ("tile-threads", "tile-cluster")]
+    plan: list[tuple[str, str, list[str]]] = [
+        ("reference", "gdal-zarr", []),
+        ("reference", "gdal-zarr-l1", []),
+    ]
+    plan += [
+        (name, case, patches) for name, patches in TILE_VARIANTS for case in ("tile-threads", "tile-cluster")
+    ]
     mosaic_plan = [("reference", "gdal-cog", [])] + [(name, "mosaic-eoseg", p) for name, p in MOSAIC_VARIANTS]
     runs: dict[tuple[str, str], list[dict]] = {}
     for rep in range(repeat):
         for name, case, patches in plan:
             runs.setdefault((name, case), []).append(run_child(case, size, workdir, chunk_size, patches))
-        run_child("tile-threads", size, workdir, chunk_size)  # the store the mosaic reads, as eoseg writes it today
+        run_child(
+            "tile-threads", size, workdir, chunk_size
+        )  # the store the mosaic reads, as eoseg writes it today
         for name, case, patches in mosaic_plan:
             runs.setdefault((name, case), []).append(run_child(case, size, workdir, chunk_size, patches))
         print(f"[{size}] experiments: round {rep + 1}/{repeat} done", flush=True)
@@ -613,7 +672,10 @@ def run_experiments(size: str, workdir: Path, chunk_size: int, repeat: int, env:
             cells.append(mib(m.get("max_worker_rss")))
         if reference is None:
             return cells + ["-", "-"]
-        return cells + [f"{m['wall_s'] / reference['wall_s']:.2f}x", f"{m['cpu_s'] / reference['cpu_s']:.2f}x"]
+        return cells + [
+            f"{m['wall_s'] / reference['wall_s']:.2f}x",
+            f"{m['cpu_s'] / reference['cpu_s']:.2f}x",
+        ]
 
     tile_rows = [row("reference", c, refs[c], None, True) for c in ("gdal-zarr", "gdal-zarr-l1")]
     for name, patches in TILE_VARIANTS:
@@ -640,25 +702,41 @@ def run_experiments(size: str, workdir: Path, chunk_size: int, repeat: int, env:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tile_experiments.md").write_text(text)
     raw = {f"{name} | {case}": m for (name, case), m in results.items()}
-    (out_dir / "tile_experiments.json").write_text(json.dumps({"environment": env, "size": size, "scene": scene,
-                                                               "repeat": repeat, "raw": raw}, indent=2) + "\n")
+    (out_dir / "tile_experiments.json").write_text(
+        json.dumps({"environment": env, "size": size, "scene": scene, "repeat": repeat, "raw": raw}, indent=2)
+        + "\n"
+    )
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="eoseg tile/mosaic benchmark vs GDAL")
-    parser.add_argument("--sizes", default="0.25x,1x", help=f"comma-separated, of {','.join(SIZES)} (default "
-                        "0.25x,1x; 4x needs ~8 GiB of disk and a few minutes more)")
+    parser.add_argument(
+        "--sizes",
+        default="0.25x,1x",
+        help=f"comma-separated, of {','.join(SIZES)} (default "
+        "0.25x,1x; 4x needs ~8 GiB of disk and a few minutes more)",
+    )
     parser.add_argument("--workdir", default=os.environ.get("EOSEG_BENCH_DIR", "/tmp/eoseg-bench"))
     parser.add_argument("--results", default=str(RESULT_DIR))
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (the median is reported)")
-    parser.add_argument("--repeat-4x", type=int, default=1, help="runs per case at 4x (default 1: ~5 min each)")
+    parser.add_argument(
+        "--repeat-4x", type=int, default=1, help="runs per case at 4x (default 1: ~5 min each)"
+    )
     parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
     parser.add_argument("--keep", action="store_true", help="keep stores and COGs under --workdir")
-    parser.add_argument("--experiments", metavar="SIZE", default=None,
-                        help="instead of the benchmark, measure the candidate fixes in eoseg_patches.py at SIZE")
-    parser.add_argument("--render", metavar="JSON", default=None,
-                        help="re-print and re-write the report from an earlier tile_mosaic.json")
+    parser.add_argument(
+        "--experiments",
+        metavar="SIZE",
+        default=None,
+        help="instead of the benchmark, measure the candidate fixes in eoseg_patches.py at SIZE",
+    )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="re-print and re-write the report from an earlier tile_mosaic.json",
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--patch", default="", help=argparse.SUPPRESS)
@@ -690,26 +768,38 @@ def main(argv: list[str] | None = None) -> None:
     free = shutil.disk_usage(workdir).free
     need = {"0.25x": 0.5, "1x": 2.0, "4x": 8.0}
     if sum(need[s] for s in sizes) * GiB > free:
-        raise SystemExit(f"{workdir}: {free / GiB:.1f} GiB free, about {sum(need[s] for s in sizes)} GiB needed")
+        raise SystemExit(
+            f"{workdir}: {free / GiB:.1f} GiB free, about {sum(need[s] for s in sizes)} GiB needed"
+        )
 
     env = environment()
-    print(f"machine: {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB; GDAL {env['gdal_in_rasterio']} "
-          f"(rasterio), {env['gdal_translate']}; load average {env['loadavg_at_start']}", flush=True)
+    print(
+        f"machine: {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB; GDAL {env['gdal_in_rasterio']} "
+        f"(rasterio), {env['gdal_translate']}; load average {env['loadavg_at_start']}",
+        flush=True,
+    )
     if env["loadavg_at_start"][0] > 0.5:
-        print(f"warning: the machine is busy (load {env['loadavg_at_start'][0]}); timings will be noisy",
-              flush=True)
+        print(
+            f"warning: the machine is busy (load {env['loadavg_at_start'][0]}); timings will be noisy",
+            flush=True,
+        )
     out_dir = Path(args.results)
     bench_start = time.perf_counter()
     if args.experiments:
         print(run_experiments(sizes[0], workdir, args.chunk_size, args.repeat, env, out_dir))
-        print(f"(took {time.perf_counter() - bench_start:.0f} s; results in {out_dir}/tile_experiments.md and .json)")
+        print(
+            f"(took {time.perf_counter() - bench_start:.0f} s; results in {out_dir}/tile_experiments.md and .json)"
+        )
         return
     scenes, results, repeats = {}, {}, {}
     for size in sizes:
         t0 = time.perf_counter()
         scenes[size] = build_named(size, workdir)
-        print(f"[{size}] scene {scenes[size]['width']} x {scenes[size]['height']} ready "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(
+            f"[{size}] scene {scenes[size]['width']} x {scenes[size]['height']} ready "
+            f"({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
         ensure_band1(_paths(workdir, size))
         repeats[size] = args.repeat_4x if size == "4x" else args.repeat
         runs: dict[str, list[dict]] = {}
@@ -733,8 +823,10 @@ def _write_report(report: dict, out_dir: Path) -> None:
     (out_dir / "tile_mosaic.md").write_text(render(report, markdown=True))
     print()
     print(render(report, markdown=False))
-    print(f"(benchmark took {report['bench_wall_s']:.0f} s; load average at end {report['loadavg_at_end']}; "
-          f"results in {out_dir}/tile_mosaic.json and .md)")
+    print(
+        f"(benchmark took {report['bench_wall_s']:.0f} s; load average at end {report['loadavg_at_end']}; "
+        f"results in {out_dir}/tile_mosaic.json and .md)"
+    )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,13 @@ def build_naip_mosaic(
         raise ValueError("tiles_x and tiles_y must be at least 1")
     paths = naip_sources(naip_dir)
     with rasterio.open(paths[0]) as first:
-        crs, transform, count, dtype, nodata = first.crs, first.transform, first.count, first.dtypes[0], first.nodata
+        crs, transform, count, dtype, nodata = (
+            first.crs,
+            first.transform,
+            first.count,
+            first.dtypes[0],
+            first.nodata,
+        )
     shapes = []
     for path in paths:
         with rasterio.open(path) as src:
@@ -126,16 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiles-y", type=int, default=12)
     parser.add_argument("--width", type=int, default=None, help="crop the mosaic to this many columns")
     parser.add_argument("--height", type=int, default=None, help="crop the mosaic to this many rows")
-    parser.add_argument("--size", choices=sorted(SIZES), default=None,
-                        help="a named benchmark size; OUT is then a directory")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default=None, help="a named benchmark size; OUT is then a directory"
+    )
     args = parser.parse_args(argv)
     if args.size:
         result = build_named(args.size, args.out, rebuild=True)
     else:
-        result = build_naip_mosaic(args.out, tiles_x=args.tiles_x, tiles_y=args.tiles_y, width=args.width,
-                                   height=args.height)
-    print(f"{result['path']}: {result['width']} x {result['height']} px, {result['bands']} bands, "
-          f"{result['bytes'] / 2**20:.1f} MiB")
+        result = build_naip_mosaic(
+            args.out, tiles_x=args.tiles_x, tiles_y=args.tiles_y, width=args.width, height=args.height
+        )
+    print(
+        f"{result['path']}: {result['width']} x {result['height']} px, {result['bands']} bands, "
+        f"{result['bytes'] / 2**20:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

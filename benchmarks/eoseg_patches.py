@@ -27,8 +27,15 @@ import os
 
 import numpy as np
 
-ALL = ("fast-moments", "gdal-cache", "direct-open", "clevel1", "scratch-none", "mosaic-cache",
-       "no-worker-profiler")
+ALL = (
+    "fast-moments",
+    "gdal-cache",
+    "direct-open",
+    "clevel1",
+    "scratch-none",
+    "mosaic-cache",
+    "no-worker-profiler",
+)
 
 
 def _fast_of_block(cls, block: np.ndarray, valid: np.ndarray):
@@ -64,8 +71,8 @@ def _direct_tile_chunk(job):
     """``tile_chunk`` opening only the data array and the chunk flags (no group/attribute reads)."""
     import zarr
 
-    from eoseg.io import storage
     from eoseg.errors import CorruptSceneError
+    from eoseg.io import storage
     from eoseg.tile.stage import BandMoments, _open_scene_cached, valid_pixel_mask
 
     options = storage.storage_options_for(job.store_uri)
@@ -80,7 +87,9 @@ def _direct_tile_chunk(job):
         except Exception as error:
             raise CorruptSceneError(f"{job.scene_uri}: reading pixels failed ({error})") from error
         array[:, rows, cols] = block
-        done = zarr.open_array(f"{job.store_uri}/chunk_done", mode="r+", storage_options=options, zarr_format=3)
+        done = zarr.open_array(
+            f"{job.store_uri}/chunk_done", mode="r+", storage_options=options, zarr_format=3
+        )
         done[job.chunk_index] = 1
     return BandMoments.of_block(block, valid_pixel_mask(block, job.nodata))
 
@@ -112,7 +121,9 @@ def apply(names: list[str] | tuple[str, ...]) -> list[str]:
     if "direct-open" in names:
         eoseg.tile.stage.tile_chunk = _direct_tile_chunk
     if "clevel1" in names:
-        eoseg.tile.stage.create_store = functools.partial(eoseg.store.layout.create_store, compression_level=1)
+        eoseg.tile.stage.create_store = functools.partial(
+            eoseg.store.layout.create_store, compression_level=1
+        )
     if "scratch-none" in names:
         original = eoseg.mosaic.cog._write_scratch_geotiff
         if not getattr(original, "_patched", False):

@@ -13,7 +13,9 @@ import click
 from typer.core import TyperGroup
 
 # Shared options that take a value, and shared flags (kept in step with cli.main.main_options).
-GLOBAL_VALUE_OPTIONS = frozenset({"--cluster", "--cluster-config", "--workers", "--threads-per-worker", "--memory-limit"})
+GLOBAL_VALUE_OPTIONS = frozenset(
+    {"--cluster", "--cluster-config", "--workers", "--threads-per-worker", "--memory-limit"}
+)
 GLOBAL_FLAGS = frozenset({"--verbose", "-v"})
 
 

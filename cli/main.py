@@ -7,11 +7,10 @@ on that server. Without ``--cluster`` (or ``EOSEG_CLUSTER``) a local Dask cluste
 from __future__ import annotations
 
 import json
-from contextvars import ContextVar
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -75,7 +74,7 @@ def _run_flow(function, /, *args, **kwargs):
 @app.callback()
 def main_options(
     cluster: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--cluster",
             help="Scheduler address of an existing Dask cluster (tcp://host:8786). Default: start a local "
@@ -83,7 +82,7 @@ def main_options(
         ),
     ] = None,
     cluster_config: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--cluster-config",
             help="Cluster configuration file: local, an existing scheduler, Kubernetes (dask-kubernetes "
@@ -92,20 +91,25 @@ def main_options(
         ),
     ] = None,
     workers: Annotated[
-        Optional[int], typer.Option(min=1, help="Local cluster: worker processes (default 2). [env: EOSEG_WORKERS]")
+        int | None,
+        typer.Option(min=1, help="Local cluster: worker processes (default 2). [env: EOSEG_WORKERS]"),
     ] = None,
     threads_per_worker: Annotated[
-        Optional[int],
-        typer.Option(min=1, help="Local cluster: threads per worker (default 1). [env: EOSEG_THREADS_PER_WORKER]"),
+        int | None,
+        typer.Option(
+            min=1, help="Local cluster: threads per worker (default 1). [env: EOSEG_THREADS_PER_WORKER]"
+        ),
     ] = None,
     memory_limit: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Local cluster: memory limit per worker ('auto' or e.g. '4GiB'; default auto). "
             "[env: EOSEG_MEMORY_LIMIT]"
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details and tracebacks.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log debug details and tracebacks.")
+    ] = False,
 ) -> None:
     """Options shared by every command; give them before or after the command name."""
     try:
@@ -128,7 +132,9 @@ def main_options(
 def tile(
     scene: Annotated[str, typer.Argument(help="Input raster: a GeoTIFF path or s3://bucket/key.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Zarr store to create (path or s3:// prefix).")],
-    chunk_size: Annotated[int, typer.Option(min=16, help="Chunk edge in pixels; all bands per chunk.")] = 1024,
+    chunk_size: Annotated[
+        int, typer.Option(min=16, help="Chunk edge in pixels; all bands per chunk.")
+    ] = 1024,
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept a raster without CRS (outputs are pixel grids without CRS).")
     ] = False,
@@ -144,17 +150,25 @@ def tile(
     from flows.storage_flows import tile_scene_flow
 
     options = TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced)
-    info = _run_flow(tile_scene_flow, scene, out, options=options, cluster=_cluster_spec(), overwrite=overwrite)
-    typer.echo(f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
-               f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})")
+    info = _run_flow(
+        tile_scene_flow, scene, out, options=options, cluster=_cluster_spec(), overwrite=overwrite
+    )
+    typer.echo(
+        f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
+        f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
+    )
 
 
 @app.command()
 def mosaic(
-    store: Annotated[str, typer.Argument(help="Finished eoseg Zarr store (a label store, or an image store).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Cloud-Optimized GeoTIFF to write (path or s3://).")],
+    store: Annotated[
+        str, typer.Argument(help="Finished eoseg Zarr store (a label store, or an image store).")
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Cloud-Optimized GeoTIFF to write (path or s3://).")
+    ],
     band: Annotated[
-        Optional[int], typer.Option(min=1, help="1-based band to write from an image store.")
+        int | None, typer.Option(min=1, help="1-based band to write from an image store.")
     ] = None,
     overview_resampling: Annotated[
         str, typer.Option(help="Overview resampling: 'nearest' (fast) or 'mode' (majority class).")
@@ -174,8 +188,10 @@ def mosaic(
     except ValueError as error:
         _fail(EosegError(str(error)))
     summary = _run_flow(mosaic_flow, store, out, options=options, overwrite=overwrite)
-    typer.echo(f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
-               f"{list(summary['overview_levels'])})")
+    typer.echo(
+        f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
+        f"{list(summary['overview_levels'])})"
+    )
 
 
 @app.command()
@@ -185,12 +201,14 @@ def evaluate(
         str, typer.Argument(help="Reference raster on the same grid (any GDAL format), or GeoJSON polygons.")
     ],
     ignore: Annotated[
-        Optional[list[int]], typer.Option("--ignore", help="Reference value to leave out (repeatable).")
+        list[int] | None, typer.Option("--ignore", help="Reference value to leave out (repeatable).")
     ] = None,
     matching: Annotated[
         str, typer.Option(help="Cluster -> class mapping: 'majority' (paper protocol) or 'hungarian' (1:1).")
     ] = "majority",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """Score a label map against a reference: per-class and mean F1/IoU, overall accuracy, Cohen's kappa."""
     from eoseg.evaluate.scores import evaluate_label_map
@@ -205,7 +223,9 @@ def evaluate(
         with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
             if is_vector_reference(reference):  # polygons: burn them onto the map's grid first
                 reference = rasterize_reference(reference, label_map, f"{scratch}/reference.tif")
-            report = evaluate_label_map(label_map, reference, ignore_values=tuple(ignore or ()), method=matching)
+            report = evaluate_label_map(
+                label_map, reference, ignore_values=tuple(ignore or ()), method=matching
+            )
     except (EosegError, FileNotFoundError, ValueError) as error:
         _fail(error)
     typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())
@@ -221,10 +241,13 @@ def predict(
     model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint (any model family).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Label store to write (LABELS.zarr).")],
     halo: Annotated[
-        Optional[int], typer.Option(min=0, help="Context pixels around each chunk; default: the model's.")
+        int | None, typer.Option(min=0, help="Context pixels around each chunk; default: the model's.")
     ] = None,
     attention_pooling: Annotated[
-        str, typer.Option(help="Clusterer attention: 'scene' (two passes; tiled == whole-scene result) or 'tile'.")
+        str,
+        typer.Option(
+            help="Clusterer attention: 'scene' (two passes; tiled == whole-scene result) or 'tile'."
+        ),
     ] = "scene",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing label store.")] = False,
 ) -> None:
@@ -240,7 +263,9 @@ def predict(
         options = PredictOptions(halo=halo, attention_pooling=attention_pooling)
     except ValueError as error:
         _fail(EosegError(str(error)))
-    info = _run_flow(predict_flow, store, model, out, options=options, cluster=_cluster_spec(), overwrite=overwrite)
+    info = _run_flow(
+        predict_flow, store, model, out, options=options, cluster=_cluster_spec(), overwrite=overwrite
+    )
     typer.echo(f"label store: {out}  ({info['width']} x {info['height']} px, {info['num_classes']} classes)")
 
 
@@ -248,14 +273,22 @@ def predict(
 @with_options(training_options("clusterer"), into="training")
 def run(
     scene: Annotated[str, typer.Argument(help="Input GeoTIFF (path or s3://).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")],
-    model: Annotated[str, typer.Option("--model", help="Model family (see `eoseg train --help`): 'clusterer' "
-                                       "trains here; others need --weights.")] = "clusterer",
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Model family (see `eoseg train --help`): 'clusterer' trains here; others need --weights.",
+        ),
+    ] = "clusterer",
     weights: Annotated[
-        Optional[str], typer.Option(help="Existing checkpoint: segment without training (e.g. a similar scene).")
+        str | None,
+        typer.Option(help="Existing checkpoint: segment without training (e.g. a similar scene)."),
     ] = None,
     reference: Annotated[
-        Optional[str], typer.Option(help="Reference map (raster, or GeoJSON polygons) to score the result.")
+        str | None, typer.Option(help="Reference map (raster, or GeoJSON polygons) to score the result.")
     ] = None,
     chunk_size: Annotated[int, typer.Option(min=16, help="Tile store chunk edge in pixels.")] = 1024,
     allow_ungeoreferenced: Annotated[
@@ -269,32 +302,49 @@ def run(
     Outputs beside MAP.tif: MAP.tiles.zarr, MAP.model.pt (the trained checkpoint), MAP.labels.zarr,
     MAP.png (quick-look) and, with --reference, MAP.scores.json.
     """
+    from eo_models.family import family_names
     from eoseg.config import TileOptions
     from flows.segment_flows import segment_scene_flow
 
-    from eo_models.family import family_names
-
     if model not in family_names():
         _fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
-    result = _run_flow(segment_scene_flow, scene, out, model=model, weights_uri=weights, reference_uri=reference,
-                       tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
-                       training=training, cluster=_cluster_spec(), overwrite=overwrite)
+    result = _run_flow(
+        segment_scene_flow,
+        scene,
+        out,
+        model=model,
+        weights_uri=weights,
+        reference_uri=reference,
+        tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
+        training=training,
+        cluster=_cluster_spec(),
+        overwrite=overwrite,
+    )
     typer.echo(format_run_summary(result))
 
 
 def format_run_summary(result: dict) -> str:
     """The lines `eoseg run` and `make demo` print at the end."""
-    lines = [f"map:        {result['map']}", f"quick-look: {result['quicklook']}", f"model:      {result['model']}",
-             f"tile store: {result['tiles']}", f"labels:     {result['labels']}"]
+    lines = [
+        f"map:        {result['map']}",
+        f"quick-look: {result['quicklook']}",
+        f"model:      {result['model']}",
+        f"tile store: {result['tiles']}",
+        f"labels:     {result['labels']}",
+    ]
     if result.get("training"):
         t = result["training"]
-        lines.append(f"training:   {t['patches']} patches, {t['seconds']} s on {t['device']}, "
-                     f"final loss {t['final_loss']:.4f}")
+        lines.append(
+            f"training:   {t['patches']} patches, {t['seconds']} s on {t['device']}, "
+            f"final loss {t['final_loss']:.4f}"
+        )
     if result.get("scores"):
         lines.append(f"scores:     {result['scores_file']}")
         for method, report in result["scores"].items():
-            lines.append(f"  {method:9s} F1 {report['f1']:.3f}  IoU {report['iou']:.3f}  OA {report['oa']:.3f}  "
-                         f"kappa {report['kappa']:.3f}")
+            lines.append(
+                f"  {method:9s} F1 {report['f1']:.3f}  IoU {report['iou']:.3f}  OA {report['oa']:.3f}  "
+                f"kappa {report['kappa']:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -325,7 +375,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Before Prefect is imported: its run-log handler is then attached to the "eoseg" logger too
     # (configure_logging attaches it when a flow starts, for processes started otherwise).
-    extra = [name.strip() for name in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",") if name.strip()]
+    extra = [
+        name.strip()
+        for name in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",")
+        if name.strip()
+    ]
     os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(dict.fromkeys([*extra, "eoseg"]))
     app()
 

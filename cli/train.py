@@ -59,9 +59,7 @@ def _train_command(family_name: str) -> Callable[..., None]:
         ] = None,
         stop_after_epoch: Annotated[
             int | None,
-            typer.Option(
-                min=1, help="Stop after this many of the planned epochs (resume later)."
-            ),
+            typer.Option(min=1, help="Stop after this many of the planned epochs (resume later)."),
         ] = None,
         overwrite: Annotated[
             bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")

@@ -127,7 +127,7 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, int]
 
 
 class _WebhookHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         try:
             document = json.loads(self.rfile.read(length) or b"{}")
@@ -139,7 +139,7 @@ class _WebhookHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(json.dumps({"emitted": sent}).encode())
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         logger.info("%s - %s", self.address_string(), format % args)
 
 

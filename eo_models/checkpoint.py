@@ -81,7 +81,9 @@ def validate_checkpoint(ckpt: Mapping[str, Any], *, source: str = "checkpoint") 
     if not all(_is_finite_number(value) for value in band_mean):
         raise CheckpointError(f"{source}: every 'band_mean' value must be a finite number, got {band_mean}")
     if not all(_is_finite_number(value) and value > 0 for value in band_std):
-        raise CheckpointError(f"{source}: every 'band_std' value must be a positive finite number, got {band_std}")
+        raise CheckpointError(
+            f"{source}: every 'band_std' value must be a positive finite number, got {band_std}"
+        )
     num_classes = ckpt["num_classes"]
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= 256:
         raise CheckpointError(
@@ -95,7 +97,7 @@ def _is_finite_number(value: Any) -> bool:
 
 def _check_plain(value: Any, where: str) -> None:
     """Refuse anything that ``torch.load(weights_only=True)`` would refuse, naming where it is."""
-    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN_SCALARS):
+    if isinstance(value, (torch.Tensor, *_PLAIN_SCALARS)):
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -109,7 +111,8 @@ def _check_plain(value: Any, where: str) -> None:
         return
     raise CheckpointError(
         f"checkpoint value at {where} has type {type(value).__name__}; only tensors, str, int, float, "
-        "bool, None, list, tuple and dict load with weights_only=True (convert numpy values with float()/.tolist())"
+        "bool, None, list, tuple and dict load with weights_only=True "
+        "(convert numpy values with float()/.tolist())"
     )
 
 

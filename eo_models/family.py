@@ -96,6 +96,8 @@ class ModelFamily:
         band_mean, band_std, on_progress[, resume_from, stop_after_epoch]) -> checkpoint``."""
         raise NotImplementedError
 
+    # The families' loops (pretrain_mcl_lc, train_clusterer) take the same keyword arguments: this is the
+    # loop's signature, repeated by design (``duplicates`` lists it against pretrain_mcl_lc).
     def train(
         self,
         patches: Any,

@@ -4,6 +4,7 @@ A family's training parameters are a frozen dataclass whose fields carry
 ``metadata={"description": ..., "ge": ..., "le": ..., "gt": ...}``. :func:`check_bounds` enforces the
 bounds in ``__post_init__`` (``eo_models`` must run where only torch and numpy are installed);
 ``eoseg.train.options`` derives the pydantic models and CLI options from the same metadata.
+:func:`option` declares such a field in one line.
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["check_bounds", "params_from_dict", "plain_dict"]
+__all__ = [
+    "DEVICE_DESCRIPTION",
+    "MAX_STEPS_DESCRIPTION",
+    "check_bounds",
+    "option",
+    "params_from_dict",
+    "plain_dict",
+]
 
 P = TypeVar("P")
+T = TypeVar("T")
+
+#: Help texts of options that every family's training has.
+DEVICE_DESCRIPTION = "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."
+MAX_STEPS_DESCRIPTION = "Cap on updates per epoch. Empty: one pass over the patches."
 
 _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "ge": (lambda v, b: v >= b, ">="),
@@ -23,6 +36,40 @@ _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "le": (lambda v, b: v <= b, "<="),
     "lt": (lambda v, b: v < b, "<"),
 }
+
+
+def option(
+    default: T,
+    description: str | None = None,
+    *,
+    cli: str | None = None,
+    exposed_as: str | None = None,
+    **bounds: float,
+) -> T:
+    """A dataclass field with a default and the metadata that :func:`check_bounds` and eoseg read.
+
+    Args:
+        default: The field's default (immutable).
+        description: Help text of the CLI option and the Prefect UI form; a field without one is not
+            exposed as an option.
+        cli: The command-line flag, where it differs from the field name (e.g. ``"--lr"``).
+        exposed_as: The option's name, where it differs from the field name (fields of a nested
+            dataclass marked ``flatten``).
+        bounds: ``ge``, ``gt``, ``le`` and ``lt`` bounds of the value.
+
+    Raises:
+        TypeError: For a bound other than ``ge``, ``gt``, ``le`` and ``lt``.
+    """
+    unknown = sorted(set(bounds) - set(_BOUNDS))
+    if unknown:
+        raise TypeError(f"unknown bounds {unknown}; use {sorted(_BOUNDS)}")
+    metadata: dict[str, Any] = {} if description is None else {"description": description}
+    metadata.update(bounds)
+    if cli is not None:
+        metadata["cli"] = cli
+    if exposed_as is not None:
+        metadata["option"] = exposed_as
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def check_bounds(params: Any) -> None:
@@ -54,6 +101,8 @@ def params_from_dict(cls: type[P], values: Mapping[str, Any]) -> P:
     """
     hints = typing.get_type_hints(cls)
     converted = dict(values)
+    # ``cls`` is a dataclass (typeshed's DataclassInstance bound would not admit the ``type`` that the
+    # families' ``training_params`` are declared as).
     for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
         hint = hints.get(spec.name)
         value = converted.get(spec.name)
@@ -72,4 +121,5 @@ def plain_dict(params: Any) -> dict[str, Any]:
             return [plain(item) for item in value]
         return value
 
-    return plain(dataclasses.asdict(params))  # type: ignore[no-any-return]
+    as_dict: dict[str, Any] = plain(dataclasses.asdict(params))
+    return as_dict

@@ -54,7 +54,8 @@ class Predictor:
         """Wrap a model; prefer ``load_predictor``, which builds everything from a checkpoint."""
         if len(band_mean) != in_channels or len(band_std) != in_channels:
             raise ValueError(
-                f"band statistics have {len(band_mean)} means and {len(band_std)} stds for {in_channels} bands"
+                f"band statistics have {len(band_mean)} means and {len(band_std)} stds "
+                f"for {in_channels} bands"
             )
         self.model_family = family if isinstance(family, ModelFamily) else get_family(family)
         self.family = self.model_family.name
@@ -66,7 +67,9 @@ class Predictor:
         self._band_mean = torch.tensor(band_mean, dtype=torch.float32, device=device)[:, None, None]
         self._band_std = torch.tensor(band_std, dtype=torch.float32, device=device)[:, None, None]
 
-    def predict(self, block: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
+    def predict(
+        self, block: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None
+    ) -> np.ndarray:
         """Label every pixel of one block.
 
         Args:
@@ -92,7 +95,9 @@ class Predictor:
         labels: np.ndarray = self.predict_batch(block[None], valid, context=context)[0]
         return labels
 
-    def predict_batch(self, blocks: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None) -> np.ndarray:
+    def predict_batch(
+        self, blocks: np.ndarray, valid: np.ndarray | None = None, *, context: Any = None
+    ) -> np.ndarray:
         """Label several same-size blocks in one forward pass.
 
         Each block is still processed independently of the others (eval-mode BatchNorm uses running
@@ -122,7 +127,9 @@ class Predictor:
                 f"the {self.family} model expects {self.in_channels} bands (in_channels), "
                 f"got a block with {blocks.shape[1]} bands; check the band selection of the input scene"
             )
-        if not (np.issubdtype(blocks.dtype, np.number) or blocks.dtype == np.bool_) or np.iscomplexobj(blocks):
+        if not (np.issubdtype(blocks.dtype, np.number) or blocks.dtype == np.bool_) or np.iscomplexobj(
+            blocks
+        ):
             raise TypeError(f"block dtype must be real numeric, got {blocks.dtype}")
         expected_mask_shape = (blocks.shape[0], *blocks.shape[2:])
         if valid is not None and np.shape(valid) != expected_mask_shape:
@@ -218,7 +225,8 @@ def load_predictor(
     in_channels = family.in_channels(ckpt)
     if len(ckpt["band_mean"]) != in_channels:
         raise CheckpointError(
-            f"{source}: model_config says {in_channels} input bands but band_mean has {len(ckpt['band_mean'])}"
+            f"{source}: model_config says {in_channels} input bands "
+            f"but band_mean has {len(ckpt['band_mean'])}"
         )
     return Predictor(
         model,

@@ -44,7 +44,9 @@ class MosaicOptions(_Options):
     """How a store becomes a Cloud-Optimized GeoTIFF."""
 
     band: int | None = Field(
-        default=None, ge=1, description="1-based band to write from an image store (label stores: leave empty)."
+        default=None,
+        ge=1,
+        description="1-based band to write from an image store (label stores: leave empty).",
     )
     overview_resampling: Literal["nearest", "mode"] = Field(
         default="nearest", description="Overview resampling: nearest (fast) or mode (majority class)."
@@ -64,7 +66,8 @@ class PredictOptions(_Options):
 
     halo: int | None = Field(
         default=None, ge=0,
-        description="Context pixels read around each chunk (overlap-tile); empty: the model family's default.",
+        description="Context pixels read around each chunk (overlap-tile); "
+        "empty: the model family's default.",
     )  # fmt: skip
     attention_pooling: Literal["scene", "tile"] = Field(
         default="scene",

@@ -35,6 +35,7 @@ __all__ = [
     "GRID_TOLERANCE_PIXELS",
     "ChunkGrid",
     "GeoBox",
+    "GeoBoxProperties",
     "Window",
     "crs_wkt_of",
     "footprint_wgs84",
@@ -89,6 +90,34 @@ def transform_of(geobox: GeoBox) -> tuple[float, float, float, float, float, flo
     """The affine ``(a, b, c, d, e, f)`` of the GeoBox (rasterio/affine order)."""
     a, b, c, d, e, f = tuple(geobox.affine)[:6]
     return (a, b, c, d, e, f)
+
+
+class GeoBoxProperties:
+    """Mixin of the value objects that carry a ``geobox``: its shape, CRS and transform as properties.
+
+    The grid is stored once, as the GeoBox; these give back the plain fields that files, attributes
+    and JSON descriptions spell out.
+    """
+
+    geobox: GeoBox
+
+    @property
+    def height(self) -> int:
+        return int(self.geobox.height)
+
+    @property
+    def width(self) -> int:
+        return int(self.geobox.width)
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The CRS as WKT (verbatim when it was read as WKT), or ``None`` for an ungeoreferenced grid."""
+        return crs_wkt_of(self.geobox)
+
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]:
+        """The affine ``(a, b, c, d, e, f)`` (GDAL's GeoTransform is ``(c, a, b, f, d, e)``)."""
+        return transform_of(self.geobox)
 
 
 def rasterio_grid_profile(geobox: GeoBox) -> dict[str, Any]:

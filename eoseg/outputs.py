@@ -32,5 +32,11 @@ class RunOutputs:
         cog = storage.normalise_uri(cog_uri)
         stem = cog[: -len(".tif")] if cog.lower().endswith(".tif") else cog
         stem = stem[: -len(".tiff")] if stem.lower().endswith(".tiff") else stem
-        return cls(cog=cog, tiles=f"{stem}.tiles.zarr", labels=f"{stem}.labels.zarr", model=f"{stem}.model.pt",
-                   quicklook=f"{stem}.png", scores=f"{stem}.scores.json")
+        return cls(
+            cog=cog,
+            tiles=f"{stem}.tiles.zarr",
+            labels=f"{stem}.labels.zarr",
+            model=f"{stem}.model.pt",
+            quicklook=f"{stem}.png",
+            scores=f"{stem}.scores.json",
+        )

@@ -19,6 +19,8 @@ Environment variable      Meaning
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -56,7 +58,7 @@ class EosegSettings(BaseSettings):
     )
 
 
-def load_settings(**overrides: object) -> EosegSettings:
+def load_settings(**overrides: Any) -> EosegSettings:
     """The settings in force: ``EOSEG_*`` environment variables, then ``overrides`` that are not None.
 
     Args:
@@ -68,4 +70,4 @@ def load_settings(**overrides: object) -> EosegSettings:
     Raises:
         pydantic.ValidationError: A value is out of range (e.g. ``EOSEG_WORKERS=0``).
     """
-    return EosegSettings(**{name: value for name, value in overrides.items() if value is not None})  # type: ignore[arg-type]
+    return EosegSettings(**{name: value for name, value in overrides.items() if value is not None})

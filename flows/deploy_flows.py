@@ -29,7 +29,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
-from eoseg.io import storage
 from eoseg.catalog.acquisitions import (
     SceneDecision,
     SceneFile,
@@ -45,6 +44,7 @@ from eoseg.catalog.stac import catalog_uri_for_prefix
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError, EosegError
+from eoseg.io import storage
 from eoseg.logs import configure_logging
 from eoseg.train.stores import reusable_tile_store
 from flows.segment_flows import segment_scene_flow

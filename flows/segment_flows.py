@@ -33,8 +33,15 @@ def predict_flow(
 ) -> dict:
     """Tiled, haloed inference of a checkpoint over a tile store into a label store, on Dask."""
     with dask_cluster(cluster) as address:
-        return predict_task(store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite,
-                            scheduler_address=address, attention_pooling=options.attention_pooling)
+        return predict_task(
+            store_uri,
+            model_uri,
+            labels_uri,
+            halo=options.halo,
+            overwrite=overwrite,
+            scheduler_address=address,
+            attention_pooling=options.attention_pooling,
+        )
 
 
 @flow(name="segment-scene", log_prints=True)
@@ -60,28 +67,60 @@ def segment_scene_flow(
     outputs = RunOutputs.for_map(map_uri)
     family = get_family(model)
     if weights_uri is None and family.finetune is not None:
-        raise ConfigurationError(f"{model} needs pre-trained, fine-tuned weights: run `eoseg train {model}` and "
-                                 "`eoseg finetune`, then pass --weights")
+        raise ConfigurationError(
+            f"{model} needs pre-trained, fine-tuned weights: run `eoseg train {model}` and "
+            "`eoseg finetune`, then pass --weights"
+        )
     if weights_uri is None and training.params_class is not family.training_params:
         raise ConfigurationError(f"the training options given are not those of the {model} model family")
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
     scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=tile.allow_ungeoreferenced)
-    logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
-                scene["band_count"], scene["dtype"])
+    logger.info(
+        "scene %s: %d x %d px, %d band(s), %s",
+        scene["uri"],
+        scene["width"],
+        scene["height"],
+        scene["band_count"],
+        scene["dtype"],
+    )
     with dask_cluster(cluster) as address:
-        tile_task(scene_uri, outputs.tiles, chunk_size=tile.chunk_size, overwrite=overwrite,
-                  allow_ungeoreferenced=tile.allow_ungeoreferenced, scheduler_address=address)
+        tile_task(
+            scene_uri,
+            outputs.tiles,
+            chunk_size=tile.chunk_size,
+            overwrite=overwrite,
+            allow_ungeoreferenced=tile.allow_ungeoreferenced,
+            scheduler_address=address,
+        )
         training_summary = None
         model_uri = weights_uri
         if model_uri is None:
-            training_summary = train_task(model, [outputs.tiles], outputs.model, options=training,
-                                          overwrite=overwrite, scheduler_address=address)
+            training_summary = train_task(
+                model,
+                [outputs.tiles],
+                outputs.model,
+                options=training,
+                overwrite=overwrite,
+                scheduler_address=address,
+            )
             model_uri = outputs.model
             logger.info("trained model kept at %s", outputs.model)
-        predict_task(outputs.tiles, model_uri, outputs.labels, halo=predict.halo, overwrite=overwrite,
-                     scheduler_address=address, attention_pooling=predict.attention_pooling)
-    mosaic_task(outputs.labels, outputs.cog, band=None, overwrite=overwrite,
-                overview_resampling=mosaic.overview_resampling)
+        predict_task(
+            outputs.tiles,
+            model_uri,
+            outputs.labels,
+            halo=predict.halo,
+            overwrite=overwrite,
+            scheduler_address=address,
+            attention_pooling=predict.attention_pooling,
+        )
+    mosaic_task(
+        outputs.labels,
+        outputs.cog,
+        band=None,
+        overwrite=overwrite,
+        overview_resampling=mosaic.overview_resampling,
+    )
     quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
     scores = None
     if reference_uri:

@@ -24,8 +24,14 @@ def tile_scene_flow(
     """
     logger = get_run_logger()
     scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
-    logger.info("scene %s: %d x %d px, %d band(s), %s", scene["uri"], scene["width"], scene["height"],
-                scene["band_count"], scene["dtype"])
+    logger.info(
+        "scene %s: %d x %d px, %d band(s), %s",
+        scene["uri"],
+        scene["width"],
+        scene["height"],
+        scene["band_count"],
+        scene["dtype"],
+    )
     with dask_cluster(cluster) as address:
         info = tile_task(
             scene_uri,

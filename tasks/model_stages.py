@@ -101,12 +101,11 @@ def predict_task(
 
     A retry resumes: chunks already written by the failed attempt are kept.
     """
-    with connect(scheduler_address) as client:
-        with gpu_stage(client) as use_gpu:
-            info = predict_store(
-                store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-                use_gpu=use_gpu, attention_pooling=attention_pooling,
-            )  # fmt: skip
+    with connect(scheduler_address) as client, gpu_stage(client) as use_gpu:
+        info = predict_store(
+            store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
+            use_gpu=use_gpu, attention_pooling=attention_pooling,
+        )  # fmt: skip
     return info.to_attrs()
 
 
@@ -128,10 +127,12 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
 
 
 @task(name="evaluate", task_run_name=named_after("evaluate", "cog_uri"))
-def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()) -> dict:
+def evaluate_task(
+    cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()
+) -> dict:
     """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
-    from eoseg.evaluate.scores import evaluate_label_map
     from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
+    from eoseg.evaluate.scores import evaluate_label_map
 
     with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
         local_map = storage.fetch_to_local(cog_uri, scratch)
@@ -139,7 +140,9 @@ def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_v
         if is_vector_reference(reference):
             reference = rasterize_reference(reference, local_map, os.path.join(scratch, "reference.tif"))
         scores = {
-            method: evaluate_label_map(local_map, reference, ignore_values=ignore_values, method=method).to_dict()
+            method: evaluate_label_map(
+                local_map, reference, ignore_values=ignore_values, method=method
+            ).to_dict()
             for method in ("majority", "hungarian")
         }
         local_scores = os.path.join(scratch, "scores.json")
@@ -147,6 +150,12 @@ def evaluate_task(cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_v
             json.dump({"reference": reference_uri, **scores}, handle, indent=2, sort_keys=True)
         publish_file(local_scores, scores_uri, overwrite=True)
     for method, report in scores.items():
-        get_run_logger().info("%s mapping: F1 %.3f, IoU %.3f, OA %.3f, kappa %.3f", method, report["f1"],
-                              report["iou"], report["oa"], report["kappa"])
+        get_run_logger().info(
+            "%s mapping: F1 %.3f, IoU %.3f, OA %.3f, kappa %.3f",
+            method,
+            report["f1"],
+            report["iou"],
+            report["oa"],
+            report["kappa"],
+        )
     return scores

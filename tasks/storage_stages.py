@@ -15,7 +15,9 @@ from eoseg.tile.stage import tile_scene
 from tasks.run_names import named_after
 
 # Storage hiccups (an S3 503, a dropped connection) are worth retrying; bad input is not.
-STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+STORAGE_RETRIES = dict(
+    retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5
+)
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
@@ -83,5 +85,7 @@ def mosaic_task(
 ) -> dict:
     """Write one band of a store as a Cloud-Optimized GeoTIFF; returns a summary."""
     return asdict(
-        mosaic_to_cog(store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=overview_resampling)
+        mosaic_to_cog(
+            store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=overview_resampling
+        )
     )

@@ -68,12 +68,17 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def dask_address():
     """Scheduler address of a real LocalCluster: 2 worker processes x 1 thread."""
-    from distributed import LocalCluster
-
     import logging
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.WARNING) as cluster:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.WARNING,
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -147,16 +152,25 @@ def s3_bucket(s3_endpoint, request):
     fs.rm(f"s3://{name}", recursive=True)
 
 
-def write_geotiff(path: Path, array: np.ndarray, *, crs: str | None = "EPSG:32616", nodata=None,
-                  transform=None, **profile) -> Path:
+def write_geotiff(
+    path: Path, array: np.ndarray, *, crs: str | None = "EPSG:32616", nodata=None, transform=None, **profile
+) -> Path:
     """Write ``array`` (bands, rows, cols) as a small tiled GeoTIFF with a real georeference."""
     import rasterio
     from affine import Affine
 
     array = array if array.ndim == 3 else array[None]
     transform = transform or Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
-    options = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
-               "dtype": str(array.dtype), "crs": crs, "transform": transform, "nodata": nodata}
+    options = {
+        "driver": "GTiff",
+        "width": array.shape[2],
+        "height": array.shape[1],
+        "count": array.shape[0],
+        "dtype": str(array.dtype),
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
     options.update(profile)
     with rasterio.open(path, "w", **options) as dataset:
         dataset.write(array)

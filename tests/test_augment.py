@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eo_models.mcl_lc.augment import AugmentParams, GeometricParams, GeometricTransform, make_view_pair, resample
+from eo_models.mcl_lc.augment import (
+    AugmentParams,
+    GeometricParams,
+    GeometricTransform,
+    make_view_pair,
+    resample,
+)
 from eo_models.mcl_lc.radiometry import (
     add_pseudo_clouds,
     apply_radiometric_augmentations,

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import REAL_SCENES, write_geotiff
+
 from eoseg.errors import (
     BandCountError,
     ConfigurationError,
@@ -65,8 +65,10 @@ def test_truncated_upload(tmp_path, shared_data, fraction):
 
 def test_missing_crs_is_refused_unless_allowed(tmp_path):
     scene = write_geotiff(tmp_path / "nocrs.tif", np.ones((2, 40, 50), np.uint16), crs=None)
-    with pytest.raises(MissingCRSError, match="nocrs.tif: the raster has no coordinate reference system.*"
-                       "--allow-ungeoreferenced"):
+    with pytest.raises(
+        MissingCRSError,
+        match="nocrs.tif: the raster has no coordinate reference system.*--allow-ungeoreferenced",
+    ):
         tile_scene(str(scene), str(tmp_path / "out.zarr"), show_progress=False)
     assert_nothing_written(tmp_path, keep={"nocrs.tif"})
 

@@ -12,7 +12,9 @@ from eoseg.tile.stage import BandMoments
 @pytest.mark.parametrize("all_valid", [True, False])
 def test_integer_histogram_moments_equal_float_sums(dtype, all_valid):
     info = np.iinfo(dtype)
-    block = np.random.default_rng(4).integers(info.min, info.max, size=(3, 37, 41), endpoint=True).astype(dtype)
+    block = (
+        np.random.default_rng(4).integers(info.min, info.max, size=(3, 37, 41), endpoint=True).astype(dtype)
+    )
     valid = np.ones((37, 41), bool) if all_valid else np.random.default_rng(5).random((37, 41)) > 0.3
     fast = BandMoments.of_block(block, valid)
     values = block[:, valid].astype(np.float64)
@@ -27,4 +29,6 @@ def test_no_valid_pixels_gives_an_empty_moment():
     moments = BandMoments.of_block(np.zeros((2, 4, 4), np.uint16), np.zeros((4, 4), bool))
     assert moments.count == 0 and np.isinf(moments.minimum).all()
     total = moments + BandMoments.of_block(np.full((2, 4, 4), 7, np.uint16), np.ones((4, 4), bool))
-    assert total.count == 16 and total.summary()["mean"] == [7.0, 7.0] and total.summary()["std"] == [0.0, 0.0]
+    assert (
+        total.count == 16 and total.summary()["mean"] == [7.0, 7.0] and total.summary()["std"] == [0.0, 0.0]
+    )

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from eo_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from eo_models.predict import Predictor, load_predictor
-from eo_models.family import get_family
 from eo_models.clusterer.train import ArrayPatchSource, ClustererTrainingParams, train_clusterer
+from eo_models.family import get_family
+from eo_models.predict import Predictor, load_predictor
 
 BAND_MEAN = [100.0, 50.0, 20.0]
 BAND_STD = [10.0, 5.0, 2.0]
@@ -20,9 +20,10 @@ BAND_STD = [10.0, 5.0, 2.0]
 
 def to_raw(normalised: np.ndarray) -> np.ndarray:
     """Undo the normalisation: the pixel values a scene would hold."""
-    return normalised * np.array(BAND_STD, dtype=np.float32)[:, None, None] + np.array(BAND_MEAN, dtype=np.float32)[
-        :, None, None
-    ]
+    return (
+        normalised * np.array(BAND_STD, dtype=np.float32)[:, None, None]
+        + np.array(BAND_MEAN, dtype=np.float32)[:, None, None]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,11 @@ def trained_checkpoint() -> dict[str, Any]:
     scene = np.random.default_rng(42).standard_normal((3, 32, 32)).astype(np.float32)
     params = ClustererTrainingParams(epochs=1, iterations=3, patch_size=16, batch_size=2, device="cpu")
     return train_clusterer(
-        ArrayPatchSource(scene, patch_size=16), in_channels=3, params=params, band_mean=BAND_MEAN, band_std=BAND_STD
+        ArrayPatchSource(scene, patch_size=16),
+        in_channels=3,
+        params=params,
+        band_mean=BAND_MEAN,
+        band_std=BAND_STD,
     )
 
 
@@ -144,7 +149,9 @@ def test_saving_refuses_missing_keys(trained_checkpoint: dict[str, Any], tmp_pat
         save_checkpoint(tmp_path / "incomplete.pt", incomplete)
 
 
-def test_saving_refuses_values_weights_only_cannot_load(trained_checkpoint: dict[str, Any], tmp_path: Path) -> None:
+def test_saving_refuses_values_weights_only_cannot_load(
+    trained_checkpoint: dict[str, Any], tmp_path: Path
+) -> None:
     with_numpy = {**trained_checkpoint, "extra": {"scale": np.float32(1.0)}}
     with pytest.raises(CheckpointError, match=r"\['extra'\]\['scale'\]"):
         save_checkpoint(tmp_path / "numpy.pt", with_numpy)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import REAL_SCENES, SHARED_DATA
 from typer.testing import CliRunner
 
-from conftest import REAL_SCENES, SHARED_DATA
 from cli.main import app
 
 runner = CliRunner()
@@ -74,8 +74,16 @@ def _logs_of(flow_run_id) -> list[str]:
 def test_cli_tile_and_mosaic_run_as_prefect_flows(tmp_path, dask_address, shared_data):
     store, cog = tmp_path / "naip.zarr", tmp_path / "naip_nir.tif"
     before = len(_flow_runs("tile-scene"))
-    result = run_eoseg("--cluster", dask_address, "tile", str(REAL_SCENES["naip"]), "--out", str(store),
-                       "--chunk-size", "256")
+    result = run_eoseg(
+        "--cluster",
+        dask_address,
+        "tile",
+        str(REAL_SCENES["naip"]),
+        "--out",
+        str(store),
+        "--chunk-size",
+        "256",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"tile store: {store}" in result.stdout
     result = run_eoseg("mosaic", str(store), "--out", str(cog), "--band", "4")
@@ -120,8 +128,9 @@ def test_cli_evaluate_json_against_geojson_footprints(tmp_path, shared_data):
 
     scene = REAL_SCENES["spacenet"]
     footprints = SHARED_DATA / "spacenet" / "geotiff_labels.geojson"
-    perfect = rasterize_reference(str(footprints), str(scene), str(tmp_path / "perfect.tif"), burn_value=7,
-                                  background=3)  # a "map" whose clusters 3/7 are exactly rest/building
+    perfect = rasterize_reference(
+        str(footprints), str(scene), str(tmp_path / "perfect.tif"), burn_value=7, background=3
+    )  # a "map" whose clusters 3/7 are exactly rest/building
     result = runner.invoke(app, ["evaluate", perfect, str(footprints), "--json", "--matching", "hungarian"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import rasterio
+from test_cli_flows import _flow_runs, _logs_of, _plain, run_eoseg
 
 from cli.global_options import hoist_global_options
 from eoseg.settings import load_settings
-from test_cli_flows import _flow_runs, _logs_of, _plain, run_eoseg
 
 
 @pytest.mark.parametrize(
@@ -15,8 +15,14 @@ from test_cli_flows import _flow_runs, _logs_of, _plain, run_eoseg
     [
         (["run", "a.tif", "--cluster", "tcp://h:1"], ["--cluster", "tcp://h:1", "run", "a.tif"]),
         (["--cluster", "tcp://h:1", "run", "a.tif"], ["--cluster", "tcp://h:1", "run", "a.tif"]),
-        (["train", "clusterer", "s.zarr", "--workers=3", "-v"], ["--workers=3", "-v", "train", "clusterer", "s.zarr"]),
-        (["tile", "a.tif", "--out", "x.zarr", "--chunk-size", "256"], ["tile", "a.tif", "--out", "x.zarr", "--chunk-size", "256"]),
+        (
+            ["train", "clusterer", "s.zarr", "--workers=3", "-v"],
+            ["--workers=3", "-v", "train", "clusterer", "s.zarr"],
+        ),
+        (
+            ["tile", "a.tif", "--out", "x.zarr", "--chunk-size", "256"],
+            ["tile", "a.tif", "--out", "x.zarr", "--chunk-size", "256"],
+        ),
         (["run", "--", "--cluster"], ["run", "--", "--cluster"]),
         (["--help"], ["--help"]),
     ],
@@ -48,8 +54,24 @@ def test_run_accepts_cluster_after_the_command(tmp_path, tiny_scene, dask_addres
     out = tmp_path / "map.tif"
     before = len(_flow_runs("segment-scene"))
     result = run_eoseg(
-        "run", str(tiny_scene), "--cluster", dask_address, "--out", str(out), "--chunk-size", "32",
-        "--epochs", "1", "--iterations", "1", "--batch-size", "4", "--patch-size", "16", "--max-patches", "8",
+        "run",
+        str(tiny_scene),
+        "--cluster",
+        dask_address,
+        "--out",
+        str(out),
+        "--chunk-size",
+        "32",
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "4",
+        "--patch-size",
+        "16",
+        "--max-patches",
+        "8",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     with rasterio.open(out) as cog, rasterio.open(tiny_scene) as scene:
@@ -58,4 +80,6 @@ def test_run_accepts_cluster_after_the_command(tmp_path, tiny_scene, dask_addres
     assert len(runs) == before + 1
     latest = max(runs, key=lambda run: run.created)
     messages = _logs_of(latest.id)
-    assert any(f"using the Dask cluster at {dask_address}" in message for message in messages), [m for m in messages if "cluster" in m.lower()] + [result.stderr[-3000:]]
+    assert any(f"using the Dask cluster at {dask_address}" in message for message in messages), [
+        m for m in messages if "cluster" in m.lower()
+    ] + [result.stderr[-3000:]]

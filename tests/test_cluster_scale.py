@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import SHARED_DATA
+
 from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
@@ -32,8 +32,13 @@ NAIP_YEARS = sorted((SHARED_DATA / "naip").glob("*.tif"))
 def build_naip_mosaic(path: Path, tiles_x: int, tiles_y: int) -> Path:
     """A larger real scene: NAIP years side by side under the first scene's georeference."""
     with rasterio.open(NAIP_YEARS[0]) as first:
-        profile = first.profile | {"width": first.width * tiles_x, "height": first.height * tiles_y,
-                                   "tiled": True, "blockxsize": 256, "blockysize": 256}
+        profile = first.profile | {
+            "width": first.width * tiles_x,
+            "height": first.height * tiles_y,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+        }
         height, width = first.height, first.width
     with rasterio.open(path, "w", **profile) as out:
         for index in range(tiles_x * tiles_y):
@@ -51,10 +56,17 @@ def big_store_and_model(tmp_path_factory, shared_data):
     store = folder / "naip_2x2.zarr"
     tile_scene(str(scene), str(store), chunk_size=128, show_progress=False)  # 15 x 12 = 180 chunks
     model = folder / "model.pt"
-    train_on_stores("clusterer", [str(store)], str(model), params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
-                             max_patches=8)
+    train_on_stores(
+        "clusterer",
+        [str(store)],
+        str(model),
+        params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
+        max_patches=8,
+    )
     reference = folder / "reference.zarr"
-    predict_store(str(store), str(model), str(reference), show_progress=False)  # single process, local threads
+    predict_store(
+        str(store), str(model), str(reference), show_progress=False
+    )  # single process, local threads
     return store, model, reference
 
 
@@ -72,8 +84,14 @@ def test_gpu_annotated_work_runs_only_on_the_gpu_worker(big_store_and_model, tmp
         gpu = {a for a, w in workers.items() if w["resources"].get("GPU")}
         assert len(workers) == 2 and len(gpu) == 1
         with get_task_stream(client) as stream:
-            predict_store(str(store), str(model), str(tmp_path / "labels.zarr"), client=client, use_gpu=True,
-                          show_progress=False)
+            predict_store(
+                str(store),
+                str(model),
+                str(tmp_path / "labels.zarr"),
+                client=client,
+                use_gpu=True,
+                show_progress=False,
+            )
         ran_on = {task["worker"] for task in stream.data if task["key"].startswith(("predict-", "pool-"))}
         assert ran_on == gpu, f"GPU-annotated chunks ran on {ran_on}, GPU worker is {gpu}"
         assert len([t for t in stream.data if t["key"].startswith("predict-")]) == 180
@@ -103,11 +121,27 @@ def external_cluster():
     """`dask scheduler` and `dask worker` started as separate processes on loopback."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                  "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers = [
-        subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                          "--name", f"external-{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--name",
+                f"external-{i}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for i in range(2)
     ]
     try:
@@ -122,19 +156,27 @@ def external_cluster():
             process.wait(timeout=30)
 
 
-def test_flow_against_an_external_scheduler_matches_the_local_default(big_store_and_model, tmp_path,
-                                                                      external_cluster):
+def test_flow_against_an_external_scheduler_matches_the_local_default(
+    big_store_and_model, tmp_path, external_cluster
+):
     from eoseg.config import PredictOptions
     from flows.segment_flows import predict_flow
 
     store, model, reference = big_store_and_model
     address, _ = external_cluster
-    predict_flow(str(store), str(model), str(tmp_path / "labels.zarr"), options=PredictOptions(),
-                 cluster=ClusterSpec(address=address))
+    predict_flow(
+        str(store),
+        str(model),
+        str(tmp_path / "labels.zarr"),
+        options=PredictOptions(),
+        cluster=ClusterSpec(address=address),
+    )
     np.testing.assert_array_equal(labels_of(tmp_path / "labels.zarr"), labels_of(reference))
 
 
-def test_killing_a_worker_mid_inference_does_not_fail_the_run(big_store_and_model, tmp_path, external_cluster):
+def test_killing_a_worker_mid_inference_does_not_fail_the_run(
+    big_store_and_model, tmp_path, external_cluster
+):
     store, model, reference = big_store_and_model
     address, workers = external_cluster
     labels = tmp_path / "labels.zarr"
@@ -144,8 +186,9 @@ def test_killing_a_worker_mid_inference_does_not_fail_the_run(big_store_and_mode
     def run() -> None:
         try:
             with connect(address) as client:
-                outcome["info"] = predict_store(str(store), str(model), str(labels), client=client,
-                                                show_progress=False)
+                outcome["info"] = predict_store(
+                    str(store), str(model), str(labels), client=client, show_progress=False
+                )
         except BaseException as error:  # reported below
             outcome["error"] = error
 
@@ -178,9 +221,20 @@ def test_interrupted_run_recomputes_only_missing_chunks(big_store_and_model, tmp
     labels = tmp_path / "labels.zarr"
     staging = tmp_path / ".labels.zarr.partial"
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
-    command = [str(BIN / "eoseg"), "--workers", "2", "predict", str(store), "--model", str(model), "--out", str(labels)]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    command = [
+        str(BIN / "eoseg"),
+        "--workers",
+        "2",
+        "predict",
+        str(store),
+        "--model",
+        str(model),
+        "--out",
+        str(labels),
+    ]
+    first = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     done_at_kill = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:

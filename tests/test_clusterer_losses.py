@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
 from eo_models.clusterer.losses import (
     clustering_loss,
     pseudo_labels,
@@ -16,6 +15,7 @@ from eo_models.clusterer.losses import (
     shuffle_batch,
     shuffled_contrastive_loss,
 )
+from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
 from eo_models.clusterer.train import (
     ArrayPatchSource,
     ClustererTrainingParams,
@@ -154,10 +154,17 @@ def test_one_training_step_lowers_the_combined_loss_on_a_fixed_batch(seed: int) 
 def test_training_reports_progress_once_per_batch_and_returns_a_checkpoint() -> None:
     scene = np.random.default_rng(5).standard_normal((2, 48, 32)).astype(np.float32)
     patches = ArrayPatchSource(scene, patch_size=16)  # 3 x 2 = 6 patches -> batches of 4 and 2
-    params = ClustererTrainingParams(epochs=2, iterations=2, num_classes=4, patch_size=16, batch_size=4, device="cpu")
+    params = ClustererTrainingParams(
+        epochs=2, iterations=2, num_classes=4, patch_size=16, batch_size=4, device="cpu"
+    )
     reports: list[TrainingProgress] = []
     ckpt = train_clusterer(
-        patches, in_channels=2, params=params, band_mean=[10.0, 20.0], band_std=[2.0, 4.0], on_progress=reports.append
+        patches,
+        in_channels=2,
+        params=params,
+        band_mean=[10.0, 20.0],
+        band_std=[2.0, 4.0],
+        on_progress=reports.append,
     )
     assert [(report.epoch, report.batch, report.batches_per_epoch) for report in reports] == [
         (1, 1, 2),
@@ -182,7 +189,11 @@ def test_training_refuses_band_statistics_of_the_wrong_length() -> None:
     patches = ArrayPatchSource(np.zeros((3, 32, 32), dtype=np.float32), patch_size=16)
     with pytest.raises(ValueError, match="3 band means"):
         train_clusterer(
-            patches, in_channels=3, params=ClustererTrainingParams(device="cpu"), band_mean=[0.0], band_std=[1.0]
+            patches,
+            in_channels=3,
+            params=ClustererTrainingParams(device="cpu"),
+            band_mean=[0.0],
+            band_std=[1.0],
         )
 
 
@@ -201,4 +212,6 @@ def test_forwarding_the_shuffled_batch_equals_indexing_the_output_in_train_mode(
     batch = torch.randn(6, 3, 20, 20)
     shuffled, permutation = shuffle_batch(batch, np.random.default_rng(1))
     with torch.no_grad():
-        torch.testing.assert_close(model(shuffled), model(batch)[torch.as_tensor(permutation)], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(shuffled), model(batch)[torch.as_tensor(permutation)], rtol=1e-5, atol=1e-5
+        )

@@ -45,7 +45,9 @@ def test_parameter_count_for_three_bands_and_eight_clusters_is_151244() -> None:
 def test_parameter_count_matches_table_1_formula(
     in_channels: int, num_classes: int, width: int, depth: int, reduction: int
 ) -> None:
-    config = ClustererConfig(in_channels, num_classes, width=width, depth=depth, attention_reduction=reduction)
+    config = ClustererConfig(
+        in_channels, num_classes, width=width, depth=depth, attention_reduction=reduction
+    )
     model = SingleSceneClusterer(config)
     actual = sum(parameter.numel() for parameter in model.parameters())
     assert actual == clusterer_parameter_count(in_channels, num_classes, width, depth, reduction)
@@ -75,7 +77,9 @@ def test_channel_attention_runs_just_before_the_final_1x1_convolution() -> None:
     attention_output: list[torch.Tensor] = []
     model.features.register_forward_hook(lambda module, inputs, output: calls.append("features"))
 
-    def record_attention_output(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def record_attention_output(
+        module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> None:
         calls.append("attention")
         attention_output.append(output)
 
@@ -117,7 +121,9 @@ def test_channel_attention_uses_the_average_pooled_descriptor() -> None:
 
 def test_channel_attention_scales_each_channel_by_sigmoid_of_summed_descriptors() -> None:
     attention = identity_channel_attention(2)
-    features = torch.tensor([[[[1.0, 3.0]], [[-1.0, -2.0]]]])  # channel 0: avg 2, max 3; channel 1: avg -1.5, max -1
+    features = torch.tensor(
+        [[[[1.0, 3.0]], [[-1.0, -2.0]]]]
+    )  # channel 0: avg 2, max 3; channel 1: avg -1.5, max -1
     expected_weights = torch.sigmoid(torch.tensor([2.0 + 3.0, 0.0 + 0.0]))
     torch.testing.assert_close(attention(features), features * expected_weights[None, :, None, None])
 
@@ -133,7 +139,9 @@ def test_config_refuses_impossible_values(bad: dict[str, int]) -> None:
 def tiny_training_run(seed: int) -> dict[str, torch.Tensor]:
     generator = np.random.default_rng(123)
     scene = generator.standard_normal((3, 32, 32)).astype(np.float32)
-    params = ClustererTrainingParams(epochs=1, iterations=2, patch_size=16, batch_size=2, seed=seed, device="cpu")
+    params = ClustererTrainingParams(
+        epochs=1, iterations=2, patch_size=16, batch_size=2, seed=seed, device="cpu"
+    )
     ckpt = train_clusterer(
         ArrayPatchSource(scene, patch_size=16),
         in_channels=3,

@@ -132,11 +132,25 @@ def test_every_deploy_time_variable_of_prefect_yaml_is_named_by_the_flows():
 
 def test_artifact_title_and_body_say_when_scenes_failed():
     rows = [
-        {"scene": "s3://b/in/a.tif", "status": "mapped", "was": "new", "pixels": 10, "seconds": 1.0,
-         "map": "s3://b/maps/a.tif", "item": "s3://b/maps/a.item.json", "quicklook": "s3://b/maps/a.png",
-         "quicklook_link": "http://127.0.0.1:9/b/maps/a.png?X-Amz-Signature=x", "scores": None},
-        {"scene": "s3://b/in/b.tif", "status": "failed", "was": "new", "error": "corrupt upload",
-         "seconds": 0.5},
+        {
+            "scene": "s3://b/in/a.tif",
+            "status": "mapped",
+            "was": "new",
+            "pixels": 10,
+            "seconds": 1.0,
+            "map": "s3://b/maps/a.tif",
+            "item": "s3://b/maps/a.item.json",
+            "quicklook": "s3://b/maps/a.png",
+            "quicklook_link": "http://127.0.0.1:9/b/maps/a.png?X-Amz-Signature=x",
+            "scores": None,
+        },
+        {
+            "scene": "s3://b/in/b.tif",
+            "status": "failed",
+            "was": "new",
+            "error": "corrupt upload",
+            "seconds": 0.5,
+        },
     ]
     title = _titled("city-run: 1 of 2 scene(s) mapped", rows)
     assert title.startswith("FAILED 1 of 2 scene(s): ")

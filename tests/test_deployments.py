@@ -245,7 +245,7 @@ def test_prefect_yaml_declares_the_deployments_the_server_holds(deployed):
         from deployments.work_pools import GPU_CONCURRENCY_LIMIT
         from tasks.model_stages import GPU_CONCURRENCY_LIMIT as acquired_by_gpu_stages
 
-        assert GPU_CONCURRENCY_LIMIT == acquired_by_gpu_stages
+        assert acquired_by_gpu_stages == GPU_CONCURRENCY_LIMIT
         assert client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT).limit == 1
     print(deployed["deploy_output"][-1500:])
 

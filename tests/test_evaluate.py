@@ -309,8 +309,16 @@ def test_spacenet_mask_against_its_inverse_is_perfect_after_majority_mapping(
         inverse = 255 - dataset.read(1)
     inverse_path = tmp_path / "inverse.tif"
     with rasterio.open(
-        inverse_path, "w", driver="GTiff", height=inverse.shape[0], width=inverse.shape[1], count=1,
-        dtype="uint8", tiled=True, blockxsize=256, blockysize=256,
+        inverse_path,
+        "w",
+        driver="GTiff",
+        height=inverse.shape[0],
+        width=inverse.shape[1],
+        count=1,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
     ) as dataset:
         dataset.write(inverse, 1)
     monkeypatch.setattr(evaluate, "_PIXELS_PER_READ", 256 * 256)  # many windows over the 900 x 900 mask

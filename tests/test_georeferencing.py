@@ -65,8 +65,10 @@ def _corners_wgs84(path: Path) -> list[tuple[float, float]]:
     from rasterio.warp import transform as warp
 
     with rasterio.open(path) as dataset:
-        corners = [dataset.transform @ corner for corner in
-                   ((0, 0), (dataset.width, 0), (dataset.width, dataset.height), (0, dataset.height))]
+        corners = [
+            dataset.transform @ corner
+            for corner in ((0, 0), (dataset.width, 0), (dataset.width, dataset.height), (0, dataset.height))
+        ]
         xs, ys = warp(dataset.crs, "EPSG:4326", [x for x, _ in corners], [y for _, y in corners])
     return list(zip(xs, ys, strict=True))
 
@@ -170,8 +172,9 @@ def test_stac_footprint_follows_the_grid(transform, tmp_path):
     tile_scene(str(scene), str(store), chunk_size=64, show_progress=False)
     cog = tmp_path / "map.tif"
     mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
-    item = build_map_item(str(cog), scene_uri=str(scene), acquired_tag=None, scene_modified=0.0,
-                          model_uri=None)
+    item = build_map_item(
+        str(cog), scene_uri=str(scene), acquired_tag=None, scene_modified=0.0, model_uri=None
+    )
     ring = item.geometry["coordinates"][0]
     assert ring[0] == ring[-1] and LinearRing(ring).is_ccw  # RFC 7946: counter-clockwise exterior
     footprint = shape(item.geometry)
@@ -200,8 +203,13 @@ def _square_around_centre(scene: Path, path: Path) -> Path:
         x, y = src.transform @ (45, 35)
         (lon,), (lat,) = warp(src.crs, "EPSG:4326", [x], [y])
     half = 5e-5
-    ring = [[lon - half, lat - half], [lon + half, lat - half], [lon + half, lat + half],
-            [lon - half, lat + half], [lon - half, lat - half]]
+    ring = [
+        [lon - half, lat - half],
+        [lon + half, lat - half],
+        [lon + half, lat + half],
+        [lon - half, lat + half],
+        [lon - half, lat - half],
+    ]
     feature = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     return path

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import REAL_SCENES
-from eoseg.mosaic.colors import NODATA_LABEL
+
 from eoseg.errors import BandCountError
+from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.predict.stage import model_load_counts, predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.tile.stage import tile_scene, valid_pixel_mask
@@ -33,7 +33,9 @@ def _whole_and_tiled(landsat_model, tmp_path, pooling):
 
     store, model = landsat_model
     labels = tmp_path / f"labels_{pooling}.zarr"
-    labels_info = predict_store(str(store), str(model), str(labels), attention_pooling=pooling, show_progress=False)
+    labels_info = predict_store(
+        str(store), str(model), str(labels), attention_pooling=pooling, show_progress=False
+    )
     info = read_store_info(str(store))
     tiled = np.asarray(open_data_array(str(labels), labels_info)[...])
     scene = np.asarray(open_data_array(str(store), info)[...])
@@ -43,13 +45,15 @@ def _whole_and_tiled(landsat_model, tmp_path, pooling):
     near_edge = np.zeros(tiled.shape, dtype=bool)  # within one halo of an internal chunk edge
     halo = labels_info.model["halo"]
     for edge in range(info.chunk_rows, info.height, info.chunk_rows):
-        near_edge[max(0, edge - halo): edge + halo, :] = True
+        near_edge[max(0, edge - halo) : edge + halo, :] = True
     for edge in range(info.chunk_cols, info.width, info.chunk_cols):
-        near_edge[:, max(0, edge - halo): edge + halo] = True
+        near_edge[:, max(0, edge - halo) : edge + halo] = True
     differs = tiled != whole
     figures = (float((~differs).mean()), float(differs[near_edge].mean()), float(differs[~near_edge].mean()))
-    print(f"\n{pooling} pooling: agreement {figures[0]:.6f}; disagreement near chunk edges {figures[1]:.6f}, "
-          f"interior {figures[2]:.6f}")
+    print(
+        f"\n{pooling} pooling: agreement {figures[0]:.6f}; disagreement near chunk edges {figures[1]:.6f}, "
+        f"interior {figures[2]:.6f}"
+    )
     return tiled, valid, figures
 
 
@@ -82,8 +86,9 @@ def test_weights_load_once_per_worker(landsat_model, tmp_path, dask_client):
 
 
 def test_label_map_keeps_grid_and_georeferencing(landsat_model, tmp_path):
-    from eoseg.mosaic.cog import mosaic_to_cog
     from rio_cogeo.cogeo import cog_validate
+
+    from eoseg.mosaic.cog import mosaic_to_cog
 
     store, model = landsat_model
     labels, cog = tmp_path / "labels.zarr", tmp_path / "map.tif"
@@ -91,7 +96,12 @@ def test_label_map_keeps_grid_and_georeferencing(landsat_model, tmp_path):
     mosaic_to_cog(str(labels), str(cog), show_progress=False)
     assert cog_validate(str(cog), quiet=True) == (True, [], [])
     with rasterio.open(REAL_SCENES["landsat"]) as src, rasterio.open(cog) as out:
-        assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        assert (out.crs, out.transform, out.width, out.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
         assert out.nodata == NODATA_LABEL
         assert len(out.colormap(1)) >= 6
         assert out.tags()["EOSEG_NUM_CLASSES"] == "6"

@@ -49,8 +49,8 @@ def test_every_manifest_has_api_version_kind_and_metadata():
     assert documents
     for name, doc in documents:
         assert (
-            isinstance(doc.get("apiVersion"), str)
-            and "/" in doc["apiVersion"]
+            (isinstance(doc.get("apiVersion"), str)
+            and "/" in doc["apiVersion"])
             or doc.get("apiVersion") == "v1"
         ), name
         assert isinstance(doc.get("kind"), str) and doc["kind"][0].isupper(), name

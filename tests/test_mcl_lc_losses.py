@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from eo_models.mcl_lc.augment import AugmentParams, make_view_pair
-from eo_models.mcl_lc.rois import sample_matched_rois
 from eo_models.checkpoint import validate_checkpoint
+from eo_models.clusterer.train import ArrayPatchSource
+from eo_models.mcl_lc.augment import AugmentParams, make_view_pair
 from eo_models.mcl_lc.contrastive import nt_xent_loss, style_feature
 from eo_models.mcl_lc.deeplabv3plus import DeepLabV3Plus
-from eo_models.mcl_lc.model import FinetuneParams, LossSwitches, MclLcModel, PretrainParams
 from eo_models.mcl_lc.mine import MutualInformationEstimator
-from eo_models.predict import load_predictor
-from eo_models.clusterer.train import ArrayPatchSource
+from eo_models.mcl_lc.model import FinetuneParams, LossSwitches, MclLcModel, PretrainParams
+from eo_models.mcl_lc.rois import sample_matched_rois
 from eo_models.mcl_lc.train import finetune_mcl_lc, finetune_step, pretrain_mcl_lc, segmentation_loss
+from eo_models.predict import load_predictor
 
 BAND_MEAN = [0.4, 0.5, 0.3]
 BAND_STD = [0.2, 0.1, 0.15]
@@ -163,7 +163,11 @@ def _tiny_pretrain_params(**overrides: Any) -> PretrainParams:
 def pretrained() -> dict[str, Any]:
     reports: list[Any] = []
     ckpt = pretrain_mcl_lc(
-        _tiny_source(), in_channels=3, params=_tiny_pretrain_params(), band_mean=BAND_MEAN, band_std=BAND_STD,
+        _tiny_source(),
+        in_channels=3,
+        params=_tiny_pretrain_params(),
+        band_mean=BAND_MEAN,
+        band_std=BAND_STD,
         on_progress=reports.append,
     )
     return {"ckpt": ckpt, "reports": reports}
@@ -204,8 +208,12 @@ def test_checkpoint_survives_weights_only_round_trip(
 
 def test_resume_continues_from_the_stored_epoch(reloaded: dict[str, Any]) -> None:
     resumed = pretrain_mcl_lc(
-        _tiny_source(), in_channels=3, params=_tiny_pretrain_params(epochs=2), band_mean=BAND_MEAN,
-        band_std=BAND_STD, resume_from=reloaded,
+        _tiny_source(),
+        in_channels=3,
+        params=_tiny_pretrain_params(epochs=2),
+        band_mean=BAND_MEAN,
+        band_std=BAND_STD,
+        resume_from=reloaded,
     )
     assert resumed["extra"]["epoch"] == 2
     assert len(resumed["history"]["loss"]) == 2

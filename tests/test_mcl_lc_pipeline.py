@@ -20,7 +20,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import MclLcFinetuneOptions, MclLcTrainingOptions, TileOptions
+from eoseg.evaluate.reference import rasterize_reference
 from eoseg.evaluate.scores import GridMismatchError
+from eoseg.store.layout import read_store_info
+from eoseg.tile.stage import tile_scene
 from eoseg.train.labels import (
     ZarrLabelledPatchSource,
     check_labels_on_grid,
@@ -29,11 +32,8 @@ from eoseg.train.labels import (
     scan_label_raster,
 )
 from eoseg.train.patches import pooled_band_statistics
-from eoseg.evaluate.reference import rasterize_reference
-from eoseg.store.layout import read_store_info
-from eoseg.tile.stage import tile_scene
-from flows.train_flows import finetune_mcl_lc_flow, train_mcl_lc_flow
 from flows.segment_flows import segment_scene_flow
+from flows.train_flows import finetune_mcl_lc_flow, train_mcl_lc_flow
 
 # Every flow run in these tests goes to one real temporary Prefect server; stores for them are tiled
 # outside any flow run, which Prefect's API log handler would warn about.
@@ -43,8 +43,9 @@ pytestmark = [
 ]
 
 SPACENET_POLYGONS = SHARED_DATA / "spacenet" / "geotiff_labels.geojson"
-TINY_PRETRAIN = MclLcTrainingOptions(epochs=1, batch_size=4, patch_size=64, max_patches=8, max_steps_per_epoch=1,
-                                     device="cpu")
+TINY_PRETRAIN = MclLcTrainingOptions(
+    epochs=1, batch_size=4, patch_size=64, max_patches=8, max_steps_per_epoch=1, device="cpu"
+)
 TINY_FINETUNE = MclLcFinetuneOptions(epochs=1, batch_size=4, patch_size=64, max_patches=8, device="cpu")
 runner = CliRunner()
 
@@ -78,8 +79,12 @@ def pretrained(stores, tmp_path_factory) -> str:
     this also checks that pre-training is sent to the GPU worker.
     """
     model = tmp_path_factory.mktemp("mcl_lc_models") / "pretrained.pt"
-    summary = train_mcl_lc_flow([stores["spacenet"], stores["naip_intensity"]], str(model),
-                                   training=TINY_PRETRAIN, cluster=ClusterSpec(n_workers=1, gpu_workers=1))
+    summary = train_mcl_lc_flow(
+        [stores["spacenet"], stores["naip_intensity"]],
+        str(model),
+        training=TINY_PRETRAIN,
+        cluster=ClusterSpec(n_workers=1, gpu_workers=1),
+    )
     assert summary["ran_on"].startswith("tcp://")  # the GPU worker, not this process
     assert summary["patches"] == 8 and summary["epochs_done"] == 1
     assert set(summary["patches_per_store"]) == {stores["spacenet"], stores["naip_intensity"]}
@@ -90,7 +95,9 @@ def pretrained(stores, tmp_path_factory) -> str:
 def spacenet_labels(stores, tmp_path_factory) -> str:
     """SpaceNet building footprints (GeoJSON) burnt onto the scene's grid: 255 buildings, 0 the rest."""
     folder = tmp_path_factory.mktemp("mcl_lc_labels")
-    return rasterize_reference(str(SPACENET_POLYGONS), str(REAL_SCENES["spacenet"]), str(folder / "labels.tif"))
+    return rasterize_reference(
+        str(SPACENET_POLYGONS), str(REAL_SCENES["spacenet"]), str(folder / "labels.tif")
+    )
 
 
 @pytest.mark.slow
@@ -103,8 +110,14 @@ def test_pretrain_finetune_and_segment_spacenet(stores, pretrained, tmp_path, da
     assert checkpoint["train_params"]["store_uris"] == [stores["spacenet"], stores["naip_intensity"]]
 
     tuned = tmp_path / "tuned.pt"
-    summary = finetune_mcl_lc_flow(pretrained, stores["spacenet"], str(SPACENET_POLYGONS), str(tuned),
-                                   training=TINY_FINETUNE, cluster=ClusterSpec(address=dask_address))
+    summary = finetune_mcl_lc_flow(
+        pretrained,
+        stores["spacenet"],
+        str(SPACENET_POLYGONS),
+        str(tuned),
+        training=TINY_FINETUNE,
+        cluster=ClusterSpec(address=dask_address),
+    )
     assert summary["label_mapping"] == {"0": 0, "255": 1} and summary["patches"] == 8
     assert summary["ran_on"] == "local"  # no GPU worker in this cluster: trained in the flow's process
     checkpoint = torch.load(tuned, weights_only=True)
@@ -114,13 +127,23 @@ def test_pretrain_finetune_and_segment_spacenet(stores, pretrained, tmp_path, da
     assert checkpoint["band_mean"] == pytest.approx(mean)  # the pre-training's normalisation travels on
 
     map_path = tmp_path / "spacenet_mcl_lc.tif"
-    result = segment_scene_flow(str(REAL_SCENES["spacenet"]), str(map_path), model="mcl-lc",
-                                weights_uri=str(tuned), tile=TileOptions(chunk_size=512),
-                                cluster=ClusterSpec(address=dask_address))
+    result = segment_scene_flow(
+        str(REAL_SCENES["spacenet"]),
+        str(map_path),
+        model="mcl-lc",
+        weights_uri=str(tuned),
+        tile=TileOptions(chunk_size=512),
+        cluster=ClusterSpec(address=dask_address),
+    )
     assert result["training"] is None and result["model"] == str(tuned)
     assert cog_validate(str(map_path), quiet=True) == (True, [], [])
     with rasterio.open(REAL_SCENES["spacenet"]) as src, rasterio.open(map_path) as out:
-        assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        assert (out.crs, out.transform, out.width, out.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
         assert set(np.unique(out.read(1)).tolist()) <= {0, 1}
 
 
@@ -158,8 +181,9 @@ def test_finetuning_refuses_labels_off_the_store_grid(stores, spacenet_labels, t
     info = read_store_info(stores["spacenet"])
     with rasterio.open(spacenet_labels) as labels:
         array, profile = labels.read(1), labels.profile
-    cropped = write_geotiff(tmp_path / "cropped.tif", array[:800], crs=profile["crs"],
-                            transform=profile["transform"])
+    cropped = write_geotiff(
+        tmp_path / "cropped.tif", array[:800], crs=profile["crs"], transform=profile["transform"]
+    )
     with pytest.raises(GridMismatchError, match=r"900 x 800 px but the store .* is 900 x 900 px"):
         check_labels_on_grid(str(cropped), info, stores["spacenet"])
     shifted = write_geotiff(tmp_path / "shifted.tif", array, crs=profile["crs"],
@@ -233,8 +257,11 @@ def test_pooled_band_statistics_equal_those_of_the_pixels_together():
     parts = [rng.normal(10, 2, size=(2, 1000)), rng.normal(50, 7, size=(2, 3000))]
 
     def info(pixels):
-        stats = {"count": [float(pixels.shape[1])] * 2, "mean": pixels.mean(1).tolist(),
-                 "std": pixels.std(1).tolist()}
+        stats = {
+            "count": [float(pixels.shape[1])] * 2,
+            "mean": pixels.mean(1).tolist(),
+            "std": pixels.std(1).tolist(),
+        }
         return StoreInfo("image", make_geobox((1, 1), (1, 0, 0, 0, -1, 0)), 2, "float32", 1, 1, None, ("a", "b"),
                          ("", ""), "x.tif", band_stats=stats)  # fmt: skip
 

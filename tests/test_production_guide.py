@@ -116,7 +116,7 @@ def guide_script(blocks: list[tuple[str, str]], logs: Path, server_port: int) ->
         "set -euo pipefail",
         f"cd {REPO_ROOT}",
         "wait_for() {  # wait_for SECONDS COMMAND...: retry until the command succeeds",
-        '  local deadline=$((SECONDS + $1)); shift',
+        "  local deadline=$((SECONDS + $1)); shift",
         '  until "$@" >/dev/null 2>&1; do',
         '    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for: $*"; return 1; fi; sleep 1',
         "  done",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from PIL import Image
 from affine import Affine
+from PIL import Image
 
 from eoseg.mosaic.colors import NODATA_LABEL, class_color, class_colormap
 from eoseg.mosaic.quicklook import NODATA_RGB, PANEL_GAP, write_quicklook

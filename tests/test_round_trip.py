@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from conftest import REAL_SCENES
 from rio_cogeo.cogeo import cog_validate
 
-from conftest import REAL_SCENES
 from eoseg.geometry import geobox_of
 from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.store.layout import read_store_info

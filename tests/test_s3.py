@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from conftest import REAL_SCENES
 from rio_cogeo.cogeo import cog_validate
 
-from conftest import REAL_SCENES
 from eoseg.errors import CorruptSceneError, OutputExistsError, SceneNotFoundError
-from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.io.storage import s3_filesystem
+from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.tile.stage import tile_scene
 
 pytestmark = pytest.mark.s3

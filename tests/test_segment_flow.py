@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from conftest import REAL_SCENES, SHARED_DATA
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
-from conftest import REAL_SCENES, SHARED_DATA
 from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import ClustererTrainingOptions, TileOptions
 from flows.segment_flows import segment_scene_flow
@@ -30,7 +30,12 @@ def test_segment_spacenet_end_to_end_with_scores(tmp_path, dask_address, shared_
     )  # fmt: skip
     assert cog_validate(str(map_path), quiet=True) == (True, [], [])
     with rasterio.open(REAL_SCENES["spacenet"]) as src, rasterio.open(map_path) as out:
-        assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
+        assert (out.crs, out.transform, out.width, out.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
         labels = out.read(1)
         assert labels.dtype == np.uint8 and labels.max() < 8
     assert result["model"] == str(tmp_path / "spacenet_map.model.pt")
@@ -47,13 +52,22 @@ def test_segment_spacenet_end_to_end_with_scores(tmp_path, dask_address, shared_
 def test_second_scene_with_existing_weights_skips_training(tmp_path, dask_address, shared_data):
     """As in the paper: a model trained on one scene segments a disjoint but similar one."""
     first = tmp_path / "naip_2009.tif"
-    segment_scene_flow(str(REAL_SCENES["naip"]), str(first), tile=TileOptions(chunk_size=512),
-                       training=SMALL_TRAINING, cluster=ClusterSpec(address=dask_address))
+    segment_scene_flow(
+        str(REAL_SCENES["naip"]),
+        str(first),
+        tile=TileOptions(chunk_size=512),
+        training=SMALL_TRAINING,
+        cluster=ClusterSpec(address=dask_address),
+    )
     weights = tmp_path / "naip_2009.model.pt"
     second = tmp_path / "naip_2020.tif"
-    result = segment_scene_flow(str(SHARED_DATA / "naip" / "m_4709963_se_14_1_20200831.tif"), str(second),
-                                weights_uri=str(weights), tile=TileOptions(chunk_size=512),
-                                cluster=ClusterSpec(address=dask_address))
+    result = segment_scene_flow(
+        str(SHARED_DATA / "naip" / "m_4709963_se_14_1_20200831.tif"),
+        str(second),
+        weights_uri=str(weights),
+        tile=TileOptions(chunk_size=512),
+        cluster=ClusterSpec(address=dask_address),
+    )
     assert result["training"] is None and result["model"] == str(weights)
     assert not (tmp_path / "naip_2020.model.pt").exists()
     assert cog_validate(str(second), quiet=True) == (True, [], [])

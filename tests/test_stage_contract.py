@@ -49,24 +49,41 @@ def inputs(tmp_path_factory, shared_data) -> dict[str, str]:
     with rasterio.open(REAL_SCENES["naip"]) as naip:
         pixels = naip.read(window=((0, SIZE), (0, SIZE)))
         transform, crs = naip.transform, naip.crs
-    scene = write_geotiff(folder / "naip_crop.tif", pixels, crs=crs.to_wkt(), transform=transform, nodata=0,
-                          tiled=True, blockxsize=128, blockysize=128)
+    scene = write_geotiff(
+        folder / "naip_crop.tif",
+        pixels,
+        crs=crs.to_wkt(),
+        transform=transform,
+        nodata=0,
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    )
     store = folder / "naip_crop.zarr"
     tile_scene(str(scene), str(store), chunk_size=CHUNK, show_progress=False)
     model = folder / "model.pt"
-    train_on_stores("clusterer", [str(store)], str(model),
-                    params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32}, max_patches=8)
+    train_on_stores(
+        "clusterer",
+        [str(store)],
+        str(model),
+        params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32},
+        max_patches=8,
+    )
     labels = folder / "labels.zarr"
     predict_store(str(store), str(model), str(labels), show_progress=False)
-    return {"scene": str(scene), "store": str(store), "model": str(model), "labels": str(labels),
-            "folder": str(folder)}
+    return {
+        "scene": str(scene),
+        "store": str(store),
+        "model": str(model),
+        "labels": str(labels),
+        "folder": str(folder),
+    }
 
 
 def _store_contents(uri: str) -> dict[str, Any]:
     info = read_store_info(uri)
     attrs = {k: v for k, v in info.to_attrs().items() if k != "created"}
-    return {"attrs": attrs, "data": np.asarray(open_data_array(uri, info)[...]),
-            "done": chunks_done(uri)}
+    return {"attrs": attrs, "data": np.asarray(open_data_array(uri, info)[...]), "done": chunks_done(uri)}
 
 
 def _cog_contents(uri: str) -> dict[str, Any]:
@@ -77,8 +94,13 @@ def _cog_contents(uri: str) -> dict[str, Any]:
         assert cog_validate(local, quiet=True) == (True, [], [])
         with rasterio.open(local) as cog:
             tags = {k: v for k, v in cog.tags().items() if k != "EOSEG_CREATED"}
-            return {"data": cog.read(), "profile": {k: v for k, v in cog.profile.items()}, "tags": tags,
-                    "colormap": cog.colormap(1), "overviews": cog.overviews(1)}
+            return {
+                "data": cog.read(),
+                "profile": {k: v for k, v in cog.profile.items()},
+                "tags": tags,
+                "colormap": cog.colormap(1),
+                "overviews": cog.overviews(1),
+            }
 
 
 def _count_files(uri: str, under: str) -> int:
@@ -92,7 +114,9 @@ def _count_files(uri: str, under: str) -> int:
         filesystem.invalidate_cache()
         paths = filesystem.find(prefix) if filesystem.exists(prefix) else []
     else:
-        paths = [str(path) for path in Path(prefix).rglob("*") if path.is_file()] if Path(prefix).exists() else []
+        paths = (
+            [str(path) for path in Path(prefix).rglob("*") if path.is_file()] if Path(prefix).exists() else []
+        )
     return sum(1 for path in paths if not path.rsplit("/", 1)[-1].startswith("."))
 
 
@@ -140,14 +164,25 @@ def _environment() -> dict[str, str]:
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EOSEG, "--workers", "2", *args], env=_environment(), capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [EOSEG, "--workers", "2", *args],
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _kill_half_way(args: list[str], progress: Callable[[], int], total: int, *, poll_s: float) -> int:
     """Start ``eoseg ARGS``, SIGKILL it (and its local cluster) once some chunks are done; returns how many."""
-    process = subprocess.Popen([EOSEG, "--workers", "2", *args], env=_environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [EOSEG, "--workers", "2", *args],
+        env=_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -202,24 +237,37 @@ def test_stage_resumes_refuses_and_overwrites_through_the_cli(stage, where, inpu
     total = (SIZE // CHUNK) ** 2
 
     # killed half way, then run again: only the missing chunks are computed, output as if never stopped
-    done_at_kill = _kill_half_way(stage.command(inputs, out), lambda: stage.progress(out), total,
-                                  poll_s=0.05 if storage.is_s3(out) and stage.suffix == ".zarr" else 0.005)
+    done_at_kill = _kill_half_way(
+        stage.command(inputs, out),
+        lambda: stage.progress(out),
+        total,
+        poll_s=0.05 if storage.is_s3(out) and stage.suffix == ".zarr" else 0.005,
+    )
     assert not _looks_finished(out), "an interrupted output must not look finished"
     resumed = _run(stage.command(inputs, out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    counts = [m.groups() for m in PROGRESS.finditer(resumed.stdout + resumed.stderr) if m.group(1) == stage.name]
+    counts = [
+        m.groups() for m in PROGRESS.finditer(resumed.stdout + resumed.stderr) if m.group(1) == stage.name
+    ]
     assert counts == [(stage.name, str(total - done_at_kill), str(total), str(done_at_kill))], counts
-    print(f"\n{stage.name} ({where}): killed with {done_at_kill}/{total} chunks done; the re-run computed "
-          f"{total - done_at_kill}")
+    print(
+        f"\n{stage.name} ({where}): killed with {done_at_kill}/{total} chunks done; the re-run computed "
+        f"{total - done_at_kill}"
+    )
     _assert_same(stage.contents(out), expected)
 
     # a finished output is refused with one line naming the option
     refused = _run(stage.command(inputs, out))
     assert refused.returncode == 2
-    errors = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", refused.stderr).splitlines()
-              if line.startswith("error: ")]
-    expected_error = (f"error: {storage.normalise_uri(out)}: output already exists. Pass --overwrite (flow "
-                      "parameter overwrite=True) to replace it.")
+    errors = [
+        line
+        for line in re.sub(r"\x1b\[[0-9;]*m", "", refused.stderr).splitlines()
+        if line.startswith("error: ")
+    ]
+    expected_error = (
+        f"error: {storage.normalise_uri(out)}: output already exists. Pass --overwrite (flow "
+        "parameter overwrite=True) to replace it."
+    )
     assert errors == [expected_error], refused.stderr[-3000:]
 
     # --overwrite starts over and gives the same output again
@@ -267,7 +315,9 @@ def _interrupted_tile(scene: str, target: str, chunk_size: int, chunks: int) -> 
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_tile_flow_resumes_an_interrupted_store_and_refuses_a_finished_one(where, tiny_scene, tmp_path, request):
+def test_tile_flow_resumes_an_interrupted_store_and_refuses_a_finished_one(
+    where, tiny_scene, tmp_path, request
+):
     """The flow leaves "exists / resume / overwrite" to the stage: a partial store on S3 (at the target
     itself) is resumed, not refused as existing."""
     from eoseg.compute.cluster import ClusterSpec
@@ -280,7 +330,10 @@ def test_tile_flow_resumes_an_interrupted_store_and_refuses_a_finished_one(where
     tile_scene(str(tiny_scene), reference, chunk_size=16, show_progress=False)
     total = _interrupted_tile(str(tiny_scene), target, 16, chunks=7)
     # a cluster of threads in this process: quick to start, and it sees the loopback S3 credentials
-    options, cluster = TileOptions(chunk_size=16), ClusterSpec(processes=False, n_workers=1, threads_per_worker=2)
+    options, cluster = (
+        TileOptions(chunk_size=16),
+        ClusterSpec(processes=False, n_workers=1, threads_per_worker=2),
+    )
     with _Messages() as messages:
         tile_scene_flow(str(tiny_scene), target, options=options, cluster=cluster)
     assert f"tile: {total - 7} of {total} chunks to compute (7 done)" in messages
@@ -307,8 +360,11 @@ def test_something_else_at_an_s3_target_is_refused(tiny_scene, s3_bucket):
     from eoseg.errors import OutputExistsError
 
     storage.s3_filesystem().pipe_file(f"{s3_bucket}/x.zarr/notes.txt", b"not a store")
-    with pytest.raises(OutputExistsError, match=r"something that is not an eoseg store .* exists there. Pass "
-                                                "--overwrite"):
+    with pytest.raises(
+        OutputExistsError,
+        match=r"something that is not an eoseg store .* exists there. Pass "
+        "--overwrite",
+    ):
         tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, show_progress=False)
     tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, overwrite=True, show_progress=False)
     assert read_store_info(f"{s3_bucket}/x.zarr").complete
@@ -317,10 +373,15 @@ def test_something_else_at_an_s3_target_is_refused(tiny_scene, s3_bucket):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda attrs: attrs.update(layout_version=99), "layout version 99, newer than the 1 this eoseg reads"),
+        (
+            lambda attrs: attrs.update(layout_version=99),
+            "layout version 99, newer than the 1 this eoseg reads",
+        ),
         (lambda attrs: attrs.update(layout_version=0), "layout version 0, older than the 1 this eoseg reads"),
-        (lambda attrs: (attrs.pop("layout_version"), attrs.pop("transform")),
-         "predates versioned layouts and lacks transform"),
+        (
+            lambda attrs: (attrs.pop("layout_version"), attrs.pop("transform")),
+            "predates versioned layouts and lacks transform",
+        ),
     ],
     ids=["newer", "older", "unversioned-incompatible"],
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from eo_models.family import ModelFamily
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from eo_models.clusterer.model import SingleSceneClusterer
 
 __all__ = ["AttentionPooling", "ClustererFamily"]
 
@@ -32,7 +34,7 @@ class AttentionPooling:
 
     def partial(self, model: nn.Module, normalised: torch.Tensor, inner: tuple[slice, slice]) -> Moments:
         """Sum (C,) float64, pixel count and max (C,) float64 of the pooled features over ``inner``."""
-        features = model.features(normalised)  # type: ignore[operator]
+        features: torch.Tensor = cast("SingleSceneClusterer", model).features(normalised)
         kept = features[0][:, inner[0], inner[1]]
         # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
         # differs between Dask workers and this process; the labels must not.
@@ -56,7 +58,8 @@ class AttentionPooling:
         average, maximum = (
             torch.as_tensor(np.asarray(d, np.float32), device=normalised.device)[None] for d in context
         )
-        logits: torch.Tensor = model.forward_with_descriptors(normalised, average, maximum)  # type: ignore[operator]
+        clusterer = cast("SingleSceneClusterer", model)
+        logits: torch.Tensor = clusterer.forward_with_descriptors(normalised, average, maximum)
         return logits
 
 

@@ -10,6 +10,7 @@ argmax is its cluster (Eq. 1, see ``eo_models.clusterer.losses``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +147,9 @@ class SingleSceneClusterer(nn.Module):
             )
         return self._classify(self.attention(self.features(x)))
 
-    def forward_with_descriptors(self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
+    def forward_with_descriptors(
+        self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor
+    ) -> Tensor:
         """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
         weights = self.attention.weights_from_descriptors(average_descriptor, max_descriptor)
         return self._classify(self.features(x) * weights[:, :, None, None])
@@ -159,8 +162,10 @@ class SingleSceneClusterer(nn.Module):
         float64 the argmax is the same for any thread count; the layer is under 0.3 % of the FLOPs.
         """
         if self.training:
-            return self.classifier(features)
-        return F.conv2d(features.double(), self.classifier.weight.double(), self.classifier.bias.double())
+            logits: Tensor = self.classifier(features)
+            return logits
+        bias = cast(Tensor, self.classifier.bias)  # built with bias=True
+        return F.conv2d(features.double(), self.classifier.weight.double(), bias.double())
 
 
 def clusterer_parameter_count(

@@ -8,10 +8,10 @@ so the dataclass refuses bad values on a GPU box without pydantic as well.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from eo_models.params import check_bounds
+from eo_models.params import DEVICE_DESCRIPTION, check_bounds, option
 
 __all__ = ["ClustererTrainingParams"]
 
@@ -36,48 +36,22 @@ class ClustererTrainingParams:
     - optimizer: one optimiser lives for the whole run, so its state carries over from batch to batch.
     """
 
-    num_classes: int = field(
-        default=8,
-        metadata={
-            "description": "K: number of output features = clusters (paper: 8).",
-            "ge": 2,
-            "le": 254,
-            "cli": "--k",
-        },
+    num_classes: int = option(
+        8, "K: number of output features = clusters (paper: 8).", ge=2, le=254, cli="--k"
     )
-    epochs: int = field(
-        default=2, metadata={"description": "I: passes over all patches (paper: 2).", "ge": 1}
+    epochs: int = option(2, "I: passes over all patches (paper: 2).", ge=1)
+    iterations: int = option(50, "J: updates on each batch before the next (paper: 50).", ge=1)
+    patch_size: int = option(64, "Patch edge R' = C' in pixels (not given by the paper).", ge=8)
+    batch_size: int = option(
+        16,
+        "B: patches per batch (not given by the paper; the contrastive loss pairs each patch "
+        "with another one).",
+        ge=2,
     )
-    iterations: int = field(
-        default=50, metadata={"description": "J: updates on each batch before the next (paper: 50).", "ge": 1}
-    )
-    patch_size: int = field(
-        default=64,
-        metadata={"description": "Patch edge R' = C' in pixels (not given by the paper).", "ge": 8},
-    )
-    batch_size: int = field(
-        default=16,
-        metadata={
-            "description": "B: patches per batch (not given by the paper; the contrastive loss pairs "
-            "each patch "
-            "with another one).",
-            "ge": 2,
-        },
-    )
-    learning_rate: float = field(
-        default=1e-3,
-        metadata={"description": "Optimiser learning rate (not given by the paper).", "gt": 0, "cli": "--lr"},
-    )
-    optimizer: Literal["adam", "sgd"] = field(
-        default="adam", metadata={"description": "Adam, or SGD with momentum 0.9."}
-    )
-    seed: int = field(
-        default=0,
-        metadata={"description": "Seed for weights, patch order and shuffles (reproducible on CPU)."},
-    )
-    device: str = field(
-        default="auto", metadata={"description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."}
-    )
+    learning_rate: float = option(1e-3, "Optimiser learning rate (not given by the paper).", gt=0, cli="--lr")
+    optimizer: Literal["adam", "sgd"] = option("adam", "Adam, or SGD with momentum 0.9.")
+    seed: int = option(0, "Seed for weights, patch order and shuffles (reproducible on CPU).")
+    device: str = option("auto", DEVICE_DESCRIPTION)
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -69,7 +69,9 @@ class ArrayPatchSource:
             raise ValueError(f"patch_size and stride must be positive, got {patch_size} and {stride}")
         _, rows, cols = array.shape
         if rows < patch_size or cols < patch_size:
-            raise ValueError(f"array of {rows}x{cols} pixels is smaller than one {patch_size}x{patch_size} patch")
+            raise ValueError(
+                f"array of {rows}x{cols} pixels is smaller than one {patch_size}x{patch_size} patch"
+            )
         self.array = np.ascontiguousarray(array, dtype=np.float32)
         self.patch_size = patch_size
         self.origins = [
@@ -85,7 +87,10 @@ class ArrayPatchSource:
         """Copy out patches ``indices``; shape (len(indices), bands, patch, patch), float32."""
         size = self.patch_size
         return np.stack(
-            [self.array[:, row : row + size, col : col + size] for row, col in (self.origins[i] for i in indices)]
+            [
+                self.array[:, row : row + size, col : col + size]
+                for row, col in (self.origins[i] for i in indices)
+            ]
         )
 
 
@@ -135,12 +140,14 @@ def clusterer_training_step(
     """
     losses = compute_clusterer_losses(model, batch, permutation)
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()  # type: ignore[no-untyped-call]
+    losses.total.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     optimizer.step()
     return ClustererLosses(clustering=losses.clustering.detach(), contrastive=losses.contrastive.detach())
 
 
-def batch_indices_for_epoch(num_patches: int, batch_size: int, generator: np.random.Generator) -> list[np.ndarray]:
+def batch_indices_for_epoch(
+    num_patches: int, batch_size: int, generator: np.random.Generator
+) -> list[np.ndarray]:
     """Split a random permutation of all patch indices into batches of ``batch_size``.
 
     The last batch may be smaller; a leftover single patch joins the previous batch instead, because
@@ -212,8 +219,12 @@ def train_clusterer(
         band_mean=band_mean,
         band_std=band_std,
         num_classes=params.num_classes,
-        train_params={**asdict(params), "resolved_device": str(device), "num_patches": len(patches),
-                      "in_channels": in_channels},
+        train_params={
+            **asdict(params),
+            "resolved_device": str(device),
+            "num_patches": len(patches),
+            "in_channels": in_channels,
+        },
         history=history,
         model=model,
     )
@@ -222,8 +233,15 @@ def train_clusterer(
 class _Algorithm1Steps:
     """Algorithm 1 plugged into :func:`eo_models.training.fit`: a step is one batch's J updates."""
 
-    def __init__(self, patches: PatchSource, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 params: ClustererTrainingParams, in_channels: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        patches: PatchSource,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: ClustererTrainingParams,
+        in_channels: int,
+        device: torch.device,
+    ) -> None:
         self.patches, self.model, self.optimizer = patches, model, optimizer
         self.params, self.in_channels, self.device = params, in_channels, device
         # One generator for the whole run: patch order of every epoch and every derangement.
@@ -237,14 +255,17 @@ class _Algorithm1Steps:
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
         params = self.params
-        batch = read_batch(self.patches, indices, in_channels=self.in_channels,
-                           patch_size=params.patch_size).to(self.device)
+        batch = read_batch(
+            self.patches, indices, in_channels=self.in_channels, patch_size=params.patch_size
+        ).to(self.device)
         clustering_sum = torch.zeros((), device=self.device)
         contrastive_sum = torch.zeros((), device=self.device)
         for _ in range(params.iterations):
             # Algorithm 1 shuffles inside the J loop (line 16): a fresh derangement each update, so
             # every patch meets several different negatives.
-            permutation = torch.as_tensor(random_derangement(len(indices), self.generator), device=self.device)
+            permutation = torch.as_tensor(
+                random_derangement(len(indices), self.generator), device=self.device
+            )
             losses = clusterer_training_step(self.model, self.optimizer, batch, permutation)
             clustering_sum += losses.clustering
             contrastive_sum += losses.contrastive
@@ -252,5 +273,9 @@ class _Algorithm1Steps:
         # One device->host sync per batch, not per update.
         clustering = clustering_sum.item() / params.iterations
         contrastive = contrastive_sum.item() / params.iterations
-        return {"loss": clustering + contrastive, "clustering_loss": clustering,
-                "contrastive_loss": contrastive, "iteration": float(self.updates)}
+        return {
+            "loss": clustering + contrastive,
+            "clustering_loss": clustering,
+            "contrastive_loss": contrastive,
+            "iteration": float(self.updates),
+        }

@@ -72,7 +72,8 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Projects (B, in_features) to (B, out_features)."""
-        return self.layers(x)
+        projected: torch.Tensor = self.layers(x)
+        return projected
 
 
 def nt_xent_loss(view_a: torch.Tensor, view_b: torch.Tensor, *, temperature: float) -> torch.Tensor:

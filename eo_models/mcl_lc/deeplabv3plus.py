@@ -56,7 +56,7 @@ class _ImagePooling(nn.Module):
         self.project = _conv_bn_relu(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.project(self.pool(x))
+        pooled: torch.Tensor = self.project(self.pool(x))
         return pooled.expand(-1, -1, x.shape[-2], x.shape[-1])
 
 
@@ -89,7 +89,8 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps (B, in_channels, h, w) to (B, out_channels, h, w)."""
-        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+        projected: torch.Tensor = self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+        return projected
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -114,7 +115,8 @@ class DeepLabV3PlusDecoder(nn.Module):
         low_level = self.reduce_low_level(low_level)
         # "Upsample x4", written as a resize to the low-level size so odd input sizes also work.
         upsampled = F.interpolate(encoded, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse(torch.cat([upsampled, low_level], dim=1))
+        fused: torch.Tensor = self.fuse(torch.cat([upsampled, low_level], dim=1))
+        return fused
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,8 @@ class DeepLabV3Plus(nn.Module):
 
     def decode(self, features: EncodedFeatures) -> torch.Tensor:
         """The decoder ``D``: semantic features (B, 256, H/4, W/4) before the classifier."""
-        return self.decoder(features.encoded, features.low_level)
+        decoded: torch.Tensor = self.decoder(features.encoded, features.low_level)
+        return decoded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segments ``x`` (B, in_channels, H, W) into logits (B, num_classes, H, W)."""

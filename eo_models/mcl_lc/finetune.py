@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from eo_models.mcl_lc.deeplabv3plus import DEFAULT_ASPP_RATES, DeepLabV3Plus, build_mcl_lc_segmenter
 from eo_models.mcl_lc.model import FinetuneParams, plain_dict
 from eo_models.mcl_lc.pretrain import FAMILY
-from eo_models.mcl_lc.schedule import cosine_schedule, epoch_order, steps_per_epoch
+from eo_models.mcl_lc.schedule import SeededEpochs
 from eo_models.predict import resolve_device
-from eo_models.training import Progress, assemble_checkpoint, cpu_tree, epoch_seed, fit, seeded
+from eo_models.training import Progress, assemble_checkpoint, fit, seeded
 
 __all__ = ["FinetuneProgress", "LabelledPatchSource", "finetune_mcl_lc", "finetune_step", "segmentation_loss"]
 
@@ -139,38 +139,32 @@ def _network_from_checkpoint(ckpt: dict[str, Any], num_classes: int) -> DeepLabV
     return network
 
 
-class _FinetuneSteps:
+class _FinetuneSteps(SeededEpochs):
     """Supervised fine-tuning plugged into :func:`eo_models.training.fit`."""
+
+    params: FinetuneParams
 
     def __init__(
         self,
         labelled: LabelledPatchSource,
         network: DeepLabV3Plus,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LambdaLR,
         *,
         params: FinetuneParams,
         in_channels: int,
-        steps: int,
-        batch_size: int,
         device: torch.device,
     ) -> None:
-        self.labelled, self.network, self.optimizer, self.scheduler = labelled, network, optimizer, scheduler
-        self.params, self.in_channels, self.steps, self.batch_size = params, in_channels, steps, batch_size
-        self.device = device
+        trainable = [p for p in network.parameters() if p.requires_grad]
+        super().__init__(len(labelled), trainable, params=params, in_channels=in_channels, device=device)
+        self.labelled, self.network = labelled, network
         self.encoder = network.encoder_modules()
-        self.generator = torch.Generator()
-        self.updates_per_step = 1
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        seed = epoch_seed(self.params.seed, epoch)
-        torch.manual_seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
+        batches = super().epoch_batches(epoch)
         self.network.train()
         if self.params.freeze_encoder:  # frozen means BatchNorm statistics and dropout too
             for module in self.encoder:
                 module.eval()
-        return epoch_order(len(self.labelled), self.steps, self.batch_size, self.generator)
+        return batches
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
         images, labels = _read_labelled(self.labelled, indices, self.in_channels, self.params)
@@ -213,8 +207,6 @@ def finetune_mcl_lc(
     num_patches = len(labelled)
     if num_patches < 2:
         raise ValueError(f"fine-tuning needs at least 2 labelled patches (BatchNorm), got {num_patches}")
-    batch_size = min(params.batch_size, num_patches)
-    steps = steps_per_epoch(num_patches, batch_size, params.max_steps_per_epoch)
     device = resolve_device(params.device)
     history: dict[str, list[float]] = {"loss": []}
     with seeded(params.seed, device):
@@ -222,20 +214,7 @@ def finetune_mcl_lc(
         if params.freeze_encoder:
             for module in network.encoder_modules():
                 module.requires_grad_(False)
-        trainable = [p for p in network.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
-        scheduler = cosine_schedule(optimizer, params.epochs * steps)
-        plan = _FinetuneSteps(
-            labelled,
-            network,
-            optimizer,
-            scheduler,
-            params=params,
-            in_channels=in_channels,
-            steps=steps,
-            batch_size=batch_size,
-            device=device,
-        )
+        plan = _FinetuneSteps(labelled, network, params=params, in_channels=in_channels, device=device)
         fit(plan, epochs=params.epochs, history=history, history_per="epoch", on_progress=on_progress)
     return assemble_checkpoint(
         family=FAMILY,
@@ -247,15 +226,10 @@ def finetune_mcl_lc(
             **plain_dict(params),
             "resolved_device": str(device),
             "num_patches": num_patches,
-            "steps_per_epoch": steps,
+            "steps_per_epoch": plan.steps,
             "pretrain": checkpoint.get("train_params", {}),
         },
         history=history,
         model=network,
-        extra={
-            "stage": "finetune",
-            "epoch": params.epochs,
-            "optimizer_state": cpu_tree(optimizer.state_dict()),
-            "scheduler_state": scheduler.state_dict(),
-        },
+        extra={"stage": "finetune", "epoch": params.epochs, **plan.optimisation_state()},
     )

@@ -41,7 +41,8 @@ class StatisticsNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scores pairs: (..., features) and (..., features) to (...)."""
-        return self.layers(torch.cat([x, y], dim=-1)).squeeze(-1)
+        scores: torch.Tensor = self.layers(torch.cat([x, y], dim=-1))
+        return scores.squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class MutualInformationEstimator(nn.Module):
         hidden_features: Width of the statistics network's hidden layer.
         ema_rate: Rate of the moving average of ``E_marginal[exp(T)]`` (bias correction).
     """
+
+    log_marginal_ema: torch.Tensor  # a registered buffer (torch types buffers as Tensor | Module)
 
     def __init__(
         self, features: int, *, hidden_features: int = 256, ema_rate: float = DEFAULT_EMA_RATE

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eo_models.params import check_bounds
+from eo_models.params import DEVICE_DESCRIPTION, MAX_STEPS_DESCRIPTION, check_bounds, option
 
 __all__ = [
     "DEFAULT_EMA_RATE",
@@ -64,12 +64,10 @@ class AugmentParams:
     cloud_count: tuple[int, int] = (1, 3)
     cloud_coverage: tuple[float, float] = (0.05, 0.3)
     cloud_gain: tuple[float, float] = (0.5, 1.0)
-    pseudo_clouds: bool = field(
-        default=True,
-        metadata={
-            "description": "Pseudo-cloud augmentation (the paper's mCL-LC+); off: plain mCL-LC.",
-            "option": "pseudo_clouds",
-        },
+    pseudo_clouds: bool = option(
+        True,
+        "Pseudo-cloud augmentation (the paper's mCL-LC+); off: plain mCL-LC.",
+        exposed_as="pseudo_clouds",
     )
 
     def __post_init__(self) -> None:
@@ -104,26 +102,16 @@ class LossSwitches:
         local_consistency: Local-consistency (mutual information) loss ``L_lc``.
     """
 
-    feature: bool = field(
-        default=True,
-        metadata={
-            "description": "Use the feature-level contrastive loss L_fl (Eq. 2).",
-            "option": "feature_level",
-        },
+    feature: bool = option(
+        True, "Use the feature-level contrastive loss L_fl (Eq. 2).", exposed_as="feature_level"
     )
-    semantic: bool = field(
-        default=True,
-        metadata={
-            "description": "Use the semantic-level contrastive loss L_sl (Eq. 4).",
-            "option": "semantic_level",
-        },
+    semantic: bool = option(
+        True, "Use the semantic-level contrastive loss L_sl (Eq. 4).", exposed_as="semantic_level"
     )
-    local_consistency: bool = field(
-        default=True,
-        metadata={
-            "description": "Use the local-consistency (mutual information) loss L_lc (Eq. 6).",
-            "option": "local_consistency",
-        },
+    local_consistency: bool = option(
+        True,
+        "Use the local-consistency (mutual information) loss L_lc (Eq. 6).",
+        exposed_as="local_consistency",
     )
 
     def __post_init__(self) -> None:
@@ -159,47 +147,26 @@ class PretrainParams:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda:0"``, ...
     """
 
-    epochs: int = field(default=200, metadata={"description": "Training epochs (paper: 200).", "ge": 1})
-    batch_size: int = field(
-        default=64, metadata={"description": "Patches per batch, N positive pairs (paper: 64).", "ge": 2}
+    epochs: int = option(200, "Training epochs (paper: 200).", ge=1)
+    batch_size: int = option(64, "Patches per batch, N positive pairs (paper: 64).", ge=2)
+    patch_size: int = option(256, "Patch edge in pixels (paper: 256; the encoder has stride 16).", ge=32)
+    learning_rate: float = option(
+        1e-3, "Initial Adam learning rate, cosine-decayed to 0 (paper: 0.001).", gt=0, cli="--lr"
     )
-    patch_size: int = field(
-        default=256,
-        metadata={"description": "Patch edge in pixels (paper: 256; the encoder has stride 16).", "ge": 32},
-    )
-    learning_rate: float = field(
-        default=1e-3,
-        metadata={
-            "description": "Initial Adam learning rate, cosine-decayed to 0 (paper: 0.001).",
-            "gt": 0,
-            "cli": "--lr",
-        },
-    )
-    weight_decay: float = field(default=0.0, metadata={"ge": 0})
-    temperature: float = field(
-        default=0.5, metadata={"description": "NT-Xent temperature tau (not given by the paper).", "gt": 0}
-    )
-    num_rois: int = field(
-        default=12, metadata={"description": "Matched ROIs per patch pair N_R (paper: 12).", "ge": 1}
-    )
-    roi_size: int = field(default=8, metadata={"description": "ROI edge in pixels (paper: 8).", "ge": 1})
+    weight_decay: float = option(0.0, ge=0)
+    temperature: float = option(0.5, "NT-Xent temperature tau (not given by the paper).", gt=0)
+    num_rois: int = option(12, "Matched ROIs per patch pair N_R (paper: 12).", ge=1)
+    roi_size: int = option(8, "ROI edge in pixels (paper: 8).", ge=1)
     losses: LossSwitches = field(default_factory=LossSwitches, metadata={"flatten": True})
-    projection_dim: int = field(default=DEFAULT_PROJECTION_DIM, metadata={"ge": 1})
-    mine_hidden_features: int = field(default=256, metadata={"ge": 1})
-    mine_ema_rate: float = field(default=DEFAULT_EMA_RATE, metadata={"gt": 0, "le": 1})
-    aspp_dropout: float = field(default=0.5, metadata={"ge": 0, "lt": 1})
+    projection_dim: int = option(DEFAULT_PROJECTION_DIM, ge=1)
+    mine_hidden_features: int = option(256, ge=1)
+    mine_ema_rate: float = option(DEFAULT_EMA_RATE, gt=0, le=1)
+    aspp_dropout: float = option(0.5, ge=0, lt=1)
     augment: AugmentParams = field(default_factory=AugmentParams, metadata={"flatten": True})
     encoder_weights: str | None = None
-    max_steps_per_epoch: int | None = field(
-        default=None,
-        metadata={"description": "Cap on updates per epoch. Empty: one pass over the patches.", "ge": 1},
-    )
-    seed: int = field(
-        default=0, metadata={"description": "Seed of weights, patch subset, order and augmentations."}
-    )
-    device: str = field(
-        default="auto", metadata={"description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."}
-    )
+    max_steps_per_epoch: int | None = option(None, MAX_STEPS_DESCRIPTION, ge=1)
+    seed: int = option(0, "Seed of weights, patch subset, order and augmentations.")
+    device: str = option("auto", DEVICE_DESCRIPTION)
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -227,38 +194,20 @@ class FinetuneParams:
     """
 
     num_classes: int = field(metadata={"ge": 1, "le": 256})
-    epochs: int = field(default=20, metadata={"description": "Fine-tuning epochs (paper: 20).", "ge": 1})
-    batch_size: int = field(
-        default=16,
-        metadata={"description": "Patches per batch (not given by the paper; BatchNorm needs two).", "ge": 2},
+    epochs: int = option(20, "Fine-tuning epochs (paper: 20).", ge=1)
+    batch_size: int = option(16, "Patches per batch (not given by the paper; BatchNorm needs two).", ge=2)
+    learning_rate: float = option(
+        1e-4, "Initial Adam learning rate, cosine-decayed (paper: 0.0001).", gt=0, cli="--lr"
     )
-    learning_rate: float = field(
-        default=1e-4,
-        metadata={
-            "description": "Initial Adam learning rate, cosine-decayed (paper: 0.0001).",
-            "gt": 0,
-            "cli": "--lr",
-        },
-    )
-    weight_decay: float = field(default=0.0, metadata={"ge": 0})
-    freeze_encoder: bool = field(
-        default=False,
-        metadata={
-            "description": "Train only the decoder and classifier, keeping the pre-trained encoder fixed."
-        },
+    weight_decay: float = option(0.0, ge=0)
+    freeze_encoder: bool = option(
+        False, "Train only the decoder and classifier, keeping the pre-trained encoder fixed."
     )
     ignore_index: int = -1
     augment_flips: bool = True
-    max_steps_per_epoch: int | None = field(
-        default=None,
-        metadata={"description": "Cap on updates per epoch. Empty: one pass over the patches.", "ge": 1},
-    )
-    seed: int = field(
-        default=0, metadata={"description": "Seed of the label sample, patch subset, classifier and order."}
-    )
-    device: str = field(
-        default="auto", metadata={"description": "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."}
-    )
+    max_steps_per_epoch: int | None = option(None, MAX_STEPS_DESCRIPTION, ge=1)
+    seed: int = option(0, "Seed of the label sample, patch subset, classifier and order.")
+    device: str = option("auto", DEVICE_DESCRIPTION)
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -20,15 +20,13 @@ from eo_models.mcl_lc.deeplabv3plus import DEFAULT_ASPP_RATES
 from eo_models.mcl_lc.model import MclLcLosses, MclLcModel, PretrainParams, plain_dict
 from eo_models.mcl_lc.resnet import load_resnet50_weights
 from eo_models.mcl_lc.rois import sample_matched_rois
-from eo_models.mcl_lc.schedule import cosine_schedule, epoch_order, restore_optimisation, steps_per_epoch
+from eo_models.mcl_lc.schedule import SeededEpochs, restore_optimisation
 from eo_models.predict import resolve_device
 from eo_models.training import (
     PatchSource,
     Progress,
     assemble_checkpoint,
     check_band_statistics,
-    cpu_tree,
-    epoch_seed,
     fit,
     read_batch,
     seeded,
@@ -81,7 +79,7 @@ def pretrain_step(
         rois = sample_matched_rois(
             views.matrices_a,
             views.matrices_b,
-            view_size=tuple(patches.shape[-2:]),  # type: ignore[arg-type]
+            view_size=(patches.shape[-2], patches.shape[-1]),
             num_rois=params.num_rois,
             roi_size=params.roi_size,
             generator=generator,
@@ -91,40 +89,31 @@ def pretrain_step(
         views, rois, switches=params.losses, temperature=params.temperature, mine_shift=shift
     )
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()  # type: ignore[no-untyped-call]
+    losses.total.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     optimizer.step()
     return losses
 
 
-class _PretrainSteps:
+class _PretrainSteps(SeededEpochs):
     """Algorithm 1 plugged into :func:`eo_models.training.fit`."""
+
+    params: PretrainParams
 
     def __init__(
         self,
         patches: PatchSource,
         model: MclLcModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LambdaLR,
         *,
         params: PretrainParams,
         in_channels: int,
-        steps: int,
-        batch_size: int,
         band_mean: Sequence[float],
         band_std: Sequence[float],
         device: torch.device,
     ) -> None:
-        self.patches, self.model, self.optimizer, self.scheduler = patches, model, optimizer, scheduler
-        self.params, self.in_channels, self.steps, self.batch_size = params, in_channels, steps, batch_size
-        self.band_mean, self.band_std, self.device = band_mean, band_std, device
-        self.generator = torch.Generator()
-        self.updates_per_step = 1
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        seed = epoch_seed(self.params.seed, epoch)
-        torch.manual_seed(seed)  # dropout
-        self.generator = torch.Generator().manual_seed(seed)
-        return epoch_order(len(self.patches), self.steps, self.batch_size, self.generator)
+        super().__init__(
+            len(patches), model.parameters(), params=params, in_channels=in_channels, device=device
+        )
+        self.patches, self.model, self.band_mean, self.band_std = patches, model, band_mean, band_std
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
         batch = read_batch(
@@ -187,8 +176,6 @@ def pretrain_mcl_lc(
     num_patches = len(patches)
     if num_patches < 2:
         raise ValueError(f"pre-training needs at least 2 patches (contrastive negatives), got {num_patches}")
-    batch_size = min(params.batch_size, num_patches)
-    steps = steps_per_epoch(num_patches, batch_size, params.max_steps_per_epoch)
     last_epoch = params.epochs if stop_after_epoch is None else min(stop_after_epoch, params.epochs)
     device = resolve_device(params.device)
     history: dict[str, list[float]] = {key: [] for key in PRETRAIN_METRICS}
@@ -204,31 +191,23 @@ def pretrain_mcl_lc(
         if params.encoder_weights is not None:
             load_resnet50_weights(model.network.backbone, params.encoder_weights)
         model.to(device).train()
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+        plan = _PretrainSteps(
+            patches,
+            model,
+            params=params,
+            in_channels=in_channels,
+            band_mean=band_mean,
+            band_std=band_std,
+            device=device,
         )
-        scheduler = cosine_schedule(optimizer, params.epochs * steps)
         start_epoch = 0
         if resume_from is not None:
             _check_resumable(resume_from, in_channels, params.epochs)
             model.load_state_dict(resume_from["state_dict"])
             start_epoch = restore_optimisation(
-                resume_from["extra"], optimizer, scheduler, params.epochs * steps
+                resume_from["extra"], plan.optimizer, plan.scheduler, plan.total_steps
             )
             history = {key: list(values) for key, values in resume_from["history"].items()}
-        plan = _PretrainSteps(
-            patches,
-            model,
-            optimizer,
-            scheduler,
-            params=params,
-            in_channels=in_channels,
-            steps=steps,
-            batch_size=batch_size,
-            band_mean=band_mean,
-            band_std=band_std,
-            device=device,
-        )
         fit(
             plan,
             epochs=params.epochs,
@@ -257,16 +236,11 @@ def pretrain_mcl_lc(
             "resolved_device": str(device),
             "num_patches": num_patches,
             "in_channels": in_channels,
-            "steps_per_epoch": steps,
+            "steps_per_epoch": plan.steps,
         },
         history=history,
         model=model,
-        extra={
-            "stage": "pretrain",
-            "epoch": max(last_epoch, start_epoch),
-            "optimizer_state": cpu_tree(optimizer.state_dict()),
-            "scheduler_state": scheduler.state_dict(),
-        },
+        extra={"stage": "pretrain", "epoch": max(last_epoch, start_epoch), **plan.optimisation_state()},
     )
 
 

@@ -194,7 +194,11 @@ def apply_radiometric_augmentations(
     apply = chosen(params.cloud_probability if params.pseudo_clouds else 0.0)
     if apply.any():
         mask, gain = random_pseudo_cloud_mask(
-            count, images.shape[-2:], params=params, generator=generator, device=images.device
+            count,
+            (images.shape[-2], images.shape[-1]),
+            params=params,
+            generator=generator,
+            device=images.device,
         )
         mask = mask * apply.reshape(-1, 1, 1).to(mask)
         images = add_pseudo_clouds(images, mask, gain, band_mean=band_mean, band_std=band_std)

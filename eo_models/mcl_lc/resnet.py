@@ -85,7 +85,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        activated: torch.Tensor = self.relu(out + identity)
+        return activated
 
 
 class ResNet50Backbone(nn.Module):
@@ -226,12 +227,15 @@ def load_resnet50_weights(
     Raises:
         ValueError: When a tensor has a shape that cannot be adapted; the message names the key.
     """
+    state_dict: Mapping[str, torch.Tensor]
     if isinstance(weights, (str, Path)):
         loaded = torch.load(Path(weights), map_location="cpu", weights_only=True)
         if isinstance(loaded, Mapping) and "state_dict" in loaded:
             loaded = loaded["state_dict"]
-        weights = loaded
-    source = {k: v for k, v in _strip_prefixes(weights).items() if not k.startswith("fc.")}
+        state_dict = loaded
+    else:
+        state_dict = weights
+    source = {k: v for k, v in _strip_prefixes(state_dict).items() if not k.startswith("fc.")}
     if "conv1.weight" in source:
         source["conv1.weight"] = adapt_first_conv_weight(source["conv1.weight"], backbone.in_channels)
     target = backbone.state_dict()

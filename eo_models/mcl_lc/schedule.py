@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["cosine_schedule", "epoch_order", "restore_optimisation", "steps_per_epoch"]
+from eo_models.mcl_lc.params import FinetuneParams, PretrainParams
+from eo_models.training import cpu_tree, epoch_seed
+
+__all__ = ["SeededEpochs", "cosine_schedule", "epoch_order", "restore_optimisation", "steps_per_epoch"]
 
 
 def steps_per_epoch(num_patches: int, batch_size: int, cap: int | None) -> int:
@@ -55,3 +59,63 @@ def restore_optimisation(
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base_lr * factor
     return int(extra["epoch"])
+
+
+class SeededEpochs:
+    """What pre-training and fine-tuning steps share (:class:`eo_models.training.TrainingSteps`).
+
+    Full batches of at most ``params.batch_size`` patches, ``params.max_steps_per_epoch`` of them at
+    most; Adam over ``parameters`` with the cosine schedule over all planned updates; and each epoch's
+    batches from a permutation seeded by ``(params.seed, epoch)``.
+
+    Args:
+        num_patches: Patches of the source.
+        parameters: What the optimiser updates.
+        params: The pre-training or fine-tuning settings.
+        in_channels: Bands per patch.
+        device: Where the batches go.
+    """
+
+    updates_per_step = 1
+
+    def __init__(
+        self,
+        num_patches: int,
+        parameters: Iterable[torch.nn.Parameter],
+        *,
+        params: PretrainParams | FinetuneParams,
+        in_channels: int,
+        device: torch.device,
+    ) -> None:
+        self.num_patches, self.params, self.in_channels, self.device = (
+            num_patches,
+            params,
+            in_channels,
+            device,
+        )
+        self.batch_size = min(params.batch_size, num_patches)
+        self.steps = steps_per_epoch(num_patches, self.batch_size, params.max_steps_per_epoch)
+        self.optimizer = torch.optim.Adam(
+            parameters, lr=params.learning_rate, weight_decay=params.weight_decay
+        )
+        self.scheduler = cosine_schedule(self.optimizer, self.total_steps)
+        self.generator = torch.Generator()
+
+    @property
+    def total_steps(self) -> int:
+        """Updates of the whole run, ``params.epochs`` epochs."""
+        return self.params.epochs * self.steps
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Seed the epoch (dropout through torch's global generator, the rest through ``generator``)."""
+        seed = epoch_seed(self.params.seed, epoch)
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        return epoch_order(self.num_patches, self.steps, self.batch_size, self.generator)
+
+    def optimisation_state(self) -> dict[str, Any]:
+        """The optimiser's (CPU tensors) and the scheduler's state, for a checkpoint's ``extra``."""
+        return {
+            "optimizer_state": cpu_tree(self.optimizer.state_dict()),
+            "scheduler_state": self.scheduler.state_dict(),
+        }

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from eoseg.io import storage
 from eoseg.catalog.stac import item_uri_for_map
 from eoseg.errors import ConfigurationError, SceneNotFoundError
+from eoseg.io import storage
 from eoseg.outputs import RunOutputs
 
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -59,7 +59,7 @@ class SceneFile:
         return scene_stem(self.uri)
 
 
-class SceneStatus(str, enum.Enum):
+class SceneStatus(enum.StrEnum):
     NEW = "new"
     PARTIAL = "partial"
     STALE = "stale"
@@ -191,7 +191,8 @@ def list_scenes(
         stem = _reference_stem(PurePosixPath(uri).name)
         if stem is not None:
             references[(str(PurePosixPath(uri).parent), stem)] = uri
-    scenes, seen = [], {}
+    scenes: list[SceneFile] = []
+    seen: dict[str, str] = {}
     for uri, mtime, size in sorted(files):
         name = PurePosixPath(uri).name
         if not _is_scene_name(name):
@@ -249,9 +250,12 @@ def decide(scene: SceneFile, output_prefix: str, outputs: dict[str, float | None
     run = RunOutputs.for_map(map_uri)
     names = {
         key: PurePosixPath(uri).name
-        for key, uri in dict(
-            cog=run.cog, tiles=run.tiles, labels=run.labels, item=item_uri_for_map(run.cog)
-        ).items()
+        for key, uri in {
+            "cog": run.cog,
+            "tiles": run.tiles,
+            "labels": run.labels,
+            "item": item_uri_for_map(run.cog),
+        }.items()
     }
     if names["cog"] not in outputs:
         if names["tiles"] in outputs or names["labels"] in outputs:

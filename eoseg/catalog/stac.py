@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -40,6 +41,7 @@ CATALOG_FILE = "catalog.json"
 CATALOG_ID = "eoseg-maps"
 NODATA_LABEL = 255
 PYTORCH_MEDIA_TYPE = "application/octet-stream; application=pytorch"
+_QUICKLOOK_TITLE = "Quick-look: scene and map side by side"
 _FILE_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 _TAG_FORMATS = (
     "%Y:%m:%d %H:%M:%S",
@@ -70,7 +72,8 @@ class StorageStacIO(DefaultStacIO):
     def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
         href = str(source)
         if storage.is_s3(href):
-            return storage.s3_filesystem().cat_file(href).decode("utf-8")
+            data: bytes = storage.s3_filesystem().cat_file(href)
+            return data.decode("utf-8")
         return super().read_text(source, *args, **kwargs)
 
     def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
@@ -133,8 +136,10 @@ def _read_map(map_uri: str) -> dict[str, Any]:
         }
 
 
-def _classes(num_classes: int | None, colormap: dict, nodata) -> list[Classification]:
-    classes = []
+def _classes(
+    num_classes: int | None, colormap: Mapping[int, tuple[int, ...]], nodata: float | None
+) -> list[Classification]:
+    classes: list[Classification] = []
     for value in range(num_classes or 0):
         colour = colormap.get(value)
         hint = "{:02X}{:02X}{:02X}".format(*colour[:3]) if colour else None
@@ -222,53 +227,25 @@ def build_map_item(
     classes = _classes(num_classes, raster["colormap"], raster["nodata"])
     if classes:
         ClassificationExtension.ext(map_asset, add_if_missing=True).classes = classes
-    if quicklook_uri:
-        item.add_asset(
-            "thumbnail",
-            pystac.Asset(
-                href=quicklook_uri,
-                media_type=pystac.MediaType.PNG,
-                roles=["thumbnail", "overview"],
-                title="Quick-look: scene and map side by side",
-            ),
-        )
-    item.add_asset(
-        "source",
-        pystac.Asset(
-            href=scene_uri, media_type=pystac.MediaType.GEOTIFF, roles=["source"], title="Input scene"
-        ),
-    )
-    item.add_link(
-        pystac.Link(
-            rel="derived_from", target=scene_uri, media_type=pystac.MediaType.GEOTIFF, title="Input scene"
-        )
-    )
     checkpoint = model_uri or model_tag.get("checkpoint")
-    if checkpoint:
-        item.add_asset(
-            "model",
-            pystac.Asset(
-                href=checkpoint,
-                media_type=PYTORCH_MEDIA_TYPE,
-                roles=["model"],
-                title=f"Model checkpoint ({model_tag.get('family', 'unknown')})",
-            ),
-        )
-        item.add_link(
-            pystac.Link(
-                rel="derived_from", target=checkpoint, media_type=PYTORCH_MEDIA_TYPE, title="Model checkpoint"
-            )
-        )
-    if scores_uri:
-        item.add_asset(
-            "scores",
-            pystac.Asset(
-                href=scores_uri,
-                media_type=pystac.MediaType.JSON,
-                roles=["metadata"],
-                title="Scores against the reference",
-            ),
-        )
+    family = model_tag.get("family", "unknown")
+    # (key, href, media type, roles, title) of the assets beside the map; those without href are left out.
+    assets = [
+        ("thumbnail", quicklook_uri, pystac.MediaType.PNG, ["thumbnail", "overview"], _QUICKLOOK_TITLE),
+        ("source", scene_uri, pystac.MediaType.GEOTIFF, ["source"], "Input scene"),
+        ("model", checkpoint, PYTORCH_MEDIA_TYPE, ["model"], f"Model checkpoint ({family})"),
+        ("scores", scores_uri, pystac.MediaType.JSON, ["metadata"], "Scores against the reference"),
+    ]
+    for key, href, media_type, roles, title in assets:
+        if href:
+            item.add_asset(key, pystac.Asset(href=href, media_type=media_type, roles=roles, title=title))
+    derived_from = [
+        (scene_uri, pystac.MediaType.GEOTIFF, "Input scene"),
+        (checkpoint, PYTORCH_MEDIA_TYPE, "Model checkpoint"),
+    ]
+    for target, media_type, title in derived_from:
+        if target:
+            item.add_link(pystac.Link(rel="derived_from", target=target, media_type=media_type, title=title))
     return item
 
 
@@ -317,7 +294,9 @@ def add_items_to_catalog(
         href = make_relative_href(item_uri, catalog_uri)
         if href not in listed:
             title = PurePosixPath(item_uri).name[: -len(ITEM_SUFFIX)]
-            catalog.add_link(pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.JSON, title=title))
+            catalog.add_link(
+                pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.JSON, title=title)
+            )
             listed.add(href)
     catalog.clear_links(pystac.RelType.ROOT)
     catalog.add_link(pystac.Link(pystac.RelType.ROOT, f"./{CATALOG_FILE}", media_type=pystac.MediaType.JSON))

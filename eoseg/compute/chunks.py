@@ -33,7 +33,10 @@ class _ProgressReporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self._bar = Progress(
-                "[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                "[bold]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
                 transient=False,
             )
             self._bar.start()
@@ -46,8 +49,14 @@ class _ProgressReporter:
             self._bar.advance(self._task)
         if self.total and self.done / self.total >= self._next_log_fraction - 1e-9:
             elapsed = time.perf_counter() - self._started
-            logger.info("%s: %d/%d chunks (%.0f%%) in %.1f s", self.label, self.done, self.total,
-                        100 * self.done / self.total, elapsed)
+            logger.info(
+                "%s: %d/%d chunks (%.0f%%) in %.1f s",
+                self.label,
+                self.done,
+                self.total,
+                100 * self.done / self.total,
+                elapsed,
+            )
             while self._next_log_fraction <= self.done / self.total + 1e-9:
                 self._next_log_fraction += 0.1
 
@@ -116,8 +125,14 @@ def map_chunks(
         reporter.close()
 
 
-def _map_on_cluster(client: Any, function: Callable[..., T], items: Sequence[Any], label: str,
-                    resources: dict[str, float] | None, reporter: _ProgressReporter) -> list[T]:
+def _map_on_cluster(
+    client: Any,
+    function: Callable[..., T],
+    items: Sequence[Any],
+    label: str,
+    resources: dict[str, float] | None,
+    reporter: _ProgressReporter,
+) -> list[T]:
     from distributed import as_completed
 
     prefix = f"{label.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
@@ -128,7 +143,7 @@ def _map_on_cluster(client: Any, function: Callable[..., T], items: Sequence[Any
     results: list[Any] = [None] * len(items)
     try:
         with client.as_current():  # as_completed looks up the current client
-            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]  # unannotated in distributed
                 results[index_of[future.key]] = future.result()  # re-raises the worker's exception
                 reporter.advance()
     except BaseException:

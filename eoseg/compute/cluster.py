@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from eoseg.settings import ENV_PREFIX, load_settings
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
 
 logger = logging.getLogger("eoseg.compute.cluster")
 CLUSTER_ENV_VAR = f"{ENV_PREFIX}CLUSTER"
@@ -34,12 +37,15 @@ class ClusterSpec(BaseModel):
     )
     n_workers: int = Field(default=2, ge=1, description="Local cluster: number of worker processes.")
     threads_per_worker: int = Field(default=1, ge=1, description="Local cluster: threads per worker.")
-    memory_limit: str = Field(default="auto", description="Local cluster: memory limit per worker, e.g. '4GiB'.")
+    memory_limit: str = Field(
+        default="auto", description="Local cluster: memory limit per worker, e.g. '4GiB'."
+    )
     processes: bool = Field(default=True, description="Local cluster: worker processes (True) or threads.")
     gpu_workers: int = Field(
         default=0,
         ge=0,
-        description="Local cluster: how many of the workers advertise the GPU=1 resource (one model per GPU).",
+        description="Local cluster: how many of the workers advertise the GPU=1 resource "
+        "(one model per GPU).",
     )
     config_file: str | None = Field(
         default=None,
@@ -56,7 +62,14 @@ class ClusterSpec(BaseModel):
         return self.config_file or load_settings().cluster_config or None
 
 
-def _start_local_cluster(spec: ClusterSpec):
+def _client(*args: Any, **kwargs: Any) -> Client:
+    """``distributed.Client(*args, **kwargs)``, typed (distributed leaves its constructor unannotated)."""
+    from distributed import Client
+
+    return Client(*args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in distributed
+
+
+def _start_local_cluster(spec: ClusterSpec) -> LocalCluster:
     import dask
     import distributed  # noqa: F401  (registers the "distributed" config section before it is overridden)
 
@@ -66,10 +79,10 @@ def _start_local_cluster(spec: ClusterSpec):
         return _start_local_cluster_with_current_config(spec)
 
 
-def _start_local_cluster_with_current_config(spec: ClusterSpec):
+def _start_local_cluster_with_current_config(spec: ClusterSpec) -> LocalCluster:
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
+    cluster: LocalCluster = LocalCluster(  # type: ignore[no-untyped-call]  # unannotated in distributed
         n_workers=0 if spec.gpu_workers else spec.n_workers,
         threads_per_worker=spec.threads_per_worker,
         memory_limit=spec.memory_limit,
@@ -82,7 +95,7 @@ def _start_local_cluster_with_current_config(spec: ClusterSpec):
         from distributed.worker import Worker
 
         worker_class = Nanny if spec.processes else Worker
-        base = {"nthreads": spec.threads_per_worker, "memory_limit": spec.memory_limit}
+        base: dict[str, Any] = {"nthreads": spec.threads_per_worker, "memory_limit": spec.memory_limit}
         if spec.processes:
             base["silence_logs"] = logging.WARNING
         specs = {}
@@ -92,7 +105,7 @@ def _start_local_cluster_with_current_config(spec: ClusterSpec):
                 options["resources"] = {"GPU": 1}
             specs[f"worker-{index}"] = {"cls": worker_class, "options": options}
         cluster.worker_spec.update(specs)
-        cluster.scale(len(specs))
+        cluster.scale(len(specs))  # type: ignore[no-untyped-call]  # unannotated in distributed
     return cluster
 
 
@@ -108,48 +121,54 @@ def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
         return
     if address:
         try:
-            from distributed import Client
-
-            with Client(address, set_as_default=False, timeout="30s") as client:
-                logger.info("using the Dask cluster at %s (%d workers); dashboard %s", address,
-                            len(client.scheduler_info(n_workers=-1)["workers"]), client.dashboard_link)
+            with _client(address, set_as_default=False, timeout="30s") as client:
+                logger.info(
+                    "using the Dask cluster at %s (%d workers); dashboard %s",
+                    address,
+                    len(client.scheduler_info(n_workers=-1)["workers"]),
+                    client.dashboard_link,
+                )
         except OSError as error:
             from eoseg.errors import ConfigurationError
 
-            raise ConfigurationError(f"cannot reach the Dask scheduler at {address} ({error}); check the "
-                                     f"address (--cluster / {CLUSTER_ENV_VAR}) and that the scheduler runs") from error
+            raise ConfigurationError(
+                f"cannot reach the Dask scheduler at {address} ({error}); check the "
+                f"address (--cluster / {CLUSTER_ENV_VAR}) and that the scheduler runs"
+            ) from error
         yield address
         return
     cluster = _start_local_cluster(spec)
     try:
-        from distributed import Client
-
-        with Client(cluster) as client:
+        with _client(cluster) as client:
             client.wait_for_workers(spec.n_workers, timeout=120)
-        logger.info("started a local Dask cluster: %d worker process(es) x %d thread(s); dashboard %s",
-                    spec.n_workers, spec.threads_per_worker, cluster.dashboard_link)
+        logger.info(
+            "started a local Dask cluster: %d worker process(es) x %d thread(s); dashboard %s",
+            spec.n_workers,
+            spec.threads_per_worker,
+            cluster.dashboard_link,
+        )
         yield cluster.scheduler_address
     finally:
         cluster.close()
 
 
 @contextlib.contextmanager
-def connect(address: str | None) -> Iterator[object]:
+def connect(address: str | None) -> Iterator[Client | None]:
     """A ``distributed.Client`` for ``address`` (None: no client; work runs on local threads)."""
     if address is None:
         yield None
         return
-    from distributed import Client
-
-    with Client(address, set_as_default=False) as client:
+    with _client(address, set_as_default=False) as client:
         yield client
 
 
-def has_gpu_workers(client) -> bool:
+def has_gpu_workers(client: Any) -> bool:
     """Whether any worker of the cluster advertises a ``GPU`` resource."""
     if client is None:
         return False
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}) if hasattr(client, "scheduler_info") else {}
+    workers = (
+        client.scheduler_info(n_workers=-1).get("workers", {}) if hasattr(client, "scheduler_info") else {}
+    )
     return any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values())
 
 
@@ -160,8 +179,12 @@ def _cluster_from_config_file(path: str) -> Iterator[str]:
     config = load_cluster_config(path)
     logger.info("cluster configuration %s: %s", path, config.kind)
     if config.kind == "local":
-        local = ClusterSpec(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker,
-                            memory_limit=config.memory_limit, gpu_workers=config.gpu_workers)
+        local = ClusterSpec(
+            n_workers=config.n_workers,
+            threads_per_worker=config.threads_per_worker,
+            memory_limit=config.memory_limit,
+            gpu_workers=config.gpu_workers,
+        )
         with dask_cluster(local) as address:
             yield address
         return
@@ -175,7 +198,7 @@ def _cluster_from_config_file(path: str) -> Iterator[str]:
         cluster = KubeCluster(custom_cluster_spec=config.cluster_spec(), namespace=config.namespace)
     else:
         cluster = config.make_cluster()
-        cluster.scale(jobs=config.jobs)
+        cluster.scale(jobs=config.jobs)  # type: ignore[no-untyped-call]  # unannotated in dask-jobqueue
     try:
         logger.info("started a %s Dask cluster; dashboard %s", config.kind, cluster.dashboard_link)
         yield cluster.scheduler_address

@@ -12,11 +12,14 @@ training and inference stages ask for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from eoseg.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dask_jobqueue.core import JobQueueCluster
 
 
 class _Config(BaseModel):
@@ -51,19 +54,29 @@ class KubernetesClusterConfig(_Config):
     worker_cpu: str = Field(default="4", description="CPU request and limit per worker pod.")
     worker_memory: str = Field(default="16Gi", description="Memory request and limit per worker pod.")
     gpus_per_worker: int = Field(default=0, ge=0, le=1, description="nvidia.com/gpu per worker (0 or 1).")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets: use "
-                                "Kubernetes secrets mounted into the image's environment).")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment (no secrets: use "
+        "Kubernetes secrets mounted into the image's environment).",
+    )
 
-    def cluster_spec(self) -> dict:
+    def cluster_spec(self) -> dict[str, Any]:
         """The DaskCluster custom resource (also usable with `kubectl apply`)."""
         from dask_kubernetes.operator import make_cluster_spec
 
-        resources = {"requests": {"cpu": self.worker_cpu, "memory": self.worker_memory},
-                     "limits": {"cpu": self.worker_cpu, "memory": self.worker_memory}}
+        resources = {
+            "requests": {"cpu": self.worker_cpu, "memory": self.worker_memory},
+            "limits": {"cpu": self.worker_cpu, "memory": self.worker_memory},
+        }
         if self.gpus_per_worker:
             resources["limits"]["nvidia.com/gpu"] = str(self.gpus_per_worker)
-        spec = make_cluster_spec(name=self.name, image=self.image, n_workers=self.n_workers, resources=resources,
-                                 env=self.env or None)
+        spec: dict[str, Any] = make_cluster_spec(
+            name=self.name,
+            image=self.image,
+            n_workers=self.n_workers,
+            resources=resources,
+            env=self.env or None,
+        )
         if self.gpus_per_worker:
             container = spec["spec"]["worker"]["spec"]["containers"][0]
             container["args"] = [*container.get("args", []), "--resources", "GPU=1"]
@@ -85,28 +98,44 @@ class JobqueueClusterConfig(_Config):
     gpus_per_job: int = Field(default=0, ge=0, le=1, description="GPUs per job (0 or 1).")
     job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH/#PBS lines.")
 
-    def make_cluster(self):
-        import dask_jobqueue
+    def make_cluster(self) -> JobQueueCluster:
+        """The dask-jobqueue cluster of ``system`` (no job is submitted until it is scaled)."""
+        from dask_jobqueue.lsf import LSFCluster
+        from dask_jobqueue.pbs import PBSCluster
+        from dask_jobqueue.sge import SGECluster
+        from dask_jobqueue.slurm import SLURMCluster
 
-        classes = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
-                   "sge": dask_jobqueue.SGECluster, "lsf": dask_jobqueue.LSFCluster}
+        classes: dict[str, type[JobQueueCluster]] = {
+            "slurm": SLURMCluster,
+            "pbs": PBSCluster,
+            "sge": SGECluster,
+            "lsf": LSFCluster,
+        }
         directives = list(self.job_extra_directives)
         worker_args: list[str] = []
         if self.gpus_per_job:
             directives.append("--gres=gpu:1" if self.system == "slurm" else "-l ngpus=1")
             worker_args = ["--resources", "GPU=1"]
-        return classes[self.system](cores=self.cores, processes=1, memory=self.memory, queue=self.queue,
-                                    walltime=self.walltime, job_extra_directives=directives,
-                                    worker_extra_args=worker_args)
+        return classes[self.system](
+            cores=self.cores,
+            processes=1,
+            memory=self.memory,
+            queue=self.queue,
+            walltime=self.walltime,
+            job_extra_directives=directives,
+            worker_extra_args=worker_args,
+        )
 
 
 ClusterConfig = Annotated[
-    Union[LocalClusterConfig, AddressClusterConfig, KubernetesClusterConfig, JobqueueClusterConfig],
+    LocalClusterConfig | AddressClusterConfig | KubernetesClusterConfig | JobqueueClusterConfig,
     Field(discriminator="kind"),
 ]
 
 
-def load_cluster_config(path: str) -> LocalClusterConfig | AddressClusterConfig | KubernetesClusterConfig | JobqueueClusterConfig:
+def load_cluster_config(
+    path: str,
+) -> LocalClusterConfig | AddressClusterConfig | KubernetesClusterConfig | JobqueueClusterConfig:
     """Read and validate a cluster configuration file (YAML or JSON)."""
     import yaml
 

@@ -77,17 +77,27 @@ def run_stage(
     """
     missing = [i for i, done in enumerate(stage.done) if not done]
     finished = [i for i, done in enumerate(stage.done) if done]
-    logger.info("%s: %d of %d chunks to compute (%d done)", stage.label, len(missing), len(stage.jobs),
-                len(finished))
+    logger.info(
+        "%s: %d of %d chunks to compute (%d done)", stage.label, len(missing), len(stage.jobs), len(finished)
+    )
     resources = dict(stage.resources) if stage.resources else None
     results: list[ResultT | None] = [None] * len(stage.jobs)
-    computed = map_chunks(stage.compute, [stage.jobs[i] for i in missing], label=stage.label, client=client,
-                          resources=resources, show_bar=show_progress, local=stage.local)
-    for index, result in zip(missing, computed, strict=True):
-        results[index] = result
-    if stage.recall is not None and finished:
-        recalled = map_chunks(stage.recall, [stage.jobs[i] for i in finished], label=f"{stage.label} (recall)",
-                              client=client, resources=resources, show_bar=show_progress, local=stage.local)
-        for index, result in zip(finished, recalled, strict=True):
+
+    def run_chunks(function: Callable[[JobT], ResultT], indices: list[int], label: str) -> None:
+        """Run ``function`` on the jobs at ``indices`` and keep each result at its job's index."""
+        outputs = map_chunks(
+            function,
+            [stage.jobs[i] for i in indices],
+            label=label,
+            client=client,
+            resources=resources,
+            show_bar=show_progress,
+            local=stage.local,
+        )
+        for index, result in zip(indices, outputs, strict=True):
             results[index] = result
+
+    run_chunks(stage.compute, missing, stage.label)
+    if stage.recall is not None and finished:
+        run_chunks(stage.recall, finished, f"{stage.label} (recall)")
     return stage.finalise(results)

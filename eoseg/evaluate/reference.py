@@ -45,8 +45,9 @@ def _grid_of(like: str | GeoBox) -> tuple[GeoBox, str]:
         return geobox_of(dataset), like
 
 
-def rasterize_reference(vector_path: str, like: str | GeoBox, out_path: str, *, burn_value: int = 255,
-                        background: int = 0) -> str:
+def rasterize_reference(
+    vector_path: str, like: str | GeoBox, out_path: str, *, burn_value: int = 255, background: int = 0
+) -> str:
     """Burn the polygons of a GeoJSON file onto a grid, written as a uint8 GeoTIFF at ``out_path``.
 
     Pixels whose centre falls inside a polygon get ``burn_value``, all others ``background``. Polygons

@@ -100,7 +100,10 @@ def write_text(target: str, text: str, *, overwrite: bool) -> None:
     Raises:
         FileExistsError: as :func:`publishing_file`.
     """
-    with publishing_file(target, overwrite=overwrite) as staging, open(staging, "w", encoding="utf-8") as handle:
+    with (
+        publishing_file(target, overwrite=overwrite) as staging,
+        open(staging, "w", encoding="utf-8") as handle,
+    ):
         handle.write(text)
 
 

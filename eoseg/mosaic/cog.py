@@ -121,8 +121,15 @@ def mosaic_chunk(job: MosaicChunkJob) -> None:
             f"{job.store_uri}: the chunk at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
             f"cannot be read ({error}); the store is damaged. Write it again (--overwrite)."
         ) from error
-    profile = {"driver": "GTiff", "width": block.shape[1], "height": block.shape[0], "count": 1,
-               "dtype": block.dtype.name, "compress": "ZSTD", "zstd_level": 1}
+    profile = {
+        "driver": "GTiff",
+        "width": block.shape[1],
+        "height": block.shape[0],
+        "count": 1,
+        "dtype": block.dtype.name,
+        "compress": "ZSTD",
+        "zstd_level": 1,
+    }
     with publish.publishing_file(job.piece, overwrite=True) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pieces are placed by the VRT
         with rasterio.open(staging, "w", **profile) as out:
@@ -146,9 +153,11 @@ def _pieces_vrt(info: StoreInfo, jobs: list[MosaicChunkJob], output: FileOutput)
     data_type = typename_fwd[dtype_rev[info.dtype]]
     path = os.path.join(output.staging, "mosaic.vrt")
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(f'<VRTDataset rasterXSize="{info.width}" rasterYSize="{info.height}">'
-                     f'<VRTRasterBand dataType="{data_type}" band="1">{"".join(sources)}</VRTRasterBand>'
-                     "</VRTDataset>")
+        handle.write(
+            f'<VRTDataset rasterXSize="{info.width}" rasterYSize="{info.height}">'
+            f'<VRTRasterBand dataType="{data_type}" band="1">{"".join(sources)}</VRTRasterBand>'
+            "</VRTDataset>"
+        )
     return path
 
 
@@ -198,37 +207,59 @@ def mosaic_to_cog(
         Other failures keep the finished pieces: running again resumes.
     """
     if overview_resampling not in OVERVIEW_RESAMPLINGS:
-        raise ConfigurationError(f"overview resampling must be one of {OVERVIEW_RESAMPLINGS}, "
-                                 f"got {overview_resampling!r}")
+        raise ConfigurationError(
+            f"overview resampling must be one of {OVERVIEW_RESAMPLINGS}, got {overview_resampling!r}"
+        )
     store_uri = storage.normalise_uri(store_uri)
     info = read_store_info(store_uri)
     band_index = _select_band(info, band)
-    plan = {"store": store_uri, "store_created": info.created, "band": band_index,
-            "grid": [info.height, info.width, info.chunk_rows, info.chunk_cols]}
+    plan = {
+        "store": store_uri,
+        "store_created": info.created,
+        "band": band_index,
+        "grid": [info.height, info.width, info.chunk_rows, info.chunk_cols],
+    }
     output = open_file_output(cog_uri, plan=plan, overwrite=overwrite)
     windows = list(info.grid.windows())
-    jobs = [MosaicChunkJob(store_uri, info.variable, band_index, window, output.piece_path(index))
-            for index, window in windows]
+    jobs = [
+        MosaicChunkJob(store_uri, info.variable, band_index, window, output.piece_path(index))
+        for index, window in windows
+    ]
 
     def finalise(_: list[None]) -> CogSummary:
         vrt = _pieces_vrt(info, jobs, output)
         _describe_vrt(vrt, info, store_uri, band_index)
-        levels = _write_cog(vrt, output, overview_resampling, overviews=bool(overview_factors(info.height,
-                                                                                             info.width)))
+        levels = _write_cog(
+            vrt, output, overview_resampling, overviews=bool(overview_factors(info.height, info.width))
+        )
         finish_file_output(output)
-        return CogSummary(output.target, info.width, info.height, info.dtype, levels, info.nodata,
-                          info.num_classes)
+        return CogSummary(
+            output.target, info.width, info.height, info.dtype, levels, info.nodata, info.num_classes
+        )
 
-    stage = ChunkedStage(label="mosaic", jobs=jobs, done=output.pieces_done([index for index, _ in windows]),
-                         compute=mosaic_chunk, finalise=finalise, local=True)
+    stage = ChunkedStage(
+        label="mosaic",
+        jobs=jobs,
+        done=output.pieces_done([index for index, _ in windows]),
+        compute=mosaic_chunk,
+        finalise=finalise,
+        local=True,
+    )
     with discarded_on_bad_input(output):
         summary = run_stage(stage, show_progress=show_progress)
-    logger.info("wrote %s (%d x %d, overviews %s)", summary.uri, info.width, info.height,
-                list(summary.overview_levels))
+    logger.info(
+        "wrote %s (%d x %d, overviews %s)",
+        summary.uri,
+        info.width,
+        info.height,
+        list(summary.overview_levels),
+    )
     return summary
 
 
-def _write_cog(source: str, output: FileOutput, overview_resampling: str, *, overviews: bool) -> tuple[int, ...]:
+def _write_cog(
+    source: str, output: FileOutput, overview_resampling: str, *, overviews: bool
+) -> tuple[int, ...]:
     """Lay out ``source`` as a validated COG and publish it at the output's target; returns its overviews.
 
     Raises:
@@ -249,7 +280,9 @@ def _write_cog(source: str, output: FileOutput, overview_resampling: str, *, ove
             rasterio.shutil.copy(source, staging, driver="COG", **creation)
         valid, errors, warnings = cog_validate(staging, quiet=True)
         if not valid or errors or warnings:
-            raise RuntimeError(f"{output.target}: the written file is not a valid COG (errors: {errors}; "
-                               f"warnings: {warnings}); nothing was published. Please report this.")
+            raise RuntimeError(
+                f"{output.target}: the written file is not a valid COG (errors: {errors}; "
+                f"warnings: {warnings}); nothing was published. Please report this."
+            )
         with rasterio.open(staging) as written:
             return tuple(written.overviews(1))

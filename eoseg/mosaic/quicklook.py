@@ -11,19 +11,15 @@ overviews of a Cloud-Optimized GeoTIFF for that), so a city-sized scene costs a 
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import numpy as np
-import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 
-from eoseg.errors import CorruptSceneError, SceneNotFoundError
 from eoseg.io.publish import publishing_file
+from eoseg.io.rasters import open_raster
 from eoseg.mosaic.colors import class_color
 from eoseg.store.lifecycle import check_file_output
 
@@ -83,11 +79,11 @@ def write_quicklook(
     out_png = os.fspath(out_png)
     check_file_output(out_png, overwrite=overwrite)
 
-    with _open_raster(scene_path, role="scene") as scene:
+    with open_raster(scene_path, role="scene") as scene:
         scale = min(1.0, max_size / max(scene.height, scene.width))
         panel_shape = (max(1, round(scene.height * scale)), max(1, round(scene.width * scale)))
         scene_rgb = _render_scene(scene, panel_shape)
-    with _open_raster(labels_path, role="label map") as labels_file:
+    with open_raster(labels_path, role="label map") as labels_file:
         labels = labels_file.read(1, out_shape=panel_shape, resampling=Resampling.nearest)
         nodata = labels_file.nodata
         if colormap is None:
@@ -101,21 +97,6 @@ def write_quicklook(
     with publishing_file(out_png, overwrite=overwrite) as staging:
         image.save(staging, format="PNG")
     return out_png
-
-
-@contextmanager
-def _open_raster(path: str | os.PathLike[str], *, role: str) -> Iterator[DatasetReader]:
-    path = os.fspath(path)
-    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
-        raise SceneNotFoundError(f"{role} {path} does not exist; check the path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(path)
-    except RasterioIOError as error:
-        raise CorruptSceneError(f"GDAL cannot read {role} {path} ({error}); is it a raster?") from error
-    with dataset:
-        yield dataset
 
 
 def _render_scene(scene: DatasetReader, panel_shape: tuple[int, int]) -> np.ndarray:
@@ -142,9 +123,10 @@ def _render_scene(scene: DatasetReader, panel_shape: tuple[int, int]) -> np.ndar
 
 def _embedded_colormap(labels_file: DatasetReader) -> dict[int, tuple[int, ...]] | None:
     try:
-        return labels_file.colormap(1)
+        colormap: dict[int, tuple[int, ...]] = labels_file.colormap(1)
     except ValueError:  # rasterio's way of saying "this band has no colour table"
         return None
+    return colormap
 
 
 def _rgba(value: int, colormap: Mapping[int, tuple[int, ...]] | None) -> tuple[int, int, int, int]:
@@ -184,7 +166,8 @@ def _compose(
     width = 2 * panel_width + PANEL_GAP
     font = _load_font()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_height = max(_SWATCH, measure.textbbox((0, 0), "Ag", font=font)[3]) + _PADDING
+    # Pillow's stubs type text boxes as floats; with these fonts they are whole pixels.
+    line_height = max(_SWATCH, int(measure.textbbox((0, 0), "Ag", font=font)[3])) + _PADDING
 
     # Transparent entries get a black swatch, as in the panel; the overflow note gets none.
     entries: list[tuple[str, tuple[int, int, int] | None]] = [
@@ -193,7 +176,7 @@ def _compose(
     ]
     if len(entries) > _MAX_LEGEND_ENTRIES:
         hidden = len(entries) - _MAX_LEGEND_ENTRIES
-        entries = entries[:_MAX_LEGEND_ENTRIES] + [(f"+{hidden} more", None)]
+        entries = [*entries[:_MAX_LEGEND_ENTRIES], (f"+{hidden} more", None)]
     if show_nodata:
         entries.append(("nodata", NODATA_RGB))
     # Lay the legend out in rows that wrap at the image width.
@@ -215,7 +198,7 @@ def _compose(
     if title:
         draw.text((_PADDING, _PADDING), title, fill=(0, 0, 0), font=font)
     legend_top = title_height + panel_height + _PADDING
-    for (text, swatch), (x, row) in zip(entries, positions):
+    for (text, swatch), (x, row) in zip(entries, positions, strict=True):
         top = legend_top + row * line_height
         if swatch is not None:
             draw.rectangle((x, top, x + _SWATCH - 1, top + _SWATCH - 1), fill=swatch, outline=(0, 0, 0))

@@ -28,6 +28,7 @@ from eoseg.errors import BandCountError
 from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.mosaic.colors import NODATA_LABEL
+from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
 from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
 from eoseg.store.lifecycle import (
     discarded_on_bad_input,
@@ -35,15 +36,17 @@ from eoseg.store.lifecycle import (
     mark_chunk_done,
     open_store_output,
 )
-from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
 from eoseg.tile.stage import valid_pixel_mask
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from eo_models.predict import Predictor
 
 __all__ = ["PredictChunkJob", "cached_predictor", "model_load_counts", "predict_chunk", "predict_store"]
 
 logger = logging.getLogger("eoseg.predict.stage")
+
 
 @dataclass(frozen=True)
 class PredictChunkJob:
@@ -92,8 +95,11 @@ def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
     open_data_array(job.labels_uri, "labels", mode="r+")[job.window.slices] = centre
     mark_chunk_done(job.labels_uri, job.chunk_index)
     values, counts = np.unique(centre, return_counts=True)
-    return {"pid": os.getpid(), "worker": current_worker_address(),
-            **{str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
+    return {
+        "pid": os.getpid(),
+        "worker": current_worker_address(),
+        **{str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+    }
 
 
 def predict_store(
@@ -103,7 +109,7 @@ def predict_store(
     *,
     halo: int | None = None,
     overwrite: bool = False,
-    client=None,
+    client: Client | None = None,
     use_gpu: bool = False,
     attention_pooling: str = "scene",
     show_progress: bool | None = None,
@@ -123,7 +129,6 @@ def predict_store(
         show_progress: terminal progress bar on/off.
     """
     from eo_models.family import get_family
-
     from eoseg.train.checkpoints import load_checkpoint_from
 
     store_uri = storage.normalise_uri(store_uri)
@@ -158,8 +163,13 @@ def predict_store(
         band_descriptions=("class label",),
         band_stats=None,
         num_classes=num_classes,
-        model={"family": family, "checkpoint": model_uri, "halo": halo, "blending": "overlap-tile centre crop",
-               "attention_pooling": "scene" if scene_pooling else "tile"},
+        model={
+            "family": family,
+            "checkpoint": model_uri,
+            "halo": halo,
+            "blending": "overlap-tile centre crop",
+            "attention_pooling": "scene" if scene_pooling else "tile",
+        },
         source_uri=info.source_uri,
         complete=False,
     )
@@ -179,16 +189,30 @@ def predict_store(
                 label="pool", client=client, resources=resources, show_bar=show_progress,
             )  # fmt: skip
             context = scene_context.combine(partials)
-        logger.info("predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s", int((~done).sum()),
-                    len(info.grid), model_uri, family, num_classes, halo, " on GPU workers" if use_gpu else "")
+        logger.info(
+            "predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s",
+            int((~done).sum()),
+            len(info.grid),
+            model_uri,
+            family,
+            num_classes,
+            halo,
+            " on GPU workers" if use_gpu else "",
+        )
         stage = ChunkedStage(
             label="predict",
-            jobs=[PredictChunkJob(store_uri, staging, model_uri, index, window, halo, device, fingerprint, context)
-                  for index, window in windows],
+            jobs=[
+                PredictChunkJob(
+                    store_uri, staging, model_uri, index, window, halo, device, fingerprint, context
+                )
+                for index, window in windows
+            ],
             done=[bool(done[index]) for index, _ in windows],
             compute=predict_chunk,
-            finalise=lambda results: (finish_store_output(output, labels_info),
-                                      [r for r in results if r is not None]),
+            finalise=lambda results: (
+                finish_store_output(output, labels_info),
+                [r for r in results if r is not None],
+            ),
             resources=resources,
         )
         labels_info, results = run_stage(stage, client=client, show_progress=show_progress)

@@ -22,7 +22,7 @@ from eoseg.errors import (
     SceneNotFoundError,
     UnsupportedDtypeError,
 )
-from eoseg.geometry import GeoBox, crs_wkt_of, make_geobox, transform_of
+from eoseg.geometry import GeoBox, GeoBoxProperties, make_geobox
 from eoseg.io import storage
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ SUPPORTED_DTYPES = (
 
 
 @dataclass(frozen=True)
-class SceneInfo:
+class SceneInfo(GeoBoxProperties):
     """What eoseg needs to know about a scene; small, immutable, picklable.
 
     Attributes:
@@ -57,24 +57,6 @@ class SceneInfo:
     band_names: tuple[str, ...]
     band_descriptions: tuple[str, ...]
     acquired: str | None
-
-    @property
-    def height(self) -> int:
-        return int(self.geobox.height)
-
-    @property
-    def width(self) -> int:
-        return int(self.geobox.width)
-
-    @property
-    def crs_wkt(self) -> str | None:
-        """The CRS as the file's WKT, or ``None``."""
-        return crs_wkt_of(self.geobox)
-
-    @property
-    def transform(self) -> tuple[float, float, float, float, float, float]:
-        """The affine ``(a, b, c, d, e, f)``."""
-        return transform_of(self.geobox)
 
     @property
     def pixels(self) -> int:
@@ -159,17 +141,22 @@ def inspect_scene(uri: str, *, allow_ungeoreferenced: bool = False, probe_pixels
     if not found:
         raise SceneNotFoundError(f"{uri}: scene not found. Check the path (or bucket and key for s3://).")
     if storage.size_of(uri) == 0:
-        raise EmptySceneError(f"{uri}: the file is empty (0 bytes); an upload or copy probably failed. "
-                              "Copy the scene again.")
+        raise EmptySceneError(
+            f"{uri}: the file is empty (0 bytes); an upload or copy probably failed. Copy the scene again."
+        )
     try:
         with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as dataset:
             if dataset.width == 0 or dataset.height == 0 or dataset.count == 0:
-                raise EmptySceneError(f"{uri}: the raster has no pixels ({dataset.width} x {dataset.height} "
-                                      f"x {dataset.count} bands).")
+                raise EmptySceneError(
+                    f"{uri}: the raster has no pixels ({dataset.width} x {dataset.height} "
+                    f"x {dataset.count} bands)."
+                )
             dtypes = set(dataset.dtypes)
             if len(dtypes) != 1:
-                raise UnsupportedDtypeError(f"{uri}: bands have different data types {sorted(dtypes)}; "
-                                            "convert them to one type (e.g. gdal_translate -ot).")
+                raise UnsupportedDtypeError(
+                    f"{uri}: bands have different data types {sorted(dtypes)}; "
+                    "convert them to one type (e.g. gdal_translate -ot)."
+                )
             dtype = dataset.dtypes[0]
             if dtype not in SUPPORTED_DTYPES:
                 raise UnsupportedDtypeError(

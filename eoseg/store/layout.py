@@ -12,22 +12,26 @@ is set last: a store without it is an interrupted write, refused by readers and 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from eoseg.io import storage
 from eoseg.errors import IncompleteStoreError, SceneNotFoundError
-from eoseg.geometry import ChunkGrid, GeoBox, crs_wkt_of, make_geobox, transform_of, xy_coordinates
+from eoseg.geometry import ChunkGrid, GeoBox, GeoBoxProperties, make_geobox, xy_coordinates
+from eoseg.io import storage
 from eoseg.store.versions import LAYOUT_VERSION, check_layout_version
 
+if TYPE_CHECKING:
+    import zarr
+
 StoreKind = Literal["image", "labels"]
+StoreMode = Literal["r", "r+"]  # readers, and chunk writers of an existing store
 DATA_VARIABLE: dict[str, str] = {"image": "image", "labels": "labels"}
 
 
 @dataclass(frozen=True)
-class StoreInfo:
+class StoreInfo(GeoBoxProperties):
     """The ``eoseg`` attribute of a store: its grid, georeferencing and provenance.
 
     The grid is one value, ``geobox`` (shape, affine, CRS); in the attribute it is written as the keys
@@ -35,6 +39,8 @@ class StoreInfo:
     same names give back.
     """
 
+    # The scene's fields again (SceneInfo), in the order of the store's attribute; the grid's properties
+    # are shared through GeoBoxProperties. A common base class would reorder the fields.
     kind: StoreKind
     geobox: GeoBox
     band_count: int
@@ -52,24 +58,6 @@ class StoreInfo:
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     complete: bool = False
     layout_version: int = LAYOUT_VERSION
-
-    @property
-    def height(self) -> int:
-        return int(self.geobox.height)
-
-    @property
-    def width(self) -> int:
-        return int(self.geobox.width)
-
-    @property
-    def crs_wkt(self) -> str | None:
-        """The CRS as WKT, or ``None`` for an ungeoreferenced grid."""
-        return crs_wkt_of(self.geobox)
-
-    @property
-    def transform(self) -> tuple[float, float, float, float, float, float]:
-        """The affine ``(a, b, c, d, e, f)`` (GDAL's GeoTransform is ``(c, a, b, f, d, e)``)."""
-        return transform_of(self.geobox)
 
     @property
     def grid(self) -> ChunkGrid:
@@ -173,7 +161,7 @@ def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> No
     )
 
 
-def _open_group(uri: str, mode: str = "r"):
+def _open_group(uri: str, mode: StoreMode = "r") -> zarr.Group:
     import zarr
 
     return zarr.open_group(uri, mode=mode, storage_options=storage.storage_options_for(uri), zarr_format=3)
@@ -192,7 +180,7 @@ def read_store_info(uri: str, *, require_complete: bool = True) -> StoreInfo:
         raise SceneNotFoundError(f"{uri}: store not found. Create it with `eoseg tile` (or check the URI).")
     try:
         group = _open_group(uri)
-        attrs = dict(group.attrs)["eoseg"]
+        attrs = cast("dict[str, Any]", dict(group.attrs)["eoseg"])
     except Exception as error:
         raise IncompleteStoreError(f"{uri}: not an eoseg Zarr store ({error}).") from error
     info = StoreInfo.from_attrs(check_layout_version(uri, attrs))
@@ -210,10 +198,11 @@ def update_store_info(uri: str, info: StoreInfo) -> None:
     group.attrs["eoseg"] = info.to_attrs()
 
 
-def open_data_array(uri: str, info: StoreInfo | str, *, mode: str = "r"):
+def open_data_array(uri: str, info: StoreInfo | str, *, mode: StoreMode = "r") -> zarr.Array[Any]:
     """The zarr array of the store's data variable (``info`` or the variable's name) for chunk I/O."""
     import zarr
 
     variable = info if isinstance(info, str) else info.variable
-    return zarr.open_array(f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri),
-                           zarr_format=3)
+    return zarr.open_array(
+        f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri), zarr_format=3
+    )

@@ -121,15 +121,17 @@ def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> Sto
     if storage.exists(staging) and not overwrite:
         previous = _existing_store(staging)
         if in_place and previous is None:
-            raise _refusal(target, "something that is not an eoseg store (of a layout this eoseg reads) exists "
-                                   "there")
+            raise _refusal(
+                target, "something that is not an eoseg store (of a layout this eoseg reads) exists there"
+            )
         if in_place and previous is not None and previous.complete:
             raise _refusal(target)
         # A hidden local staging store may even be complete: the run died between `complete` and the rename.
         if previous is not None and _comparable(previous) == _comparable(wanted):
             done = chunks_done(staging)
-            logger.info("%s: resuming an interrupted write (%d of %d chunks done)", target, int(done.sum()),
-                        done.size)
+            logger.info(
+                "%s: resuming an interrupted write (%d of %d chunks done)", target, int(done.sum()), done.size
+            )
             return StoreOutput(target, staging, previous, resuming=True)
         logger.warning("%s: an unfinished store of another input or grid is there; starting over", target)
     storage.remove(staging)
@@ -223,7 +225,11 @@ def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -
     staging = file_staging_dir(target)
     plan_text = json.dumps(plan, sort_keys=True, default=list)
     plan_file = os.path.join(staging, PLAN_FILE)
-    if not overwrite and os.path.exists(plan_file) and Path(plan_file).read_text(encoding="utf-8") == plan_text:
+    if (
+        not overwrite
+        and os.path.exists(plan_file)
+        and Path(plan_file).read_text(encoding="utf-8") == plan_text
+    ):
         output = FileOutput(target, staging, overwrite, resuming=True)
         logger.info("%s: resuming an interrupted write", target)
         return output

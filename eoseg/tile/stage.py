@@ -224,14 +224,23 @@ def tile_scene(
 
     stage = ChunkedStage(
         label="tile",
-        jobs=[TileChunkJob(scene.uri, output.staging, index, window, scene.nodata) for index, window in windows],
+        jobs=[
+            TileChunkJob(scene.uri, output.staging, index, window, scene.nodata) for index, window in windows
+        ],
         done=[bool(done[index]) for index, _ in windows],
         compute=tile_chunk,
         recall=recall_tile_chunk,
         finalise=finalise,
     )
-    logger.info("tiling %s (%d x %d px, %d bands, %s) into %d chunks", scene.uri, scene.width, scene.height,
-                scene.band_count, scene.dtype, len(windows))
+    logger.info(
+        "tiling %s (%d x %d px, %d bands, %s) into %d chunks",
+        scene.uri,
+        scene.width,
+        scene.height,
+        scene.band_count,
+        scene.dtype,
+        len(windows),
+    )
     with discarded_on_bad_input(output):
         info = run_stage(stage, client=client, show_progress=show_progress)
     logger.info("wrote %s", output.target)
