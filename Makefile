@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= eoseg
 export EOSEG_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: install demo test test-fast bench clean help
+.PHONY: install demo test test-fast lint bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ demo: install  ## segment the real SpaceNet scene end to end; prints the outputs
 	@test -f "$(SHARED_DATA)/spacenet/sample_geotiff.tif" || { echo "error: $(SHARED_DATA)/spacenet/sample_geotiff.tif not found; set SHARED_DATA=/path/to/shared/data"; exit 2; }
 	$(BIN)/eoseg run "$(SHARED_DATA)/spacenet/sample_geotiff.tif" --out "$(OUT)/spacenet_map.tif" \
 		--reference "$(SHARED_DATA)/spacenet/geotiff_labels.geojson" --chunk-size 512 $(DEMO_TRAINING) --overwrite
+
+lint: install  ## ruff (lint and format) and mypy --strict, as .ci/run and pre-commit run them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install  ## run the test suite (real Prefect server, Dask LocalCluster, loopback S3)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
