@@ -23,7 +23,7 @@ from eoseg.train.options import TrainingOptions
 from eoseg.train.stage import train_on_stores
 from tasks.gpu import GPU_CONCURRENCY_LIMIT, gpu_stage, run_on_gpu_worker_if_any
 from tasks.run_names import named_after
-from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
+from tasks.storage_task import storage_task
 
 __all__ = [
     "GPU_CONCURRENCY_LIMIT",
@@ -81,12 +81,7 @@ def finetune_task(
         )  # fmt: skip
 
 
-@task(
-    name="predict",
-    task_run_name=named_after("predict", "store_uri"),
-    retry_condition_fn=_retry_unless_bad_input,
-    **STORAGE_RETRIES,
-)
+@storage_task("predict", run_name_from="store_uri")
 def predict_task(
     store_uri: str,
     model_uri: str,
@@ -109,12 +104,7 @@ def predict_task(
     return info.to_attrs()
 
 
-@task(
-    name="quicklook",
-    task_run_name=named_after("quicklook", "scene_uri"),
-    retry_condition_fn=_retry_unless_bad_input,
-    **STORAGE_RETRIES,
-)
+@storage_task("quicklook", run_name_from="scene_uri")
 def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
     """A PNG beside the COG: the scene and its label map side by side, in class colours."""
     from eoseg.mosaic.quicklook import write_quicklook
@@ -129,7 +119,7 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
 @task(name="evaluate", task_run_name=named_after("evaluate", "cog_uri"))
 def evaluate_task(
     cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()
-) -> dict:
+) -> dict[str, dict[str, Any]]:
     """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
     from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
     from eoseg.evaluate.scores import evaluate_label_map
