@@ -57,10 +57,7 @@ def _option_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
         flag = str(extra.get("cli", "--" + name.replace("_", "-")))
         kind, note = _cli_type(field.annotation)
         default = field.get_default(call_default_factory=True)
-        if kind is bool:
-            declaration = f"{flag}/--no-{flag[2:]}"
-        else:
-            declaration = flag
+        declaration = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
         if isinstance(default, list):
             default = None  # typer: a repeatable option; an empty list is the model's default
         option = typer.Option(
