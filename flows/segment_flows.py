@@ -44,13 +44,7 @@ def predict_flow(
     """Tiled, haloed inference of a checkpoint over a tile store into a label store, on Dask."""
     with dask_cluster(cluster) as address:
         return predict_task(
-            store_uri,
-            model_uri,
-            labels_uri,
-            halo=options.halo,
-            overwrite=overwrite,
-            scheduler_address=address,
-            attention_pooling=options.attention_pooling,
+            store_uri, model_uri, labels_uri, options=options, overwrite=overwrite, scheduler_address=address
         )
 
 
@@ -104,18 +98,13 @@ def segment_scene_flow(
             outputs.tiles,
             model_uri,
             outputs.labels,
-            halo=predict.halo,
+            options=predict,
             overwrite=overwrite,
             scheduler_address=address,
-            attention_pooling=predict.attention_pooling,
         )
-    mosaic_task(
-        outputs.labels,
-        outputs.cog,
-        band=None,
-        overwrite=overwrite,
-        overview_resampling=mosaic.overview_resampling,
-    )
+    # A label store has one band: the mosaic options' band (for image stores) does not apply.
+    label_mosaic = mosaic.model_copy(update={"band": None})
+    mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
     quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
     scores = None
     if reference_uri:

@@ -55,12 +55,6 @@ def mosaic_flow(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write one band of a Zarr store (a label map, or an image band) as a Cloud-Optimized GeoTIFF."""
-    summary = mosaic_task(
-        store_uri,
-        cog_uri,
-        band=options.band,
-        overwrite=overwrite,
-        overview_resampling=options.overview_resampling,
-    )
+    summary = mosaic_task(store_uri, cog_uri, options=options, overwrite=overwrite)
     get_run_logger().info("COG written: %s", cog_uri)
     return summary

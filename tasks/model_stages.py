@@ -15,6 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from eoseg.compute.cluster import connect
+from eoseg.config import PredictOptions
 from eoseg.io import storage
 from eoseg.io.publish import publish_file
 from eoseg.predict.stage import predict_store
@@ -87,10 +88,9 @@ def predict_task(
     model_uri: str,
     labels_uri: str,
     *,
-    halo: int | None,
+    options: PredictOptions,
     overwrite: bool,
     scheduler_address: str | None,
-    attention_pooling: str = "scene",
 ) -> dict[str, Any]:
     """Tiled inference on the cluster (GPU workers only, when there are any); returns label store metadata.
 
@@ -98,8 +98,8 @@ def predict_task(
     """
     with connect(scheduler_address) as client, gpu_stage(client) as use_gpu:
         info = predict_store(
-            store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-            use_gpu=use_gpu, attention_pooling=attention_pooling,
+            store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite, client=client,
+            use_gpu=use_gpu, attention_pooling=options.attention_pooling,
         )  # fmt: skip
     return info.to_attrs()
 

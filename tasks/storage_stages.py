@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from eoseg.compute.cluster import connect
-from eoseg.config import TileOptions
+from eoseg.config import MosaicOptions, TileOptions
 from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.scene.inspect import inspect_scene
 from eoseg.tile.stage import tile_scene
@@ -37,17 +37,9 @@ def tile_task(
 
 
 @storage_task("mosaic", run_name_from="cog_uri")
-def mosaic_task(
-    store_uri: str,
-    cog_uri: str,
-    *,
-    band: int | None,
-    overwrite: bool,
-    overview_resampling: str,
-) -> dict[str, Any]:
-    """Write one band of a store as a Cloud-Optimized GeoTIFF; returns a summary."""
+def mosaic_task(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool) -> dict[str, Any]:
+    """Write one band of a store (``options.band``) as a Cloud-Optimized GeoTIFF; returns a summary."""
+    band, resampling = options.band, options.overview_resampling
     return asdict(
-        mosaic_to_cog(
-            store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=overview_resampling
-        )
+        mosaic_to_cog(store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=resampling)
     )
