@@ -56,6 +56,8 @@ else:
 __all__ = ["city_run_flow", "reprocess_new_acquisitions_flow", "train_model_flow"]
 
 
+# tile ... overwrite are segment-scene's parameters, passed on to each scene's subflow run: declared again
+# here because a flow's signature is its form in the Prefect UI.
 @flow(name="city-run", log_prints=True)
 def city_run_flow(
     output_prefix: str,
