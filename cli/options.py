@@ -13,7 +13,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar, cast
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -119,9 +119,10 @@ def with_options(model: type[BaseModel], *, into: str) -> Callable[[F], F]:
 
         # Keyword-only options must follow the command's own parameters (arguments first).
         ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        # typer reads the signature from __signature__, which functions lack in typeshed.
         wrapper.__signature__ = inspect.Signature(ordered)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in ordered}
         del wrapper.__wrapped__  # typer must see the new signature, not the command's
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)  # the command's own parameters, with the model's options added
 
     return decorate

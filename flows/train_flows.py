@@ -35,7 +35,7 @@ def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
     def train(
         store_uris: list[str],
         model_uri: str,
-        training: Options = defaults,  # type: ignore[valid-type]
+        training: Options = defaults,  # type: ignore[valid-type]  # a model derived at import time
         resume_uri: str | None = None,
         stop_after_epoch: int | None = None,
         cluster: ClusterSpec = ClusterSpec(),
@@ -79,7 +79,7 @@ def _finetune_flow(family_name: str) -> Flow[..., dict[str, Any]]:
         store_uri: str,
         labels_uri: str,
         tuned_uri: str,
-        training: Options = defaults,  # type: ignore[valid-type]
+        training: Options = defaults,  # type: ignore[valid-type]  # a model derived at import time
         cluster: ClusterSpec = ClusterSpec(),
         overwrite: bool = False,
     ) -> dict[str, Any]:

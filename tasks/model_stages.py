@@ -73,6 +73,8 @@ def finetune_task(
     scheduler_address: str | None,
 ) -> dict[str, Any]:
     """Fine-tune a pre-trained checkpoint on a labelled fraction of one scene (on a GPU worker if any)."""
+    # num_classes ... max_patches are fields of the family's fine-tuning model, derived at import time
+    # (eoseg.train.options.finetune_options): mypy knows only their base, TrainingOptions.
     with connect(scheduler_address) as client:
         return run_on_gpu_worker_if_any(
             client, finetune_on_store, model_uri, store_uri, labels_uri, tuned_uri,
