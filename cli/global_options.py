@@ -8,9 +8,14 @@ the front before Click parses the command line; everything else keeps its place 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import click
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    # The Context that TyperGroup.parse_args takes: typer (0.29, the pinned version) vendors Click as
+    # typer._click. Only for the annotation, so that the module still imports with any typer.
+    from typer._click import Context
 
 # Shared options that take a value, and shared flags (kept in step with cli.main.main_options).
 GLOBAL_VALUE_OPTIONS = frozenset(
@@ -70,5 +75,5 @@ def hoist_global_options(args: Sequence[str]) -> list[str]:
 class GlobalOptionsGroup(TyperGroup):
     """The root command group: shared options may follow the command name."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(args))

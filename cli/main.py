@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
 
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
+from cli.runs import checked_options, cluster_spec, fail, run_flow, use_settings
 from eoseg.errors import EosegError
 from eoseg.logs import configure_logging
-from eoseg.settings import EosegSettings, load_settings
+from eoseg.settings import load_settings
 from eoseg.train.options import training_options
-
-if TYPE_CHECKING:
-    from eoseg.compute.cluster import ClusterSpec
 
 app = typer.Typer(
     name="eoseg",
@@ -36,39 +32,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-
-
-# The settings of the command being run (shared options over EOSEG_* variables), set by main_options.
-_RUN_SETTINGS: ContextVar[EosegSettings | None] = ContextVar("eoseg_run_settings", default=None)
-
-
-def _cluster_spec() -> ClusterSpec:
-    """The Dask cluster of this command, from the shared options and ``EOSEG_*`` settings."""
-    from eoseg.compute.cluster import ClusterSpec
-
-    settings = _RUN_SETTINGS.get(None) or load_settings()
-    return ClusterSpec(
-        address=settings.cluster,
-        config_file=settings.cluster_config,
-        n_workers=settings.workers,
-        threads_per_worker=settings.threads_per_worker,
-        memory_limit=settings.memory_limit,
-    )
-
-
-def _fail(error: BaseException) -> NoReturn:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _run_flow(function, /, *args, **kwargs):
-    """Call a flow; turn eoseg's input errors into a one-line message and exit code 2."""
-    try:
-        return function(*args, **kwargs)
-    except EosegError as error:
-        _fail(error)
-    except FileExistsError as error:  # the final rename/upload found a competitor's output
-        _fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
 
 
 @app.callback()
@@ -122,8 +85,8 @@ def main_options(
         )
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        _fail(EosegError(f"EOSEG_* settings: {problems}; fix the environment variable or pass the option."))
-    _RUN_SETTINGS.set(settings)
+        fail(EosegError(f"EOSEG_* settings: {problems}; fix the environment variable or pass the option."))
+    use_settings(settings)
     # eoseg's progress at INFO in the terminal and in the run's Prefect logs; Dask's chatter kept out.
     configure_logging(verbose=verbose)
 
@@ -150,9 +113,7 @@ def tile(
     from flows.storage_flows import tile_scene_flow
 
     options = TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced)
-    info = _run_flow(
-        tile_scene_flow, scene, out, options=options, cluster=_cluster_spec(), overwrite=overwrite
-    )
+    info = run_flow(tile_scene_flow, scene, out, options=options, cluster=cluster_spec(), overwrite=overwrite)
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
         f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
@@ -183,11 +144,8 @@ def mosaic(
     from eoseg.config import MosaicOptions
     from flows.storage_flows import mosaic_flow
 
-    try:
-        options = MosaicOptions(band=band, overview_resampling=overview_resampling)
-    except ValueError as error:
-        _fail(EosegError(str(error)))
-    summary = _run_flow(mosaic_flow, store, out, options=options, overwrite=overwrite)
+    options = checked_options(MosaicOptions, band=band, overview_resampling=overview_resampling)
+    summary = run_flow(mosaic_flow, store, out, options=options, overwrite=overwrite)
     typer.echo(
         f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
         f"{list(summary['overview_levels'])})"
@@ -211,23 +169,24 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score a label map against a reference: per-class and mean F1/IoU, overall accuracy, Cohen's kappa."""
-    from eoseg.evaluate.scores import evaluate_label_map
-
-    if matching not in ("majority", "hungarian"):
-        _fail(EosegError(f"--matching must be 'majority' or 'hungarian', got {matching!r}"))
     import tempfile
 
     from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
+    from eoseg.evaluate.scores import MappingMethod, evaluate_label_map
+
+    if matching not in ("majority", "hungarian"):
+        fail(EosegError(f"--matching must be 'majority' or 'hungarian', got {matching!r}"))
+    method = cast(MappingMethod, matching)  # one of MappingMethod's values, checked above
 
     try:
         with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
             if is_vector_reference(reference):  # polygons: burn them onto the map's grid first
                 reference = rasterize_reference(reference, label_map, f"{scratch}/reference.tif")
             report = evaluate_label_map(
-                label_map, reference, ignore_values=tuple(ignore or ()), method=matching
+                label_map, reference, ignore_values=tuple(ignore or ()), method=method
             )
     except (EosegError, FileNotFoundError, ValueError) as error:
-        _fail(error)
+        fail(error)
     typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())
 
 
@@ -259,12 +218,9 @@ def predict(
     from eoseg.config import PredictOptions
     from flows.segment_flows import predict_flow
 
-    try:
-        options = PredictOptions(halo=halo, attention_pooling=attention_pooling)
-    except ValueError as error:
-        _fail(EosegError(str(error)))
-    info = _run_flow(
-        predict_flow, store, model, out, options=options, cluster=_cluster_spec(), overwrite=overwrite
+    options = checked_options(PredictOptions, halo=halo, attention_pooling=attention_pooling)
+    info = run_flow(
+        predict_flow, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
     )
     typer.echo(f"label store: {out}  ({info['width']} x {info['height']} px, {info['num_classes']} classes)")
 
@@ -307,8 +263,8 @@ def run(
     from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
-        _fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
-    result = _run_flow(
+        fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
+    result = run_flow(
         segment_scene_flow,
         scene,
         out,
@@ -317,13 +273,13 @@ def run(
         reference_uri=reference,
         tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
         training=training,
-        cluster=_cluster_spec(),
+        cluster=cluster_spec(),
         overwrite=overwrite,
     )
     typer.echo(format_run_summary(result))
 
 
-def format_run_summary(result: dict) -> str:
+def format_run_summary(result: dict[str, Any]) -> str:
     """The lines `eoseg run` and `make demo` print at the end."""
     lines = [
         f"map:        {result['map']}",
@@ -361,7 +317,7 @@ def quicklook(
     try:
         write_quicklook(scene, label_map, out, max_size=max_size)
     except (EosegError, FileNotFoundError, ValueError) as error:
-        _fail(error)
+        fail(error)
     typer.echo(f"quick-look: {out}")
 
 
@@ -385,4 +341,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

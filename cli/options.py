@@ -13,7 +13,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar, cast
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -57,10 +57,7 @@ def _option_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
         flag = str(extra.get("cli", "--" + name.replace("_", "-")))
         kind, note = _cli_type(field.annotation)
         default = field.get_default(call_default_factory=True)
-        if kind is bool:
-            declaration = f"{flag}/--no-{flag[2:]}"
-        else:
-            declaration = flag
+        declaration = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
         if isinstance(default, list):
             default = None  # typer: a repeatable option; an empty list is the model's default
         option = typer.Option(
@@ -122,9 +119,10 @@ def with_options(model: type[BaseModel], *, into: str) -> Callable[[F], F]:
 
         # Keyword-only options must follow the command's own parameters (arguments first).
         ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        # typer reads the signature from __signature__, which functions lack in typeshed.
         wrapper.__signature__ = inspect.Signature(ordered)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in ordered}
         del wrapper.__wrapped__  # typer must see the new signature, not the command's
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)  # the command's own parameters, with the model's options added
 
     return decorate

@@ -16,8 +16,11 @@ from typing import Annotated, Any
 import typer
 
 from cli.options import with_options
+from cli.runs import cluster_spec, run_flow
 
 __all__ = ["register"]
+
+OverwriteCheckpoint = Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")]
 
 
 def _format_training(summary: dict[str, Any]) -> str:
@@ -61,22 +64,19 @@ def _train_command(family_name: str) -> Callable[..., None]:
             int | None,
             typer.Option(min=1, help="Stop after this many of the planned epochs (resume later)."),
         ] = None,
-        overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")
-        ] = False,
+        overwrite: OverwriteCheckpoint = False,
         training: Any = None,
     ) -> None:
-        from cli.main import _cluster_spec, _run_flow
         from flows.train_flows import TRAIN_FLOWS
 
-        summary = _run_flow(
+        summary = run_flow(
             TRAIN_FLOWS[family_name],
             list(stores),
             out,
             training=training,
             resume_uri=resume,
             stop_after_epoch=stop_after_epoch,
-            cluster=_cluster_spec(),
+            cluster=cluster_spec(),
             overwrite=overwrite,
         )
         typer.echo(_format_training(summary))
@@ -107,22 +107,19 @@ def _finetune_command(family_name: str) -> Callable[..., None]:
             ),
         ],
         out: Annotated[str, typer.Option("--out", "-o", help="Fine-tuned checkpoint to write (TUNED.pt).")],
-        overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")
-        ] = False,
+        overwrite: OverwriteCheckpoint = False,
         training: Any = None,
     ) -> None:
-        from cli.main import _cluster_spec, _run_flow
         from flows.train_flows import FINETUNE_FLOWS
 
-        summary = _run_flow(
+        summary = run_flow(
             FINETUNE_FLOWS[family_name],
             model,
             store,
             labels,
             out,
             training=training,
-            cluster=_cluster_spec(),
+            cluster=cluster_spec(),
             overwrite=overwrite,
         )
         mapping = ", ".join(f"{value}->{index}" for value, index in summary["label_mapping"].items())

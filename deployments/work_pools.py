@@ -39,7 +39,8 @@ GPU_CONCURRENCY_LIMIT = "eoseg-gpu"  # the name tasks.model_stages acquires arou
 def base_job_template(pool_type: str, template_file: str | None) -> dict[str, Any]:
     """The pool's template: the file in deployments/work-pools/, or Prefect's default for process pools."""
     if template_file:
-        return json.loads((TEMPLATES / template_file).read_text())
+        template: dict[str, Any] = json.loads((TEMPLATES / template_file).read_text())
+        return template
     from prefect.workers.process import ProcessWorker
 
     return ProcessWorker.get_default_base_job_template()

@@ -5,21 +5,31 @@ Training flows per model family are in :mod:`flows.train_flows`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger
 
 from eo_models.family import family_names, get_family
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
-from eoseg.config import ClustererTrainingOptions, MosaicOptions, PredictOptions, TileOptions
+from eoseg.config import MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from eoseg.outputs import RunOutputs
 from eoseg.store.lifecycle import check_file_output
+from flows.storage_flows import inspect_scene_logged
 from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
-from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
+from tasks.storage_stages import mosaic_task, tile_task
 
-# The registered model families, as a choice in the Prefect UI.
-FamilyName = Literal[tuple(family_names())]  # type: ignore[valid-type]
+# mypy sees the static types; Prefect, which builds each flow's parameter form from the annotations, sees
+# the values derived from the model-family registry at import time.
+if TYPE_CHECKING:
+    from eoseg.train.options import TrainingOptions as ClustererTrainingOptions
+
+    FamilyName = str
+else:
+    from eoseg.config import ClustererTrainingOptions
+
+    # The registered model families, as a choice in the Prefect UI.
+    FamilyName = Literal[tuple(family_names())]
 
 
 @flow(name="predict", log_prints=True)
@@ -30,17 +40,11 @@ def predict_flow(
     options: PredictOptions = PredictOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Tiled, haloed inference of a checkpoint over a tile store into a label store, on Dask."""
     with dask_cluster(cluster) as address:
         return predict_task(
-            store_uri,
-            model_uri,
-            labels_uri,
-            halo=options.halo,
-            overwrite=overwrite,
-            scheduler_address=address,
-            attention_pooling=options.attention_pooling,
+            store_uri, model_uri, labels_uri, options=options, overwrite=overwrite, scheduler_address=address
         )
 
 
@@ -57,7 +61,7 @@ def segment_scene_flow(
     mosaic: MosaicOptions = MosaicOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Segment one scene end to end: tile -> train (unless weights are given) -> predict -> mosaic.
 
     Outputs sit beside the map: MAP.tiles.zarr, MAP.model.pt (when trained here), MAP.labels.zarr,
@@ -74,24 +78,9 @@ def segment_scene_flow(
     if weights_uri is None and training.params_class is not family.training_params:
         raise ConfigurationError(f"the training options given are not those of the {model} model family")
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
-    scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=tile.allow_ungeoreferenced)
-    logger.info(
-        "scene %s: %d x %d px, %d band(s), %s",
-        scene["uri"],
-        scene["width"],
-        scene["height"],
-        scene["band_count"],
-        scene["dtype"],
-    )
+    inspect_scene_logged(scene_uri, tile)
     with dask_cluster(cluster) as address:
-        tile_task(
-            scene_uri,
-            outputs.tiles,
-            chunk_size=tile.chunk_size,
-            overwrite=overwrite,
-            allow_ungeoreferenced=tile.allow_ungeoreferenced,
-            scheduler_address=address,
-        )
+        tile_task(scene_uri, outputs.tiles, options=tile, overwrite=overwrite, scheduler_address=address)
         training_summary = None
         model_uri = weights_uri
         if model_uri is None:
@@ -109,18 +98,13 @@ def segment_scene_flow(
             outputs.tiles,
             model_uri,
             outputs.labels,
-            halo=predict.halo,
+            options=predict,
             overwrite=overwrite,
             scheduler_address=address,
-            attention_pooling=predict.attention_pooling,
         )
-    mosaic_task(
-        outputs.labels,
-        outputs.cog,
-        band=None,
-        overwrite=overwrite,
-        overview_resampling=mosaic.overview_resampling,
-    )
+    # A label store has one band: the mosaic options' band (for image stores) does not apply.
+    label_mosaic = mosaic.model_copy(update={"band": None})
+    mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
     quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
     scores = None
     if reference_uri:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, TileOptions
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
+
+
+def inspect_scene_logged(scene_uri: str, options: TileOptions) -> dict[str, Any]:
+    """Validate a scene before any cluster or output exists, and log its size; returns its description."""
+    scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
+    get_run_logger().info(
+        "scene %s: %d x %d px, %d band(s), %s",
+        scene["uri"],
+        scene["width"],
+        scene["height"],
+        scene["band_count"],
+        scene["dtype"],
+    )
+    return scene
 
 
 @flow(name="tile-scene", log_prints=True)
@@ -16,32 +32,18 @@ def tile_scene_flow(
     options: TileOptions = TileOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Tile one GeoTIFF (local path or s3:// URI) into a chunked Zarr v3 store, in parallel on Dask.
 
     Running it again on an interrupted store resumes it (only chunks not flagged done are computed); a
     finished store is refused unless ``overwrite``. The stage decides (eoseg.store.lifecycle).
     """
-    logger = get_run_logger()
-    scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
-    logger.info(
-        "scene %s: %d x %d px, %d band(s), %s",
-        scene["uri"],
-        scene["width"],
-        scene["height"],
-        scene["band_count"],
-        scene["dtype"],
-    )
+    inspect_scene_logged(scene_uri, options)
     with dask_cluster(cluster) as address:
         info = tile_task(
-            scene_uri,
-            store_uri,
-            chunk_size=options.chunk_size,
-            overwrite=overwrite,
-            allow_ungeoreferenced=options.allow_ungeoreferenced,
-            scheduler_address=address,
+            scene_uri, store_uri, options=options, overwrite=overwrite, scheduler_address=address
         )
-    logger.info("tile store written: %s", store_uri)
+    get_run_logger().info("tile store written: %s", store_uri)
     return info
 
 
@@ -51,14 +53,8 @@ def mosaic_flow(
     cog_uri: str,
     options: MosaicOptions = MosaicOptions(),
     overwrite: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """Write one band of a Zarr store (a label map, or an image band) as a Cloud-Optimized GeoTIFF."""
-    summary = mosaic_task(
-        store_uri,
-        cog_uri,
-        band=options.band,
-        overwrite=overwrite,
-        overview_resampling=options.overview_resampling,
-    )
+    summary = mosaic_task(store_uri, cog_uri, options=options, overwrite=overwrite)
     get_run_logger().info("COG written: %s", cog_uri)
     return summary

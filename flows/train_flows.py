@@ -30,11 +30,12 @@ __all__ = [
 def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
     family = get_family(family_name)
     Options = training_options(family_name)
+    defaults = Options()  # the parameter's default, built once as a default expression would be
 
     def train(
         store_uris: list[str],
         model_uri: str,
-        training: Options = Options(),  # type: ignore[valid-type]
+        training: Options = defaults,  # type: ignore[valid-type]  # a model derived at import time
         resume_uri: str | None = None,
         stop_after_epoch: int | None = None,
         cluster: ClusterSpec = ClusterSpec(),
@@ -71,13 +72,14 @@ def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
 
 def _finetune_flow(family_name: str) -> Flow[..., dict[str, Any]]:
     Options = finetune_options(family_name)
+    defaults = Options()  # the parameter's default, built once as a default expression would be
 
     def finetune(
         model_uri: str,
         store_uri: str,
         labels_uri: str,
         tuned_uri: str,
-        training: Options = Options(),  # type: ignore[valid-type]
+        training: Options = defaults,  # type: ignore[valid-type]  # a model derived at import time
         cluster: ClusterSpec = ClusterSpec(),
         overwrite: bool = False,
     ) -> dict[str, Any]:
@@ -92,7 +94,8 @@ def _finetune_flow(family_name: str) -> Flow[..., dict[str, Any]]:
                 scheduler_address=address,
             )
 
-    finetune.__doc__ = f"""Fine-tune a pre-trained {family_name} checkpoint on a seeded fraction of a scene's labels.
+    summary = f"Fine-tune a pre-trained {family_name} checkpoint on a seeded fraction of a scene's labels."
+    finetune.__doc__ = f"""{summary}
 
     Args:
         model_uri: Pre-trained checkpoint (from `eoseg train {family_name}`).

@@ -49,5 +49,6 @@ def run_on_gpu_worker_if_any(client: Any, function: Callable[..., T], /, *args: 
     with gpu_stage(client) as use_gpu:
         if use_gpu:
             get_run_logger().info("running %s on a GPU worker", function.__name__)
-            return client.submit(function, *args, resources=GPU_RESOURCES, pure=False, **kwargs).result()  # type: ignore[no-any-return]
+            result: T = client.submit(function, *args, resources=GPU_RESOURCES, pure=False, **kwargs).result()
+            return result
     return function(*args, **kwargs)

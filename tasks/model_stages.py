@@ -15,6 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from eoseg.compute.cluster import connect
+from eoseg.config import PredictOptions
 from eoseg.io import storage
 from eoseg.io.publish import publish_file
 from eoseg.predict.stage import predict_store
@@ -23,7 +24,7 @@ from eoseg.train.options import TrainingOptions
 from eoseg.train.stage import train_on_stores
 from tasks.gpu import GPU_CONCURRENCY_LIMIT, gpu_stage, run_on_gpu_worker_if_any
 from tasks.run_names import named_after
-from tasks.storage_stages import STORAGE_RETRIES, _retry_unless_bad_input
+from tasks.storage_task import storage_task
 
 __all__ = [
     "GPU_CONCURRENCY_LIMIT",
@@ -72,6 +73,8 @@ def finetune_task(
     scheduler_address: str | None,
 ) -> dict[str, Any]:
     """Fine-tune a pre-trained checkpoint on a labelled fraction of one scene (on a GPU worker if any)."""
+    # num_classes ... max_patches are fields of the family's fine-tuning model, derived at import time
+    # (eoseg.train.options.finetune_options): mypy knows only their base, TrainingOptions.
     with connect(scheduler_address) as client:
         return run_on_gpu_worker_if_any(
             client, finetune_on_store, model_uri, store_uri, labels_uri, tuned_uri,
@@ -81,21 +84,15 @@ def finetune_task(
         )  # fmt: skip
 
 
-@task(
-    name="predict",
-    task_run_name=named_after("predict", "store_uri"),
-    retry_condition_fn=_retry_unless_bad_input,
-    **STORAGE_RETRIES,
-)
+@storage_task("predict", run_name_from="store_uri")
 def predict_task(
     store_uri: str,
     model_uri: str,
     labels_uri: str,
     *,
-    halo: int | None,
+    options: PredictOptions,
     overwrite: bool,
     scheduler_address: str | None,
-    attention_pooling: str = "scene",
 ) -> dict[str, Any]:
     """Tiled inference on the cluster (GPU workers only, when there are any); returns label store metadata.
 
@@ -103,18 +100,13 @@ def predict_task(
     """
     with connect(scheduler_address) as client, gpu_stage(client) as use_gpu:
         info = predict_store(
-            store_uri, model_uri, labels_uri, halo=halo, overwrite=overwrite, client=client,
-            use_gpu=use_gpu, attention_pooling=attention_pooling,
+            store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite, client=client,
+            use_gpu=use_gpu, attention_pooling=options.attention_pooling,
         )  # fmt: skip
     return info.to_attrs()
 
 
-@task(
-    name="quicklook",
-    task_run_name=named_after("quicklook", "scene_uri"),
-    retry_condition_fn=_retry_unless_bad_input,
-    **STORAGE_RETRIES,
-)
+@storage_task("quicklook", run_name_from="scene_uri")
 def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
     """A PNG beside the COG: the scene and its label map side by side, in class colours."""
     from eoseg.mosaic.quicklook import write_quicklook
@@ -129,7 +121,7 @@ def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | N
 @task(name="evaluate", task_run_name=named_after("evaluate", "cog_uri"))
 def evaluate_task(
     cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()
-) -> dict:
+) -> dict[str, dict[str, Any]]:
     """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
     from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
     from eoseg.evaluate.scores import evaluate_label_map

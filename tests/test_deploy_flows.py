@@ -18,17 +18,10 @@ from conftest import write_geotiff
 from eoseg.compute.cluster import ClusterSpec
 from eoseg.config import ClustererTrainingOptions, TileOptions
 from eoseg.errors import ConfigurationError
-from flows.deploy_flows import (
-    DEPLOYMENT_VARIABLES,
-    _for_deployment_users,
-    _summary_markdown,
-    _titled,
-    city_run_flow,
-    configured,
-    s3_credentials,
-    train_model_flow,
-    weights_choice,
-)
+from flows.deploy_flows import city_run_flow, train_model_flow
+from flows.deployment_parameters import DEPLOYMENT_VARIABLES, configured, s3_credentials, weights_choice
+from flows.run_summary import _summary_markdown, _titled
+from flows.scene_mapping import _for_deployment_users
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -1,0 +1,72 @@
+"""How a command runs: its Dask cluster from the shared options, its flow, and one-line errors (exit 2).
+
+``cli.main.main_options`` records the shared options of the command being run (:func:`use_settings`);
+the commands of ``cli.main`` and ``cli.train`` take their cluster from there (:func:`cluster_spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from pydantic import BaseModel
+
+from eoseg.errors import EosegError
+from eoseg.settings import EosegSettings, load_settings
+
+if TYPE_CHECKING:
+    from eoseg.compute.cluster import ClusterSpec
+
+__all__ = ["checked_options", "cluster_spec", "fail", "run_flow", "use_settings"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
+
+# The settings of the command being run (shared options over EOSEG_* variables), set by main_options.
+_RUN_SETTINGS: ContextVar[EosegSettings | None] = ContextVar("eoseg_run_settings", default=None)
+
+
+def use_settings(settings: EosegSettings) -> None:
+    """Make ``settings`` (the shared options over ``EOSEG_*``) those of the command being run."""
+    _RUN_SETTINGS.set(settings)
+
+
+def cluster_spec() -> ClusterSpec:
+    """The Dask cluster of this command, from the shared options and ``EOSEG_*`` settings."""
+    from eoseg.compute.cluster import ClusterSpec
+
+    settings = _RUN_SETTINGS.get(None) or load_settings()
+    return ClusterSpec(
+        address=settings.cluster,
+        config_file=settings.cluster_config,
+        n_workers=settings.workers,
+        threads_per_worker=settings.threads_per_worker,
+        memory_limit=settings.memory_limit,
+    )
+
+
+def fail(error: BaseException) -> NoReturn:
+    """End the command with ``error: ...`` in red on stderr and exit code 2."""
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def checked_options(model: type[M], **values: Any) -> M:
+    """The option model built from a command's values; an invalid value ends the command (:func:`fail`)."""
+    try:
+        return model(**values)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        fail(EosegError(str(error)))
+
+
+def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Call a flow; turn eoseg's input errors into a one-line message and exit code 2."""
+    try:
+        return function(*args, **kwargs)
+    except EosegError as error:
+        fail(error)
+    except FileExistsError as error:  # the final rename/upload found a competitor's output
+        fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))

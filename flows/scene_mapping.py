@@ -1,0 +1,157 @@
+"""The per-scene step of the deployment flows: a ``segment-scene`` subflow run, then the scene's STAC item.
+
+All scenes of a run share one Dask cluster; a scene that fails is reported in its row, not raised, so
+that the others are still mapped.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger
+
+from eoseg.catalog.acquisitions import SceneDecision, SceneFile, SceneStatus
+from eoseg.catalog.stac import catalog_uri_for_prefix
+from eoseg.compute.cluster import ClusterSpec, dask_cluster
+from eoseg.config import MosaicOptions, PredictOptions, TileOptions
+from flows.run_summary import quicklook_link
+from flows.segment_flows import segment_scene_flow
+from tasks.catalog_stages import catalogue_map_task
+
+if TYPE_CHECKING:  # mypy knows the base of the option model that eoseg.config derives at import time
+    from eoseg.train.options import TrainingOptions as ClustererTrainingOptions
+else:
+    from eoseg.config import ClustererTrainingOptions
+
+__all__ = ["SceneMapping", "map_scenes"]
+
+
+@dataclass(frozen=True)
+class SceneMapping:
+    """How every scene of a run is mapped: model family, checkpoint (None: train on each scene), options."""
+
+    model: str
+    weights_uri: str | None
+    tile: TileOptions
+    training: ClustererTrainingOptions
+    predict: PredictOptions
+    mosaic: MosaicOptions
+
+    def describe(self) -> str:
+        """The run summary's line about the model."""
+        return f"Model: {self.model}, weights: `{self.weights_uri or 'trained on each scene'}`"
+
+
+def _for_deployment_users(message: str) -> str:
+    """A deployment's user sets parameters and runs deployments: say so instead of naming CLI commands."""
+    message = re.sub(r"[Pp]ass --overwrite", "Run again with `-p overwrite=true`", message)
+    return message.replace(
+        "Train one with `eoseg train`.", "Publish it with the train-model deployment (docs/production.md, 6)."
+    )
+
+
+def _map_and_catalogue(
+    decision: SceneDecision,
+    mapping: SceneMapping,
+    *,
+    catalog_uri: str,
+    scheduler_address: str,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """One scene: a ``segment-scene`` subflow run, then its STAC item. Failures are reported, not raised."""
+    logger = get_run_logger()
+    scene: SceneFile = decision.scene
+    status = decision.status.value
+    started = time.perf_counter()
+    segment = segment_scene_flow.with_options(flow_run_name=f"segment-{scene.stem}")
+    state = segment(
+        scene.uri,
+        decision.map_uri,
+        model=mapping.model,
+        weights_uri=mapping.weights_uri,
+        reference_uri=scene.reference_uri,
+        tile=mapping.tile,
+        training=mapping.training,
+        predict=mapping.predict,
+        mosaic=mapping.mosaic,
+        cluster=ClusterSpec(address=scheduler_address),
+        overwrite=overwrite,
+        return_state=True,
+    )
+    if not state.is_completed():
+        message = _for_deployment_users(state.message or state.name or "")
+        logger.error("%s failed: %s", scene.uri, message)
+        return {
+            "scene": scene.uri,
+            "status": "failed",
+            "was": status,
+            "error": message,
+            "seconds": time.perf_counter() - started,
+        }
+    result = state.result()
+    entry = catalogue_map_task(
+        result["map"],
+        scene_uri=scene.uri,
+        model_uri=result["model"],
+        quicklook_uri=result["quicklook"],
+        scores_uri=result["scores_file"],
+        catalog_uri=catalog_uri,
+    )
+    seconds = time.perf_counter() - started
+    pixels = int(entry["shape"][0]) * int(entry["shape"][1])
+    logger.info(
+        "%s (%s) -> %s: %d px in %.1f s; STAC item %s (datetime %s from the %s)",
+        scene.name,
+        status,
+        result["map"],
+        pixels,
+        seconds,
+        entry["item"],
+        entry["datetime"],
+        entry["datetime_source"],
+    )
+    return {
+        "scene": scene.uri,
+        "status": "mapped",
+        "was": status,
+        "map": result["map"],
+        "item": entry["item"],
+        "quicklook": result["quicklook"],
+        "quicklook_link": quicklook_link(result["quicklook"]),
+        "model": result["model"],
+        "scores": result["scores"],
+        "pixels": pixels,
+        "seconds": seconds,
+        "datetime": entry["datetime"],
+        "datetime_source": entry["datetime_source"],
+    }
+
+
+def map_scenes(
+    decisions: list[SceneDecision],
+    mapping: SceneMapping,
+    *,
+    output_prefix: str,
+    cluster: ClusterSpec,
+    force_overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Map the scenes one after the other on one Dask cluster (each scene is parallel over its chunks).
+
+    Stale and partial outputs are replaced; a new scene's outputs are refused if they appeared meanwhile.
+    Returns one summary row per scene (``status`` ``mapped`` or ``failed``).
+    """
+    catalog_uri = catalog_uri_for_prefix(output_prefix)
+    with dask_cluster(cluster) as address:
+        return [
+            _map_and_catalogue(
+                decision,
+                mapping,
+                catalog_uri=catalog_uri,
+                scheduler_address=address,
+                overwrite=force_overwrite or decision.status is not SceneStatus.NEW,
+            )
+            for decision in decisions
+        ]
