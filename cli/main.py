@@ -17,9 +17,9 @@ from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
 from cli.runs import checked_options, cluster_spec, fail, run_flow, use_settings
 from eoseg.errors import EosegError
-from eoseg.logs import configure_logging
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
+from flows.logs import configure_logging
 
 app = typer.Typer(
     name="eoseg",

@@ -40,9 +40,9 @@ from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from eoseg.io import storage
-from eoseg.logs import configure_logging
 from eoseg.train.stores import reusable_tile_store
 from flows.deployment_parameters import TRAIN_PER_SCENE, configured, s3_credentials, weights_choice
+from flows.logs import configure_logging
 from flows.run_summary import finish_run, publish_summary
 from flows.scene_mapping import SceneMapping, map_scenes
 from tasks.model_stages import train_task

@@ -182,7 +182,7 @@ def test_eoseg_lines_reach_the_run_logs_once_whatever_the_environment(monkeypatc
     from prefect.context import get_run_context
     from prefect.logging.handlers import APILogHandler
 
-    from eoseg.logs import configure_logging
+    from flows.logs import configure_logging
 
     eoseg = logging.getLogger("eoseg")
     # As in a worker's flow-run process without PREFECT_LOGGING_EXTRA_LOGGERS: no handler, no level.
