@@ -153,7 +153,7 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
         max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
     ]
     out = [
-        "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |",
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
         "|"
         + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths))
         + "|",
@@ -162,7 +162,8 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
         out.append(
             "| "
             + " | ".join(
-                str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))
+                str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
             )
             + " |"
         )

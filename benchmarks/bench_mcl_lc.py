@@ -428,7 +428,7 @@ def main() -> None:
             "finetune_epochs": args.finetune_epochs,
             "label_fraction": args.label_fraction,
             "evaluation": "pixels outside the fine-tuning sample; class index -> value from the checkpoint",
-        },  # fmt: skip
+        },
         "pretraining": pretraining,
         "runs": runs,
         "total_seconds": round(time.perf_counter() - started, 1),

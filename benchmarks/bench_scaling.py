@@ -57,12 +57,14 @@ def run_case(store: str, model: str, out: str, workers: int) -> dict:
 
     info = read_store_info(store)
     load_before = os.getloadavg()[0]
-    with dask_cluster(ClusterSpec(n_workers=workers, threads_per_worker=1)) as address:
-        with Client(address, set_as_default=False) as client:
-            started = time.perf_counter()
-            predict_store(store, model, out, client=client, overwrite=True, show_progress=False)
-            seconds = time.perf_counter() - started
-            peaks = sorted(client.run(_peak_rss_mib).values())
+    with (
+        dask_cluster(ClusterSpec(n_workers=workers, threads_per_worker=1)) as address,
+        Client(address, set_as_default=False) as client,
+    ):
+        started = time.perf_counter()
+        predict_store(store, model, out, client=client, overwrite=True, show_progress=False)
+        seconds = time.perf_counter() - started
+        peaks = sorted(client.run(_peak_rss_mib).values())
     megapixels = info.height * info.width / 1e6
     return {
         "workers": workers,
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "clusterer",
         [stores[sizes[0]]],
         model,
-        params=dict(epochs=1, iterations=5, batch_size=8),
+        params={"epochs": 1, "iterations": 5, "batch_size": 8},
         max_patches=32,
         overwrite=True,
     )

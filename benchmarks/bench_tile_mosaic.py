@@ -514,7 +514,7 @@ def _table(headers: list[str], rows: list[list[str]], aligns: str) -> list[str]:
 
     def fmt(cells):
         return "  ".join(
-            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns)
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns, strict=True)
         ).rstrip()
 
     return [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]

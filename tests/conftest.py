@@ -124,7 +124,7 @@ def s3_endpoint():
             try:
                 urllib.request.urlopen(endpoint, timeout=1)
                 break
-            except Exception:
+            except OSError:  # refused, reset or timed out: not up yet
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)

@@ -1,9 +1,10 @@
-"""Tests of eoseg.evaluate.scores on hand-made rasters with hand-computed answers, and on the SpaceNet mask."""
+"""eoseg.evaluate.scores on hand-made rasters with hand-computed answers, and on the SpaceNet mask."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +276,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     reference_path = write_geotiff(tmp_path / "reference.tif", TWO_CLASSES)
     missing = tmp_path / "no_such_prediction.tif"
 
-    with pytest.raises(FileNotFoundError, match="no_such_prediction.tif"):
+    with pytest.raises(FileNotFoundError, match=re.escape("no_such_prediction.tif")):
         evaluate_label_map(missing, reference_path)
 
 

@@ -14,7 +14,14 @@ from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.tile.stage import tile_scene, valid_pixel_mask
 from eoseg.train.stage import train_on_stores
 
-TINY_TRAINING = dict(epochs=1, iterations=3, batch_size=4, patch_size=32, num_classes=6, seed=3)
+TINY_TRAINING = {
+    "epochs": 1,
+    "iterations": 3,
+    "batch_size": 4,
+    "patch_size": 32,
+    "num_classes": 6,
+    "seed": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +118,6 @@ def test_band_count_mismatch_is_refused(landsat_model, tmp_path, shared_data):
     _, model = landsat_model
     panchromatic = tmp_path / "spacenet.zarr"
     tile_scene(str(REAL_SCENES["spacenet"]), str(panchromatic), show_progress=False)
-    with pytest.raises(BandCountError, match="has 1 band.*trained on 3"):
+    with pytest.raises(BandCountError, match=r"has 1 band.*trained on 3"):
         predict_store(str(panchromatic), str(model), str(tmp_path / "labels.zarr"), show_progress=False)
     assert not (tmp_path / "labels.zarr").exists() and not (tmp_path / ".labels.zarr.partial").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_existing_quicklook_is_kept_without_overwrite(
 
 def test_missing_scene_is_named(tiny_scene_and_labels: tuple[Path, Path], tmp_path: Path) -> None:
     _, labels_path = tiny_scene_and_labels
-    with pytest.raises(FileNotFoundError, match="no_such_scene.tif"):
+    with pytest.raises(FileNotFoundError, match=re.escape("no_such_scene.tif")):
         write_quicklook(tmp_path / "no_such_scene.tif", labels_path, tmp_path / "quicklook.png")
 
 
