@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, train_tiny_clusterer
 
 from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done
 from eoseg.tile.stage import tile_scene
-from eoseg.train.stage import train_on_stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
@@ -57,13 +56,7 @@ def big_store_and_model(tmp_path_factory, shared_data):
     store = folder / "naip_2x2.zarr"
     tile_scene(str(scene), str(store), chunk_size=128, show_progress=False)  # 15 x 12 = 180 chunks
     model = folder / "model.pt"
-    train_on_stores(
-        "clusterer",
-        [str(store)],
-        str(model),
-        params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32},
-        max_patches=8,
-    )
+    train_tiny_clusterer(store, model)
     reference = folder / "reference.zarr"
     predict_store(
         str(store), str(model), str(reference), show_progress=False

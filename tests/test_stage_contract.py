@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from conftest import REAL_SCENES, write_geotiff
+from conftest import REAL_SCENES, train_tiny_clusterer, write_geotiff
 from rio_cogeo.cogeo import cog_validate
 
 from eoseg.errors import IncompleteStoreError
@@ -40,7 +40,6 @@ from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done, file_staging_dir, store_staging_uri
 from eoseg.tile.stage import tile_scene
-from eoseg.train.stage import train_on_stores
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 EOSEG = str(Path(sys.executable).parent / "eoseg")
@@ -68,13 +67,7 @@ def _prepare_inputs(folder: Path, size: int) -> dict[str, str]:
     store = folder / "naip_crop.zarr"
     tile_scene(str(scene), str(store), chunk_size=CHUNK, show_progress=False)
     model = folder / "model.pt"
-    train_on_stores(
-        "clusterer",
-        [str(store)],
-        str(model),
-        params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32},
-        max_patches=8,
-    )
+    train_tiny_clusterer(store, model)
     labels = folder / "labels.zarr"
     predict_store(str(store), str(model), str(labels), show_progress=False)
     return {
