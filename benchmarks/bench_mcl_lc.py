@@ -49,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from bench_machine import cpu_model
+
 DATA = Path(os.environ.get("EOSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 SCENE = DATA / "spacenet" / "sample_geotiff.tif"
 LABELS_GEOJSON = DATA / "spacenet" / "geotiff_labels.geojson"
@@ -59,11 +61,9 @@ EVAL_IGNORE = 254  # reference value of pixels left out of the evaluation (the f
 def machine_header() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")  # fmt: skip
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from bench_machine import cpu_model, ram_gib
 from build_large_scene import SIZES, build_named
 
 MiB = 2**20
@@ -366,20 +367,11 @@ def environment() -> dict:
     import dask
     import distributed
     import numpy
-    import psutil
     import rasterio
     import zarr
 
     import eoseg
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         gdal_translate = subprocess.run(["gdal_translate", "--version"], capture_output=True, text=True,
                                         check=True).stdout.strip()  # fmt: skip
@@ -387,9 +379,9 @@ def environment() -> dict:
         gdal_translate = None
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / GiB, 1),
+        "ram_gib": ram_gib(),
         "python": platform.python_version(),
         "eoseg": eoseg.__version__,
         "rasterio": rasterio.__version__,
