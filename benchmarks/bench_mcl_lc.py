@@ -311,6 +311,8 @@ def main() -> None:
     parser.add_argument("--label-fraction", type=float, default=0.02)
     parser.add_argument("--seeds", default="0,1", help="comma-separated fine-tuning seeds (label sample too)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
+    # (`duplicates` pairs these lines with bench_clusterer_speed.py's options by shape alone: argparse
+    # boilerplate with other options; nothing to share.)
     parser.add_argument(
         "--report-only",
         action="store_true",

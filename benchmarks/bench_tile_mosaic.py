@@ -439,6 +439,12 @@ def _peak_any_process(m: dict) -> int:
     return max(m["peak_rss"], m.get("max_worker_rss") or 0)
 
 
+def _case_row(size: str, pixels: str, mpx: float, case: str, m: dict, **columns: object) -> dict:
+    """One row of a table: a case's measurement at one scene size, then the table's own ``columns``."""
+    return {"size": size, "pixels": pixels, "case": case, "label": CASE_LABELS[case], "wall_s": m["wall_s"],
+            "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"], **columns}  # fmt: skip
+
+
 def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> dict:
     """Rows for the tables plus the target verdicts."""
     tile_rows, mosaic_rows, targets = [], [], []
@@ -450,21 +456,19 @@ def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> di
         gdal_zarr = r["gdal-zarr"]["wall_s"]
         for case in TILE_CASES:
             m = r[case]
-            tile_rows.append({
-                "size": size, "pixels": pixels, "case": case, "label": CASE_LABELS[case], "wall_s": m["wall_s"],
-                "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"],
-                "max_worker_rss": m.get("max_worker_rss"),
-                "total_rss": m.get("peak_rss_sampled_total") if case == "tile-cluster" else None,
-                "vs_gdal": m["wall_s"] / gdal_zarr if case.startswith("tile") else None,
-            })  # fmt: skip
+            tile_rows.append(_case_row(
+                size, pixels, mpx, case, m,
+                max_worker_rss=m.get("max_worker_rss"),
+                total_rss=m.get("peak_rss_sampled_total") if case == "tile-cluster" else None,
+                vs_gdal=m["wall_s"] / gdal_zarr if case.startswith("tile") else None,
+            ))  # fmt: skip
         gdal_cog = r["gdal-cog"]["wall_s"]
         for case in MOSAIC_CASES:
             m = r[case]
-            mosaic_rows.append({
-                "size": size, "pixels": pixels, "case": case, "label": CASE_LABELS[case], "wall_s": m["wall_s"],
-                "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"],
-                "output_mib": m.get("output_bytes", 0) / MiB, "vs_gdal": m["wall_s"] / gdal_cog,
-            })  # fmt: skip
+            mosaic_rows.append(_case_row(
+                size, pixels, mpx, case, m,
+                output_mib=m.get("output_bytes", 0) / MiB, vs_gdal=m["wall_s"] / gdal_cog,
+            ))  # fmt: skip
         for case in ("tile-threads", "tile-cluster"):
             ratio = r[case]["wall_s"] / gdal_zarr
             cpu_ratio = r[case]["cpu_s"] / r["gdal-zarr"]["cpu_s"]
