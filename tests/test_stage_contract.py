@@ -10,7 +10,8 @@ Two cases do this through the CLI with a real SIGKILL of the ``eoseg`` process a
 pieces); they also prove the CLI's refusal (one line, exit code 2). The other four stage x place
 combinations are interrupted in this process (the stage stops after some chunks, leaving what a killed
 run leaves) and resumed, refused and overwritten through the stage functions: the same lifecycle code,
-without starting a process and a cluster four times per case.
+without starting a process and a cluster four times per case. (``predict`` killed through the CLI, locally,
+is also tested in tests/test_cluster_scale.py.)
 """
 
 from __future__ import annotations
