@@ -292,6 +292,11 @@ def verdict(runs: list[dict], key: str = "scores", label: str = "pipeline") -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rewrite mcl_lc.md (and the verdict) from an existing mcl_lc.json",
+    )
     parser.add_argument("--workdir", default=os.environ.get("EOSEG_BENCH_DIR", "/tmp/eoseg-bench-mcl-lc"))
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument(
@@ -311,13 +316,6 @@ def main() -> None:
     parser.add_argument("--label-fraction", type=float, default=0.02)
     parser.add_argument("--seeds", default="0,1", help="comma-separated fine-tuning seeds (label sample too)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
-    # (`duplicates` pairs these lines with bench_clusterer_speed.py's options by shape alone: argparse
-    # boilerplate with other options; nothing to share.)
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="only rewrite mcl_lc.md (and the verdict) from an existing mcl_lc.json",
-    )
     args = parser.parse_args()
     if args.report_only:
         path = Path(args.results) / "mcl_lc.json"
