@@ -33,7 +33,6 @@ Writes ``benchmarks/results/clusterer_quality.{json,md}`` and the quick-look of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -56,6 +55,7 @@ from bench_clusterer_speed import (
     tile_once,
     wait_for_quiet,
 )
+from bench_machine import write_report
 
 SCENE = DATA / "spacenet" / "sample_geotiff.tif"
 LABELS_GEOJSON = DATA / "spacenet" / "geotiff_labels.geojson"
@@ -594,12 +594,8 @@ def main() -> None:
         "kmeans8_cluster_profile": km_profile,
         "quicklook": str(png),
     }
-    lines = render(report)
-    print()
-    print("\n".join(lines))
-    (results / "clusterer_quality.json").write_text(json.dumps(report, indent=1, default=str))
-    (results / "clusterer_quality.md").write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {results / 'clusterer_quality.json'}, {results / 'clusterer_quality.md'} and {png}")
+    as_json, as_markdown = write_report(results, "clusterer_quality", report, render(report))
+    print(f"\nwrote {as_json}, {as_markdown} and {png}")
 
 
 def render(report: dict) -> list[str]:

@@ -48,6 +48,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_machine import cpu_model, ram_gib, write_report
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("EOSEG_SHARED_DATA", "/work/shared/data"))
 SPACENET = DATA / "spacenet" / "sample_geotiff.tif"
@@ -107,26 +109,11 @@ def wait_for_quiet(
 def machine_header() -> dict:
     import torch
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "ram_gib": ram_gib,
+        "ram_gib": ram_gib(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -153,7 +140,7 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
         max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
     ]
     out = [
-        "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths)) + " |",
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
         "|"
         + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths))
         + "|",
@@ -162,7 +149,8 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
         out.append(
             "| "
             + " | ".join(
-                str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))
+                str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
             )
             + " |"
         )
@@ -719,14 +707,8 @@ def main() -> None:
             report["infer"].append(result)
 
     header["load_at_end"] = loads()
-    lines = render(report)
-    print()
-    print("\n".join(lines))
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "clusterer_speed.json").write_text(json.dumps(report, indent=1, default=str))
-    (results / "clusterer_speed.md").write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {results / 'clusterer_speed.json'} and {results / 'clusterer_speed.md'}")
+    as_json, as_markdown = write_report(Path(args.results), "clusterer_speed", report, render(report))
+    print(f"\nwrote {as_json} and {as_markdown}")
 
 
 def render(report: dict) -> list[str]:

@@ -49,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from bench_machine import cpu_model
+
 DATA = Path(os.environ.get("EOSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 SCENE = DATA / "spacenet" / "sample_geotiff.tif"
 LABELS_GEOJSON = DATA / "spacenet" / "geotiff_labels.geojson"
@@ -59,11 +61,9 @@ EVAL_IGNORE = 254  # reference value of pixels left out of the evaluation (the f
 def machine_header() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")  # fmt: skip
     return {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -292,6 +292,11 @@ def verdict(runs: list[dict], key: str = "scores", label: str = "pipeline") -> s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rewrite mcl_lc.md (and the verdict) from an existing mcl_lc.json",
+    )
     parser.add_argument("--workdir", default=os.environ.get("EOSEG_BENCH_DIR", "/tmp/eoseg-bench-mcl-lc"))
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument(
@@ -311,11 +316,6 @@ def main() -> None:
     parser.add_argument("--label-fraction", type=float, default=0.02)
     parser.add_argument("--seeds", default="0,1", help="comma-separated fine-tuning seeds (label sample too)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="only rewrite mcl_lc.md (and the verdict) from an existing mcl_lc.json",
-    )
     args = parser.parse_args()
     if args.report_only:
         path = Path(args.results) / "mcl_lc.json"
@@ -428,7 +428,7 @@ def main() -> None:
             "finetune_epochs": args.finetune_epochs,
             "label_fraction": args.label_fraction,
             "evaluation": "pixels outside the fine-tuning sample; class index -> value from the checkpoint",
-        },  # fmt: skip
+        },
         "pretraining": pretraining,
         "runs": runs,
         "total_seconds": round(time.perf_counter() - started, 1),

@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_machine import cpu_model, ram_gib
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TILES = {1: (2, 2), 4: (4, 4), 16: (8, 8)}  # NAIP pieces (934 x 724 px each) per side
 
@@ -36,16 +38,7 @@ def _peak_rss_mib() -> float:
 
 
 def _machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM"
+    return f"{cpu_model(platform.processor())}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM"
 
 
 def run_case(store: str, model: str, out: str, workers: int) -> dict:
@@ -57,12 +50,14 @@ def run_case(store: str, model: str, out: str, workers: int) -> dict:
 
     info = read_store_info(store)
     load_before = os.getloadavg()[0]
-    with dask_cluster(ClusterSpec(n_workers=workers, threads_per_worker=1)) as address:
-        with Client(address, set_as_default=False) as client:
-            started = time.perf_counter()
-            predict_store(store, model, out, client=client, overwrite=True, show_progress=False)
-            seconds = time.perf_counter() - started
-            peaks = sorted(client.run(_peak_rss_mib).values())
+    with (
+        dask_cluster(ClusterSpec(n_workers=workers, threads_per_worker=1)) as address,
+        Client(address, set_as_default=False) as client,
+    ):
+        started = time.perf_counter()
+        predict_store(store, model, out, client=client, overwrite=True, show_progress=False)
+        seconds = time.perf_counter() - started
+        peaks = sorted(client.run(_peak_rss_mib).values())
     megapixels = info.height * info.width / 1e6
     return {
         "workers": workers,
@@ -102,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "clusterer",
         [stores[sizes[0]]],
         model,
-        params=dict(epochs=1, iterations=5, batch_size=8),
+        params={"epochs": 1, "iterations": 5, "batch_size": 8},
         max_patches=32,
         overwrite=True,
     )

@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from bench_machine import cpu_model, ram_gib
 from build_large_scene import SIZES, build_named
 
 MiB = 2**20
@@ -50,7 +51,6 @@ CASE_LABELS = {
     "tile-threads": "eoseg tile_scene, Dask threads (client=None)",
     "tile-cluster": "eoseg tile_scene, LocalCluster 2 procs x 1 thread",
     "gdal-zarr": "ref: gdal_translate -of Zarr (1 process)",
-    "gdal-zarr-l1": "ref: gdal_translate -of Zarr, Blosc zstd level 1",
     "rasterio-read": "ref: rasterio read of the whole file",
     "mosaic-eoseg": "eoseg mosaic_to_cog(band=1)",
     "gdal-cog": "ref: gdal_translate -of COG (band-1 GeoTIFF)",
@@ -227,15 +227,11 @@ def _timed(function) -> dict:
     }
 
 
-def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list[str] | None = None) -> dict:
+def run_case(case: str, size: str, workdir: Path, chunk_size: int) -> dict:
     p = _paths(workdir, size)
     p["dir"].mkdir(parents=True, exist_ok=True)
     scene = str(p["scene"])
-    result: dict = {"case": case, "size": size, "patches": patches or [], "loadavg_1min": os.getloadavg()[0]}
-    if patches:
-        import eoseg_patches
-
-        eoseg_patches.apply(patches)
+    result: dict = {"case": case, "size": size, "loadavg_1min": os.getloadavg()[0]}
     if case == "tile-threads":
         from eoseg.tile.stage import tile_scene
 
@@ -257,10 +253,6 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
             connect(address) as client,
         ):
             # Workers import what a tile task needs before the clock starts (a warm, long-lived cluster).
-            if patches:
-                import eoseg_patches
-
-                client.run(eoseg_patches.apply, patches)
             client.run(_warm_worker)
             worker_pids = client.run(os.getpid)
             startup = time.perf_counter() - t0
@@ -293,13 +285,12 @@ def run_case(case: str, size: str, workdir: Path, chunk_size: int, patches: list
             other_children={str(pid): {"rss": rss, "cmd": sampler.names.get(pid, "?")} for pid, rss in others.items()},
             peak_rss_sampled_total=sampler.peak_total,
         )  # fmt: skip
-    elif case in ("gdal-zarr", "gdal-zarr-l1"):
+    elif case == "gdal-zarr":
         _remove(p["gdal_zarr"])
-        level = 1 if case == "gdal-zarr-l1" else 3
         result.update(_run_command([
             "gdal_translate", "-q", "-of", "Zarr", "-co", "FORMAT=ZARR_V2",
             "-co", f"BLOCKSIZE={chunk_size},{chunk_size}", "-co", "COMPRESS=BLOSC", "-co", "BLOSC_CNAME=zstd",
-            "-co", f"BLOSC_CLEVEL={level}", "-co", "BLOSC_SHUFFLE=BIT", scene, str(p["gdal_zarr"]),
+            "-co", "BLOSC_CLEVEL=3", "-co", "BLOSC_SHUFFLE=BIT", scene, str(p["gdal_zarr"]),
         ]))  # fmt: skip
         result["output_bytes"] = _du(p["gdal_zarr"])
         _remove(p["gdal_zarr"])
@@ -376,20 +367,11 @@ def environment() -> dict:
     import dask
     import distributed
     import numpy
-    import psutil
     import rasterio
     import zarr
 
     import eoseg
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         gdal_translate = subprocess.run(["gdal_translate", "--version"], capture_output=True, text=True,
                                         check=True).stdout.strip()  # fmt: skip
@@ -397,9 +379,9 @@ def environment() -> dict:
         gdal_translate = None
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / GiB, 1),
+        "ram_gib": ram_gib(),
         "python": platform.python_version(),
         "eoseg": eoseg.__version__,
         "rasterio": rasterio.__version__,
@@ -413,11 +395,9 @@ def environment() -> dict:
     }
 
 
-def run_child(case: str, size: str, workdir: Path, chunk_size: int, patches: list[str] | None = None) -> dict:
+def run_child(case: str, size: str, workdir: Path, chunk_size: int) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", case, "--size", size,
                "--workdir", str(workdir), "--chunk-size", str(chunk_size)]  # fmt: skip
-    if patches:
-        command += ["--patch", ",".join(patches)]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-4000:])
@@ -459,6 +439,12 @@ def _peak_any_process(m: dict) -> int:
     return max(m["peak_rss"], m.get("max_worker_rss") or 0)
 
 
+def _case_row(size: str, pixels: str, mpx: float, case: str, m: dict, **columns: object) -> dict:
+    """One row of a table: a case's measurement at one scene size, then the table's own ``columns``."""
+    return {"size": size, "pixels": pixels, "case": case, "label": CASE_LABELS[case], "wall_s": m["wall_s"],
+            "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"], **columns}  # fmt: skip
+
+
 def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> dict:
     """Rows for the tables plus the target verdicts."""
     tile_rows, mosaic_rows, targets = [], [], []
@@ -470,21 +456,19 @@ def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> di
         gdal_zarr = r["gdal-zarr"]["wall_s"]
         for case in TILE_CASES:
             m = r[case]
-            tile_rows.append({
-                "size": size, "pixels": pixels, "case": case, "label": CASE_LABELS[case], "wall_s": m["wall_s"],
-                "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"],
-                "max_worker_rss": m.get("max_worker_rss"),
-                "total_rss": m.get("peak_rss_sampled_total") if case == "tile-cluster" else None,
-                "vs_gdal": m["wall_s"] / gdal_zarr if case.startswith("tile") else None,
-            })  # fmt: skip
+            tile_rows.append(_case_row(
+                size, pixels, mpx, case, m,
+                max_worker_rss=m.get("max_worker_rss"),
+                total_rss=m.get("peak_rss_sampled_total") if case == "tile-cluster" else None,
+                vs_gdal=m["wall_s"] / gdal_zarr if case.startswith("tile") else None,
+            ))  # fmt: skip
         gdal_cog = r["gdal-cog"]["wall_s"]
         for case in MOSAIC_CASES:
             m = r[case]
-            mosaic_rows.append({
-                "size": size, "pixels": pixels, "case": case, "label": CASE_LABELS[case], "wall_s": m["wall_s"],
-                "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"],
-                "output_mib": m.get("output_bytes", 0) / MiB, "vs_gdal": m["wall_s"] / gdal_cog,
-            })  # fmt: skip
+            mosaic_rows.append(_case_row(
+                size, pixels, mpx, case, m,
+                output_mib=m.get("output_bytes", 0) / MiB, vs_gdal=m["wall_s"] / gdal_cog,
+            ))  # fmt: skip
         for case in ("tile-threads", "tile-cluster"):
             ratio = r[case]["wall_s"] / gdal_zarr
             cpu_ratio = r[case]["cpu_s"] / r["gdal-zarr"]["cpu_s"]
@@ -526,7 +510,7 @@ def _table(headers: list[str], rows: list[list[str]], aligns: str) -> list[str]:
 
     def fmt(cells):
         return "  ".join(
-            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns)
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, aligns, strict=True)
         ).rstrip()
 
     return [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
@@ -624,91 +608,6 @@ def render(report: dict, *, markdown: bool) -> str:
     return "\n".join(out) + "\n"
 
 
-# Experiments: the proposed fixes (benchmarks/eoseg_patches.py), cumulatively.
-TILE_VARIANTS: list[tuple[str, list[str]]] = [
-    ("as is", []),
-    ("fast-moments", ["fast-moments"]),
-    ("+ gdal-cache", ["fast-moments", "gdal-cache"]),
-    ("+ direct-open", ["fast-moments", "gdal-cache", "direct-open"]),
-    ("+ no-worker-profiler", ["fast-moments", "gdal-cache", "direct-open", "no-worker-profiler"]),
-    ("+ clevel1", ["fast-moments", "gdal-cache", "direct-open", "no-worker-profiler", "clevel1"]),
-]
-MOSAIC_VARIANTS: list[tuple[str, list[str]]] = [
-    ("as is", []),
-    ("scratch-none", ["scratch-none"]),
-    ("+ mosaic-cache", ["scratch-none", "mosaic-cache"]),
-]
-
-
-def run_experiments(size: str, workdir: Path, chunk_size: int, repeat: int, env: dict, out_dir: Path) -> str:
-    """Every variant and its GDAL reference, round-robin ``repeat`` times (so drifting load hits all alike)."""
-    scene = build_named(size, workdir)
-    paths = _paths(workdir, size)
-    ensure_band1(paths)
-    plan: list[tuple[str, str, list[str]]] = [
-        ("reference", "gdal-zarr", []),
-        ("reference", "gdal-zarr-l1", []),
-    ]
-    plan += [
-        (name, case, patches) for name, patches in TILE_VARIANTS for case in ("tile-threads", "tile-cluster")
-    ]
-    mosaic_plan = [("reference", "gdal-cog", [])] + [(name, "mosaic-eoseg", p) for name, p in MOSAIC_VARIANTS]
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for rep in range(repeat):
-        for name, case, patches in plan:
-            runs.setdefault((name, case), []).append(run_child(case, size, workdir, chunk_size, patches))
-        run_child(
-            "tile-threads", size, workdir, chunk_size
-        )  # the store the mosaic reads, as eoseg writes it today
-        for name, case, patches in mosaic_plan:
-            runs.setdefault((name, case), []).append(run_child(case, size, workdir, chunk_size, patches))
-        print(f"[{size}] experiments: round {rep + 1}/{repeat} done", flush=True)
-    results = {key: median_of(value) for key, value in runs.items()}
-    refs = {case: results[("reference", case)] for case in ("gdal-zarr", "gdal-zarr-l1", "gdal-cog")}
-
-    def row(name: str, case: str, m: dict, reference: dict | None, worker: bool) -> list[str]:
-        cells = [name, CASE_LABELS[case], f"{m['wall_s']:.1f}", _secs(m.get("cpu_s")), mib(m["peak_rss"])]
-        if worker:
-            cells.append(mib(m.get("max_worker_rss")))
-        if reference is None:
-            return cells + ["-", "-"]
-        return cells + [
-            f"{m['wall_s'] / reference['wall_s']:.2f}x",
-            f"{m['cpu_s'] / reference['cpu_s']:.2f}x",
-        ]
-
-    tile_rows = [row("reference", c, refs[c], None, True) for c in ("gdal-zarr", "gdal-zarr-l1")]
-    for name, patches in TILE_VARIANTS:
-        reference = refs["gdal-zarr-l1" if "clevel1" in patches else "gdal-zarr"]
-        for case in ("tile-threads", "tile-cluster"):
-            tile_rows.append(row(name, case, results[(name, case)], reference, True))
-    mosaic_rows = [row("reference", "gdal-cog", refs["gdal-cog"], None, False)]
-    mosaic_rows += [row(name, "mosaic-eoseg", results[(name, "mosaic-eoseg")], refs["gdal-cog"], False)
-                    for name, _ in MOSAIC_VARIANTS]  # fmt: skip
-    _remove(paths["dir"])
-    out: list[str] = [(f"# eoseg tile / mosaic experiments at {size} ({env['date']}, median of {repeat} "
-                      "round-robin run(s))"), ""]  # fmt: skip
-    out += _header_lines(env, {size: scene}, "- ")
-    out += ["- tile patches are cumulative (each row adds one to the row above); see benchmarks/eoseg_patches.py",
-            "- the tile rows with clevel1 are compared with GDAL at Blosc zstd level 1, the others with level 3",
-            "- wall/cpu vs gdal: eoseg wall (CPU) seconds / gdal_translate wall (CPU) seconds", ""]  # fmt: skip
-    out += ["## Tile", ""]
-    out += _md_table(["variant", "case", "wall s", "cpu s", "peak RSS MiB", "max worker MiB", "wall vs gdal",
-                      "cpu vs gdal"], tile_rows, "llrrrrrr")  # fmt: skip
-    out += ["", "## Mosaic", ""]
-    out += _md_table(["variant", "case", "wall s", "cpu s", "peak RSS MiB", "wall vs gdal", "cpu vs gdal"],
-                     mosaic_rows, "llrrrrr")  # fmt: skip
-    text = "\n".join(out) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tile_experiments.md").write_text(text)
-    raw = {f"{name} | {case}": m for (name, case), m in results.items()}
-    (out_dir / "tile_experiments.json").write_text(
-        json.dumps({"environment": env, "size": size, "scene": scene, "repeat": repeat, "raw": raw}, indent=2)
-        + "\n"
-    )
-    return text
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="eoseg tile/mosaic benchmark vs GDAL")
     parser.add_argument(
@@ -726,12 +625,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
     parser.add_argument("--keep", action="store_true", help="keep stores and COGs under --workdir")
     parser.add_argument(
-        "--experiments",
-        metavar="SIZE",
-        default=None,
-        help="instead of the benchmark, measure the candidate fixes in eoseg_patches.py at SIZE",
-    )
-    parser.add_argument(
         "--render",
         metavar="JSON",
         default=None,
@@ -739,13 +632,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--patch", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
 
     if args.one:
-        patches = [p for p in args.patch.split(",") if p]
-        result = run_case(args.one, args.size, workdir, args.chunk_size, patches)
+        result = run_case(args.one, args.size, workdir, args.chunk_size)
         print(json.dumps(result))
         return
 
@@ -759,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if shutil.which("gdal_translate") is None:
         raise SystemExit("gdal_translate not found: apt-get install -y gdal-bin (the GDAL reference timings)")
-    sizes = [s.strip() for s in (args.experiments or args.sizes).split(",") if s.strip()]
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise SystemExit(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
@@ -785,12 +676,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     out_dir = Path(args.results)
     bench_start = time.perf_counter()
-    if args.experiments:
-        print(run_experiments(sizes[0], workdir, args.chunk_size, args.repeat, env, out_dir))
-        print(
-            f"(took {time.perf_counter() - bench_start:.0f} s; results in {out_dir}/tile_experiments.md and .json)"
-        )
-        return
     scenes, results, repeats = {}, {}, {}
     for size in sizes:
         t0 = time.perf_counter()

@@ -15,13 +15,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from affine import Affine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EOSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+# The SpaceNet sample's grid, for hand-made rasters compared with it.
+SPACENET_CRS = "EPSG:32616"
+SPACENET_TRANSFORM = Affine(0.5, 0.0, 733601.0, 0.0, -0.5, 3725139.0)
 
 REAL_SCENES = {
     "naip": SHARED_DATA / "naip" / "m_4709963_se_14_1_20090818.tif",
@@ -52,6 +60,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared data folder is missing: {SHARED_DATA} (set EOSEG_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spacenet_dir() -> Path:
+    """The SpaceNet sample's folder; the test is skipped where the shared data do not hold it."""
+    folder = SHARED_DATA / "spacenet"
+    if not (folder / "sample_geotiff.tif").exists():
+        pytest.skip(f"SpaceNet sample not found in {folder}; set EOSEG_SHARED_DATA to the shared data folder")
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +141,7 @@ def s3_endpoint():
             try:
                 urllib.request.urlopen(endpoint, timeout=1)
                 break
-            except Exception:
+            except OSError:  # refused, reset or timed out: not up yet
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
@@ -184,3 +201,33 @@ def tiny_scene(tmp_path) -> Path:
     array = rng.integers(1, 255, size=(3, 70, 90), dtype=np.uint8)
     array[:, :5, :] = 0
     return write_geotiff(tmp_path / "tiny.tif", array, nodata=0)
+
+
+def train_tiny_clusterer(store: str | Path, model: str | Path) -> None:
+    """A clusterer trained in seconds (2 iterations on 8 patches), for tests about what is done with one."""
+    from eoseg.train.stage import train_on_stores
+
+    train_on_stores(
+        "clusterer",
+        [str(store)],
+        str(model),
+        params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32},
+        max_patches=8,
+    )
+
+
+@contextmanager
+def open_map_on_scene_grid(map_path: str | Path, scene_path: str | Path) -> Iterator[Any]:
+    """Open a map that must be a valid COG on exactly the scene's grid (CRS, transform, width, height)."""
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    assert cog_validate(str(map_path), quiet=True) == (True, [], [])
+    with rasterio.open(scene_path) as scene, rasterio.open(map_path) as out:
+        assert (out.crs, out.transform, out.width, out.height) == (
+            scene.crs,
+            scene.transform,
+            scene.width,
+            scene.height,
+        )
+        yield out

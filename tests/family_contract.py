@@ -179,3 +179,26 @@ class FamilyContract:
         assert out.shape[-2:] == scene.shape[1:]
         assert (out[..., :3, :] == NODATA_LABEL).all()
         assert (out[..., 3:, :] < self.num_classes).all()
+
+
+def contract_for(
+    family_name: str,
+    *,
+    num_classes: int,
+    params: dict[str, Any],
+    finetune_params: dict[str, Any] | None = None,
+) -> type[FamilyContract]:
+    """The contract's test class for one family: CPU training ``params`` (and fine-tuning ones, for a
+    family that fine-tunes) for a small model predicting ``num_classes`` classes from 3 bands.
+
+    Assign it to a ``Test...`` name in the family's test file; pytest collects it there.
+    """
+    attributes: dict[str, Any] = {
+        "family_name": family_name,
+        "num_classes": num_classes,
+        "model_config": {"in_channels": FamilyContract.in_channels, "num_classes": num_classes},
+        "params": {**params, "device": "cpu"},
+    }
+    if finetune_params is not None:
+        attributes["finetune_params"] = {**finetune_params, "device": "cpu"}
+    return type(f"Test{family_name.title().replace('-', '')}Family", (FamilyContract,), attributes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from eoseg.errors import (
     BandCountError,
     ConfigurationError,
     CorruptSceneError,
+    CorruptStoreError,
     EmptySceneError,
     IncompleteStoreError,
     MissingCRSError,
@@ -31,7 +33,7 @@ def assert_nothing_written(folder, *, keep=()):
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.tif"
-    with pytest.raises(SceneNotFoundError, match="nope.tif: scene not found"):
+    with pytest.raises(SceneNotFoundError, match=re.escape("nope.tif: scene not found")):
         tile_scene(str(missing), str(tmp_path / "out.zarr"), show_progress=False)
     assert_nothing_written(tmp_path)
 
@@ -47,7 +49,9 @@ def test_empty_file(tmp_path):
 def test_not_a_raster(tmp_path):
     garbage = tmp_path / "garbage.tif"
     garbage.write_bytes(np.random.default_rng(0).bytes(50_000))
-    with pytest.raises(CorruptSceneError, match="garbage.tif: GDAL cannot read this file as a raster"):
+    with pytest.raises(
+        CorruptSceneError, match=re.escape("garbage.tif: GDAL cannot read this file as a raster")
+    ):
         tile_scene(str(garbage), str(tmp_path / "out.zarr"), show_progress=False)
     assert_nothing_written(tmp_path, keep={"garbage.tif"})
 
@@ -58,7 +62,7 @@ def test_truncated_upload(tmp_path, shared_data, fraction):
     source = REAL_SCENES["naip"].read_bytes()
     truncated = tmp_path / "naip_truncated.tif"
     truncated.write_bytes(source[: int(len(source) * fraction)])
-    with pytest.raises(CorruptSceneError, match="naip_truncated.tif: .*truncated or corrupt"):
+    with pytest.raises(CorruptSceneError, match=r"naip_truncated\.tif: .*truncated or corrupt"):
         tile_scene(str(truncated), str(tmp_path / "out.zarr"), chunk_size=256, show_progress=False)
     assert_nothing_written(tmp_path, keep={"naip_truncated.tif"})
 
@@ -67,7 +71,7 @@ def test_missing_crs_is_refused_unless_allowed(tmp_path):
     scene = write_geotiff(tmp_path / "nocrs.tif", np.ones((2, 40, 50), np.uint16), crs=None)
     with pytest.raises(
         MissingCRSError,
-        match="nocrs.tif: the raster has no coordinate reference system.*--allow-ungeoreferenced",
+        match=r"nocrs\.tif: the raster has no coordinate reference system.*--allow-ungeoreferenced",
     ):
         tile_scene(str(scene), str(tmp_path / "out.zarr"), show_progress=False)
     assert_nothing_written(tmp_path, keep={"nocrs.tif"})
@@ -85,14 +89,16 @@ def test_missing_crs_is_refused_unless_allowed(tmp_path):
 
 def test_all_nodata_scene(tmp_path):
     scene = write_geotiff(tmp_path / "blank.tif", np.zeros((3, 64, 64), np.uint8), nodata=0)
-    with pytest.raises(EmptySceneError, match="blank.tif: every pixel is nodata"):
+    with pytest.raises(EmptySceneError, match=re.escape("blank.tif: every pixel is nodata")):
         tile_scene(str(scene), str(tmp_path / "out.zarr"), chunk_size=32, show_progress=False)
     assert_nothing_written(tmp_path, keep={"blank.tif"})
 
 
 def test_unsupported_dtype(tmp_path):
     scene = write_geotiff(tmp_path / "complex.tif", np.ones((1, 16, 16), np.complex64))
-    with pytest.raises(UnsupportedDtypeError, match="complex.tif: pixel type complex64 is not supported"):
+    with pytest.raises(
+        UnsupportedDtypeError, match=re.escape("complex.tif: pixel type complex64 is not supported")
+    ):
         tile_scene(str(scene), str(tmp_path / "out.zarr"), show_progress=False)
     assert_nothing_written(tmp_path, keep={"complex.tif"})
 
@@ -100,13 +106,15 @@ def test_unsupported_dtype(tmp_path):
 def test_existing_outputs_are_refused_unless_overwrite(tiny_scene, tmp_path):
     store = tmp_path / "out.zarr"
     tile_scene(str(tiny_scene), str(store), show_progress=False)
-    with pytest.raises(OutputExistsError, match="out.zarr: output already exists. Pass --overwrite"):
+    with pytest.raises(
+        OutputExistsError, match=re.escape("out.zarr: output already exists. Pass --overwrite")
+    ):
         tile_scene(str(tiny_scene), str(store), show_progress=False)
     tile_scene(str(tiny_scene), str(store), overwrite=True, show_progress=False)
 
     cog = tmp_path / "out.tif"
     cog.write_bytes(b"precious")
-    with pytest.raises(OutputExistsError, match="out.tif: output already exists"):
+    with pytest.raises(OutputExistsError, match=re.escape("out.tif: output already exists")):
         mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
     assert cog.read_bytes() == b"precious"
     mosaic_to_cog(str(store), str(cog), band=1, overwrite=True, show_progress=False)
@@ -116,7 +124,7 @@ def test_existing_outputs_are_refused_unless_overwrite(tiny_scene, tmp_path):
 def test_band_choice_errors(tiny_scene, tmp_path):
     store = tmp_path / "out.zarr"
     tile_scene(str(tiny_scene), str(store), show_progress=False)
-    with pytest.raises(BandCountError, match="--band 5 is out of range: the store has bands 1..3"):
+    with pytest.raises(BandCountError, match=re.escape("--band 5 is out of range: the store has bands 1..3")):
         mosaic_to_cog(str(store), str(tmp_path / "x.tif"), band=5, show_progress=False)
     with pytest.raises(ConfigurationError, match="choose which one to write with --band"):
         mosaic_to_cog(str(store), str(tmp_path / "x.tif"), show_progress=False)
@@ -130,7 +138,7 @@ def test_unfinished_store_is_refused_by_readers(tiny_scene, tmp_path):
 
     store = tmp_path / "half.zarr"
     create_store(str(store), _store_info_for(inspect_scene(str(tiny_scene)), 32))
-    with pytest.raises(IncompleteStoreError, match="half.zarr: the store was not finished"):
+    with pytest.raises(IncompleteStoreError, match=re.escape("half.zarr: the store was not finished")):
         mosaic_to_cog(str(store), str(tmp_path / "x.tif"), band=1, show_progress=False)
     assert not (tmp_path / "x.tif").exists()
 
@@ -142,7 +150,7 @@ def test_failure_during_mosaic_leaves_no_file(tiny_scene, tmp_path):
     chunk_files = sorted(p for p in (store / "image" / "c").rglob("*") if p.is_file())
     chunk_files[len(chunk_files) // 2].write_bytes(b"not a compressed chunk")
     target = tmp_path / "maps" / "out.tif"
-    with pytest.raises(Exception):
+    with pytest.raises(CorruptStoreError):
         mosaic_to_cog(str(store), str(target), band=1, show_progress=False)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
@@ -153,7 +161,7 @@ def test_corrupt_store_chunk_during_tiling_of_real_scene_cleans_up(tmp_path, sha
     data = REAL_SCENES["landsat"].read_bytes()
     broken = tmp_path / "landsat_cut.tif"
     broken.write_bytes(data[: int(len(data) * 0.7)])
-    with pytest.raises(CorruptSceneError, match="landsat_cut.tif"):
+    with pytest.raises(CorruptSceneError, match=re.escape("landsat_cut.tif")):
         tile_scene(str(broken), str(tmp_path / "out.zarr"), chunk_size=128, show_progress=False)
     assert_nothing_written(tmp_path, keep={"landsat_cut.tif"})
     shutil.rmtree(tmp_path / "out.zarr", ignore_errors=True)

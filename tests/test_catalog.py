@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 
@@ -91,7 +92,7 @@ def test_item_describes_the_map_and_the_catalogue_lists_it_once(tmp_path):
     assert 0 < east - west < 1e-3 and 0 < north - south < 1e-3
     ring = item.geometry["coordinates"][0]
     assert ring[0] == ring[-1]
-    signed_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:], strict=False))
+    signed_area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring))
     assert signed_area > 0
     props = item.properties
     assert props["proj:code"] == "EPSG:32616"

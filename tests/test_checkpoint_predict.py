@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,19 +121,19 @@ def test_predict_batch_matches_block_by_block(predictor: Predictor) -> None:
     blocks = to_raw(np.random.default_rng(3).standard_normal((3, 3, 12, 12)).astype(np.float32))
     labels = predictor.predict_batch(blocks)
     assert labels.shape == (3, 12, 12)
-    for block, block_labels in zip(blocks, labels):
+    for block, block_labels in zip(blocks, labels, strict=True):
         np.testing.assert_array_equal(block_labels, predictor.predict(block))
 
 
 def test_loading_a_file_that_is_not_a_checkpoint_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.pt"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="broken.pt"):
+    with pytest.raises(CheckpointError, match=re.escape("broken.pt")):
         load_checkpoint(path)
 
 
 def test_loading_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(FileNotFoundError, match=re.escape("missing.pt")):
         load_checkpoint(tmp_path / "missing.pt")
 
 

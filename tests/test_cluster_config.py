@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,10 @@ def test_invalid_config_files_are_refused(tmp_path, text, message):
 
 
 def test_unreachable_scheduler_is_a_clear_error():
-    with pytest.raises(ConfigurationError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
-        with dask_cluster(ClusterSpec(address="tcp://127.0.0.1:9")):
-            pass
+    with (
+        pytest.raises(
+            ConfigurationError, match=re.escape("cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+        ),
+        dask_cluster(ClusterSpec(address="tcp://127.0.0.1:9")),
+    ):
+        pass

@@ -8,21 +8,21 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, train_tiny_clusterer
 
 from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done
 from eoseg.tile.stage import tile_scene
-from eoseg.train.stage import train_on_stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
@@ -56,13 +56,7 @@ def big_store_and_model(tmp_path_factory, shared_data):
     store = folder / "naip_2x2.zarr"
     tile_scene(str(scene), str(store), chunk_size=128, show_progress=False)  # 15 x 12 = 180 chunks
     model = folder / "model.pt"
-    train_on_stores(
-        "clusterer",
-        [str(store)],
-        str(model),
-        params=dict(epochs=1, iterations=2, batch_size=4, patch_size=32),
-        max_patches=8,
-    )
+    train_tiny_clusterer(store, model)
     reference = folder / "reference.zarr"
     predict_store(
         str(store), str(model), str(reference), show_progress=False
@@ -174,6 +168,20 @@ def test_flow_against_an_external_scheduler_matches_the_local_default(
     np.testing.assert_array_equal(labels_of(tmp_path / "labels.zarr"), labels_of(reference))
 
 
+def _wait_for_chunks(staging: Path, running: Callable[[], bool], *, at_least: int, below: int) -> int | None:
+    """Poll a store being written until ``at_least`` to ``below`` chunks are flagged done; returns how many
+    (None if the run ended first or 300 s passed). Counts the flag files (one per chunk), so a half-written
+    array is never read."""
+    flags = staging / "chunk_done" / "c"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and running():
+        done = sum(1 for path in flags.rglob("*") if path.is_file() and not path.name.startswith("."))
+        if at_least <= done < below:
+            return done
+        time.sleep(0.05)
+    return None
+
+
 def test_killing_a_worker_mid_inference_does_not_fail_the_run(
     big_store_and_model, tmp_path, external_cluster
 ):
@@ -181,35 +189,18 @@ def test_killing_a_worker_mid_inference_does_not_fail_the_run(
     address, workers = external_cluster
     labels = tmp_path / "labels.zarr"
     staging = tmp_path / ".labels.zarr.partial"
-    outcome: dict = {}
 
     def run() -> None:
-        try:
-            with connect(address) as client:
-                outcome["info"] = predict_store(
-                    str(store), str(model), str(labels), client=client, show_progress=False
-                )
-        except BaseException as error:  # reported below
-            outcome["error"] = error
+        with connect(address) as client:
+            predict_store(str(store), str(model), str(labels), client=client, show_progress=False)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 300
-    killed_at = None
-    while time.monotonic() < deadline and thread.is_alive():
-        if staging.exists():
-            try:
-                done = int(chunks_done(str(staging)).sum())
-            except Exception:
-                done = 0
-            if 20 <= done < 150:
-                workers[0].send_signal(signal.SIGKILL)
-                killed_at = done
-                break
-        time.sleep(0.05)
-    thread.join(timeout=300)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        prediction = pool.submit(run)
+        killed_at = _wait_for_chunks(staging, lambda: not prediction.done(), at_least=20, below=150)
+        if killed_at is not None:
+            workers[0].send_signal(signal.SIGKILL)
+        prediction.result(timeout=300)  # the run's own error, if it failed
     assert killed_at is not None, "inference finished before a worker could be killed"
-    assert "error" not in outcome, outcome.get("error")
     assert workers[0].wait(timeout=10) == -signal.SIGKILL
     np.testing.assert_array_equal(labels_of(labels), labels_of(reference))
 
@@ -235,21 +226,11 @@ def test_interrupted_run_recomputes_only_missing_chunks(big_store_and_model, tmp
     first = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    done_at_kill = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and first.poll() is None:
-        if staging.exists():
-            try:
-                done = int(chunks_done(str(staging)).sum())
-            except Exception:
-                done = 0
-            if 30 <= done < 150:
-                os.killpg(first.pid, signal.SIGKILL)  # the flow process and its local cluster
-                first.wait(timeout=30)
-                done_at_kill = int(chunks_done(str(staging)).sum())
-                break
-        time.sleep(0.05)
-    assert done_at_kill is not None, "the run finished before it could be interrupted"
+    if _wait_for_chunks(staging, lambda: first.poll() is None, at_least=30, below=150) is None:
+        pytest.fail("the run finished before it could be interrupted")
+    os.killpg(first.pid, signal.SIGKILL)  # the flow process and its local cluster
+    first.wait(timeout=30)
+    done_at_kill = int(chunks_done(str(staging)).sum())
     assert not labels.exists() and staging.exists()
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

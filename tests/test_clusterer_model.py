@@ -96,7 +96,7 @@ def test_channel_attention_runs_just_before_the_final_1x1_convolution() -> None:
 
 
 def identity_channel_attention(channels: int) -> ChannelAttention:
-    """Attention whose MLP is identity -> ReLU -> identity, so its weights are sigmoid(relu(avg) + relu(max))."""
+    """Attention whose MLP is identity -> ReLU -> identity: weights sigmoid(relu(avg) + relu(max))."""
     attention = ChannelAttention(channels, reduction=1)
     with torch.no_grad():
         for linear in (attention.shared_mlp[0], attention.shared_mlp[2]):

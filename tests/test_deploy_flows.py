@@ -91,7 +91,7 @@ def test_unresolved_deploy_time_variables_are_refused():
     with pytest.raises(ConfigurationError, match="EOSEG_SCENES_PREFIX was not set"):
         configured("{{ $EOSEG_SCENES_PREFIX }}", "scenes_prefix")
     # `prefect deploy` turns an unset {{ $EOSEG_OUTPUT_PREFIX }} into "": the error names the variable.
-    with pytest.raises(ConfigurationError, match="output_prefix is empty.*set EOSEG_OUTPUT_PREFIX"):
+    with pytest.raises(ConfigurationError, match=r"output_prefix is empty.*set EOSEG_OUTPUT_PREFIX"):
         configured("", "output_prefix", required=True)
     with pytest.raises(ConfigurationError, match=r"model_uri is empty.*-p model_uri="):
         configured(None, "model_uri", required=True)
@@ -101,7 +101,7 @@ def test_training_per_scene_is_an_explicit_choice_never_an_empty_value():
     assert weights_choice("train") is None
     assert weights_choice(" s3://bucket/models/v1.pt ") == "s3://bucket/models/v1.pt"
     for empty in ("", "  ", None):
-        with pytest.raises(ConfigurationError, match="weights_uri is empty.*EOSEG_WEIGHTS_URI.*'train'"):
+        with pytest.raises(ConfigurationError, match=r"weights_uri is empty.*EOSEG_WEIGHTS_URI.*'train'"):
             weights_choice(empty)
 
 
@@ -165,9 +165,11 @@ def test_credentials_from_a_secret_block_last_only_for_the_run():
         assert os.environ["AWS_SECRET_ACCESS_KEY"] == "block-secret-value"
     assert {key: os.environ.get(key) for key in before} == before
     Secret(value=json.dumps({"password": "x"})).save("eoseg-test-not-s3", overwrite=True)
-    with pytest.raises(ConfigurationError, match="aws_secret_access_key"):
-        with s3_credentials("eoseg-test-not-s3"):
-            pass
+    with (
+        pytest.raises(ConfigurationError, match="aws_secret_access_key"),
+        s3_credentials("eoseg-test-not-s3"),
+    ):
+        pass
 
 
 def test_eoseg_lines_reach_the_run_logs_once_whatever_the_environment(monkeypatch):

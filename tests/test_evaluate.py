@@ -1,15 +1,16 @@
-"""Tests of eoseg.evaluate.scores on hand-made rasters with hand-computed answers, and on the SpaceNet mask."""
+"""eoseg.evaluate.scores on hand-made rasters with hand-computed answers, and on the SpaceNet mask."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
+from conftest import SPACENET_CRS, SPACENET_TRANSFORM
+from conftest import write_geotiff as write_raster
 
 from eoseg.evaluate import scores as evaluate
 from eoseg.evaluate.scores import (
@@ -21,41 +22,18 @@ from eoseg.evaluate.scores import (
     score,
 )
 
-CRS = "EPSG:32616"
 # The SpaceNet mask and PNG references carry no georeferencing; they are compared pixel for pixel.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
-TRANSFORM = Affine(0.5, 0.0, 733601.0, 0.0, -0.5, 3725139.0)  # SpaceNet sample's grid
-
-
-def shared_data_dir() -> Path:
-    """The shared data folder: ``$EOSEG_SHARED_DATA``, else ``../shared/data`` next to the repository."""
-    override = os.environ.get("EOSEG_SHARED_DATA")
-    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
-def spacenet_mask_path() -> Path:
-    path = shared_data_dir() / "spacenet" / "sample_fp_mask.tif"
-    if not path.exists():
-        pytest.skip(f"SpaceNet sample not found at {path}; set EOSEG_SHARED_DATA to the shared data folder")
-    return path
+def spacenet_mask_path(spacenet_dir: Path) -> Path:
+    return spacenet_dir / "sample_fp_mask.tif"
 
 
 def write_geotiff(path: Path, array: np.ndarray, *, nodata: int | None = None) -> str:
-    profile = {
-        "driver": "GTiff",
-        "height": array.shape[0],
-        "width": array.shape[1],
-        "count": 1,
-        "dtype": array.dtype.name,
-        "crs": CRS,
-        "transform": TRANSFORM,
-        "nodata": nodata,
-    }
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(array, 1)
-    return str(path)
+    """A one-band GeoTIFF on the SpaceNet sample's grid."""
+    return str(write_raster(path, array, crs=SPACENET_CRS, transform=SPACENET_TRANSFORM, nodata=nodata))
 
 
 def write_png(path: Path, array: np.ndarray) -> str:
@@ -275,7 +253,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     reference_path = write_geotiff(tmp_path / "reference.tif", TWO_CLASSES)
     missing = tmp_path / "no_such_prediction.tif"
 
-    with pytest.raises(FileNotFoundError, match="no_such_prediction.tif"):
+    with pytest.raises(FileNotFoundError, match=re.escape("no_such_prediction.tif")):
         evaluate_label_map(missing, reference_path)
 
 

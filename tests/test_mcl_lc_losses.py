@@ -137,7 +137,9 @@ def test_loss_switches_turn_terms_off_and_total_is_their_sum(view_batch: dict[st
                     (full.semantic if semantic else 0.0),
                     (full.local_consistency if local else 0.0),
                 ]
-                for got, want in zip((part.feature, part.semantic, part.local_consistency), expected_terms):
+                for got, want in zip(
+                    (part.feature, part.semantic, part.local_consistency), expected_terms, strict=True
+                ):
                     assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
                 expected_total = sum(float(t) for t in expected_terms)
                 assert part.total.item() == pytest.approx(expected_total, rel=1e-5, abs=1e-6)

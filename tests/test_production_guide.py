@@ -21,7 +21,14 @@ With the guide's server still up, the tests then check through the Prefect API w
 - the train-model run's logs hold eoseg's own stage, progress and loss lines, and task runs are named
   after stage and scene;
 - a run whose required setting is empty refuses to start and names the variable;
-- the artifacts show the quick-looks through a presigned link a browser can open.
+- the artifacts show the quick-looks through a presigned link a browser can open;
+- the server holds the deployments, schedule, trigger, concurrency limits and work pools that
+  ``deployments/prefect.yaml`` and ``deployments.work_pools`` declare;
+- reprocessing maps only what is new: the run by hand mapped the two uploaded scenes, a later scene was
+  mapped alone while the others were left up to date (their maps not rewritten), and one more run maps
+  nothing and says so; every map has its quick-look and a STAC item, listed in ``catalog.json``;
+- no S3 credential appears in any run's logs, parameters or artifacts, the deployments, or the worker's
+  output.
 
 The transcript (every command and what it printed) is written to ``guide-transcript.txt`` in the
 test's temporary folder and its tail is printed.
@@ -29,7 +36,9 @@ test's temporary folder and its tail is printed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
 import re
 import signal
@@ -41,6 +50,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO_ROOT, S3_ENV, SHARED_DATA
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -48,6 +58,13 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow]
 GUIDE = REPO_ROOT / "docs" / "production.md"
 LOCAL_PATH_END = "## 8. "  # sections 8-10 need a Dask cluster, Docker or Kubernetes
 REPROCESS = "reprocess-new-acquisitions/reprocess-new-acquisitions"
+PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
+# What the guide's commands name (sections 4-7): the bucket's prefixes, the checkpoint, the scenes in the
+# order they are uploaded (two by hand, one announced by an event, one through the relay).
+SCENES_PREFIX = "s3://acme-eoseg/incoming"
+MAPS_PREFIX = "s3://acme-eoseg/maps"
+MODEL_URI = "s3://acme-eoseg/models/naip-v1.pt"
+SCENES = [f"m_4709963_se_14_1_{date}" for date in ("20090818", "20100629", "20200831", "20120731")]
 TINY_TRAINING = (
     '\'training={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32, "max_patches": 8}\''
 )
@@ -186,10 +203,8 @@ def _stop(pids_file: Path) -> None:
                 break
             time.sleep(0.5)
         else:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +296,50 @@ def test_guide_runs_as_written(guide):
     after_redeploy = transcript.split("$ prefect deploy --prefect-file deployments/prefect.yaml --name")[1]
     listing = after_redeploy.split("$ prefect deployment schedule resume")[0]
     assert re.search(r"cron: 15 \* \* \* \*.*False", listing), listing
+
+
+def test_server_holds_the_deployments_prefect_yaml_declares(guide):
+    """What `prefect deploy --all` and `python -m deployments.work_pools` made, read back from the server."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.work_pools import GPU_CONCURRENCY_LIMIT
+    from tasks.model_stages import GPU_CONCURRENCY_LIMIT as acquired_by_gpu_stages
+
+    declared = {d["name"]: d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
+    assert {"city-run", "reprocess-new-acquisitions", "train-model"} <= set(declared)
+    with get_client(sync_client=True) as client:
+        for name, entry in declared.items():
+            flow_name = entry["entrypoint"].split(":")[1].removesuffix("_flow").replace("_", "-")
+            deployment = client.read_deployment_by_name(f"{flow_name}/{name}")
+            assert deployment.work_pool_name == entry["work_pool"]["name"]
+
+        reprocess = client.read_deployment_by_name(REPROCESS)
+        (declared_schedule,) = declared["reprocess-new-acquisitions"]["schedules"]
+        (schedule,) = reprocess.schedules
+        assert schedule.schedule.cron == declared_schedule["cron"]
+        assert schedule.schedule.timezone == declared_schedule["timezone"]
+        # A slug and no `active:`: `prefect deploy` updates the schedule in place and keeps a pause.
+        assert "active" not in declared_schedule and schedule.slug == declared_schedule["slug"]
+        assert reprocess.parameters["scenes_prefix"] == SCENES_PREFIX
+        assert reprocess.global_concurrency_limit.limit == 1
+        assert reprocess.concurrency_options.collision_strategy == "ENQUEUE"
+
+        (automation,) = client.read_automations_by_name("eoseg-new-acquisition")
+        assert automation.trigger.expect == {"eoseg.acquisition.created"}
+        assert automation.trigger.match.model_dump()["prefect.resource.id"] == (
+            f"eoseg.acquisition.{SCENES_PREFIX}*"
+        )
+        assert automation.actions[0].deployment_id == reprocess.id
+
+        gpu_pool = client.read_work_pool("eoseg-kubernetes")
+        template = gpu_pool.base_job_template
+        container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
+        assert template["variables"]["properties"]["gpu_limit"]["default"] == 1
+        assert client.read_work_pool("eoseg-docker").type == "docker"
+        assert client.read_work_pool("eoseg-process").type == "process"
+        assert acquired_by_gpu_stages == GPU_CONCURRENCY_LIMIT
+        assert client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT).limit == 1
 
 
 def test_scheduler_creates_runs_and_a_worker_completes_one(guide):
@@ -428,3 +487,95 @@ def test_a_run_with_an_empty_setting_refuses_and_names_it(guide):
     # (each copy of the traceback has one frame line "in weights_choice").
     assert worker_log.count(", in weights_choice") == 1, worker_log[-5000:]
     assert "exited with unexpected exception (ConfigurationError; traceback in the flow run" in worker_log
+
+
+def _artifact_of(client, flow_run_id):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    (artifact,) = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    )
+    return artifact
+
+
+def test_reprocess_maps_only_new_scenes_then_nothing(guide):
+    """The guide's runs mapped each scene once; one more run finds nothing new; the maps are catalogued."""
+    import s3fs
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from eoseg.catalog.stac import item_uri_for_map
+
+    with get_client(sync_client=True) as client:
+        started = [run for run in _flow_runs(client, REPROCESS) if run.state and not run.state.is_scheduled()]
+        runs = [_wait_until_final(client, run.id) for run in started]
+        completed = [run for run in runs if run.state.is_completed() and run.state.message]
+        # The run by hand of section 7 (or an hourly run that fired before it) mapped the two scenes
+        # uploaded in section 4.
+        first = min(
+            (run for run in completed if "2 scene(s) mapped" in run.state.message),
+            key=lambda run: run.start_time,
+        )
+        assert all(f"{scene}.tif" in first.state.message for scene in SCENES[:2]), first.state.message
+        artifact = _artifact_of(client, first.id)
+        assert f"{SCENES[0]}.png" in artifact.data and "676,216" in artifact.data
+        # The scenes that arrived later were mapped by a later run (the event's, the relay's, or an hourly
+        # one that fired meanwhile), which left the maps it found up to date alone.
+        later = [
+            run
+            for run in completed
+            if re.search(r"mapped \(.*\), [1-9]\d* already up to date", run.state.message)
+        ]
+        assert later, [run.state.message for run in completed]
+
+        last = run_deployment(REPROCESS, timeout=600)
+        print("one more run:", last.state.message)
+        assert last.state.is_completed(), last.state.message
+        assert "nothing new" in last.state.message
+        assert "nothing new" in _artifact_of(client, last.id).data
+
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    # Not redone by the later runs (the first scene's map was replaced on purpose by city-run).
+    assert fs.info(f"{MAPS_PREFIX}/{SCENES[1]}.tif")["LastModified"] <= first.end_time
+    catalog = json.loads(fs.cat_file(f"{MAPS_PREFIX}/catalog.json"))
+    assert sorted(link["href"] for link in catalog["links"] if link["rel"] == "item") == sorted(
+        f"./{scene}.item.json" for scene in SCENES
+    )
+    for scene in SCENES:
+        map_uri = f"{MAPS_PREFIX}/{scene}.tif"
+        assert fs.exists(map_uri) and fs.exists(f"{MAPS_PREFIX}/{scene}.png")
+        item = json.loads(fs.cat_file(item_uri_for_map(map_uri)))
+        assert item["properties"]["eoseg:datetime_source"] == "file-name"
+        assert item["properties"]["datetime"].startswith(f"{scene[-8:-4]}-{scene[-4:-2]}-{scene[-2:]}")
+        assert item["properties"]["proj:code"] == "EPSG:26914"
+        assert item["assets"]["map"]["href"] == map_uri
+        assert item["assets"]["model"]["href"] == MODEL_URI
+        assert "thumbnail" in item["assets"]["thumbnail"]["roles"]
+
+
+def test_no_credential_in_logs_parameters_or_artifacts(guide):
+    """Every log line of every run on the server, read back through the API, is free of the S3 credentials."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+        logs = _logs_of(client, [run.id for run in runs])
+        artifacts = client.read_artifacts(limit=200)
+        deployments = client.read_deployments(limit=200)
+    assert len(logs) > 20 and any("scene" in log.message for log in logs)
+    texts = {
+        "logs": "\n".join(log.message for log in logs),
+        "parameters": json.dumps([run.parameters for run in runs], default=str),
+        "artifacts": "\n".join(str(artifact.data) for artifact in artifacts),
+        "deployments": json.dumps([d.model_dump(mode="json") for d in deployments]),
+        "worker output": (guide["logs"] / "worker.log").read_text(errors="replace"),
+    }
+    # The artifacts' quick-look links are presigned URLs, which carry the access key *id* (never the secret)
+    # in their AWSAccessKeyId (SigV2) or X-Amz-Credential (SigV4) field: the only place it may appear.
+    texts["artifacts"] = re.sub(
+        r"(AWSAccessKeyId|X-Amz-Credential)=[^&)\s]+", r"\1=(key id)", texts["artifacts"]
+    )
+    for where, text in texts.items():
+        for secret in (S3_ENV["AWS_SECRET_ACCESS_KEY"], S3_ENV["AWS_ACCESS_KEY_ID"]):
+            assert secret not in text, f"a credential appears in the {where}"

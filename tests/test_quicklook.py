@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
+from conftest import SPACENET_CRS, SPACENET_TRANSFORM
 from PIL import Image
 
 from eoseg.mosaic.colors import NODATA_LABEL, class_color, class_colormap
 from eoseg.mosaic.quicklook import NODATA_RGB, PANEL_GAP, write_quicklook
-
-CRS = "EPSG:32616"
-TRANSFORM = Affine(0.5, 0.0, 733601.0, 0.0, -0.5, 3725139.0)  # SpaceNet sample's grid
-
-
-def shared_data_dir() -> Path:
-    """The shared data folder: ``$EOSEG_SHARED_DATA``, else ``../shared/data`` next to the repository."""
-    override = os.environ.get("EOSEG_SHARED_DATA")
-    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def spacenet_dir() -> Path:
-    folder = shared_data_dir() / "spacenet"
-    if not (folder / "sample_geotiff.tif").exists():
-        pytest.skip(f"SpaceNet sample not found in {folder}; set EOSEG_SHARED_DATA to the shared data folder")
-    return folder
 
 
 @pytest.fixture
@@ -39,7 +23,13 @@ def tiny_scene_and_labels(tmp_path: Path) -> tuple[Path, Path]:
     scene = rng.integers(0, 256, size=(3, 40, 60), dtype=np.uint8)
     labels = np.repeat((np.arange(60) // 15).astype(np.uint8)[None, :], 40, axis=0)
     labels[:5, :5] = NODATA_LABEL
-    common = {"driver": "GTiff", "height": 40, "width": 60, "crs": CRS, "transform": TRANSFORM}
+    common = {
+        "driver": "GTiff",
+        "height": 40,
+        "width": 60,
+        "crs": SPACENET_CRS,
+        "transform": SPACENET_TRANSFORM,
+    }
     scene_path, labels_path = tmp_path / "scene.tif", tmp_path / "labels.tif"
     with rasterio.open(scene_path, "w", count=3, dtype="uint8", **common) as dataset:
         dataset.write(scene)
@@ -116,7 +106,7 @@ def test_existing_quicklook_is_kept_without_overwrite(
 
 def test_missing_scene_is_named(tiny_scene_and_labels: tuple[Path, Path], tmp_path: Path) -> None:
     _, labels_path = tiny_scene_and_labels
-    with pytest.raises(FileNotFoundError, match="no_such_scene.tif"):
+    with pytest.raises(FileNotFoundError, match=re.escape("no_such_scene.tif")):
         write_quicklook(tmp_path / "no_such_scene.tif", labels_path, tmp_path / "quicklook.png")
 
 

@@ -47,13 +47,13 @@ def test_truncated_upload_on_s3_is_refused_and_leaves_nothing(s3_bucket, shared_
     with fs.open(scene_uri, "wb") as handle:
         handle.write(data[: len(data) // 2])
     store_uri = f"{s3_bucket}/stores/naip.zarr"
-    with pytest.raises(CorruptSceneError, match="s3://.*naip.tif"):
+    with pytest.raises(CorruptSceneError, match=r"s3://.*naip\.tif"):
         tile_scene(scene_uri, store_uri, chunk_size=256, show_progress=False)
     fs.invalidate_cache()
     assert not fs.exists(store_uri)
 
 
 def test_missing_s3_object(s3_bucket, tmp_path):
-    with pytest.raises(SceneNotFoundError, match="s3://.*/nothing-here.tif: scene not found"):
+    with pytest.raises(SceneNotFoundError, match=r"s3://.*/nothing-here\.tif: scene not found"):
         tile_scene(f"{s3_bucket}/nothing-here.tif", str(tmp_path / "x.zarr"), show_progress=False)
     assert not (tmp_path / "x.zarr").exists()

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
-from conftest import REAL_SCENES, SHARED_DATA
+from conftest import REAL_SCENES, SHARED_DATA, open_map_on_scene_grid
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
@@ -28,14 +27,7 @@ def test_segment_spacenet_end_to_end_with_scores(tmp_path, dask_address, shared_
         reference_uri=str(SHARED_DATA / "spacenet" / "geotiff_labels.geojson"),
         tile=TileOptions(chunk_size=512), training=SMALL_TRAINING, cluster=ClusterSpec(address=dask_address),
     )  # fmt: skip
-    assert cog_validate(str(map_path), quiet=True) == (True, [], [])
-    with rasterio.open(REAL_SCENES["spacenet"]) as src, rasterio.open(map_path) as out:
-        assert (out.crs, out.transform, out.width, out.height) == (
-            src.crs,
-            src.transform,
-            src.width,
-            src.height,
-        )
+    with open_map_on_scene_grid(map_path, REAL_SCENES["spacenet"]) as out:
         labels = out.read(1)
         assert labels.dtype == np.uint8 and labels.max() < 8
     assert result["model"] == str(tmp_path / "spacenet_map.model.pt")

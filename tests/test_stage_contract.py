@@ -1,9 +1,17 @@
-"""Every chunked stage (tile, predict, mosaic) keeps one contract, through the CLI, locally and on S3.
+"""Every chunked stage (tile, predict, mosaic) keeps one contract, locally and on S3.
 
-For each stage and each place (a local path, the loopback S3 endpoint): an ``eoseg`` process is killed
-with SIGKILL once some chunks are flagged done; the same command run again computes only the missing
-chunks (its log says how many) and produces exactly what an uninterrupted run produces; run once more it
-is refused with one line and exit code 2 naming ``--overwrite``; with ``--overwrite`` it starts over.
+For each stage and each place (a local path, the loopback S3 endpoint) a run is interrupted once some
+chunks are flagged done; the same run again computes only the missing chunks (its log says how many) and
+produces exactly what an uninterrupted run produces; run once more it is refused, naming ``--overwrite``;
+with ``--overwrite`` it starts over.
+
+Two cases do this through the CLI with a real SIGKILL of the ``eoseg`` process and its local cluster
+(slow): ``tile`` on S3 (a store staged at the target itself) and ``mosaic`` locally (a file staged as
+pieces); they also prove the CLI's refusal (one line, exit code 2). The other four stage x place
+combinations are interrupted in this process (the stage stops after some chunks, leaving what a killed
+run leaves) and resumed, refused and overwritten through the stage functions: the same lifecycle code,
+without starting a process and a cluster four times per case. (``predict`` killed through the CLI, locally,
+is also tested in tests/test_cluster_scale.py.)
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from conftest import REAL_SCENES, write_geotiff
+from conftest import REAL_SCENES, train_tiny_clusterer, write_geotiff
 from rio_cogeo.cogeo import cog_validate
 
 from eoseg.errors import IncompleteStoreError
@@ -33,21 +41,19 @@ from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done, file_staging_dir, store_staging_uri
 from eoseg.tile.stage import tile_scene
-from eoseg.train.stage import train_on_stores
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 EOSEG = str(Path(sys.executable).parent / "eoseg")
 CHUNK = 16  # small chunks: many of them, so that a kill lands half way
 SIZE = 256  # 16 x 16 = 256 chunks
+SMALL_SIZE = 96  # 6 x 6 = 36 chunks
 PROGRESS = re.compile(r"(tile|predict|mosaic): (\d+) of (\d+) chunks to compute \((\d+) done\)")
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, shared_data) -> dict[str, str]:
-    """A real NAIP crop, its store, a tiny trained clusterer and its label store (all local)."""
-    folder = tmp_path_factory.mktemp("contract")
+def _prepare_inputs(folder: Path, size: int) -> dict[str, str]:
+    """A ``size``-pixel square crop of a real NAIP scene, its store, a tiny clusterer, its label store."""
     with rasterio.open(REAL_SCENES["naip"]) as naip:
-        pixels = naip.read(window=((0, SIZE), (0, SIZE)))
+        pixels = naip.read(window=((0, size), (0, size)))
         transform, crs = naip.transform, naip.crs
     scene = write_geotiff(
         folder / "naip_crop.tif",
@@ -62,13 +68,7 @@ def inputs(tmp_path_factory, shared_data) -> dict[str, str]:
     store = folder / "naip_crop.zarr"
     tile_scene(str(scene), str(store), chunk_size=CHUNK, show_progress=False)
     model = folder / "model.pt"
-    train_on_stores(
-        "clusterer",
-        [str(store)],
-        str(model),
-        params={"epochs": 1, "iterations": 2, "batch_size": 4, "patch_size": 32},
-        max_patches=8,
-    )
+    train_tiny_clusterer(store, model)
     labels = folder / "labels.zarr"
     predict_store(str(store), str(model), str(labels), show_progress=False)
     return {
@@ -77,7 +77,20 @@ def inputs(tmp_path_factory, shared_data) -> dict[str, str]:
         "model": str(model),
         "labels": str(labels),
         "folder": str(folder),
+        "chunks": str((size // CHUNK) ** 2),
     }
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared_data) -> dict[str, str]:
+    """Many chunks (256), so that a SIGKILL lands half way through a real run."""
+    return _prepare_inputs(tmp_path_factory.mktemp("contract"), SIZE)
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory, shared_data) -> dict[str, str]:
+    """Few chunks (36), for the interruptions in this process: each stage runs three times per case."""
+    return _prepare_inputs(tmp_path_factory.mktemp("contract-small"), SMALL_SIZE)
 
 
 def _store_contents(uri: str) -> dict[str, Any]:
@@ -96,7 +109,7 @@ def _cog_contents(uri: str) -> dict[str, Any]:
             tags = {k: v for k, v in cog.tags().items() if k != "EOSEG_CREATED"}
             return {
                 "data": cog.read(),
-                "profile": {k: v for k, v in cog.profile.items()},
+                "profile": dict(cog.profile),
                 "tags": tags,
                 "colormap": cog.colormap(1),
                 "overviews": cog.overviews(1),
@@ -122,39 +135,75 @@ def _count_files(uri: str, under: str) -> int:
 
 @dataclass(frozen=True)
 class StageCase:
-    """How to run one stage through the CLI, where its progress shows, and what its output holds."""
+    """How to run one stage through the CLI and in this process, where its progress shows, what it holds."""
 
     name: str
     suffix: str
     command: Callable[[dict[str, str], str], list[str]]
-    reference: Callable[[dict[str, str], str], None]
+    run: Callable[[dict[str, str], str, bool], object]  # (inputs, target, overwrite): the stage function
     contents: Callable[[str], dict[str, Any]]
     progress: Callable[[str], int]  # chunks done so far, from the staging output of a target
 
 
-STAGES = [
-    StageCase(
-        "tile", ".zarr",
+STAGES = {
+    "tile": StageCase(
+        "tile",
+        ".zarr",
         lambda i, out: ["tile", i["scene"], "--out", out, "--chunk-size", str(CHUNK)],
-        lambda i, out: tile_scene(i["scene"], out, chunk_size=CHUNK, show_progress=False) and None,
+        lambda i, out, overwrite: tile_scene(
+            i["scene"], out, chunk_size=CHUNK, overwrite=overwrite, show_progress=False
+        ),
         _store_contents,
         lambda out: _count_files(store_staging_uri(out), "chunk_done/c"),
     ),
-    StageCase(
-        "predict", ".zarr",
+    "predict": StageCase(
+        "predict",
+        ".zarr",
         lambda i, out: ["predict", i["store"], "--model", i["model"], "--out", out],
-        lambda i, out: predict_store(i["store"], i["model"], out, show_progress=False) and None,
+        lambda i, out, overwrite: predict_store(
+            i["store"], i["model"], out, overwrite=overwrite, show_progress=False
+        ),
         _store_contents,
         lambda out: _count_files(store_staging_uri(out), "chunk_done/c"),
     ),
-    StageCase(
-        "mosaic", ".tif",
+    "mosaic": StageCase(
+        "mosaic",
+        ".tif",
         lambda i, out: ["mosaic", i["labels"], "--out", out],
-        lambda i, out: mosaic_to_cog(i["labels"], out, show_progress=False) and None,
+        lambda i, out, overwrite: mosaic_to_cog(i["labels"], out, overwrite=overwrite, show_progress=False),
         _cog_contents,
         lambda out: _count_files(file_staging_dir(storage.normalise_uri(out)), "pieces"),
     ),
-]  # fmt: skip
+}
+# (stage, place) interrupted by a real SIGKILL through the CLI; the others are interrupted in this process.
+KILLED_THROUGH_THE_CLI = [("tile", "s3"), ("mosaic", "local")]
+INTERRUPTED_IN_PROCESS = [
+    (stage, where)
+    for stage in STAGES
+    for where in ("local", "s3")
+    if (stage, where) not in KILLED_THROUGH_THE_CLI
+]
+
+
+def _target(stage: StageCase, where: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if where == "s3":
+        return f"{request.getfixturevalue('s3_bucket')}/x{stage.suffix}"
+    return str(tmp_path / f"x{stage.suffix}")
+
+
+def _expected(stage: StageCase, inputs: dict[str, str]) -> dict[str, Any]:
+    """What an uninterrupted run of the stage produces (computed once per module)."""
+    reference = str(Path(inputs["folder"]) / f"reference-{stage.name}{stage.suffix}")
+    if not Path(reference).exists():
+        stage.run(inputs, reference, False)
+    return stage.contents(reference)
+
+
+def _refusal(out: str) -> str:
+    return (
+        f"{storage.normalise_uri(out)}: output already exists. Pass --overwrite (flow "
+        "parameter overwrite=True) to replace it."
+    )
 
 
 def _environment() -> dict[str, str]:
@@ -175,7 +224,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _kill_half_way(args: list[str], progress: Callable[[], int], total: int, *, poll_s: float) -> int:
-    """Start ``eoseg ARGS``, SIGKILL it (and its local cluster) once some chunks are done; returns how many."""
+    """Start ``eoseg ARGS``; SIGKILL it and its local cluster once some chunks are done; returns how many."""
     process = subprocess.Popen(
         [EOSEG, "--workers", "2", *args],
         env=_environment(),
@@ -222,19 +271,14 @@ def _assert_same(actual: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["local", "s3"])
-@pytest.mark.parametrize("stage", STAGES, ids=[case.name for case in STAGES])
-def test_stage_resumes_refuses_and_overwrites_through_the_cli(stage, where, inputs, request, tmp_path):
-    if where == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        out = f"{bucket}/x{stage.suffix}"
-    else:
-        out = str(tmp_path / f"x{stage.suffix}")
-    reference = str(Path(inputs["folder"]) / f"reference-{stage.name}{stage.suffix}")
-    if not Path(reference).exists():
-        stage.reference(inputs, reference)
-    expected = stage.contents(reference)
-    total = (SIZE // CHUNK) ** 2
+@pytest.mark.parametrize(("stage_name", "where"), KILLED_THROUGH_THE_CLI)
+def test_stage_killed_resumes_refuses_and_overwrites_through_the_cli(
+    stage_name, where, inputs, request, tmp_path
+):
+    stage = STAGES[stage_name]
+    out = _target(stage, where, request, tmp_path)
+    expected = _expected(stage, inputs)
+    total = int(inputs["chunks"])
 
     # killed half way, then run again: only the missing chunks are computed, output as if never stopped
     done_at_kill = _kill_half_way(
@@ -264,16 +308,63 @@ def test_stage_resumes_refuses_and_overwrites_through_the_cli(stage, where, inpu
         for line in re.sub(r"\x1b\[[0-9;]*m", "", refused.stderr).splitlines()
         if line.startswith("error: ")
     ]
-    expected_error = (
-        f"error: {storage.normalise_uri(out)}: output already exists. Pass --overwrite (flow "
-        "parameter overwrite=True) to replace it."
-    )
-    assert errors == [expected_error], refused.stderr[-3000:]
+    assert errors == [f"error: {_refusal(out)}"], refused.stderr[-3000:]
 
     # --overwrite starts over and gives the same output again
     again = _run([*stage.command(inputs, out), "--overwrite"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{stage.name}: {total} of {total} chunks to compute (0 done)" in again.stdout + again.stderr
+    _assert_same(stage.contents(out), expected)
+
+
+class _Killed(Exception):
+    """Stands for SIGKILL in this process: not an eoseg error, so no stage discards its partial output."""
+
+
+def _interrupt(stage: StageCase, inputs: dict[str, str], out: str, *, chunks: int) -> None:
+    """Run the stage in this process and stop it once ``chunks`` chunks are written and flagged done."""
+    from eoseg.compute import stage as contract
+
+    run_chunks = contract.map_chunks
+
+    def first_chunks_then_killed(function: Callable[..., Any], items: Any, **options: Any) -> Any:
+        if options.get("label") != stage.name:  # e.g. predict's scene-wide context pass runs whole
+            return run_chunks(function, items, **options)
+        run_chunks(function, list(items)[:chunks], **options)
+        raise _Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contract, "map_chunks", first_chunks_then_killed)
+        with pytest.raises(_Killed):
+            stage.run(inputs, out, False)
+
+
+@pytest.mark.parametrize(("stage_name", "where"), INTERRUPTED_IN_PROCESS)
+def test_stage_interrupted_resumes_refuses_and_overwrites(stage_name, where, small_inputs, request, tmp_path):
+    from eoseg.errors import OutputExistsError
+
+    stage = STAGES[stage_name]
+    out = _target(stage, where, request, tmp_path)
+    expected = _expected(stage, small_inputs)
+    total = int(small_inputs["chunks"])
+    done_at_kill = total // 3
+
+    _interrupt(stage, small_inputs, out, chunks=done_at_kill)
+    assert stage.progress(out) == done_at_kill
+    assert not _looks_finished(out), "an interrupted output must not look finished"
+    with _Messages() as messages:
+        stage.run(small_inputs, out, False)
+    assert f"{stage.name}: {total - done_at_kill} of {total} chunks to compute ({done_at_kill} done)" in (
+        messages
+    )
+    _assert_same(stage.contents(out), expected)
+
+    with pytest.raises(OutputExistsError, match=re.escape(_refusal(out))):
+        stage.run(small_inputs, out, False)
+
+    with _Messages() as messages:
+        stage.run(small_inputs, out, True)
+    assert f"{stage.name}: {total} of {total} chunks to compute (0 done)" in messages
     _assert_same(stage.contents(out), expected)
 
 
@@ -301,7 +392,7 @@ class _Messages(logging.Handler):
 
 
 def _interrupted_tile(scene: str, target: str, chunk_size: int, chunks: int) -> int:
-    """An unfinished store as a killed run leaves it: ``chunks`` chunks written and flagged; returns the total."""
+    """A store as a killed run leaves it: ``chunks`` chunks written and flagged; returns the total."""
     from eoseg.scene.inspect import inspect_scene
     from eoseg.store.lifecycle import open_store_output
     from eoseg.tile.stage import TileChunkJob, _store_info_for, tile_chunk

@@ -54,8 +54,29 @@ def test_every_family_has_a_train_command_with_its_documented_options():
 
 def test_train_clusterer_through_the_cli(store, tmp_path, dask_address):
     out = tmp_path / "model.pt"
-    args = ["--cluster", dask_address, "train", "clusterer", store, "--out", str(out), "--k", "3", "--epochs", "1",
-            "--iterations", "1", "--patch-size", "32", "--batch-size", "2", "--max-patches", "4", "--device", "cpu"]  # fmt: skip
+    args = [
+        "--cluster",
+        dask_address,
+        "train",
+        "clusterer",
+        store,
+        "--out",
+        str(out),
+        "--k",
+        "3",
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-patches",
+        "4",
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "clusterer: trained 1/1 epochs on 4 patches" in _plain(result.output)
@@ -67,7 +88,9 @@ def test_train_clusterer_through_the_cli(store, tmp_path, dask_address):
 def test_out_of_range_options_are_refused_before_any_work(store, tmp_path):
     result = runner.invoke(app, ["train", "clusterer", store, "--out", str(tmp_path / "m.pt"), "--k", "1"])
     assert result.exit_code == 2
-    result = runner.invoke(app, ["train", "mcl-lc", store, "--out", str(tmp_path / "m.pt"), "--roi-size", "64",
-                                 "--patch-size", "32"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["train", "mcl-lc", store, "--out", str(tmp_path / "m.pt"), "--roi-size", "64", "--patch-size", "32"],
+    )
     assert result.exit_code == 2 and "roi_size 64 must not exceed patch_size 32" in _plain(result.output)
     assert not (tmp_path / "m.pt").exists()
