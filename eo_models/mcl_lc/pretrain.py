@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from eo_models import training as skeleton
 from eo_models.mcl_lc.augment import make_view_pair
 from eo_models.mcl_lc.deeplabv3plus import DEFAULT_ASPP_RATES
 from eo_models.mcl_lc.model import MclLcLosses, MclLcModel, PretrainParams, plain_dict
@@ -22,15 +23,7 @@ from eo_models.mcl_lc.resnet import load_resnet50_weights
 from eo_models.mcl_lc.rois import sample_matched_rois
 from eo_models.mcl_lc.schedule import SeededEpochs, restore_optimisation
 from eo_models.predict import resolve_device
-from eo_models.training import (
-    PatchSource,
-    Progress,
-    assemble_checkpoint,
-    check_band_statistics,
-    fit,
-    read_batch,
-    seeded,
-)
+from eo_models.training import PatchSource, Progress
 
 __all__ = ["FAMILY", "PRETRAIN_METRICS", "PretrainProgress", "pretrain_mcl_lc", "pretrain_step"]
 
@@ -116,7 +109,7 @@ class _PretrainSteps(SeededEpochs):
         self.patches, self.model, self.band_mean, self.band_std = patches, model, band_mean, band_std
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
-        batch = read_batch(
+        batch = skeleton.read_batch(
             self.patches, indices, in_channels=self.in_channels, patch_size=self.params.patch_size
         )
         losses = pretrain_step(
@@ -172,14 +165,14 @@ def pretrain_mcl_lc(
         ValueError: On inconsistent inputs (band statistics, shapes, too few patches, bad resume).
         FloatingPointError: If a loss becomes NaN or infinite.
     """
-    check_band_statistics(in_channels, band_mean, band_std)
+    skeleton.check_band_statistics(in_channels, band_mean, band_std)
     num_patches = len(patches)
     if num_patches < 2:
         raise ValueError(f"pre-training needs at least 2 patches (contrastive negatives), got {num_patches}")
     last_epoch = params.epochs if stop_after_epoch is None else min(stop_after_epoch, params.epochs)
     device = resolve_device(params.device)
     history: dict[str, list[float]] = {key: [] for key in PRETRAIN_METRICS}
-    with seeded(params.seed, device):
+    with skeleton.seeded(params.seed, device):
         model = MclLcModel(
             in_channels=in_channels,
             projection_dim=params.projection_dim,
@@ -208,7 +201,7 @@ def pretrain_mcl_lc(
                 resume_from["extra"], plan.optimizer, plan.scheduler, plan.total_steps
             )
             history = {key: list(values) for key, values in resume_from["history"].items()}
-        fit(
+        skeleton.fit(
             plan,
             epochs=params.epochs,
             start_epoch=start_epoch,
@@ -225,7 +218,7 @@ def pretrain_mcl_lc(
         "aspp_dropout": params.aspp_dropout,
         "output_stride": 16,
     }
-    return assemble_checkpoint(
+    return skeleton.assemble_checkpoint(
         family=FAMILY,
         model_config=model_config,
         band_mean=band_mean,
