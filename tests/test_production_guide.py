@@ -267,6 +267,21 @@ def _wait_until_final(client, flow_run_id, timeout: float = 600):
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout} s (state {run.state})")
 
 
+def _finished_reprocess_runs(client) -> list:
+    """Every reprocessing run by hand, by the event or by the relay, waited for until final.
+
+    A run that waits for the deployment's concurrency slot (collision strategy ENQUEUE) is in a
+    Scheduled-type state for a while and must be waited for, not skipped. Hourly runs count only once they
+    have started.
+    """
+    started = [
+        run
+        for run in _flow_runs(client, REPROCESS)
+        if run.state and (not run.auto_scheduled or not run.state.is_scheduled())
+    ]
+    return [_wait_until_final(client, run.id) for run in started]
+
+
 def _logs_of(client, flow_run_ids) -> list:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -434,15 +449,7 @@ def test_event_relay_and_city_run_mapped_their_scenes(guide):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        # Runs by hand, by the event and by the relay, whatever their state: one that waits for the
-        # deployment's concurrency slot (collision strategy ENQUEUE) is in a Scheduled-type state for a
-        # while and must be waited for, not skipped. Hourly runs count only once they have started.
-        started = [
-            run
-            for run in _flow_runs(client, REPROCESS)
-            if run.state and (not run.auto_scheduled or not run.state.is_scheduled())
-        ]
-        runs = [_wait_until_final(client, run.id) for run in started]
+        runs = _finished_reprocess_runs(client)
         (city,) = _flow_runs(client, "city-run/city-run")
     # By hand, by the event, by the relay: three runs that completed (each maps what is new by then).
     by_hand_or_event = [run for run in runs if not run.auto_scheduled]
@@ -514,15 +521,7 @@ def test_reprocess_maps_only_new_scenes_then_nothing(guide):
     from eoseg.catalog.stac import item_uri_for_map
 
     with get_client(sync_client=True) as client:
-        # Runs by hand, by the event and by the relay, whatever their state: one that waits for the
-        # deployment's concurrency slot (collision strategy ENQUEUE) is in a Scheduled-type state for a
-        # while and must be waited for, not skipped. Hourly runs count only once they have started.
-        started = [
-            run
-            for run in _flow_runs(client, REPROCESS)
-            if run.state and (not run.auto_scheduled or not run.state.is_scheduled())
-        ]
-        runs = [_wait_until_final(client, run.id) for run in started]
+        runs = _finished_reprocess_runs(client)
         completed = [run for run in runs if run.state.is_completed() and run.state.message]
         # The run by hand of section 7 (or an hourly run that fired before it) mapped the two scenes
         # uploaded in section 4.
