@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= eoseg
 export EOSEG_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: install demo test test-fast lint bench clean help
+.PHONY: install demo demo-spacenet test test-fast lint bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,10 +33,17 @@ install: $(VENV)/.installed  ## create .venv and install eoseg with its pinned d
 # The demo's small CPU training configuration (the paper's I=2, J=50 on every patch is for GPU runs):
 DEMO_TRAINING ?= --epochs 1 --iterations 10 --batch-size 8 --patch-size 64 --max-patches 64
 
-demo: install  ## segment the real SpaceNet scene end to end; prints the outputs and scores
+demo: install  ## segment the real LoveDA scene end to end; prints the outputs, per-class scores and a k-means baseline
+	@test -f "$(SHARED_DATA)/loveda/rural_1.tif" || { echo "error: $(SHARED_DATA)/loveda/rural_1.tif not found; set SHARED_DATA=/path/to/shared/data"; exit 2; }
+	$(BIN)/eoseg run "$(SHARED_DATA)/loveda/rural_1.tif" --out "$(OUT)/loveda_map.tif" \
+		--reference "$(SHARED_DATA)/loveda/rural_1.labels.tif" --ignore 0 --class-names loveda --baseline kmeans \
+		--chunk-size 512 $(DEMO_TRAINING) --overwrite
+
+demo-spacenet: install  ## the second example: SpaceNet buildings vs rest (one panchromatic band; a hard case)
 	@test -f "$(SHARED_DATA)/spacenet/sample_geotiff.tif" || { echo "error: $(SHARED_DATA)/spacenet/sample_geotiff.tif not found; set SHARED_DATA=/path/to/shared/data"; exit 2; }
 	$(BIN)/eoseg run "$(SHARED_DATA)/spacenet/sample_geotiff.tif" --out "$(OUT)/spacenet_map.tif" \
-		--reference "$(SHARED_DATA)/spacenet/geotiff_labels.geojson" --chunk-size 512 $(DEMO_TRAINING) --overwrite
+		--reference "$(SHARED_DATA)/spacenet/geotiff_labels.geojson" --class-names spacenet --baseline kmeans \
+		--chunk-size 512 $(DEMO_TRAINING) --overwrite
 
 lint: install  ## ruff (lint and format) and mypy --strict, as .ci/run and pre-commit run them
 	$(BIN)/ruff check .

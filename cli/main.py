@@ -167,10 +167,22 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
+    class_names: Annotated[
+        str | None,
+        typer.Option(
+            help="Names of the reference classes: 'loveda', 'spacenet' or a JSON file {value: name}; "
+            "default: REFERENCE.classes.json if present."
+        ),
+    ] = None,
 ) -> None:
-    """Score a label map against a reference: per-class and mean F1/IoU, overall accuracy, Cohen's kappa."""
+    """Score a label map against a reference: per-class and mean F1/IoU, overall accuracy, Cohen's kappa.
+
+    Per-class rows list their support (reference pixels); when every cluster maps to one class (the
+    mapping collapsed) the text and the JSON say so ("collapsed", "warning").
+    """
     import tempfile
 
+    from eoseg.evaluate.class_names import reference_class_names
     from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
     from eoseg.evaluate.scores import MappingMethod, evaluate_label_map
 
@@ -179,12 +191,13 @@ def evaluate(
     method = cast(MappingMethod, matching)  # one of MappingMethod's values, checked above
 
     try:
+        names = reference_class_names(reference, class_names)
         with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
             if is_vector_reference(reference):  # polygons: burn them onto the map's grid first
                 reference = rasterize_reference(reference, label_map, f"{scratch}/reference.tif")
             report = evaluate_label_map(
                 label_map, reference, ignore_values=tuple(ignore or ()), method=method
-            )
+            ).with_class_names(names)
     except (EosegError, FileNotFoundError, ValueError) as error:
         fail(error)
     typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())
@@ -246,6 +259,24 @@ def run(
     reference: Annotated[
         str | None, typer.Option(help="Reference map (raster, or GeoJSON polygons) to score the result.")
     ] = None,
+    ignore: Annotated[
+        list[int] | None,
+        typer.Option("--ignore", help="Reference value to leave out when scoring (repeatable; LoveDA: 0)."),
+    ] = None,
+    class_names: Annotated[
+        str | None,
+        typer.Option(
+            help="Names of the reference classes: 'loveda', 'spacenet' or a JSON file {value: name}; "
+            "default: REFERENCE.classes.json if present."
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="With --reference: also score a raw-pixel 'kmeans' map (same K, same band statistics) "
+            "and print it beside the model's scores."
+        ),
+    ] = None,
     chunk_size: Annotated[int, typer.Option(min=16, help="Tile store chunk edge in pixels.")] = 1024,
     allow_ungeoreferenced: Annotated[
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
@@ -256,14 +287,18 @@ def run(
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
 
     Outputs beside MAP.tif: MAP.tiles.zarr, MAP.model.pt (the trained checkpoint), MAP.labels.zarr,
-    MAP.png (quick-look) and, with --reference, MAP.scores.json.
+    MAP.png (quick-look) and, with --reference, MAP.scores.json (and with --baseline kmeans,
+    MAP.kmeans.tif and MAP.kmeans.scores.json).
     """
     from eo_models.family import family_names
-    from eoseg.config import TileOptions
+    from eoseg.config import EvaluateOptions, TileOptions
     from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
         fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
+    evaluate_options = checked_options(
+        EvaluateOptions, ignore=list(ignore or []), class_names=class_names, baseline=baseline
+    )
     result = run_flow(
         segment_scene_flow,
         scene,
@@ -273,6 +308,7 @@ def run(
         reference_uri=reference,
         tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
         training=training,
+        evaluate=evaluate_options,
         cluster=cluster_spec(),
         overwrite=overwrite,
     )
@@ -295,12 +331,12 @@ def format_run_summary(result: dict[str, Any]) -> str:
             f"final loss {t['final_loss']:.4f}"
         )
     if result.get("scores"):
+        from eoseg.evaluate.compare import comparison_text
+
         lines.append(f"scores:     {result['scores_file']}")
-        for method, report in result["scores"].items():
-            lines.append(
-                f"  {method:9s} F1 {report['f1']:.3f}  IoU {report['iou']:.3f}  OA {report['oa']:.3f}  "
-                f"kappa {report['kappa']:.3f}"
-            )
+        if result.get("baseline"):
+            lines.append(f"baseline:   {result['baseline']}  (raw-pixel k-means, same K and band statistics)")
+        lines.append(comparison_text(result["scores"], result.get("baseline_scores"), model_name="map"))
     return "\n".join(lines)
 
 

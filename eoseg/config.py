@@ -14,6 +14,7 @@ from eoseg.train.options import TrainingOptions, finetune_options, training_opti
 
 __all__ = [
     "ClustererTrainingOptions",
+    "EvaluateOptions",
     "MclLcFinetuneOptions",
     "MclLcTrainingOptions",
     "MosaicOptions",
@@ -75,3 +76,23 @@ class PredictOptions(_Options):
         "'scene' reduces it over the whole scene in a first pass (tiled output equals whole-scene output), "
         "'tile' pools per tile (one pass, faster).",
     )
+
+
+class EvaluateOptions(_Options):
+    """How a run's map is scored against a reference (``eoseg run --reference``)."""
+
+    ignore: list[int] = Field(
+        default_factory=list,
+        description="Reference values that are not classes (e.g. LoveDA's 0 = no-data); not evaluated.",
+    )
+    class_names: str | None = Field(
+        default=None,
+        description="Names of the reference classes: a built-in table ('loveda', 'spacenet') or a JSON file "
+        "{value: name}; empty: REFERENCE.classes.json beside the reference, if any.",
+    )
+    baseline: Literal["kmeans"] | None = Field(
+        default=None,
+        description="Also map the scene with raw-pixel k-means (same K and band statistics as the model) "
+        "and score that map the same way, as MAP.kmeans.tif and MAP.kmeans.scores.json.",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the baseline's pixel sample and k-means.")

@@ -18,6 +18,8 @@ class RunOutputs:
         model: the checkpoint trained by the run, ``MAP.model.pt``.
         quicklook: scene and map side by side, ``MAP.png``.
         scores: evaluation against a reference, ``MAP.scores.json``.
+        baseline: the raw-pixel k-means baseline map (``--baseline kmeans``), ``MAP.kmeans.tif``.
+        baseline_scores: its evaluation, ``MAP.kmeans.scores.json``.
     """
 
     cog: str
@@ -26,6 +28,8 @@ class RunOutputs:
     model: str
     quicklook: str
     scores: str
+    baseline: str
+    baseline_scores: str
 
     @classmethod
     def for_map(cls, cog_uri: str) -> RunOutputs:
@@ -39,4 +43,6 @@ class RunOutputs:
             model=f"{stem}.model.pt",
             quicklook=f"{stem}.png",
             scores=f"{stem}.scores.json",
+            baseline=f"{stem}.kmeans.tif",
+            baseline_scores=f"{stem}.kmeans.scores.json",
         )

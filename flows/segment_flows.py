@@ -11,12 +11,12 @@ from prefect import flow, get_run_logger
 
 from eo_models.family import family_names, get_family
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
-from eoseg.config import MosaicOptions, PredictOptions, TileOptions
+from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from eoseg.outputs import RunOutputs
 from eoseg.store.lifecycle import check_file_output
 from flows.storage_flows import inspect_scene_logged
-from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
+from tasks.model_stages import baseline_task, evaluate_task, predict_task, quicklook_task, train_task
 from tasks.storage_stages import mosaic_task, tile_task
 
 # mypy sees the static types; Prefect, which builds each flow's parameter form from the annotations, sees
@@ -59,13 +59,15 @@ def segment_scene_flow(
     training: ClustererTrainingOptions = ClustererTrainingOptions(),
     predict: PredictOptions = PredictOptions(),
     mosaic: MosaicOptions = MosaicOptions(),
+    evaluate: EvaluateOptions = EvaluateOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Segment one scene end to end: tile -> train (unless weights are given) -> predict -> mosaic.
 
     Outputs sit beside the map: MAP.tiles.zarr, MAP.model.pt (when trained here), MAP.labels.zarr,
-    MAP.png (quick-look) and MAP.scores.json (when a reference is given).
+    MAP.png (quick-look) and MAP.scores.json (when a reference is given); with ``evaluate.baseline``
+    also MAP.kmeans.tif and MAP.kmeans.scores.json (the raw-pixel k-means baseline, scored the same way).
     """
     logger = get_run_logger()
     outputs = RunOutputs.for_map(map_uri)
@@ -105,10 +107,25 @@ def segment_scene_flow(
     # A label store has one band: the mosaic options' band (for image stores) does not apply.
     label_mosaic = mosaic.model_copy(update={"band": None})
     mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
-    quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
-    scores = None
+    scores = baseline_scores = None
     if reference_uri:
-        scores = evaluate_task(outputs.cog, reference_uri, outputs.scores)
+        ignore, names = tuple(evaluate.ignore), evaluate.class_names
+        scores = evaluate_task(
+            outputs.cog, reference_uri, outputs.scores, ignore_values=ignore, class_names=names
+        )
+        if evaluate.baseline is not None:
+            baseline_task(scene_uri, model_uri, outputs.baseline, seed=evaluate.seed)
+            baseline_scores = evaluate_task(
+                outputs.baseline,
+                reference_uri,
+                outputs.baseline_scores,
+                ignore_values=ignore,
+                class_names=names,
+            )
+    quicklook_task(
+        scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}",
+        class_names=_mapped_class_names(scores),
+    )  # fmt: skip
     logger.info("map: %s; quick-look: %s; model: %s", outputs.cog, outputs.quicklook, model_uri)
     return {
         "scene": scene_uri,
@@ -119,5 +136,16 @@ def segment_scene_flow(
         "labels": outputs.labels,
         "scores": scores,
         "scores_file": outputs.scores if scores else None,
+        "baseline": outputs.baseline if baseline_scores else None,
+        "baseline_scores": baseline_scores,
         "training": training_summary,
     }
+
+
+def _mapped_class_names(scores: dict[str, dict[str, Any]] | None) -> dict[int, str] | None:
+    """The quick-look key's names: each cluster's class under the majority mapping (when scored)."""
+    if not scores:
+        return None
+    report = scores["majority"]
+    names = {int(value): row.get("name") or f"class {value}" for value, row in report["per_class"].items()}
+    return {int(cluster): names[int(target)] for cluster, target in report["mapping"].items()}

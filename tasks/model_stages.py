@@ -28,6 +28,7 @@ from tasks.storage_task import storage_task
 
 __all__ = [
     "GPU_CONCURRENCY_LIMIT",
+    "baseline_task",
     "evaluate_task",
     "finetune_task",
     "predict_task",
@@ -107,47 +108,85 @@ def predict_task(
 
 
 @storage_task("quicklook", run_name_from="scene_uri")
-def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
-    """A PNG beside the COG: the scene and its label map side by side, in class colours."""
+def quicklook_task(
+    scene_uri: str,
+    cog_uri: str,
+    png_uri: str,
+    *,
+    title: str | None = None,
+    class_names: dict[int, str] | None = None,
+) -> str:
+    """A PNG beside the COG: the scene and its label map side by side, in class colours, with a key.
+
+    ``class_names``: ``{label: name}`` shown in the key beside each label's colour (e.g. the reference
+    class each cluster maps to).
+    """
     from eoseg.mosaic.quicklook import write_quicklook
 
     with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(scene_uri):
         local_png = os.path.join(scratch, "quicklook.png")
-        write_quicklook(storage.gdal_path(scene_uri), storage.gdal_path(cog_uri), local_png, title=title)
+        write_quicklook(
+            storage.gdal_path(scene_uri), storage.gdal_path(cog_uri), local_png, title=title,
+            label_names=class_names,
+        )  # fmt: skip
         publish_file(local_png, png_uri, overwrite=True)
     return png_uri
 
 
 @task(name="evaluate", task_run_name=named_after("evaluate", "cog_uri"))
 def evaluate_task(
-    cog_uri: str, reference_uri: str, scores_uri: str, *, ignore_values: tuple[int, ...] = ()
+    cog_uri: str,
+    reference_uri: str,
+    scores_uri: str,
+    *,
+    ignore_values: tuple[int, ...] = (),
+    class_names: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it."""
+    """Score the map against a reference raster or GeoJSON; both cluster mappings; saves JSON beside it.
+
+    ``class_names``: see :func:`eoseg.evaluate.class_names.reference_class_names` (names in the reports).
+    """
+    from eoseg.evaluate.class_names import reference_class_names
     from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
     from eoseg.evaluate.scores import evaluate_label_map
 
+    names = reference_class_names(reference_uri if not storage.is_s3(reference_uri) else "", class_names)
     with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
         local_map = storage.fetch_to_local(cog_uri, scratch)
         reference = storage.fetch_to_local(reference_uri, scratch)
         if is_vector_reference(reference):
             reference = rasterize_reference(reference, local_map, os.path.join(scratch, "reference.tif"))
-        scores = {
+        reports = {
             method: evaluate_label_map(
                 local_map, reference, ignore_values=ignore_values, method=method
-            ).to_dict()
+            ).with_class_names(names)
             for method in ("majority", "hungarian")
         }
+        scores = {method: report.to_dict() for method, report in reports.items()}
         local_scores = os.path.join(scratch, "scores.json")
         with open(local_scores, "w") as handle:
             json.dump({"reference": reference_uri, **scores}, handle, indent=2, sort_keys=True)
         publish_file(local_scores, scores_uri, overwrite=True)
-    for method, report in scores.items():
+    for method, report in reports.items():
         get_run_logger().info(
-            "%s mapping: F1 %.3f, IoU %.3f, OA %.3f, kappa %.3f",
-            method,
-            report["f1"],
-            report["iou"],
-            report["oa"],
-            report["kappa"],
-        )
+            "%s mapping of %s: F1 %.3f, IoU %.3f, OA %.3f, kappa %.3f",
+            method, cog_uri, report.f1, report.iou, report.oa, report.kappa,
+        )  # fmt: skip
+        if report.collapsed:
+            get_run_logger().warning("%s: %s", cog_uri, report.collapse_message())
     return scores
+
+
+@task(name="baseline", task_run_name=named_after("baseline", "scene_uri"))
+def baseline_task(scene_uri: str, model_uri: str, baseline_uri: str, *, seed: int = 0) -> str:
+    """The raw-pixel k-means map of the scene with the model's K and band statistics (evaluate.baseline)."""
+    from eoseg.evaluate.baseline import kmeans_label_map
+    from eoseg.train.checkpoints import load_checkpoint_from
+
+    checkpoint = load_checkpoint_from(model_uri)
+    with storage.gdal_env(scene_uri):
+        return kmeans_label_map(
+            storage.gdal_path(scene_uri), baseline_uri,
+            num_clusters=int(checkpoint["num_classes"]), band_mean=checkpoint["band_mean"],
+            band_std=checkpoint["band_std"], seed=seed,
+        )  # fmt: skip

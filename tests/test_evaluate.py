@@ -214,10 +214,13 @@ def test_report_serialises_to_the_documented_json(tmp_path: Path) -> None:
 
     document = json.loads(json.dumps(report.to_dict()))
 
-    assert set(document) == {"f1", "iou", "oa", "kappa", "per_class", "mapping", "method", "pixels"}
+    assert set(document) == {
+        *("f1", "iou", "oa", "kappa", "per_class", "mapping", "method", "pixels"),
+        *("classes_predicted", "collapsed", "warning"),
+    }
     assert document["mapping"] == {"0": 10, "1": 10, "2": 20}
     assert set(document["per_class"]) == {"10", "20"}
-    assert set(document["per_class"]["20"]) == {"precision", "recall", "f1", "iou", "support"}
+    assert set(document["per_class"]["20"]) == {"name", "precision", "recall", "f1", "iou", "support"}
     assert document["per_class"]["20"]["support"] == 6
     assert document["method"] == "majority"
     assert document["pixels"] == 15

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
 @dataclass(frozen=True)
 class ClassScores:
-    """Scores of one reference class; a class that is never predicted has precision 0."""
+    """Scores of one reference class; a class that is never predicted has precision 0.
+
+    Attributes:
+        precision, recall, f1, iou: Scores in [0, 1].
+        support: Reference pixels of the class that were evaluated.
+    """
 
     precision: float
     recall: float
@@ -30,6 +36,7 @@ class EvaluationReport:
         mapping: The cluster -> class mapping the scores were computed with.
         method: How the mapping was made (``"majority"``, ``"hungarian"`` or ``"custom"``).
         pixels: Number of evaluated pixels.
+        class_names: Optional names of reference class values (shown beside the values).
     """
 
     f1: float
@@ -40,6 +47,44 @@ class EvaluationReport:
     mapping: dict[int, int]
     method: str
     pixels: int
+    class_names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def classes_predicted(self) -> tuple[int, ...]:
+        """The reference classes that at least one cluster is mapped to, sorted."""
+        return tuple(sorted(set(self.mapping.values())))
+
+    @property
+    def collapsed(self) -> bool:
+        """True when every cluster is mapped to one class while the reference has several.
+
+        The mapped map then names one class everywhere: its OA is that class's share of the pixels,
+        its kappa 0, and its scores say nothing about the clusters (a common outcome of majority
+        mapping when one class dominates every cluster).
+        """
+        return len(self.classes_predicted) == 1 and len(self.per_class) > 1
+
+    def with_class_names(self, names: Mapping[int, str] | None) -> EvaluationReport:
+        """The same report with names for the reference class values (those present)."""
+        if not names:
+            return self
+        return replace(self, class_names={v: names[v] for v in self.per_class if v in names})
+
+    def class_label(self, value: int) -> str:
+        """``"4 water"`` when the class has a name, else ``"4"``."""
+        name = self.class_names.get(value)
+        return f"{value} {name}" if name else str(value)
+
+    def collapse_message(self) -> str | None:
+        """One sentence saying that the mapping collapsed to one class, or None."""
+        if not self.collapsed:
+            return None
+        only = self.class_label(self.classes_predicted[0])
+        return (
+            f"every cluster maps to class {only} ({self.method} mapping collapsed): the mapped map is "
+            f"one class everywhere, so these scores are those of a constant map (kappa 0), not of the "
+            "clusters; see the hungarian mapping or the per-cluster counts"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; class and cluster values become string keys."""
@@ -50,6 +95,7 @@ class EvaluationReport:
             "kappa": self.kappa,
             "per_class": {
                 str(value): {
+                    "name": self.class_names.get(value),
                     "precision": scores.precision,
                     "recall": scores.recall,
                     "f1": scores.f1,
@@ -61,13 +107,20 @@ class EvaluationReport:
             "mapping": {str(cluster): target for cluster, target in self.mapping.items()},
             "method": self.method,
             "pixels": self.pixels,
+            "classes_predicted": list(self.classes_predicted),
+            "collapsed": self.collapsed,
+            "warning": self.collapse_message(),
         }
 
     def to_text(self) -> str:
         """A table of per-class scores followed by the summary, for a terminal or a log."""
         header = ("class", "precision", "recall", "f1", "iou", "support")
         rows = [
-            (str(value), *(f"{x:.4f}" for x in (s.precision, s.recall, s.f1, s.iou)), f"{s.support:,}")
+            (
+                self.class_label(value),
+                *(f"{x:.4f}" for x in (s.precision, s.recall, s.f1, s.iou)),
+                f"{s.support:,}",
+            )
             for value, s in self.per_class.items()
         ]
         rows.append(("mean", "", "", f"{self.f1:.4f}", f"{self.iou:.4f}", f"{self.pixels:,}"))
@@ -78,4 +131,7 @@ class EvaluationReport:
         lines.append(f"overall accuracy {self.oa:.4f}   kappa {self.kappa:.4f}")
         mapping = ", ".join(f"{cluster}->{target}" for cluster, target in sorted(self.mapping.items()))
         lines.append(f"mapping (cluster->class): {mapping}")
+        message = self.collapse_message()
+        if message:
+            lines.append(f"WARNING: {message}")
         return "\n".join(lines)

@@ -5,7 +5,7 @@ overviews of a Cloud-Optimized GeoTIFF for that), so a city-sized scene costs a 
 
     [title (optional)                      ]
     [scene panel] gap [label panel         ]
-    [legend: colour swatch + class value ...]
+    [key: colour swatch + label value (+ name) ...]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def write_quicklook(
     max_size: int = 1024,
     colormap: Mapping[int, tuple[int, ...]] | None = None,
     title: str | None = None,
+    label_names: Mapping[int, str] | None = None,
     overwrite: bool = True,
 ) -> str:
     """Render a scene and its label map side by side, with a legend, into a PNG.
@@ -63,6 +64,7 @@ def write_quicklook(
             table if it has one, else the :mod:`eoseg.mosaic.colors` palette. Labels missing from the
             colormap take the palette colour.
         title: Text drawn above the panels.
+        label_names: ``{label: name}``; the key shows ``"3: water"`` for a named label, ``"3"`` otherwise.
         overwrite: Replace ``out_png`` if it exists; when False an existing file is an error.
 
     Returns:
@@ -93,7 +95,9 @@ def write_quicklook(
     colors = {value: _rgba(value, colormap) for value in present}
     label_rgb = _render_labels(labels, valid, colors)
 
-    image = _compose(scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all())
+    image = _compose(
+        scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all(), names=label_names or {}
+    )
     with publishing_file(out_png, overwrite=overwrite) as staging:
         image.save(staging, format="PNG")
     return out_png
@@ -161,6 +165,7 @@ def _compose(
     *,
     title: str | None,
     show_nodata: bool,
+    names: Mapping[int, str],
 ) -> Image.Image:
     panel_height, panel_width = scene_rgb.shape[:2]
     width = 2 * panel_width + PANEL_GAP
@@ -171,7 +176,10 @@ def _compose(
 
     # Transparent entries get a black swatch, as in the panel; the overflow note gets none.
     entries: list[tuple[str, tuple[int, int, int] | None]] = [
-        (str(value), (red, green, blue) if alpha > 0 else NODATA_RGB)
+        (
+            f"{value}: {names[value]}" if value in names else str(value),
+            (red, green, blue) if alpha > 0 else NODATA_RGB,
+        )
         for value, (red, green, blue, alpha) in sorted(colors.items())
     ]
     if len(entries) > _MAX_LEGEND_ENTRIES:
