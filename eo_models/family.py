@@ -5,7 +5,8 @@ protocol: they look a family up by the checkpoint's ``family`` string (or the us
 its methods; they never branch on a family's name. A family provides:
 
 - ``build(model_config)``: the untrained ``nn.Module`` of a checkpoint's ``model_config``;
-- ``halo``: pixels of context tiled inference reads around each tile;
+- ``halo``: pixels of context tiled inference reads around each tile (``halo_for(ckpt)`` when it
+  depends on the checkpoint, e.g. on mCL-LC's sliding window);
 - ``training_params``: the frozen dataclass of its training hyper-parameters, declared once (each field
   with ``metadata={"description": ..., "ge": ...}``; ``eoseg`` derives pydantic models and CLI options
   from it);
@@ -86,6 +87,10 @@ class ModelFamily:
         model = self.build(ckpt["model_config"])
         model.load_state_dict(ckpt["state_dict"])
         return model
+
+    def halo_for(self, ckpt: Mapping[str, Any]) -> int:
+        """Context pixels tiled inference of this checkpoint needs around each tile (default: ``halo``)."""
+        return self.halo
 
     def in_channels(self, ckpt: Mapping[str, Any]) -> int:
         """Bands the checkpoint's model expects."""

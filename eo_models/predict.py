@@ -233,7 +233,7 @@ def load_predictor(
         family=family,
         num_classes=int(ckpt["num_classes"]),
         in_channels=in_channels,
-        halo=family.halo,
+        halo=family.halo_for(ckpt),
         band_mean=[float(value) for value in ckpt["band_mean"]],
         band_std=[float(value) for value in ckpt["band_std"]],
         device=resolve_device(device),

@@ -121,7 +121,7 @@ class FamilyContract:
 
     def test_predictor_labels_and_nodata(self, checkpoint: dict[str, Any], scene: np.ndarray) -> None:
         predictor = load_predictor(checkpoint, device="cpu")
-        assert predictor.halo == get_family(self.family_name).halo
+        assert predictor.halo == get_family(self.family_name).halo_for(checkpoint)
         valid = np.ones(scene.shape[1:], dtype=bool)
         valid[:4] = False
         labels = predictor.predict(scene, valid)
@@ -174,7 +174,7 @@ class FamilyContract:
         save_checkpoint(model, checkpoint)
         info = predict_store(str(store), str(model), str(labels), show_progress=False)
         assert info.complete and info.model["family"] == self.family_name
-        assert info.model["halo"] == get_family(self.family_name).halo
+        assert info.model["halo"] == get_family(self.family_name).halo_for(checkpoint)
         out = np.asarray(open_data_array(str(labels), read_store_info(str(labels)))[...])
         assert out.shape[-2:] == scene.shape[1:]
         assert (out[..., :3, :] == NODATA_LABEL).all()

@@ -283,7 +283,9 @@ def test_finetune_returns_a_checkpoint_that_predicts(pretrained: dict[str, Any],
     path = tmp_path / "finetuned.pt"
     torch.save(ckpt, path)
     predictor = load_predictor(torch.load(path, weights_only=True), device="cpu")
-    assert predictor.halo == 64
+    # Sliding windows of the pre-training patch size (no fine-tuning patch size recorded), stride half.
+    window = pretrained["ckpt"]["train_params"]["patch_size"]
+    assert predictor.halo == window - window // 2
     labels = predictor.predict(np.random.default_rng(0).uniform(0, 1, size=(3, 40, 48)))
     assert labels.shape == (40, 48) and labels.dtype == np.uint8 and labels.max() < 2
 

@@ -145,7 +145,7 @@ def predict_store(
         )
     model_family = get_family(checkpoint["family"])
     family = model_family.name
-    halo = model_family.halo if halo is None else halo
+    halo = model_family.halo_for(checkpoint) if halo is None else halo
     if attention_pooling not in ("scene", "tile"):
         from eoseg.errors import ConfigurationError
 
