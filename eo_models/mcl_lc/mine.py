@@ -6,10 +6,22 @@ algorithm [3], which is implemented by back propagation in a two-layer fully con
 
 The estimate is the Donsker-Varadhan lower bound
 ``I(X; Y) >= E_joint[T(x, y)] - log E_marginal[exp(T(x, y'))]``, with joint samples the matched ROI
-pairs and marginal samples made by pairing each ROI with the matching-position ROI of another patch
-of the batch. The statistics network ``T`` is trained jointly with the segmentation network by the
-same loss: both ascend the bound. Gradients use MINE's bias correction, a moving average of the
-marginal term's denominator.
+pairs. The statistics network ``T`` is trained jointly with the segmentation network by the same loss:
+both ascend the bound. Gradients use MINE's bias correction, a moving average of the marginal term's
+denominator.
+
+Marginal samples (``marginals``):
+
+- ``"all-pairs"`` (default): every ROI of view A is paired with every *other* ROI of view B in the
+  batch (other patches and other positions of the same patch), and the estimate pools all matched
+  pairs. The paper's ROIs are drawn at random positions, so ROI index ``j`` of one patch and of another
+  have nothing in common: the per-index estimates of Eq. 6 all estimate the same quantity, and pooling
+  them gives ``N * N_R`` joint and up to ``N * N_R * (N * N_R - 1)`` marginal samples instead of ``N``
+  and ``N``. ``T``'s first layer is linear in ``[x, y]``, so all pairs cost one ``(M, M, hidden)``
+  sum, not ``M^2`` evaluations of the layer. At CPU batch sizes (N = 4-8) the per-index estimate was
+  strongly negative and ``L_lc`` dominated the loss (``benchmarks/bench_mine.py`` prints both).
+- ``"shifted"``: the earlier, per-ROI-index estimate: each ROI paired with the matching-index ROI of
+  another patch (a roll of the batch), so ``N`` joint and ``N`` marginal samples per index.
 """
 
 from __future__ import annotations
@@ -18,11 +30,21 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DEFAULT_EMA_RATE", "MutualInformation", "MutualInformationEstimator", "StatisticsNetwork"]
+__all__ = [
+    "DEFAULT_EMA_RATE",
+    "MARGINAL_SAMPLING",
+    "MutualInformation",
+    "MutualInformationEstimator",
+    "StatisticsNetwork",
+]
 
 from eo_models.mcl_lc.params import DEFAULT_EMA_RATE  # the MINE paper's moving-average rate
+
+MARGINAL_SAMPLING = ("all-pairs", "shifted")
+"""How MINE's marginal samples are drawn (see the module docstring)."""
 
 
 class StatisticsNetwork(nn.Module):
@@ -44,13 +66,29 @@ class StatisticsNetwork(nn.Module):
         scores: torch.Tensor = self.layers(torch.cat([x, y], dim=-1))
         return scores.squeeze(-1)
 
+    def pairwise(self, x: torch.Tensor, y: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
+        """Scores ``T(x[i], y[partners[i, k]])`` of (M, features) samples: (M, K).
+
+        The first layer splits into ``W_x x + W_y y + b``, computed once per sample; only the sum,
+        ReLU and the output layer run per pair.
+        """
+        first, _relu, last = self.layers
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        features = x.shape[-1]
+        from_x = F.linear(x, first.weight[:, :features])
+        from_y = F.linear(y, first.weight[:, features:], first.bias)
+        hidden = torch.relu(from_x[:, None, :] + from_y[partners])
+        scores: torch.Tensor = last(hidden)
+        return scores.squeeze(-1)
+
 
 @dataclass(frozen=True)
 class MutualInformation:
     """Result of one MINE evaluation.
 
     Attributes:
-        estimate: Donsker-Varadhan estimate per ROI index, (R,), in nats.
+        estimate: Donsker-Varadhan estimate in nats: per ROI index, (R,), for ``"shifted"``
+            marginals; pooled over all ROIs, (1,), for ``"all-pairs"``.
         objective: Scalar to maximise: its value is ``estimate.mean()``, its gradient the
             bias-corrected MINE gradient.
     """
@@ -66,16 +104,29 @@ class MutualInformationEstimator(nn.Module):
         features: Size of one flattened sample of X (and of Y).
         hidden_features: Width of the statistics network's hidden layer.
         ema_rate: Rate of the moving average of ``E_marginal[exp(T)]`` (bias correction).
+        marginals: ``"all-pairs"`` or ``"shifted"`` (see the module docstring).
+        max_partners: At most this many marginal partners per ROI with ``"all-pairs"`` (the nearest
+            in a seeded rotation of the pooled ROIs), bounding memory at paper batch sizes.
     """
 
     log_marginal_ema: torch.Tensor  # a registered buffer (torch types buffers as Tensor | Module)
 
     def __init__(
-        self, features: int, *, hidden_features: int = 256, ema_rate: float = DEFAULT_EMA_RATE
+        self,
+        features: int,
+        *,
+        hidden_features: int = 256,
+        ema_rate: float = DEFAULT_EMA_RATE,
+        marginals: str = "all-pairs",
+        max_partners: int = 255,
     ) -> None:
         super().__init__()
         if not 0.0 < ema_rate <= 1.0:
             raise ValueError(f"ema_rate must be in (0, 1], got {ema_rate}")
+        if marginals not in MARGINAL_SAMPLING:
+            raise ValueError(f"marginals must be one of {MARGINAL_SAMPLING}, got {marginals!r}")
+        self.marginals = marginals
+        self.max_partners = max_partners
         self.features = features
         self.ema_rate = ema_rate
         self.statistics = StatisticsNetwork(features, hidden_features=hidden_features)
@@ -89,8 +140,10 @@ class MutualInformationEstimator(nn.Module):
         Args:
             x: Samples (N, R, features) or (N, features); row ``k`` pairs with row ``k`` of ``y``.
             y: Samples of the same shape.
-            shift: Marginal samples pair ``x[k]`` with ``y[(k - shift) mod N]``; a roll rather than
-                a random permutation, so that no pair stays joint. Drawn at random when ``None``.
+            shift: ``"shifted"``: marginal samples pair ``x[k]`` with ``y[(k - shift) mod N]``, a roll
+                rather than a random permutation, so that no pair stays joint. ``"all-pairs"``: the
+                first partner offset of the rotation (used when partners are capped). Random when
+                ``None``.
 
         Returns:
             The estimate per ROI index and the training objective.
@@ -106,16 +159,38 @@ class MutualInformationEstimator(nn.Module):
             shift = int(torch.randint(1, count, ()).item())
         if shift % count == 0:
             raise ValueError(f"shift {shift} keeps every pair joint for a batch of {count}")
-        joint = self.statistics(x, y)
-        marginal = self.statistics(x, y.roll(shift, dims=0))
-        joint_mean = joint.mean(dim=0)
-        log_mean_exp_marginal = torch.logsumexp(marginal, dim=0) - math.log(count)
+        if self.marginals == "all-pairs":
+            joint_mean, log_mean_exp_marginal = self._pooled_terms(x, y, shift)
+        else:
+            joint = self.statistics(x, y)
+            marginal = self.statistics(x, y.roll(shift, dims=0))
+            joint_mean = joint.mean(dim=0)
+            log_mean_exp_marginal = torch.logsumexp(marginal, dim=0) - math.log(count)
         estimate = joint_mean - log_mean_exp_marginal
         log_ema = self._update_moving_average(log_mean_exp_marginal.detach())
         # Surrogate whose gradient replaces 1 / E[exp(T)] by 1 / moving average (MINE, Sec. 3.2).
         surrogate = joint_mean - torch.exp(log_mean_exp_marginal - log_ema)
         objective = (estimate.detach() + surrogate - surrogate.detach()).mean()
         return MutualInformation(estimate=estimate, objective=objective)
+
+    def _pooled_terms(
+        self, x: torch.Tensor, y: torch.Tensor, shift: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_joint[T]`` over all matched ROIs and ``log E_marginal[exp T]`` over unmatched pairs, (1,)."""
+        x, y = x.flatten(0, 1), y.flatten(0, 1)  # (M = N * R, features)
+        total = x.shape[0]
+        partners_per_sample = min(total - 1, self.max_partners)
+        # Partner k of sample i is (i + offset_k) mod M with offsets 1..M-1 (all others), or, capped,
+        # a run of offsets starting after ``shift`` ROIs: never i itself.
+        first = 1 if partners_per_sample == total - 1 else 1 + shift % (total - partners_per_sample)
+        offsets = torch.arange(first, first + partners_per_sample, device=x.device)
+        partners = (torch.arange(total, device=x.device)[:, None] + offsets[None, :]) % total
+        joint_mean = self.statistics(x, y).mean().reshape(1)
+        marginal = self.statistics.pairwise(x, y, partners)
+        log_mean_exp_marginal = (
+            torch.logsumexp(marginal.flatten(), dim=0) - math.log(marginal.numel())
+        ).reshape(1)
+        return joint_mean, log_mean_exp_marginal
 
     def _update_moving_average(self, log_mean_exp_marginal: torch.Tensor) -> torch.Tensor:
         batch_value = torch.logsumexp(log_mean_exp_marginal, dim=0) - math.log(log_mean_exp_marginal.numel())

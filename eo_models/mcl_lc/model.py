@@ -71,6 +71,7 @@ class MclLcModel(nn.Module):
         roi_size: ROI side; fixes the statistics network's input size.
         mine_hidden_features: Hidden width of the statistics network.
         mine_ema_rate: MINE's moving-average rate.
+        mine_marginals: MINE's marginal samples, ``"all-pairs"`` or ``"shifted"``.
         aspp_rates: ASPP dilation rates.
         aspp_dropout: Dropout after ASPP fusion.
     """
@@ -83,6 +84,7 @@ class MclLcModel(nn.Module):
         roi_size: int = 8,
         mine_hidden_features: int = 256,
         mine_ema_rate: float = DEFAULT_EMA_RATE,
+        mine_marginals: str = "all-pairs",
         aspp_rates: tuple[int, ...] = DEFAULT_ASPP_RATES,
         aspp_dropout: float = 0.5,
     ) -> None:
@@ -96,6 +98,7 @@ class MclLcModel(nn.Module):
             FEATURE_CHANNELS * roi_size * roi_size,
             hidden_features=mine_hidden_features,
             ema_rate=mine_ema_rate,
+            marginals=mine_marginals,
         )
         self.roi_size = roi_size
 

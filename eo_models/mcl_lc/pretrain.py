@@ -179,6 +179,7 @@ def pretrain_mcl_lc(
             roi_size=params.roi_size,
             mine_hidden_features=params.mine_hidden_features,
             mine_ema_rate=params.mine_ema_rate,
+            mine_marginals=params.mine_marginals,
             aspp_dropout=params.aspp_dropout,
         )
         if params.encoder_weights is not None:
