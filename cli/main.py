@@ -21,6 +21,15 @@ from eoseg.settings import load_settings
 from eoseg.train.options import training_options
 from flows.logs import configure_logging
 
+# The reference's class names, an option of `evaluate` and of `run`.
+ClassNamesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Names of the reference classes: 'loveda', 'spacenet' or a JSON file {value: name}; "
+        "default: REFERENCE.classes.json if present."
+    ),
+]
+
 app = typer.Typer(
     name="eoseg",
     cls=GlobalOptionsGroup,
@@ -167,13 +176,7 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
-    class_names: Annotated[
-        str | None,
-        typer.Option(
-            help="Names of the reference classes: 'loveda', 'spacenet' or a JSON file {value: name}; "
-            "default: REFERENCE.classes.json if present."
-        ),
-    ] = None,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Score a label map against a reference: per-class and mean F1/IoU, overall accuracy, Cohen's kappa.
 
@@ -263,13 +266,7 @@ def run(
         list[int] | None,
         typer.Option("--ignore", help="Reference value to leave out when scoring (repeatable; LoveDA: 0)."),
     ] = None,
-    class_names: Annotated[
-        str | None,
-        typer.Option(
-            help="Names of the reference classes: 'loveda', 'spacenet' or a JSON file {value: name}; "
-            "default: REFERENCE.classes.json if present."
-        ),
-    ] = None,
+    class_names: ClassNamesOption = None,
     baseline: Annotated[
         str | None,
         typer.Option(
