@@ -185,7 +185,18 @@ def main() -> None:
     parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
     parser.add_argument("--config", default="demo", choices=list(CONFIGS))
     parser.add_argument("--out", default=str(HERE / "results" / "quality"))
+    parser.add_argument(
+        "--combine", nargs="+", metavar="JSON", help="merge earlier runs' JSON (one per scene)"
+    )
     args = parser.parse_args()
+    if args.combine:
+        runs = [json.loads(Path(path).read_text()) for path in args.combine]
+        merged = {**runs[0], "scenes": {k: v for run in runs for k, v in run["scenes"].items()}}
+        merged["load"] = ", ".join(run["load"] for run in runs)
+        Path(f"{args.out}.md").write_text(markdown(merged))
+        Path(f"{args.out}.json").write_text(json.dumps(merged, indent=1, default=float))
+        print(markdown(merged))
+        return
     import torch
 
     from eoseg.evaluate.baseline import kmeans_labels

@@ -61,7 +61,7 @@ def test_style_feature_is_channel_mean_and_std() -> None:
     torch.testing.assert_close(feature[:, 3:], x.std(dim=(2, 3), unbiased=False))
 
 
-def _train_mine(dependent: bool, *, steps: int = 300, marginals: str = "all-pairs") -> float:
+def _train_mine(dependent: bool, *, steps: int = 300, marginals: str = "shifted") -> float:
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
     mine = MutualInformationEstimator(4, hidden_features=64, marginals=marginals)
@@ -81,7 +81,7 @@ def _train_mine(dependent: bool, *, steps: int = 300, marginals: str = "all-pair
         optimizer.step()
     mine.eval()
     with torch.no_grad():
-        x, y = draw(4096)
+        x, y = draw(4096 if marginals == "shifted" else 1024)  # all pairs: 255 partners each
         return mine(x, y, shift=1).estimate.mean().item()
 
 

@@ -10,8 +10,9 @@ from conftest import REAL_SCENES, SHARED_DATA, open_map_on_scene_grid
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
+from cli.main import format_run_summary
 from eoseg.compute.cluster import ClusterSpec
-from eoseg.config import ClustererTrainingOptions, TileOptions
+from eoseg.config import ClustererTrainingOptions, EvaluateOptions, TileOptions
 from flows.segment_flows import segment_scene_flow
 
 SMALL_TRAINING = ClustererTrainingOptions(epochs=1, iterations=3, batch_size=4, patch_size=32, max_patches=16)
@@ -26,6 +27,7 @@ def test_segment_spacenet_end_to_end_with_scores(tmp_path, dask_address, shared_
         str(REAL_SCENES["spacenet"]), str(map_path),
         reference_uri=str(SHARED_DATA / "spacenet" / "geotiff_labels.geojson"),
         tile=TileOptions(chunk_size=512), training=SMALL_TRAINING, cluster=ClusterSpec(address=dask_address),
+        evaluate=EvaluateOptions(class_names="spacenet", baseline="kmeans"),
     )  # fmt: skip
     with open_map_on_scene_grid(map_path, REAL_SCENES["spacenet"]) as out:
         labels = out.read(1)
@@ -39,6 +41,15 @@ def test_segment_spacenet_end_to_end_with_scores(tmp_path, dask_address, shared_
         assert set(scores[method]) >= {"f1", "iou", "oa", "kappa", "per_class", "mapping"}
         assert 0.0 <= scores[method]["oa"] <= 1.0
     assert result["scores"]["majority"]["oa"] == scores["majority"]["oa"]
+    assert scores["majority"]["per_class"]["255"]["name"] == "building"
+    # The k-means baseline: a map on the scene's grid, scored the same way, printed beside the model's.
+    with open_map_on_scene_grid(tmp_path / "spacenet_map.kmeans.tif", REAL_SCENES["spacenet"]) as baseline:
+        values = set(np.unique(baseline.read(1)).tolist())
+        assert values <= set(range(8)) | {255} and len(values - {255}) > 1
+    baseline_scores = json.loads((tmp_path / "spacenet_map.kmeans.scores.json").read_text())
+    assert baseline_scores["hungarian"] == result["baseline_scores"]["hungarian"]
+    summary = format_run_summary(result)
+    assert "k-means maj." in summary and "255 building" in summary
 
 
 def test_second_scene_with_existing_weights_skips_training(tmp_path, dask_address, shared_data):

@@ -12,16 +12,19 @@ denominator.
 
 Marginal samples (``marginals``):
 
-- ``"all-pairs"`` (default): every ROI of view A is paired with every *other* ROI of view B in the
+- ``"shifted"`` (default): each ROI paired with the matching-index ROI of another patch (a roll of
+  the batch), so ``N`` joint and ``N`` marginal samples per index.
+- ``"all-pairs"``: every ROI of view A is paired with every *other* ROI of view B in the
   batch (other patches and other positions of the same patch), and the estimate pools all matched
   pairs. The paper's ROIs are drawn at random positions, so ROI index ``j`` of one patch and of another
   have nothing in common: the per-index estimates of Eq. 6 all estimate the same quantity, and pooling
   them gives ``N * N_R`` joint and up to ``N * N_R * (N * N_R - 1)`` marginal samples instead of ``N``
   and ``N``. ``T``'s first layer is linear in ``[x, y]``, so all pairs cost one ``(M, M, hidden)``
-  sum, not ``M^2`` evaluations of the layer. At CPU batch sizes (N = 4-8) the per-index estimate was
-  strongly negative and ``L_lc`` dominated the loss (``benchmarks/bench_mine.py`` prints both).
-- ``"shifted"``: the earlier, per-ROI-index estimate: each ROI paired with the matching-index ROI of
-  another patch (a roll of the batch), so ``N`` joint and ``N`` marginal samples per index.
+  sum, not ``M^2`` evaluations of the layer. Measured at batch 4 (``benchmarks/bench_mine.py``,
+  ``benchmarks/results/mine.md``) it does *not* cure the strongly negative estimate seen at CPU batch
+  sizes: with many more marginal samples the log-mean-exp term comes closer to ``log E[exp T]``, which
+  a statistics network with spread-out scores makes large, so the estimate was more negative (mean
+  -8.8 nats over steps 9-16 against -1.9 with ``"shifted"``). Kept as an option for larger batches.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class MutualInformationEstimator(nn.Module):
         *,
         hidden_features: int = 256,
         ema_rate: float = DEFAULT_EMA_RATE,
-        marginals: str = "all-pairs",
+        marginals: str = "shifted",
         max_partners: int = 255,
     ) -> None:
         super().__init__()

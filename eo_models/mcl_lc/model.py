@@ -84,7 +84,7 @@ class MclLcModel(nn.Module):
         roi_size: int = 8,
         mine_hidden_features: int = 256,
         mine_ema_rate: float = DEFAULT_EMA_RATE,
-        mine_marginals: str = "all-pairs",
+        mine_marginals: str = "shifted",
         aspp_rates: tuple[int, ...] = DEFAULT_ASPP_RATES,
         aspp_dropout: float = 0.5,
     ) -> None:

@@ -138,9 +138,9 @@ class PretrainParams:
         projection_dim: Output size of ``g_f`` and ``g_s`` (paper: not given; SimCLR's 128).
         mine_hidden_features: Hidden width of the two-layer statistics network (paper: not given).
         mine_ema_rate: Moving-average rate of MINE's bias-corrected gradient (MINE paper: 0.01).
-        mine_marginals: MINE's samples: ``"all-pairs"`` pools every matched ROI pair of the batch
-            against every unmatched one (well-behaved at small batches; default), ``"shifted"`` is
-            the per-ROI-index estimate with one shifted partner per ROI (see ``eo_models.mcl_lc.mine``).
+        mine_marginals: MINE's samples: ``"shifted"`` (default) is the per-ROI-index estimate with one
+            shifted partner per ROI; ``"all-pairs"`` pools every matched ROI pair of the batch against
+            every unmatched one (measured: *more* negative at batch 4, see ``benchmarks/results/mine.md``).
         aspp_dropout: Dropout after ASPP fusion (torchvision/smp DeepLabv3+: 0.5).
         augment: Augmentation settings, pseudo clouds included (the paper's "mCL-LC+").
         encoder_weights: Optional local path of a torchvision-layout ResNet-50 ``state_dict`` to
@@ -165,9 +165,9 @@ class PretrainParams:
     mine_hidden_features: int = option(256, ge=1)
     mine_ema_rate: float = option(DEFAULT_EMA_RATE, gt=0, le=1)
     mine_marginals: str = option(
-        "all-pairs",
-        "MINE samples: 'all-pairs' (all ROI pairs of the batch; steady at small batches) or 'shifted' "
-        "(per ROI index, one shifted partner).",
+        "shifted",
+        "MINE samples: 'shifted' (per ROI index, one shifted partner; default) or 'all-pairs' (every "
+        "unmatched ROI pair of the batch).",
     )
     aspp_dropout: float = option(0.5, ge=0, lt=1)
     augment: AugmentParams = field(default_factory=AugmentParams, metadata={"flatten": True})
