@@ -278,7 +278,8 @@ def run(
     tile = TileOptions(
         chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
     )
-    preflight_scene(scene, tile, patch_size=None if weights else training.training_params().get("patch_size"))
+    patch_size = None if weights else training.training_params().get("patch_size")
+    preflight_scene(scene, tile, patch_size=patch_size, weights=weights)
     result = run_flow(
         segment_scene_flow,
         scene,

@@ -73,13 +73,17 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
         fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
 
 
-def preflight_scene(scene: str, tile: TileOptions, *, patch_size: int | None = None) -> None:
+def preflight_scene(
+    scene: str, tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
+) -> None:
     """Refuse a bad scene before any flow, cluster or output exists: one ``error:`` line, exit 2.
 
-    Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`) and, when the command
-    trains, that one ``patch_size`` patch fits in the scene. The flows check the same again for runs that
+    Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`), when the command
+    trains, that one ``patch_size`` patch fits in the scene, and, with ``weights``, that the model was
+    trained on as many bands as the scene has. The flows check the same again for runs that
     do not come from the CLI.
     """
+    from eoseg.predict.stage import check_model_bands
     from eoseg.scene.inspect import inspect_scene
     from eoseg.train.patches import check_patch_fits
 
@@ -89,5 +93,7 @@ def preflight_scene(scene: str, tile: TileOptions, *, patch_size: int | None = N
         )
         if patch_size is not None:
             check_patch_fits(info.uri, info.height, info.width, patch_size)
+        if weights is not None:
+            check_model_bands(info.uri, info.band_count, weights)
     except EosegError as error:
         fail(error)

@@ -14,6 +14,7 @@ from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from eoseg.outputs import RunOutputs
+from eoseg.predict.stage import check_model_bands
 from eoseg.store.lifecycle import check_file_output
 from eoseg.train.patches import check_patch_fits
 from flows.storage_flows import inspect_scene_logged
@@ -84,6 +85,8 @@ def segment_scene_flow(
         check_patch_fits(
             scene["uri"], scene["height"], scene["width"], training.training_params()["patch_size"]
         )
+    else:  # and a model trained on other bands: refuse before tiling
+        check_model_bands(scene["uri"], scene["band_count"], weights_uri)
     with dask_cluster(cluster) as address:
         tile_task(scene_uri, outputs.tiles, options=tile, overwrite=overwrite, scheduler_address=address)
         training_summary = None

@@ -102,6 +102,27 @@ def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
     }
 
 
+def check_model_bands(uri: str, band_count: int, model_uri: str, checkpoint: Any = None) -> None:
+    """Refuse a model trained on another number of bands than the scene (or store) at ``uri`` has.
+
+    Args:
+        uri: the scene or store (named in the message); ``band_count``: its model bands.
+        model_uri: the checkpoint; ``checkpoint``: it, loaded (default: loaded here).
+
+    Raises:
+        BandCountError: the counts differ.
+    """
+    from eoseg.train.checkpoints import load_checkpoint_from
+
+    checkpoint = load_checkpoint_from(model_uri) if checkpoint is None else checkpoint
+    bands = len(checkpoint["band_mean"])
+    if bands != band_count:
+        raise BandCountError(
+            f"{uri}: the scene has {band_count} band(s) but the model {model_uri} was trained on "
+            f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
+        )
+
+
 def predict_store(
     store_uri: str,
     model_uri: str,
@@ -137,12 +158,7 @@ def predict_store(
     info = read_store_info(store_uri)
     checkpoint = load_checkpoint_from(model_uri)
     fingerprint = checkpoint_fingerprint(model_uri)
-    bands = len(checkpoint["band_mean"])
-    if bands != info.band_count:
-        raise BandCountError(
-            f"{store_uri}: the scene has {info.band_count} band(s) but the model {model_uri} was trained on "
-            f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
-        )
+    check_model_bands(store_uri, info.band_count, model_uri, checkpoint)
     model_family = get_family(checkpoint["family"])
     family = model_family.name
     halo = model_family.halo if halo is None else halo

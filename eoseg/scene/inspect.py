@@ -114,24 +114,35 @@ def _band_names(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ..
     return tuple(names)
 
 
-@contextlib.contextmanager
-def open_scene(uri: str, *, warp_gcps: bool = False) -> Iterator[DatasetReaderBase]:
-    """The scene opened with rasterio in eoseg's GDAL environment; warped by its GCPs if ``warp_gcps``.
+def open_scene_dataset(uri: str, *, warp_gcps: bool = False) -> DatasetReaderBase:
+    """The scene opened with rasterio (call it inside :func:`eoseg.io.storage.gdal_env`); caller closes it.
 
     With ``warp_gcps`` and a GCP-georeferenced scene, the dataset is a ``WarpedVRT`` onto the regular grid
-    GDAL derives from the GCPs (a polynomial fit, as ``gdalwarp`` does), with an alpha band marking the
-    area outside the scene when the scene has no nodata value.
+    GDAL derives from the GCPs (a polynomial fit, as ``gdalwarp`` does; nearest neighbour), with an alpha
+    band marking the area outside the scene when the scene has no nodata value.
     """
     import rasterio
     from rasterio.vrt import WarpedVRT
 
-    with storage.gdal_env(uri), rasterio.open(storage.gdal_path(uri)) as dataset:
-        gcps, gcp_crs = dataset.gcps
-        if not (warp_gcps and gcps and dataset.crs is None):
+    dataset = rasterio.open(storage.gdal_path(uri))
+    gcps, gcp_crs = dataset.gcps
+    if not (warp_gcps and gcps and dataset.crs is None):
+        return dataset
+    return WarpedVRT(dataset, src_crs=gcp_crs, crs=gcp_crs, add_alpha=dataset.nodata is None)
+
+
+@contextlib.contextmanager
+def open_scene(uri: str, *, warp_gcps: bool = False) -> Iterator[DatasetReaderBase]:
+    """:func:`open_scene_dataset` in eoseg's GDAL environment, closed (with its source) on exit."""
+    with storage.gdal_env(uri):
+        dataset = open_scene_dataset(uri, warp_gcps=warp_gcps)
+        try:
             yield dataset
-            return
-        with WarpedVRT(dataset, src_crs=gcp_crs, crs=gcp_crs, add_alpha=dataset.nodata is None) as warped:
-            yield warped
+        finally:
+            source = getattr(dataset, "src_dataset", None)
+            dataset.close()
+            if source is not None:
+                source.close()
 
 
 def _band_metadata(dataset: DatasetReaderBase, indexes: tuple[int, ...]) -> dict[str, list[Any]]:

@@ -12,7 +12,6 @@ the scene, the moments of the others are recalled from the store.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import operator
@@ -26,7 +25,7 @@ from eoseg.compute.stage import ChunkedStage, run_stage
 from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
 from eoseg.geometry import Window
 from eoseg.io import storage
-from eoseg.scene.inspect import SceneInfo, inspect_scene, open_scene
+from eoseg.scene.inspect import SceneInfo, inspect_scene, open_scene_dataset
 from eoseg.scene.validity import read_valid_window
 from eoseg.scene.validity import valid_pixel_mask as valid_pixel_mask  # re-exported (layout-1 rule)
 from eoseg.store.layout import VALID_VARIABLE, StoreInfo, open_data_array
@@ -106,15 +105,13 @@ _thread_local = threading.local()
 
 def _open_scene_cached(uri: str, warp_gcps: bool) -> Any:
     """One open rasterio dataset per thread and scene (datasets are not thread-safe)."""
-    cache: dict[tuple[str, bool], tuple[contextlib.ExitStack, Any]] = (
-        getattr(_thread_local, "datasets", None) or {}
-    )
+    cache: dict[tuple[str, bool], Any] = getattr(_thread_local, "datasets", None) or {}
     _thread_local.datasets = cache
     key = (uri, warp_gcps)
     if key not in cache:
-        opened = contextlib.ExitStack()  # kept (with the dataset) for the thread's later chunks
-        cache[key] = (opened, opened.enter_context(open_scene(uri, warp_gcps=warp_gcps)))
-    return cache[key][1]
+        with storage.gdal_env(uri):
+            cache[key] = open_scene_dataset(uri, warp_gcps=warp_gcps)
+    return cache[key]
 
 
 @dataclass(frozen=True)
