@@ -115,7 +115,7 @@ def test_06_rotated_grid_survives_store_and_cog(tmp_path):
     store, _ = tiled(scene, tmp_path)
     with rasterio.open(scene) as source:
         transform = source.transform
-    image = xr.open_zarr(store).image
+    image = xr.open_zarr(store, consolidated=False).image
     assert image.rio.transform() == transform
     assert image.odc.geobox.affine == transform
     cog = tmp_path / "band1.tif"
@@ -219,7 +219,7 @@ def test_13_float_nodata_is_declared_to_xarray_readers_and_zeros_stay_data(tmp_p
     scene = build_case("13_float_finite_nodata", tmp_path)
     store, info = tiled(scene, tmp_path)
     nodata = float(np.finfo(np.float32).min)
-    image = xr.open_zarr(store).image
+    image = xr.open_zarr(store, consolidated=False).image
     assert image.rio.nodata == np.float32(nodata) and image.odc.nodata == nodata
     values = image.values
     assert not np.isnan(values).any()
@@ -236,7 +236,7 @@ def test_a_scene_without_nodata_declares_no_fill_value(tmp_path):
 
     scene = write_geotiff(tmp_path / "float.tif", np.zeros((2, 40, 40), np.float32), nodata=None)
     store, _ = tiled(scene, tmp_path)
-    image = xr.open_zarr(store).image
+    image = xr.open_zarr(store, consolidated=False).image
     assert image.rio.nodata is None and "_FillValue" not in image.encoding
     assert (image.values == 0).all()
 
