@@ -51,7 +51,11 @@ def alpha_band_index(dataset: DatasetReaderBase) -> int | None:
 
 
 def read_valid_window(
-    dataset: DatasetReaderBase, window: Any = None, *, indexes: tuple[int, ...] | None = None
+    dataset: DatasetReaderBase,
+    window: Any = None,
+    *,
+    indexes: tuple[int, ...] | None = None,
+    fill: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one window of the model bands and say which of its pixels hold data.
 
@@ -59,6 +63,9 @@ def read_valid_window(
         dataset: an open rasterio dataset (or ``WarpedVRT``); not thread-safe, like every rasterio dataset.
         window: a ``rasterio.windows.Window`` (default: the whole raster).
         indexes: the bands to read, 1-based (default: :func:`model_band_indexes`, i.e. no alpha band).
+        fill: if given (the scene's nodata value), each band's own invalid pixels (its mask is 0, or the
+            value is not finite) are set to it in ``block``. A band's valid value is never changed, even
+            where another band makes the pixel invalid, so every value GDAL calls data survives.
 
     Returns:
         ``(block, valid)``: ``block`` of shape ``(bands, h, w)`` in the file's dtype, and ``valid`` of shape
@@ -70,11 +77,12 @@ def read_valid_window(
     """
     bands = model_band_indexes(dataset) if indexes is None else indexes
     block = dataset.read(list(bands), window=window)
-    masks = dataset.read_masks(list(bands), window=window)
-    valid = np.all(masks > 0, axis=0)
+    band_valid = dataset.read_masks(list(bands), window=window) > 0
     if np.issubdtype(block.dtype, np.floating):
-        valid &= np.all(np.isfinite(block), axis=0)
-    return block, valid
+        band_valid &= np.isfinite(block)
+    if fill is not None:
+        block[~band_valid] = fill
+    return block, np.all(band_valid, axis=0)
 
 
 def valid_pixel_mask(block: np.ndarray, nodata: float | int | None) -> np.ndarray:

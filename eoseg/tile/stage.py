@@ -2,12 +2,12 @@
 
 The scene is never read whole: each Dask task reads one chunk-sized window of the model bands with
 rasterio, with its validity (:func:`eoseg.scene.validity.read_valid_window`: nodata, NaN, alpha, masks,
-sidecars), and writes both to the matching Zarr chunks (``image``, where invalid pixels hold the scene's
-nodata value when it has one, and ``valid``), then flags the chunk done. Per-band statistics of valid
-pixels are gathered on the way (training normalises with them). Where the store is written, and
-whether an interrupted write is resumed, is decided by :mod:`eoseg.store.lifecycle`; the chunks run
-through the stage contract (:mod:`eoseg.compute.stage`): only chunks not flagged done are read from
-the scene, the moments of the others are recalled from the store.
+sidecars), and writes both to the matching Zarr chunks (``image``, where each band's own invalid pixels
+hold the scene's nodata value when it has one, and ``valid``), then flags the chunk done. Per-band
+statistics of valid pixels are gathered on the way (training normalises with them). Where the store is
+written, and whether an interrupted write is resumed, is decided by :mod:`eoseg.store.lifecycle`; the
+chunks run through the stage contract (:mod:`eoseg.compute.stage`): only chunks not flagged done are
+read from the scene, the moments of the others are recalled from the store.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def tile_chunk(job: TileChunkJob) -> BandMoments:
                 _open_scene_cached(job.scene_uri, job.warp_gcps),
                 job.window.to_rasterio(),
                 indexes=job.band_indexes or None,
+                fill=job.nodata,
             )
     except Exception as error:
         raise CorruptSceneError(
@@ -144,8 +145,6 @@ def tile_chunk(job: TileChunkJob) -> BandMoments:
             f"{cols.start}-{cols.stop} failed ({error}); the file is truncated or corrupt. Re-download "
             "or re-export it."
         ) from error
-    if job.nodata is not None and not valid.all():
-        block[:, ~valid] = job.nodata
     open_data_array(job.store_uri, "image", mode="r+")[:, rows, cols] = block
     open_data_array(job.store_uri, VALID_VARIABLE, mode="r+")[rows, cols] = valid.astype(np.uint8)
     mark_chunk_done(job.store_uri, job.chunk_index)
