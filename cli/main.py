@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
-from cli.runs import checked_options, cluster_spec, fail, run_flow, use_settings
+from cli.runs import checked_options, cluster_spec, fail, preflight_scene, run_flow, use_settings
 from eoseg.errors import EosegError
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
@@ -40,6 +40,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
+)
+
+
+WARP_GCPS_HELP = (
+    "Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid; without it "
+    "such a scene is refused."
 )
 
 
@@ -110,6 +116,7 @@ def tile(
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept a raster without CRS (outputs are pixel grids without CRS).")
     ] = False,
+    warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
     """Tile a GeoTIFF into a chunked Zarr v3 store, window by window, in parallel.
@@ -121,7 +128,10 @@ def tile(
     from eoseg.config import TileOptions
     from flows.storage_flows import tile_scene_flow
 
-    options = TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced)
+    options = TileOptions(
+        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
+    )
+    preflight_scene(scene, options)
     info = run_flow(tile_scene_flow, scene, out, options=options, cluster=cluster_spec(), overwrite=overwrite)
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
@@ -278,6 +288,7 @@ def run(
     allow_ungeoreferenced: Annotated[
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
     ] = False,
+    warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     training: Any = None,
 ) -> None:
@@ -296,6 +307,11 @@ def run(
     evaluate_options = checked_options(
         EvaluateOptions, ignore=list(ignore or []), class_names=class_names, baseline=baseline
     )
+    tile = TileOptions(
+        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
+    )
+    patch_size = None if weights else training.training_params().get("patch_size")
+    preflight_scene(scene, tile, patch_size=patch_size, weights=weights)
     result = run_flow(
         segment_scene_flow,
         scene,
@@ -303,7 +319,7 @@ def run(
         model=model,
         weights_uri=weights,
         reference_uri=reference,
-        tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
+        tile=tile,
         training=training,
         evaluate=evaluate_options,
         cluster=cluster_spec(),
