@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from eoseg.compute.cluster import ClusterSpec
     from eoseg.config import TileOptions
 
-__all__ = ["checked_options", "cluster_spec", "fail", "preflight_scene", "run_flow", "use_settings"]
+__all__ = [
+    "checked_options",
+    "cluster_spec",
+    "fail",
+    "preflight_scene",
+    "preflight_stores",
+    "run_flow",
+    "use_settings",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -95,5 +103,19 @@ def preflight_scene(
             check_patch_fits(info.uri, info.height, info.width, patch_size)
         if weights is not None:
             check_model_bands(info.uri, info.band_count, weights)
+    except EosegError as error:
+        fail(error)
+
+
+def preflight_stores(stores: list[str], patch_size: int | None) -> None:
+    """Refuse unreadable or too small tile stores before a training flow starts (one line, exit 2)."""
+    from eoseg.store.layout import read_store_info
+    from eoseg.train.patches import check_patch_fits
+
+    try:
+        for store in stores:
+            info = read_store_info(store)
+            if patch_size is not None:
+                check_patch_fits(store, info.height, info.width, patch_size)
     except EosegError as error:
         fail(error)
