@@ -160,6 +160,10 @@ def test_10_narrow_strip_tiles_and_mosaics_but_training_is_refused_first(tmp_pat
     with pytest.raises(ConfigurationError, match=r"scene.zarr: the scene \(900 x 1 px\).*at least 32 x 32"):
         train_tiny_clusterer(store, tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()
+    result = run_eoseg("train", "clusterer", store, "--out", str(tmp_path / "model.pt"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {store}: the scene (900 x 1 px)")
+    assert not (tmp_path / "model.pt").exists()
 
 
 def test_10_narrow_strip_run_refuses_in_one_line_before_any_output(tmp_path):
