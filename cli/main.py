@@ -34,6 +34,18 @@ app = typer.Typer(
 )
 
 
+SCENE_HELP = (
+    "Input scene: a GeoTIFF (path or s3://bucket/key), or many on one pixel grid forming one mosaic: "
+    "several GeoTIFFs, a folder, an s3:// prefix or a GDAL VRT of tiles (gaps are nodata; where tiles "
+    "overlap the first wins)."
+)
+
+
+def scene_argument(scenes: list[str]) -> str | list[str]:
+    """The flows' ``scene_uri``: one string for one input (as before), else the list."""
+    return scenes[0] if len(scenes) == 1 else list(scenes)
+
+
 @app.callback()
 def main_options(
     cluster: Annotated[
@@ -93,7 +105,7 @@ def main_options(
 
 @app.command()
 def tile(
-    scene: Annotated[str, typer.Argument(help="Input raster: a GeoTIFF path or s3://bucket/key.")],
+    scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
     out: Annotated[str, typer.Option("--out", "-o", help="Zarr store to create (path or s3:// prefix).")],
     chunk_size: Annotated[
         int, typer.Option(min=16, help="Chunk edge in pixels; all bands per chunk.")
@@ -103,7 +115,7 @@ def tile(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
-    """Tile a GeoTIFF into a chunked Zarr v3 store, window by window, in parallel.
+    """Tile a GeoTIFF (or many on one grid) into a chunked Zarr v3 store, window by window, in parallel.
 
     The store keeps the CRS, affine transform, nodata, band names and source URI (layout:
     docs/store-layout.md), plus per-band statistics of valid pixels. An interrupted run leaves only a
@@ -113,7 +125,14 @@ def tile(
     from flows.storage_flows import tile_scene_flow
 
     options = TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced)
-    info = run_flow(tile_scene_flow, scene, out, options=options, cluster=cluster_spec(), overwrite=overwrite)
+    info = run_flow(
+        tile_scene_flow,
+        scene_argument(scene),
+        out,
+        options=options,
+        cluster=cluster_spec(),
+        overwrite=overwrite,
+    )
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
         f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
@@ -228,7 +247,7 @@ def predict(
 @app.command()
 @with_options(training_options("clusterer"), into="training")
 def run(
-    scene: Annotated[str, typer.Argument(help="Input GeoTIFF (path or s3://).")],
+    scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
     out: Annotated[
         str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")
     ],
@@ -255,6 +274,8 @@ def run(
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
 
+    A scene of many files (tiles on one grid) is one map: one store, one model, no seams.
+
     Outputs beside MAP.tif: MAP.tiles.zarr, MAP.model.pt (the trained checkpoint), MAP.labels.zarr,
     MAP.png (quick-look) and, with --reference, MAP.scores.json.
     """
@@ -266,7 +287,7 @@ def run(
         fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
     result = run_flow(
         segment_scene_flow,
-        scene,
+        scene_argument(scene),
         out,
         model=model,
         weights_uri=weights,

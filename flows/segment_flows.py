@@ -17,6 +17,7 @@ from eoseg.outputs import RunOutputs
 from eoseg.store.lifecycle import check_file_output
 from flows.storage_flows import inspect_scene_logged
 from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
+from tasks.run_names import scene_label
 from tasks.storage_stages import mosaic_task, tile_task
 
 # mypy sees the static types; Prefect, which builds each flow's parameter form from the annotations, sees
@@ -50,7 +51,7 @@ def predict_flow(
 
 @flow(name="segment-scene", log_prints=True)
 def segment_scene_flow(
-    scene_uri: str,
+    scene_uri: str | list[str],
     map_uri: str,
     model: FamilyName = "clusterer",
     weights_uri: str | None = None,
@@ -63,6 +64,9 @@ def segment_scene_flow(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Segment one scene end to end: tile -> train (unless weights are given) -> predict -> mosaic.
+
+    The scene may be many files on one grid (a list, a folder, an s3:// prefix or a VRT of tiles): they
+    form one store, so one model, one scene-wide context and haloes across tile borders cover them all.
 
     Outputs sit beside the map: MAP.tiles.zarr, MAP.model.pt (when trained here), MAP.labels.zarr,
     MAP.png (quick-look) and MAP.scores.json (when a reference is given).
@@ -105,7 +109,8 @@ def segment_scene_flow(
     # A label store has one band: the mosaic options' band (for image stores) does not apply.
     label_mosaic = mosaic.model_copy(update={"band": None})
     mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
-    quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
+    scene_name = scene_uri if isinstance(scene_uri, str) else scene_label(scene_uri)
+    quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_name} -> {outputs.cog}")
     scores = None
     if reference_uri:
         scores = evaluate_task(outputs.cog, reference_uri, outputs.scores)

@@ -8,20 +8,29 @@ from typing import Any
 from eoseg.compute.cluster import connect
 from eoseg.config import MosaicOptions, TileOptions
 from eoseg.mosaic.cog import mosaic_to_cog
-from eoseg.scene.inspect import inspect_scene
+from eoseg.scene.sources import open_scene_sources
 from eoseg.tile.stage import tile_scene
 from tasks.storage_task import storage_task
 
 
 @storage_task("inspect-scene", run_name_from="scene_uri")
-def inspect_scene_task(scene_uri: str, *, allow_ungeoreferenced: bool) -> dict[str, Any]:
-    """Validate a scene before any cluster or output exists; returns its description."""
-    return inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced).to_dict()
+def inspect_scene_task(scene_uri: str | list[str], *, allow_ungeoreferenced: bool) -> dict[str, Any]:
+    """Validate a scene (one file, or many on one grid) before any cluster or output exists; describe it.
+
+    The description is the whole scene's (the union grid of its files), with ``files``: how many.
+    """
+    sources = open_scene_sources(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced)
+    return {**sources.scene.to_dict(), "files": len(sources.tiles)}
 
 
 @storage_task("tile", run_name_from="scene_uri")
 def tile_task(
-    scene_uri: str, store_uri: str, *, options: TileOptions, overwrite: bool, scheduler_address: str | None
+    scene_uri: str | list[str],
+    store_uri: str,
+    *,
+    options: TileOptions,
+    overwrite: bool,
+    scheduler_address: str | None,
 ) -> dict[str, Any]:
     """Tile a scene into a Zarr store on the Dask cluster; returns the store's metadata."""
     with connect(scheduler_address) as client:
