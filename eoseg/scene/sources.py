@@ -198,7 +198,7 @@ def describe_inputs(uris: Sequence[str]) -> str:
 
 def _lattice_offset(reference: GeoBox, tile: GeoBox) -> tuple[float, float]:
     """The tile's first pixel corner in the reference's pixel coordinates ``(col, row)``."""
-    col, row = ~reference.affine * (tile.affine.c, tile.affine.f)
+    col, row = ~reference.affine @ (tile.affine.c, tile.affine.f)
     return float(col), float(row)
 
 
@@ -290,7 +290,7 @@ def open_scene_sources(
     col_min = min(w.col_off for w in offsets)
     height = max(w.row_stop for w in offsets) - row_min
     width = max(w.col_stop for w in offsets) - col_min
-    affine = first.geobox.affine * Affine.translation(col_min, row_min)
+    affine = first.geobox.affine @ Affine.translation(col_min, row_min)
     union = make_geobox((height, width), tuple(affine)[:6], first.crs_wkt)
     tiles = tuple(
         SourceTile(info.uri, Window(w.row_off - row_min, w.col_off - col_min, w.height, w.width))
