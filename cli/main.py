@@ -270,6 +270,20 @@ def run(
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    per_tile_maps: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder (or s3:// prefix) for one COG per input tile on its exact grid, a VRT over them, "
+            "a quick-look and a STAC Collection."
+        ),
+    ] = None,
+    max_cog_pixels: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Largest map written as one COG, in pixels (default 4e9); a larger area needs --per-tile-maps.",
+        ),
+    ] = None,
     training: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
@@ -280,7 +294,7 @@ def run(
     MAP.png (quick-look) and, with --reference, MAP.scores.json.
     """
     from eo_models.family import family_names
-    from eoseg.config import TileOptions
+    from eoseg.config import MosaicOptions, TileOptions
     from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
@@ -294,8 +308,10 @@ def run(
         reference_uri=reference,
         tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
         training=training,
+        mosaic=MosaicOptions() if max_cog_pixels is None else MosaicOptions(max_pixels=max_cog_pixels),
         cluster=cluster_spec(),
         overwrite=overwrite,
+        per_tile_maps=per_tile_maps,
     )
     typer.echo(format_run_summary(result))
 
@@ -309,6 +325,9 @@ def format_run_summary(result: dict[str, Any]) -> str:
         f"tile store: {result['tiles']}",
         f"labels:     {result['labels']}",
     ]
+    if result.get("per_tile_maps"):
+        tiles = result["per_tile_maps"]
+        lines.append(f"tile maps:  {len(tiles['maps'])} COGs, VRT {tiles['vrt']}, STAC {tiles['collection']}")
     if result.get("training"):
         t = result["training"]
         lines.append(

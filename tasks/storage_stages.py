@@ -8,7 +8,9 @@ from typing import Any
 from eoseg.compute.cluster import connect
 from eoseg.config import MosaicOptions, TileOptions
 from eoseg.mosaic.cog import mosaic_to_cog
+from eoseg.mosaic.per_tile import check_single_cog_size, write_per_tile_maps
 from eoseg.scene.sources import open_scene_sources
+from eoseg.store.layout import read_store_info
 from eoseg.tile.stage import tile_scene
 from tasks.storage_task import storage_task
 
@@ -47,8 +49,31 @@ def tile_task(
 
 @storage_task("mosaic", run_name_from="cog_uri")
 def mosaic_task(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool) -> dict[str, Any]:
-    """Write one band of a store (``options.band``) as a Cloud-Optimized GeoTIFF; returns a summary."""
+    """Write one band of a store (``options.band``) as a Cloud-Optimized GeoTIFF; returns a summary.
+
+    A store of more than ``options.max_pixels`` pixels is refused (per-tile maps are the way out).
+    """
+    info = read_store_info(store_uri)
+    check_single_cog_size(info.height * info.width, limit=options.max_pixels, what=store_uri)
     band, resampling = options.band, options.overview_resampling
     return asdict(
         mosaic_to_cog(store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=resampling)
     )
+
+
+@storage_task("tile-maps", run_name_from="labels_uri")
+def per_tile_maps_task(
+    labels_uri: str,
+    scene_uri: str | list[str],
+    folder: str,
+    *,
+    name: str,
+    model_uri: str | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """One COG per input tile, a VRT over them, a quick-look and a STAC Collection in ``folder``."""
+    sources = open_scene_sources(scene_uri, allow_ungeoreferenced=True)
+    written = write_per_tile_maps(
+        labels_uri, sources, folder, name=name, model_uri=model_uri, overwrite=overwrite
+    )
+    return asdict(written)
