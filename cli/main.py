@@ -281,7 +281,7 @@ def run(
         int | None,
         typer.Option(
             min=1,
-            help="Largest map written as one COG, in pixels (default 4e9); a larger area needs --per-tile-maps.",
+            help="Largest map written as one COG, in pixels (default 4e9); beyond it use --per-tile-maps.",
         ),
     ] = None,
     training: Any = None,
