@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 from conftest import REAL_SCENES, open_map_on_scene_grid
@@ -171,36 +173,61 @@ def whole_run(tmp_path_factory, whole, dask_address, prefect_server) -> tuple[Pa
     return map_path, map_path.with_suffix(".model.pt")
 
 
-def run_city(tiles: list[Path], map_path: Path, weights: Path, dask_address: str, whole: Path) -> np.ndarray:
+def run_city(
+    tiles: list[Path], map_path: Path, weights: Path, dask_address: str, whole: Path, **options: Any
+) -> np.ndarray:
     """``segment-scene`` over the tiles with existing weights; its labels (a COG on the whole crop's grid)."""
     from flows.segment_flows import segment_scene_flow
 
     result = segment_scene_flow(
         [str(p) for p in tiles], str(map_path), weights_uri=str(weights), tile=TileOptions(chunk_size=CHUNK),
-        cluster=ClusterSpec(address=dask_address),
+        cluster=ClusterSpec(address=dask_address), **options,
     )  # fmt: skip
     assert result["training"] is None and map_path.with_suffix(".png").exists()
     with open_map_on_scene_grid(map_path, whole) as out:
         return out.read(1)
 
 
+def reference_colours(map_path: Path) -> dict[int, tuple[int, ...]]:
+    with rasterio.open(map_path) as out:
+        return out.colormap(1)
+
+
 def test_city_run_equals_the_whole_scene_run_pixel_for_pixel(tmp_path, whole, whole_run, dask_address):
     """The issue's contract: the same weights on 3 x 3 tiles and on the whole scene give identical labels."""
     map_path, weights = whole_run
-    labels = run_city(
-        cut(whole, CUTS["3x3"], tmp_path / "tiles"), tmp_path / "city.tif", weights, dask_address, whole
-    )
+    tiles = cut(whole, CUTS["3x3"], tmp_path / "tiles")
+    maps = tmp_path / "maps"
+    labels = run_city(tiles, tmp_path / "city.tif", weights, dask_address, whole, per_tile_maps=str(maps))
     with open_map_on_scene_grid(map_path, whole) as reference:
         expected = reference.read(1)
     print(f"\ncity (3 x 3 tiles) vs whole scene: {np.mean(labels == expected):.4%} of pixels equal")
     assert np.count_nonzero(labels != expected) == 0 and labels.max() < 8
 
+    # Per-tile maps: each on its input tile's exact grid, equal to that window of the whole-scene map.
+    for tile in tiles:
+        with open_map_on_scene_grid(maps / tile.name, tile) as tile_map, rasterio.open(whole) as scene:
+            window = rasterio.windows.from_bounds(*tile_map.bounds, transform=scene.transform).round_offsets()
+            rows, cols = (
+                slice(window.row_off, window.row_off + tile_map.height),
+                slice(window.col_off, window.col_off + tile_map.width),
+            )
+            np.testing.assert_array_equal(tile_map.read(1), expected[rows, cols], err_msg=tile.name)
+            assert tile_map.colormap(1)[0][:3] == reference_colours(map_path)[0][:3]
+    with rasterio.open(maps / "city.vrt") as vrt, rasterio.open(whole) as scene:  # one layer: the whole map
+        assert (vrt.crs, vrt.transform, vrt.shape) == (scene.crs, scene.transform, scene.shape)
+        np.testing.assert_array_equal(vrt.read(1), expected)
+    assert (maps / "city.png").exists()
+    collection = pystac.Collection.from_file(str(maps / "collection.json"))
+    items = sorted(collection.get_items(), key=lambda item: item.id)
+    assert [item.id for item in items] == [tile.stem for tile in tiles]
+    assert collection.assets["model"].href == str(weights)
+    assert items[4].properties["proj:shape"] == [114, 114] and "map" in items[4].assets
+
 
 def test_city_run_maps_a_folder_of_tiles_with_a_hole_as_one_mosaic(tmp_path, whole, whole_run, dask_address):
     """The city-run deployment's flow with ``mosaic_name``: one segment-scene run for all tiles, one map on
     the union grid, one STAC item; a missing tile is nodata there and nowhere else."""
-    import pystac
-
     from flows.deploy_flows import city_run_flow
 
     cut(whole, CUTS["3x3"], tmp_path / "tiles", skip=(1, 1))
