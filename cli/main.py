@@ -284,6 +284,9 @@ def run(
             help="Largest map written as one COG, in pixels (default 4e9); beyond it use --per-tile-maps.",
         ),
     ] = None,
+    legend: Annotated[
+        str | None, typer.Option(help="Legend YAML (cluster -> name, colour, merge) applied to the maps.")
+    ] = None,
     training: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
@@ -312,6 +315,7 @@ def run(
         cluster=cluster_spec(),
         overwrite=overwrite,
         per_tile_maps=per_tile_maps,
+        legend_uri=legend,
     )
     typer.echo(format_run_summary(result))
 
@@ -364,6 +368,10 @@ def quicklook(
 from cli.train import register as _register_training  # noqa: E402  (commands live in their own module)
 
 _register_training(app, train_app)
+
+from cli.legend import register as _register_legend  # noqa: E402
+
+_register_legend(app)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from eoseg.compute.cluster import connect
 from eoseg.config import MosaicOptions, TileOptions
 from eoseg.mosaic.cog import mosaic_to_cog
+from eoseg.mosaic.legend import apply_legend, read_legend
 from eoseg.mosaic.per_tile import check_single_cog_size, write_per_tile_maps
 from eoseg.scene.sources import open_scene_sources
 from eoseg.store.layout import read_store_info
@@ -69,11 +70,24 @@ def per_tile_maps_task(
     *,
     name: str,
     model_uri: str | None,
+    legend_uri: str | None,
     overwrite: bool,
 ) -> dict[str, Any]:
     """One COG per input tile, a VRT over them, a quick-look and a STAC Collection in ``folder``."""
     sources = open_scene_sources(scene_uri, allow_ungeoreferenced=True)
     written = write_per_tile_maps(
-        labels_uri, sources, folder, name=name, model_uri=model_uri, overwrite=overwrite
+        labels_uri,
+        sources,
+        folder,
+        name=name,
+        model_uri=model_uri,
+        legend_uri=legend_uri,
+        overwrite=overwrite,
     )
     return asdict(written)
+
+
+@storage_task("legend", run_name_from="map_uri")
+def legend_task(map_uri: str, legend_uri: str) -> dict[int, str]:
+    """Apply a legend (names, colours, optional merge) to a label COG; returns ``{value: name}``."""
+    return apply_legend(map_uri, read_legend(legend_uri))

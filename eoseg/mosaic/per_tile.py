@@ -35,6 +35,7 @@ from eoseg.geometry import Window, footprint_wgs84, rasterio_grid_profile
 from eoseg.io import publish, storage
 from eoseg.mosaic.cog import COG_BLOCK_SIZE, cog_tags, overview_factors
 from eoseg.mosaic.colors import class_colormap
+from eoseg.mosaic.legend import apply_legend, read_legend
 from eoseg.scene.sources import SceneSources
 from eoseg.scene.vrt import tiles_vrt_xml
 from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
@@ -123,6 +124,7 @@ def write_per_tile_maps(
     *,
     name: str,
     model_uri: str | None = None,
+    legend_uri: str | None = None,
     max_size: int = 1024,
     overwrite: bool = False,
     show_progress: bool | None = None,
@@ -135,6 +137,7 @@ def write_per_tile_maps(
         folder: local folder or ``s3://`` prefix for the outputs.
         name: the stem of the VRT, quick-look and Collection id (e.g. the map's name).
         model_uri: the checkpoint, an asset of the Collection.
+        legend_uri: a legend (:mod:`eoseg.mosaic.legend`) applied to every tile map; an asset too.
         max_size: longest side of the quick-look's panels in pixels.
         overwrite: replace the maps of an earlier run (its VRT is the sign of one).
         show_progress: terminal progress bar on/off (default: when stderr is a terminal).
@@ -162,6 +165,10 @@ def write_per_tile_maps(
         local=True,
     )
     run_stage(stage, show_progress=show_progress)
+    if legend_uri:
+        legend = read_legend(legend_uri)
+        for target in targets:
+            apply_legend(target, legend)
     local_folder = None if storage.is_s3(folder) else folder
     xml = tiles_vrt_xml(
         info.geobox, [(target, job.window) for target, job in zip(targets, jobs, strict=True)],
@@ -169,7 +176,8 @@ def write_per_tile_maps(
     )  # fmt: skip
     publish.write_text(vrt, xml, overwrite=True)
     quicklook = _write_quicklook(sources, vrt, join_uri(folder, f"{name}.png"), max_size=max_size)
-    collection = _write_collection(info, sources, targets, folder, name=name, model_uri=model_uri)
+    assets = {"model": model_uri, "legend": legend_uri}
+    collection = _write_collection(info, sources, targets, folder, name=name, assets=assets)
     return PerTileMaps(tuple(targets), vrt, quicklook, collection)
 
 
@@ -188,7 +196,13 @@ def _write_quicklook(sources: SceneSources, vrt: str, png: str, *, max_size: int
 
 
 def _write_collection(
-    info: StoreInfo, sources: SceneSources, maps: list[str], folder: str, *, name: str, model_uri: str | None
+    info: StoreInfo,
+    sources: SceneSources,
+    maps: list[str],
+    folder: str,
+    *,
+    name: str,
+    assets: dict[str, str | None],
 ) -> str:
     """A STAC Collection of the tile maps (one Item each), self-contained in ``folder``."""
     import pystac
@@ -201,7 +215,7 @@ def _write_collection(
             scene_uri=tile.uri,
             acquired_tag=None,
             scene_modified=storage.modified_time(tile.uri),
-            model_uri=model_uri,
+            model_uri=assets.get("model"),
             properties={"eoseg:mosaic": name},
         )
         for tile, target in zip(sources.tiles, maps, strict=True)
@@ -217,11 +231,13 @@ def _write_collection(
     collection = pystac.Collection(
         id=name, description=f"Land-cover map of {name}: one map per input tile ({len(items)})", extent=extent
     )
-    if model_uri:
-        collection.add_asset(
-            "model",
-            pystac.Asset(href=model_uri, media_type=PYTORCH_MEDIA_TYPE, roles=["model"], title="Checkpoint"),
-        )
+    kinds = {"model": (PYTORCH_MEDIA_TYPE, "Checkpoint"), "legend": ("application/yaml", "Legend")}
+    for key, href in assets.items():
+        if href:
+            media_type, title = kinds[key]
+            collection.add_asset(
+                key, pystac.Asset(href=href, media_type=media_type, roles=[key], title=title)
+            )
     collection.add_items(items)
     uri = join_uri(folder, "collection.json")
     collection.normalize_hrefs(folder)
