@@ -5,6 +5,9 @@ tiles off the grid are refused; a folder, a list, an s3:// prefix and a VRT are 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +245,40 @@ def test_city_run_maps_a_folder_of_tiles_with_a_hole_as_one_mosaic(tmp_path, who
     assert nodata[97:211, 97:211].all() and np.count_nonzero(nodata) == 114 * 114
     catalog = pystac.Catalog.from_file(str(tmp_path / "maps" / "catalog.json"))
     assert [item.id for item in catalog.get_items()] == ["city"]
+
+
+def run_eoseg(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `eoseg` command against the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), COLUMNS="200")
+    command = [str(Path(sys.executable).parent / "eoseg"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_refuses_a_tile_off_the_grid_in_one_line(tmp_path, whole):
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    with rasterio.open(tiles[3], "r+") as tile:
+        tile.transform = tile.transform @ rasterio.Affine.translation(0, 0.25)
+    done = run_eoseg("tile", *map(str, tiles), "--out", str(tmp_path / "city.zarr"), "--chunk-size", "128")
+    assert done.returncode == 2
+    last_line = done.stderr.strip().splitlines()[-1]  # after the flow run's log lines
+    assert last_line.startswith(f"error: {tiles[3]}: this tile is not on the grid of the first tile")
+    assert not (tmp_path / "city.zarr").exists() and not list((tmp_path).glob(".city.zarr*"))
+
+
+@pytest.mark.slow
+def test_cli_run_on_tiles_equals_the_whole_scene_run(tmp_path, whole, whole_run):
+    """`eoseg run a.tif b.tif c.tif d.tif --weights M.pt --out city.tif` equals the whole scene's map."""
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    done = run_eoseg(
+        "run", *map(str, tiles), "--weights", str(whole_run[1]), "--out", str(tmp_path / "city.tif"),
+        "--chunk-size", str(CHUNK),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (
+        open_map_on_scene_grid(tmp_path / "city.tif", whole) as city,
+        rasterio.open(whole_run[0]) as reference,
+    ):
+        assert np.count_nonzero(city.read(1) != reference.read(1)) == 0
