@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
-from cli.runs import checked_options, cluster_spec, fail, run_flow, use_settings
+from cli.runs import checked_options, cluster_spec, fail, preflight_scene, run_flow, use_settings
 from eoseg.errors import EosegError
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
@@ -38,6 +38,10 @@ SCENE_HELP = (
     "Input scene: a GeoTIFF (path or s3://bucket/key), or many on one pixel grid forming one mosaic: "
     "several GeoTIFFs, a folder, an s3:// prefix or a GDAL VRT of tiles (gaps are nodata; where tiles "
     "overlap the first wins)."
+)
+WARP_GCPS_HELP = (
+    "Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid; without it "
+    "such a scene is refused."
 )
 
 
@@ -113,6 +117,7 @@ def tile(
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept a raster without CRS (outputs are pixel grids without CRS).")
     ] = False,
+    warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
     """Tile a GeoTIFF (or many on one grid) into a chunked Zarr v3 store, window by window, in parallel.
@@ -124,7 +129,10 @@ def tile(
     from eoseg.config import TileOptions
     from flows.storage_flows import tile_scene_flow
 
-    options = TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced)
+    options = TileOptions(
+        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
+    )
+    preflight_scene(scene_argument(scene), options)
     info = run_flow(
         tile_scene_flow,
         scene_argument(scene),
@@ -269,6 +277,7 @@ def run(
     allow_ungeoreferenced: Annotated[
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
     ] = False,
+    warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     per_tile_maps: Annotated[
         str | None,
@@ -302,6 +311,11 @@ def run(
 
     if model not in family_names():
         fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
+    tile = TileOptions(
+        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
+    )
+    patch_size = None if weights else training.training_params().get("patch_size")
+    preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     result = run_flow(
         segment_scene_flow,
         scene_argument(scene),
@@ -309,7 +323,7 @@ def run(
         model=model,
         weights_uri=weights,
         reference_uri=reference,
-        tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
+        tile=tile,
         training=training,
         mosaic=MosaicOptions() if max_cog_pixels is None else MosaicOptions(max_pixels=max_cog_pixels),
         cluster=cluster_spec(),

@@ -18,8 +18,9 @@ from eoseg.settings import EosegSettings, load_settings
 
 if TYPE_CHECKING:
     from eoseg.compute.cluster import ClusterSpec
+    from eoseg.config import TileOptions
 
-__all__ = ["checked_options", "cluster_spec", "fail", "run_flow", "use_settings"]
+__all__ = ["checked_options", "cluster_spec", "fail", "preflight_scene", "run_flow", "use_settings"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,3 +71,30 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
         fail(error)
     except FileExistsError as error:  # the final rename/upload found a competitor's output
         fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
+
+
+def preflight_scene(
+    scene: str | list[str], tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
+) -> None:
+    """Refuse a bad scene before any flow, cluster or output exists: one ``error:`` line, exit 2.
+
+    Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`; the headers of every
+    file of a many-file scene, :func:`eoseg.scene.sources.open_scene_sources`), when the command
+    trains, that one ``patch_size`` patch fits in the scene, and, with ``weights``, that the model was
+    trained on as many bands as the scene has. The flows check the same again for runs that
+    do not come from the CLI.
+    """
+    from eoseg.predict.stage import check_model_bands
+    from eoseg.scene.sources import open_scene_sources
+    from eoseg.train.patches import check_patch_fits
+
+    try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
+        info = open_scene_sources(
+            scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps
+        ).scene
+        if patch_size is not None:
+            check_patch_fits(info.uri, info.height, info.width, patch_size)
+        if weights is not None:
+            check_model_bands(info.uri, info.band_count, weights)
+    except EosegError as error:
+        fail(error)

@@ -16,7 +16,9 @@ from eoseg.errors import ConfigurationError
 from eoseg.mosaic.legend import read_legend
 from eoseg.mosaic.per_tile import check_single_cog_size
 from eoseg.outputs import RunOutputs
+from eoseg.predict.stage import check_model_bands
 from eoseg.store.lifecycle import check_file_output
+from eoseg.train.patches import check_patch_fits
 from flows.storage_flows import inspect_scene_logged
 from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
 from tasks.run_names import scene_label
@@ -96,6 +98,12 @@ def segment_scene_flow(
     single_cog = scene["height"] * scene["width"] <= mosaic.max_pixels
     if not single_cog and per_tile_maps is None:
         check_single_cog_size(scene["height"] * scene["width"], limit=mosaic.max_pixels, what=outputs.cog)
+    if weights_uri is None:  # training needs one patch: refuse before tiling, not after
+        check_patch_fits(
+            scene["uri"], scene["height"], scene["width"], training.training_params()["patch_size"]
+        )
+    else:  # and a model trained on other bands: refuse before tiling
+        check_model_bands(scene["uri"], scene["band_count"], weights_uri)
     with dask_cluster(cluster) as address:
         tile_task(scene_uri, outputs.tiles, options=tile, overwrite=overwrite, scheduler_address=address)
         training_summary = None

@@ -17,12 +17,14 @@ from tasks.storage_task import storage_task
 
 
 @storage_task("inspect-scene", run_name_from="scene_uri")
-def inspect_scene_task(scene_uri: str | list[str], *, allow_ungeoreferenced: bool) -> dict[str, Any]:
+def inspect_scene_task(scene_uri: str | list[str], *, options: TileOptions) -> dict[str, Any]:
     """Validate a scene (one file, or many on one grid) before any cluster or output exists; describe it.
 
     The description is the whole scene's (the union grid of its files), with ``files``: how many.
     """
-    sources = open_scene_sources(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced)
+    sources = open_scene_sources(
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
+    )
     return {**sources.scene.to_dict(), "files": len(sources.tiles)}
 
 
@@ -43,6 +45,7 @@ def tile_task(
             chunk_size=options.chunk_size,
             overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced,
+            warp_gcps=options.warp_gcps,
             client=client,
         )
     return info.to_attrs()

@@ -213,8 +213,11 @@ def _check_same_grid(first: SceneInfo, tile: SceneInfo, tolerance: float) -> Win
         first.geobox.crs is not None and tile.geobox.crs is not None and first.geobox.crs != tile.geobox.crs
     ):
         what = f"its CRS ({tile.geobox.crs}) differs from the first tile's ({first.geobox.crs})"
-    elif tile.band_count != first.band_count:
-        what = f"it has {tile.band_count} band(s), the first tile {first.band_count}"
+    elif (tile.band_count, tile.band_indexes) != (first.band_count, first.band_indexes):
+        what = (
+            f"it has bands {list(tile.band_indexes)} (alpha left out), the first tile "
+            f"{list(first.band_indexes)}"
+        )
     elif tile.dtype != first.dtype:
         what = f"its pixel type {tile.dtype} differs from the first tile's {first.dtype}"
     elif tile.nodata != first.nodata and not (tile.nodata != tile.nodata and first.nodata != first.nodata):
@@ -252,6 +255,7 @@ def open_scene_sources(
     scene: str | Sequence[str],
     *,
     allow_ungeoreferenced: bool = False,
+    warp_gcps: bool = False,
     tolerance: float = GRID_TOLERANCE_PIXELS,
 ) -> SceneSources:
     """List, inspect (headers only) and place the input tiles of ``scene`` on their union grid.
@@ -263,6 +267,7 @@ def open_scene_sources(
     Args:
         scene: a GeoTIFF, a list of GeoTIFFs, a local folder, an ``s3://`` prefix, or a VRT of tiles.
         allow_ungeoreferenced: accept rasters without CRS (they must then share the pixel grid all the same).
+        warp_gcps: read GCP-georeferenced files warped onto a regular grid (:func:`inspect_scene`).
         tolerance: largest misalignment, in pixels, still counted as the same lattice.
 
     Returns:
@@ -276,11 +281,13 @@ def open_scene_sources(
     """
     description, files = list_scene_files(scene)
     if len(files) == 1 and files[0] == description:
-        info = inspect_scene(files[0], allow_ungeoreferenced=allow_ungeoreferenced)
+        info = inspect_scene(files[0], allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps)
         return SceneSources(info, (SourceTile(info.uri, Window(0, 0, info.height, info.width)),))
 
     def header(uri: str) -> SceneInfo:
-        return inspect_scene(uri, allow_ungeoreferenced=allow_ungeoreferenced, probe_pixels=False)
+        return inspect_scene(
+            uri, allow_ungeoreferenced=allow_ungeoreferenced, probe_pixels=False, warp_gcps=warp_gcps
+        )
 
     with ThreadPoolExecutor(max_workers=min(_HEADER_THREADS, len(files))) as pool:
         infos = list(pool.map(header, files))
