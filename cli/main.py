@@ -15,7 +15,19 @@ from pydantic import ValidationError
 
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
-from cli.runs import checked_options, cluster_spec, fail, preflight_scene, run_flow, use_settings
+from cli.runs import (
+    SCENE_HELP,
+    LegendOption,
+    MaxCogPixelsOption,
+    PerTileMapsOption,
+    checked_options,
+    cluster_spec,
+    fail,
+    preflight_scene,
+    run_flow,
+    scene_argument,
+    use_settings,
+)
 from eoseg.errors import EosegError
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
@@ -34,20 +46,10 @@ app = typer.Typer(
 )
 
 
-SCENE_HELP = (
-    "Input scene: a GeoTIFF (path or s3://bucket/key), or many on one pixel grid forming one mosaic: "
-    "several GeoTIFFs, a folder, an s3:// prefix or a GDAL VRT of tiles (gaps are nodata; where tiles "
-    "overlap the first wins)."
-)
 WARP_GCPS_HELP = (
     "Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid; without it "
     "such a scene is refused."
 )
-
-
-def scene_argument(scenes: list[str]) -> str | list[str]:
-    """The flows' ``scene_uri``: one string for one input (as before), else the list."""
-    return scenes[0] if len(scenes) == 1 else list(scenes)
 
 
 @app.callback()
@@ -279,23 +281,9 @@ def run(
     ] = False,
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    per_tile_maps: Annotated[
-        str | None,
-        typer.Option(
-            help="Folder (or s3:// prefix) for one COG per input tile on its exact grid, a VRT over them, "
-            "a quick-look and a STAC Collection."
-        ),
-    ] = None,
-    max_cog_pixels: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Largest map written as one COG, in pixels (default 4e9); beyond it use --per-tile-maps.",
-        ),
-    ] = None,
-    legend: Annotated[
-        str | None, typer.Option(help="Legend YAML (cluster -> name, colour, merge) applied to the maps.")
-    ] = None,
+    per_tile_maps: PerTileMapsOption = None,
+    max_cog_pixels: MaxCogPixelsOption = None,
+    legend: LegendOption = None,
     training: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -98,3 +98,38 @@ def preflight_scene(
             check_model_bands(info.uri, info.band_count, weights)
     except EosegError as error:
         fail(error)
+
+
+SCENE_HELP = (
+    "Input scene: a GeoTIFF (path or s3://bucket/key), or many on one pixel grid forming one mosaic: "
+    "several GeoTIFFs, a folder, an s3:// prefix or a GDAL VRT of tiles (gaps are nodata; where tiles "
+    "overlap the first wins)."
+)
+
+
+def scene_argument(scenes: list[str]) -> str | list[str]:
+    """The flows' ``scene_uri``: one string for one input (as before), else the list."""
+    return scenes[0] if len(scenes) == 1 else list(scenes)
+
+
+# `eoseg run`'s options for a city's outputs (here: cli/main.py stays a readable size).
+PerTileMapsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--per-tile-maps",
+        help="Folder (or s3:// prefix) for one COG per input tile on its exact grid, a VRT over them, "
+        "a quick-look and a STAC Collection.",
+    ),
+]
+MaxCogPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-cog-pixels",
+        min=1,
+        help="Largest map written as one COG, in pixels (default 4e9); beyond it use --per-tile-maps.",
+    ),
+]
+LegendOption = Annotated[
+    str | None,
+    typer.Option("--legend", help="Legend YAML (cluster -> name, colour, merge) applied to the maps."),
+]
