@@ -41,6 +41,7 @@ def cut_scene(scene: Path, folder: Path, pieces: int) -> list[str]:
                 window = Window(cols[j], rows[i], cols[j + 1] - cols[j], rows[i + 1] - rows[i])
                 profile = dict(source.profile, width=window.width, height=window.height)
                 profile.update(transform=source.window_transform(window), blockxsize=128, blockysize=128)
+                profile["photometric"] = "MINISBLACK"  # 4 data bands, not RGB + alpha
                 path = folder / f"tile_{i}{j}.tif"
                 with rasterio.open(path, "w", **profile) as out:
                     out.write(source.read(window=window))

@@ -42,6 +42,7 @@ def whole(tmp_path_factory, shared_data) -> Path:
         profile = scene.profile
         pixels = scene.read(window=CROP)
         profile.update(width=CROP.width, height=CROP.height, transform=scene.window_transform(CROP))
+        profile["photometric"] = "MINISBLACK"  # four bands of data (R, G, B, NIR), not RGB + alpha
     path = folder / "whole.tif"
     with rasterio.open(path, "w", **profile) as out:
         out.write(pixels)
@@ -61,6 +62,7 @@ def cut(
                     continue
                 window = RioWindow(c0, r0, c1 - c0, r1 - r0)
                 profile = dict(scene.profile, width=c1 - c0, height=r1 - r0, blockxsize=64, blockysize=64)
+                profile["photometric"] = "MINISBLACK"
                 profile["transform"] = window_transform(window, scene.transform)
                 path = folder / f"tile_{i}{j}.tif"
                 with rasterio.open(path, "w", **profile) as out:
@@ -108,7 +110,9 @@ def test_a_missing_tile_is_nodata_there_and_nowhere_else(tmp_path, whole):
     pixels, expected = store_pixels(tmp_path / "holed.zarr"), rasterio.open(whole).read()
     hole = np.zeros((300, 300), dtype=bool)
     hole[97:211, 97:211] = True
-    assert np.all(pixels[:, hole] == info.nodata)
+    assert info.band_count == 4 and np.all(pixels[:, hole] == info.nodata)
+    valid = np.asarray(open_data_array(str(tmp_path / "holed.zarr"), "valid")[:]).astype(bool)
+    np.testing.assert_array_equal(valid, ~hole)  # the store's validity: invalid exactly in the hole
     np.testing.assert_array_equal(pixels[:, ~hole], expected[:, ~hole])
     assert not np.any(np.all(expected == info.nodata, axis=0)), "the crop itself has no nodata pixel"
 
