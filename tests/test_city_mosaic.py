@@ -286,3 +286,19 @@ def test_cli_run_on_tiles_equals_the_whole_scene_run(tmp_path, whole, whole_run)
         rasterio.open(whole_run[0]) as reference,
     ):
         assert np.count_nonzero(city.read(1) != reference.read(1)) == 0
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_one_cog_above_the_size_limit_is_refused_pointing_to_per_tile_maps(tmp_path, whole):
+    from eoseg.config import MosaicOptions
+    from eoseg.errors import ConfigurationError
+    from flows.segment_flows import segment_scene_flow
+
+    with pytest.raises(
+        ConfigurationError,
+        match=r"90,000 pixels is more than one COG should hold \(limit 80,000\); .*--per-tile-maps",
+    ):
+        segment_scene_flow(
+            str(whole), str(tmp_path / "out" / "city.tif"), mosaic=MosaicOptions(max_pixels=80_000)
+        )
+    assert not (tmp_path / "out").exists()  # refused before any work

@@ -53,9 +53,9 @@ def check_single_cog_size(pixels: int, *, limit: int = MAX_SINGLE_COG_PIXELS, wh
     """
     if pixels > limit:
         raise ConfigurationError(
-            f"{what}: {pixels / 1e9:.2f} gigapixels is more than one COG should hold (limit {limit / 1e9:g} "
-            "GP); write one map per input tile with --per-tile-maps DIR (a VRT over them opens as one "
-            "layer), or raise the limit with --max-cog-pixels."
+            f"{what}: {pixels:,} pixels is more than one COG should hold (limit {limit:,}); write one map "
+            "per input tile with --per-tile-maps DIR (a VRT over them opens as one layer), or raise the "
+            "limit with --max-cog-pixels."
         )
 
 
