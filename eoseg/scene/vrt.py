@@ -72,11 +72,12 @@ def scene_raster_path(scene: str | Sequence[str], folder: str) -> str:
     Raises:
         as :func:`eoseg.scene.sources.open_scene_sources`.
     """
-    from eoseg.scene.sources import open_scene_sources
+    from eoseg.scene.sources import list_scene_files, open_scene_sources
 
+    description, files = list_scene_files(scene)
+    if files == [description]:  # one file: GDAL opens it as it is (no inspection, GCP scenes included)
+        return storage.gdal_path(description)
     sources = open_scene_sources(scene, allow_ungeoreferenced=True)
-    if sources.single_file:
-        return storage.gdal_path(sources.scene.uri)
     info = sources.scene
     path = os.path.join(folder, "scene.vrt")
     xml = tiles_vrt_xml(
