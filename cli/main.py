@@ -15,20 +15,24 @@ from pydantic import ValidationError
 
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
-from cli.runs import checked_options, cluster_spec, fail, preflight_scene, run_flow, use_settings
+from cli.runs import (
+    SCENE_HELP,
+    LegendOption,
+    MaxCogPixelsOption,
+    PerTileMapsOption,
+    checked_options,
+    cluster_spec,
+    fail,
+    preflight_scene,
+    run_flow,
+    scene_argument,
+    use_settings,
+)
+from cli.summary import ClassNamesOption, format_run_summary
 from eoseg.errors import EosegError
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
 from flows.logs import configure_logging
-
-# The reference's class names, an option of `evaluate` and of `run`.
-ClassNamesOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Names of the reference classes: 'loveda', 'spacenet' or a JSON file {value: name}; "
-        "default: REFERENCE.classes.json if present."
-    ),
-]
 
 app = typer.Typer(
     name="eoseg",
@@ -108,7 +112,7 @@ def main_options(
 
 @app.command()
 def tile(
-    scene: Annotated[str, typer.Argument(help="Input raster: a GeoTIFF path or s3://bucket/key.")],
+    scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
     out: Annotated[str, typer.Option("--out", "-o", help="Zarr store to create (path or s3:// prefix).")],
     chunk_size: Annotated[
         int, typer.Option(min=16, help="Chunk edge in pixels; all bands per chunk.")
@@ -119,7 +123,7 @@ def tile(
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
-    """Tile a GeoTIFF into a chunked Zarr v3 store, window by window, in parallel.
+    """Tile a GeoTIFF (or many on one grid) into a chunked Zarr v3 store, window by window, in parallel.
 
     The store keeps the CRS, affine transform, nodata, band names and source URI (layout:
     docs/store-layout.md), plus per-band statistics of valid pixels. An interrupted run leaves only a
@@ -131,8 +135,15 @@ def tile(
     options = TileOptions(
         chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
     )
-    preflight_scene(scene, options)
-    info = run_flow(tile_scene_flow, scene, out, options=options, cluster=cluster_spec(), overwrite=overwrite)
+    preflight_scene(scene_argument(scene), options)
+    info = run_flow(
+        tile_scene_flow,
+        scene_argument(scene),
+        out,
+        options=options,
+        cluster=cluster_spec(),
+        overwrite=overwrite,
+    )
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
         f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
@@ -254,7 +265,7 @@ def predict(
 @app.command()
 @with_options(training_options("clusterer"), into="training")
 def run(
-    scene: Annotated[str, typer.Argument(help="Input GeoTIFF (path or s3://).")],
+    scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
     out: Annotated[
         str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")
     ],
@@ -290,16 +301,21 @@ def run(
     ] = False,
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    per_tile_maps: PerTileMapsOption = None,
+    max_cog_pixels: MaxCogPixelsOption = None,
+    legend: LegendOption = None,
     training: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
+
+    A scene of many files (tiles on one grid) is one map: one store, one model, no seams.
 
     Outputs beside MAP.tif: MAP.tiles.zarr, MAP.model.pt (the trained checkpoint), MAP.labels.zarr,
     MAP.png (quick-look) and, with --reference, MAP.scores.json (and with --baseline kmeans,
     MAP.kmeans.tif and MAP.kmeans.scores.json).
     """
     from eo_models.family import family_names
-    from eoseg.config import EvaluateOptions, TileOptions
+    from eoseg.config import EvaluateOptions, MosaicOptions, TileOptions
     from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
@@ -311,46 +327,24 @@ def run(
         chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
     )
     patch_size = None if weights else training.training_params().get("patch_size")
-    preflight_scene(scene, tile, patch_size=patch_size, weights=weights)
+    preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     result = run_flow(
         segment_scene_flow,
-        scene,
+        scene_argument(scene),
         out,
         model=model,
         weights_uri=weights,
         reference_uri=reference,
         tile=tile,
         training=training,
+        mosaic=MosaicOptions() if max_cog_pixels is None else MosaicOptions(max_pixels=max_cog_pixels),
         evaluate=evaluate_options,
         cluster=cluster_spec(),
         overwrite=overwrite,
+        per_tile_maps=per_tile_maps,
+        legend_uri=legend,
     )
     typer.echo(format_run_summary(result))
-
-
-def format_run_summary(result: dict[str, Any]) -> str:
-    """The lines `eoseg run` and `make demo` print at the end."""
-    lines = [
-        f"map:        {result['map']}",
-        f"quick-look: {result['quicklook']}",
-        f"model:      {result['model']}",
-        f"tile store: {result['tiles']}",
-        f"labels:     {result['labels']}",
-    ]
-    if result.get("training"):
-        t = result["training"]
-        lines.append(
-            f"training:   {t['patches']} patches, {t['seconds']} s on {t['device']}, "
-            f"final loss {t['final_loss']:.4f}"
-        )
-    if result.get("scores"):
-        from eoseg.evaluate.compare import comparison_text
-
-        lines.append(f"scores:     {result['scores_file']}")
-        if result.get("baseline"):
-            lines.append(f"baseline:   {result['baseline']}  (raw-pixel k-means, same K and band statistics)")
-        lines.append(comparison_text(result["scores"], result.get("baseline_scores"), model_name="map"))
-    return "\n".join(lines)
 
 
 @app.command()
@@ -373,6 +367,10 @@ def quicklook(
 from cli.train import register as _register_training  # noqa: E402  (commands live in their own module)
 
 _register_training(app, train_app)
+
+from cli.legend import register as _register_legend  # noqa: E402
+
+_register_legend(app)
 
 
 def main() -> None:

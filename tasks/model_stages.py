@@ -109,26 +109,28 @@ def predict_task(
 
 @storage_task("quicklook", run_name_from="scene_uri")
 def quicklook_task(
-    scene_uri: str,
+    scene_uri: str | list[str],
     cog_uri: str,
     png_uri: str,
     *,
     title: str | None = None,
     class_names: dict[int, str] | None = None,
 ) -> str:
-    """A PNG beside the COG: the scene and its label map side by side, in class colours, with a key.
+    """A PNG beside the COG: the scene (a VRT of its tiles if it has many) and its label map, with a key.
 
     ``class_names``: ``{label: name}`` shown in the key beside each label's colour (e.g. the reference
     class each cluster maps to).
     """
     from eoseg.mosaic.quicklook import write_quicklook
+    from eoseg.scene.vrt import scene_raster_path
 
-    with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(scene_uri):
+    first = scene_uri if isinstance(scene_uri, str) else scene_uri[0]
+    with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(first):
         local_png = os.path.join(scratch, "quicklook.png")
+        scene_path = scene_raster_path(scene_uri, scratch)
         write_quicklook(
-            storage.gdal_path(scene_uri), storage.gdal_path(cog_uri), local_png, title=title,
-            label_names=class_names,
-        )  # fmt: skip
+            scene_path, storage.gdal_path(cog_uri), local_png, title=title, label_names=class_names
+        )
         publish_file(local_png, png_uri, overwrite=True)
     return png_uri
 

@@ -10,6 +10,7 @@ overviews of a Cloud-Optimized GeoTIFF for that), so a city-sized scene costs a 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
@@ -64,7 +65,8 @@ def write_quicklook(
             table if it has one, else the :mod:`eoseg.mosaic.colors` palette. Labels missing from the
             colormap take the palette colour.
         title: Text drawn above the panels.
-        label_names: ``{label: name}``; the key shows ``"3: water"`` for a named label, ``"3"`` otherwise.
+        label_names: ``{label: name}`` for the key (``"3 water"``; ``"3"`` without a name), over the
+            names the label map's legend stores (``EOSEG_CLASS_NAMES`` tag).
         overwrite: Replace ``out_png`` if it exists; when False an existing file is an error.
 
     Returns:
@@ -90,14 +92,16 @@ def write_quicklook(
         nodata = labels_file.nodata
         if colormap is None:
             colormap = _embedded_colormap(labels_file)
+        names = {
+            int(k): str(v) for k, v in json.loads(labels_file.tags().get("EOSEG_CLASS_NAMES", "{}")).items()
+        }
+    names.update(label_names or {})  # a legend's class names, then the caller's
     valid = np.ones(labels.shape, dtype=bool) if nodata is None else labels != nodata
     present = [int(value) for value in np.unique(labels[valid])]
     colors = {value: _rgba(value, colormap) for value in present}
     label_rgb = _render_labels(labels, valid, colors)
 
-    image = _compose(
-        scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all(), names=label_names or {}
-    )
+    image = _compose(scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all(), names=names)
     with publishing_file(out_png, overwrite=overwrite) as staging:
         image.save(staging, format="PNG")
     return out_png
@@ -165,7 +169,7 @@ def _compose(
     *,
     title: str | None,
     show_nodata: bool,
-    names: Mapping[int, str],
+    names: Mapping[int, str] | None = None,
 ) -> Image.Image:
     panel_height, panel_width = scene_rgb.shape[:2]
     width = 2 * panel_width + PANEL_GAP
@@ -177,7 +181,7 @@ def _compose(
     # Transparent entries get a black swatch, as in the panel; the overflow note gets none.
     entries: list[tuple[str, tuple[int, int, int] | None]] = [
         (
-            f"{value}: {names[value]}" if value in names else str(value),
+            f"{value} {names[value]}" if names and value in names else str(value),
             (red, green, blue) if alpha > 0 else NODATA_RGB,
         )
         for value, (red, green, blue, alpha) in sorted(colors.items())
