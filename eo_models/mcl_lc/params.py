@@ -9,6 +9,7 @@ Defaults are the paper's (Sec. 4.1) unless noted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from eo_models.params import DEVICE_DESCRIPTION, MAX_STEPS_DESCRIPTION, check_bounds, option
 
@@ -182,6 +183,11 @@ class PretrainParams:
             raise ValueError(f"roi_size {self.roi_size} must not exceed patch_size {self.patch_size}")
         if self.mine_marginals not in ("all-pairs", "shifted"):
             raise ValueError(f"mine_marginals must be 'all-pairs' or 'shifted', got {self.mine_marginals!r}")
+
+    def model_options(self) -> dict[str, Any]:
+        """The settings that shape :class:`eo_models.mcl_lc.model.MclLcModel` (its keyword arguments)."""
+        names = ("projection_dim", "roi_size", "mine_hidden_features", "mine_ema_rate", "mine_marginals")
+        return {name: getattr(self, name) for name in (*names, "aspp_dropout")}
 
 
 @dataclass(frozen=True)

@@ -173,15 +173,7 @@ def pretrain_mcl_lc(
     device = resolve_device(params.device)
     history: dict[str, list[float]] = {key: [] for key in PRETRAIN_METRICS}
     with skeleton.seeded(params.seed, device):
-        model = MclLcModel(
-            in_channels=in_channels,
-            projection_dim=params.projection_dim,
-            roi_size=params.roi_size,
-            mine_hidden_features=params.mine_hidden_features,
-            mine_ema_rate=params.mine_ema_rate,
-            mine_marginals=params.mine_marginals,
-            aspp_dropout=params.aspp_dropout,
-        )
+        model = MclLcModel(in_channels=in_channels, **params.model_options())
         if params.encoder_weights is not None:
             load_resnet50_weights(model.network.backbone, params.encoder_weights)
         model.to(device).train()
