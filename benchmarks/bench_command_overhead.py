@@ -108,7 +108,17 @@ def main() -> None:
         "python -c 'import cli.main'": ([sys.executable, "-c", "import cli.main"], base),
     }
     if shutil.which("gdal_translate"):
-        gdal = ["gdal_translate", "-q", "-of", "Zarr", "-co", "COMPRESS=ZSTD", "-co", "BLOCKSIZE=3,1024,1024"]
+        gdal = ["gdal_translate", "-q", "-of", "Zarr", "-co", "FORMAT=ZARR_V2", "-co", "BLOCKSIZE=1024,1024"]
+        gdal += [
+            "-co",
+            "COMPRESS=BLOSC",
+            "-co",
+            "BLOSC_CNAME=zstd",
+            "-co",
+            "BLOSC_CLEVEL=1",
+            "-co",
+            "BLOSC_SHUFFLE=BIT",
+        ]
         cases["gdal_translate -of Zarr"] = ([*gdal, str(SCENE), str(work / "gdal.zarr")], base)
     server = None
     if not args.no_server:
