@@ -12,6 +12,8 @@ Cases, each run ``--repeat`` times in fresh processes, interleaved (so load chan
 - ``gdal_translate -of Zarr``: GDAL's conversion of the same scene, the floor for the work itself.
 
 The load average (``uptime``) is recorded before and after every run; compare ratios from one run only.
+A run that fails (Prefect's temporary server times out after 20 s on a loaded machine) is listed as
+failed and left out of the median.
 
     python benchmarks/bench_command_overhead.py [--repeat 3] [--no-server]
 """
@@ -48,9 +50,10 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
     start = time.perf_counter()
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"{command} failed:\n{result.stderr[-2000:]}")
-    return {"seconds": seconds, "load_before": before, "load_after": load_average()}
+    run = {"seconds": seconds, "load_before": before, "load_after": load_average()}
+    if result.returncode != 0:  # e.g. Prefect's temporary server timing out on a loaded machine
+        run["failed"] = result.stderr.strip().splitlines()[-1][-300:] if result.stderr.strip() else "failed"
+    return run
 
 
 def _free_port() -> int:
@@ -139,7 +142,10 @@ def main() -> None:
             server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
-    medians = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
+    medians = {
+        name: statistics.median([r["seconds"] for r in rs if "failed" not in r] or [float("nan")])
+        for name, rs in runs.items()
+    }
     loads = [r[key] for rs in runs.values() for r in rs for key in ("load_before", "load_after")]
     machine = f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib()} GiB"
     direct = medians["direct (no Prefect API configured)"]
@@ -153,7 +159,7 @@ def main() -> None:
         "|---|---:|---|---:|",
     ]
     for name, rs in runs.items():
-        values = ", ".join(f"{r['seconds']:.2f}" for r in rs)
+        values = ", ".join(f"{r['seconds']:.2f}" + (" (failed)" if "failed" in r else "") for r in rs)
         lines.append(f"| {name} | {medians[name]:.2f} | {values} | {medians[name] / direct:.2f}x |")
     report = {"machine": machine, "repeat": args.repeat, "runs": runs, "medians": medians}
     write_report(args.results, "command_overhead", report, lines)
