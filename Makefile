@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= eoseg
 export EOSEG_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: install demo test test-fast lint bench gpu-check clean help
+.PHONY: install demo test test-slow test-all lint bench gpu-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,11 +43,14 @@ lint: install  ## ruff (lint and format) and mypy --strict, as .ci/run and pre-c
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install  ## run the test suite (real Prefect server, Dask LocalCluster, loopback S3)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-test-fast: install  ## the test suite without tests marked slow
+test: install  ## the default test run: every test not marked slow (real Prefect server, Dask LocalCluster, loopback S3)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install  ## only the tests marked slow (production guide, cluster scaling, long pipelines); .ci/run runs them too
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install  ## every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every speed benchmark; each rewrites its benchmarks/results/NAME.{md,json} with the machine and load.
 bench: install  ## speed benchmarks: command overhead, tile/mosaic, clusterer fp32/bf16, scaling (~1 h on 2 cores)

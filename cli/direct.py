@@ -42,7 +42,9 @@ def tile_direct(
     from eoseg.tile.stage import tile_scene
 
     _log_to_terminal()
-    scene = inspect_scene(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
+    scene = inspect_scene(
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
+    )
     logger.info(
         "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
         scene.dtype,
@@ -51,7 +53,7 @@ def tile_direct(
     with stage_cluster(cluster, work_chunks=chunks) as address, connect(address) as client:
         info = tile_scene(
             scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
-            allow_ungeoreferenced=options.allow_ungeoreferenced, client=client,
+            allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,
         )  # fmt: skip
     return info.to_attrs()
 

@@ -19,7 +19,15 @@ from pydantic import ValidationError
 
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
-from cli.runs import checked_options, cluster_spec, fail, run_flow, stage_runner, use_settings
+from cli.runs import (
+    checked_options,
+    cluster_spec,
+    fail,
+    preflight_scene,
+    run_flow,
+    stage_runner,
+    use_settings,
+)
 from eoseg.errors import EosegError
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
@@ -35,6 +43,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
+)
+
+
+WARP_GCPS_HELP = (
+    "Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid; without it "
+    "such a scene is refused."
 )
 
 
@@ -116,6 +130,7 @@ def tile(
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept a raster without CRS (outputs are pixel grids without CRS).")
     ] = False,
+    warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
     """Tile a GeoTIFF into a chunked Zarr v3 store, window by window, in parallel.
@@ -127,7 +142,10 @@ def tile(
     from eoseg.config import TileOptions
 
     tile_scene = stage_runner("flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct")
-    options = TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced)
+    options = TileOptions(
+        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
+    )
+    preflight_scene(scene, options)
     info = run_flow(tile_scene, scene, out, options=options, cluster=cluster_spec(), overwrite=overwrite)
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
@@ -274,6 +292,7 @@ def run(
     allow_ungeoreferenced: Annotated[
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
     ] = False,
+    warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     training: Any = None,
 ) -> None:
@@ -288,6 +307,11 @@ def run(
 
     if model not in family_names():
         fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
+    tile = TileOptions(
+        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
+    )
+    patch_size = None if weights else training.training_params().get("patch_size")
+    preflight_scene(scene, tile, patch_size=patch_size, weights=weights)
     result = run_flow(
         segment_scene_flow,
         scene,
@@ -295,7 +319,7 @@ def run(
         model=model,
         weights_uri=weights,
         reference_uri=reference,
-        tile=TileOptions(chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced),
+        tile=tile,
         training=training,
         # The training options' --precision applies to inference too.
         predict=PredictOptions(precision=getattr(training, "precision", "auto")),

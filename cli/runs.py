@@ -20,12 +20,14 @@ from eoseg.settings import EosegSettings, load_settings
 
 if TYPE_CHECKING:
     from eoseg.compute.cluster import ClusterSpec
+    from eoseg.config import TileOptions
 
 __all__ = [
     "checked_options",
     "cluster_spec",
     "fail",
     "prefect_api_configured",
+    "preflight_scene",
     "run_flow",
     "stage_runner",
     "use_prefect",
@@ -135,3 +137,29 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
         fail(error)
     except FileExistsError as error:  # the final rename/upload found a competitor's output
         fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
+
+
+def preflight_scene(
+    scene: str, tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
+) -> None:
+    """Refuse a bad scene before any flow, cluster or output exists: one ``error:`` line, exit 2.
+
+    Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`), when the command
+    trains, that one ``patch_size`` patch fits in the scene, and, with ``weights``, that the model was
+    trained on as many bands as the scene has. The flows check the same again for runs that
+    do not come from the CLI.
+    """
+    from eoseg.predict.stage import check_model_bands
+    from eoseg.scene.inspect import inspect_scene
+    from eoseg.train.patches import check_patch_fits
+
+    try:
+        info = inspect_scene(
+            scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps
+        )
+        if patch_size is not None:
+            check_patch_fits(info.uri, info.height, info.width, patch_size)
+        if weights is not None:
+            check_model_bands(info.uri, info.band_count, weights)
+    except EosegError as error:
+        fail(error)

@@ -38,6 +38,11 @@ class TileOptions(_Options):
     allow_ungeoreferenced: bool = Field(
         default=False, description="Accept a raster without CRS; outputs are then pixel grids without CRS."
     )
+    warp_gcps: bool = Field(
+        default=False,
+        description="Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid "
+        "(GDAL's warped VRT, nearest neighbour); without it such a scene is refused.",
+    )
 
 
 class MosaicOptions(_Options):

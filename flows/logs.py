@@ -12,7 +12,11 @@ WARNING level, so none of it reaches Prefect when a worker starts a flow run; an
 - Dask's own INFO chatter (``distributed.*``, ``tornado``, ``bokeh``) is kept at WARNING, here and in the
   worker processes of Dask clusters started afterwards (through the ``DASK_LOGGING__*`` environment);
 - a failure is logged once: the flow run's logger logs the traceback, and Prefect's engine, which logs
-  the same traceback again when the run's process exits, logs only its one-line message.
+  the same traceback again when the run's process exits, logs only its one-line message;
+- a refusal of bad input (an :class:`eoseg.errors.EosegError`) is logged without any traceback unless
+  ``verbose``: it is an expected outcome whose message says what to do, and the CLI prints it as its one
+  ``error:`` line. (The CLI refuses what it can check before a flow starts, so then no Prefect line at
+  all is printed; see ``cli.runs.preflight_scene``.)
 
 This module does not import Prefect at import time; it uses Prefect's logging configuration only when
 Prefect has set it up in this process.
@@ -61,7 +65,32 @@ def configure_logging(verbose: bool = False) -> logging.Logger:
         prefect_logger = logging.getLogger(name)
         if not any(isinstance(existing, _TracebackOnce) for existing in prefect_logger.filters):
             prefect_logger.addFilter(_TracebackOnce())
+    for name in _REFUSAL_LOGGERS:
+        prefect_logger = logging.getLogger(name)
+        for existing in [f for f in prefect_logger.filters if isinstance(f, _RefusalWithoutTraceback)]:
+            prefect_logger.removeFilter(existing)
+        if not verbose:
+            prefect_logger.addFilter(_RefusalWithoutTraceback())
     return eoseg
+
+
+# Where Prefect logs a task's or flow's exception with its traceback.
+_REFUSAL_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine")
+
+
+class _RefusalWithoutTraceback(logging.Filter):
+    """Log an eoseg refusal (an ``EosegError``) as its one-line message, without Prefect's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from eoseg.errors import EosegError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, EosegError):
+            record.msg = f"{type(error).__name__}: {error}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 class _TracebackOnce(logging.Filter):

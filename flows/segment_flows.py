@@ -14,7 +14,9 @@ from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
 from eoseg.outputs import RunOutputs
+from eoseg.predict.stage import check_model_bands
 from eoseg.store.lifecycle import check_file_output
+from eoseg.train.patches import check_patch_fits
 from flows.storage_flows import inspect_scene_logged
 from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
 from tasks.storage_stages import mosaic_task, tile_task
@@ -78,7 +80,13 @@ def segment_scene_flow(
     if weights_uri is None and training.params_class is not family.training_params:
         raise ConfigurationError(f"the training options given are not those of the {model} model family")
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
-    inspect_scene_logged(scene_uri, tile)
+    scene = inspect_scene_logged(scene_uri, tile)
+    if weights_uri is None:  # training needs one patch: refuse before tiling, not after
+        check_patch_fits(
+            scene["uri"], scene["height"], scene["width"], training.training_params()["patch_size"]
+        )
+    else:  # and a model trained on other bands: refuse before tiling
+        check_model_bands(scene["uri"], scene["band_count"], weights_uri)
     with dask_cluster(cluster) as address:
         tile_task(scene_uri, outputs.tiles, options=tile, overwrite=overwrite, scheduler_address=address)
         training_summary = None

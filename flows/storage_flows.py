@@ -14,7 +14,7 @@ from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
 def inspect_scene_logged(scene_uri: str, options: TileOptions) -> dict[str, Any]:
     """Validate a scene before any cluster or output exists, and log its size; returns its description."""
-    scene = inspect_scene_task(scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced)
+    scene = inspect_scene_task(scene_uri, options=options)
     get_run_logger().info(
         "scene %s: %d x %d px, %d band(s), %s",
         scene["uri"],

@@ -14,9 +14,11 @@ from tasks.storage_task import storage_task
 
 
 @storage_task("inspect-scene", run_name_from="scene_uri")
-def inspect_scene_task(scene_uri: str, *, allow_ungeoreferenced: bool) -> dict[str, Any]:
+def inspect_scene_task(scene_uri: str, *, options: TileOptions) -> dict[str, Any]:
     """Validate a scene before any cluster or output exists; returns its description."""
-    return inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced).to_dict()
+    return inspect_scene(
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
+    ).to_dict()
 
 
 @storage_task("tile", run_name_from="scene_uri")
@@ -31,6 +33,7 @@ def tile_task(
             chunk_size=options.chunk_size,
             overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced,
+            warp_gcps=options.warp_gcps,
             client=client,
         )
     return info.to_attrs()

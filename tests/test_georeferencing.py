@@ -258,3 +258,44 @@ def test_ungeoreferenced_grid_has_no_footprint(tmp_path):
     assert footprint_wgs84(grid) is None
     assert grids_match(grid, make_geobox((10, 20), NORTH_UP, None))
     assert not grids_match(grid, make_geobox((10, 20), NORTH_UP, CRS))
+
+
+def test_polygons_across_the_antimeridian_land_on_a_grid_past_180_degrees(tmp_path, caplog):
+    """RFC 7946 longitudes in [-180, 180] burn onto a geographic grid from 170 to 190 degrees east;
+    a polygon outside the grid is reported, not dropped silently."""
+    from odc.geo.geobox import GeoBox as OdcGeoBox
+
+    grid = OdcGeoBox((10, 20), Affine(1.0, 0.0, 170.0, 0.0, -1.0, 5.0), "EPSG:4326")
+
+    def square(west: float, east: float, feature_id: str) -> dict:
+        ring = [[west, 0.0], [east, 0.0], [east, 4.0], [west, 4.0], [west, 0.0]]
+        return {"type": "Feature", "id": feature_id, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+    # One polygon split at the antimeridian (as RFC 7946 asks): 178..180 and -180..-176; one west of
+    # 180 only (-175..-172 = 185..188 on the grid); one far away.
+    split = {
+        "type": "Feature",
+        "id": "split",
+        "geometry": {
+            "type": "MultiPolygon",
+            "coordinates": [
+                [[[178.0, 0.0], [180.0, 0.0], [180.0, 4.0], [178.0, 4.0], [178.0, 0.0]]],
+                [[[-180.0, 0.0], [-176.0, 0.0], [-176.0, 4.0], [-180.0, 4.0], [-180.0, 0.0]]],
+            ],
+        },
+    }
+    collection = {
+        "type": "FeatureCollection",
+        "features": [split, square(-175, -172, "east"), square(10, 12, "far")],
+    }
+    vector = tmp_path / "labels.geojson"
+    vector.write_text(json.dumps(collection))
+    with caplog.at_level("WARNING", logger="eoseg.evaluate.reference"):
+        burnt_path = rasterize_reference(str(vector), grid, str(tmp_path / "ref.tif"))
+    with rasterio.open(burnt_path) as burnt:
+        values = burnt.read(1)
+    expected = np.zeros((10, 20), np.uint8)
+    expected[1:5, 8:14] = 255  # 178..184 (the split polygon, both parts)
+    expected[1:5, 15:18] = 255  # 185..188
+    assert np.array_equal(values, expected)
+    assert "1 of 3 polygon(s) lie outside" in caplog.text and "far" in caplog.text

@@ -9,8 +9,8 @@ from conftest import REAL_SCENES, open_map_on_scene_grid
 from eoseg.errors import BandCountError
 from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.predict.stage import model_load_counts, predict_store
-from eoseg.store.layout import open_data_array, read_store_info
-from eoseg.tile.stage import tile_scene, valid_pixel_mask
+from eoseg.store.layout import open_data_array, read_image_window, read_store_info
+from eoseg.tile.stage import tile_scene
 from eoseg.train.stage import train_on_stores
 
 TINY_TRAINING = {
@@ -44,8 +44,7 @@ def _whole_and_tiled(landsat_model, tmp_path, pooling):
     )
     info = read_store_info(str(store))
     tiled = np.asarray(open_data_array(str(labels), labels_info)[...])
-    scene = np.asarray(open_data_array(str(store), info)[...])
-    valid = valid_pixel_mask(scene, info.nodata)
+    scene, valid = read_image_window(str(store), info, slice(None), slice(None))
     whole = load_predictor(str(model)).predict(scene, valid)
     whole[~valid] = NODATA_LABEL
     near_edge = np.zeros(tiled.shape, dtype=bool)  # within one halo of an internal chunk edge

@@ -65,10 +65,10 @@ def test_store_layout_follows_cf_conventions(tmp_path, shared_data):
         assert image.odc.geobox == geobox_of(src) == info.geobox
         np.testing.assert_array_equal(image.values, src.read())
     assert info.nodata == 0 and info.source_uri == str(source)
-    # statistics cover valid pixels only (the zero collar is nodata)
+    # statistics cover valid pixels only: the zero collar, and any pixel where a band holds nodata 0
     with rasterio.open(source) as src:
         data = src.read().astype(np.float64)
-        valid = ~np.all(data == 0, axis=0)
+        valid = np.all(data != 0, axis=0)
         np.testing.assert_allclose(info.band_stats["mean"], data[:, valid].mean(axis=1))
         np.testing.assert_allclose(info.band_stats["std"], data[:, valid].std(axis=1), rtol=1e-9)
 

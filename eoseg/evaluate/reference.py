@@ -1,5 +1,11 @@
 """Reference maps from vector labels: GeoJSON polygons burnt onto a label map's pixel grid.
 
+RFC 7946 GeoJSON is WGS 84 with longitudes in [-180, 180] (a polygon across the antimeridian is split
+into parts). A grid in geographic coordinates may run past 180 degrees (0..360, or 170..190): each part
+is then shifted by a whole turn (360 degrees) onto the grid where that makes it overlap, so every polygon
+lands where it lies. A polygon that still misses the grid is reported (a warning naming the features),
+never dropped silently.
+
 Some labelled scenes ship polygons rather than a raster (SpaceNet's building footprints). Evaluating
 against them means rasterising them onto exactly the grid of the map being scored: that grid is a
 :class:`~odc.geo.geobox.GeoBox`, taken from a raster or given directly (a store's ``StoreInfo.geobox``).
@@ -8,6 +14,7 @@ against them means rasterising them onto exactly the grid of the map being score
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ from eoseg.errors import CorruptSceneError, MissingCRSError, SceneNotFoundError
 from eoseg.geometry import GeoBox, geobox_of, rasterio_grid_profile
 
 VECTOR_SUFFIXES = (".geojson", ".json")
+logger = logging.getLogger("eoseg.evaluate.reference")
 
 
 def is_vector_reference(path: str) -> bool:
@@ -33,6 +41,27 @@ def _geojson_crs(collection: dict[str, Any]) -> str:
     if "EPSG::" in name:
         return "EPSG:" + name.rsplit("::", 1)[-1]
     return name
+
+
+def _placed_on_grid(
+    geometry: dict[str, Any], bounds: tuple[float, float, float, float], geographic: bool
+) -> Any:
+    """The geometry (GeoJSON-like, in the grid's CRS) as a shapely geometry; on a geographic grid each
+    polygon part is shifted by -360, 0 or +360 degrees of longitude to the one that overlaps the grid."""
+    from shapely import affinity
+    from shapely.geometry import box, shape
+    from shapely.ops import unary_union
+
+    placed = shape(geometry)
+    if not geographic:
+        return placed
+    grid = box(*bounds)
+    parts = list(getattr(placed, "geoms", [placed]))
+    moved = []
+    for part in parts:
+        shifted = [affinity.translate(part, xoff=turn) for turn in (0.0, 360.0, -360.0)]
+        moved.append(next((s for s in shifted if s.intersects(grid)), part))
+    return unary_union(moved) if len(moved) > 1 else moved[0]
 
 
 def _grid_of(like: str | GeoBox) -> tuple[GeoBox, str]:
@@ -86,14 +115,27 @@ def rasterize_reference(
         raise MissingCRSError(f"{grid_name}: has no CRS, so {vector_path} cannot be placed on its grid")
     grid_crs = CRS.from_user_input(grid["crs"])
     source_crs = _geojson_crs(collection)
-    shapes = []
-    for feature in features:
+    extent = geobox.boundingbox
+    bounds = (extent.left, extent.bottom, extent.right, extent.top)
+    from shapely.geometry import box
+
+    grid_box = box(*bounds)
+    shapes, outside = [], []
+    for number, feature in enumerate(features):
         geometry = feature.get("geometry")
         if not geometry:
             continue
         if CRS.from_user_input(source_crs) != grid_crs:
             geometry = transform_geom(source_crs, grid_crs, geometry)
-        shapes.append((geometry, burn_value))
+        placed = _placed_on_grid(geometry, bounds, grid_crs.is_geographic)
+        if not placed.intersects(grid_box):
+            outside.append(str(feature.get("id", number)))
+        shapes.append((placed, burn_value))
+    if outside:
+        logger.warning(
+            "%s: %d of %d polygon(s) lie outside %s and are not on the reference map (features %s)",
+            vector_path, len(outside), len(features), grid_name, ", ".join(outside[:10]),
+        )  # fmt: skip
     shape = (geobox.height, geobox.width)
     burnt = (
         rasterize(shapes, out_shape=shape, transform=geobox.affine, fill=background, dtype="uint8")

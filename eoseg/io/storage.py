@@ -122,9 +122,11 @@ def gdal_config_for(uri: str) -> dict[str, str | int]:
     Credentials are not passed here: GDAL reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or the
     AWS config files) itself, exactly as boto does.
     """
+    # TRUE, not EMPTY_DIR: GDAL lists no folder or bucket prefix, but probes the known sidecar names
+    # (.aux.xml, .aux, .msk, .ovr: one stat or HEAD each), so sidecar nodata and masks are honoured.
     # GDAL's block cache defaults to 5 % of RAM; eoseg reads each block once (windows follow the chunk
     # grid), so a large cache only grows memory with the scene. 64 MiB (the value is in bytes).
-    config: dict[str, str | int] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 64 * 2**20}
+    config: dict[str, str | int] = {"GDAL_DISABLE_READDIR_ON_OPEN": "TRUE", "GDAL_CACHEMAX": 64 * 2**20}
     if not is_s3(uri):
         return config
     endpoint = s3_endpoint_url()

@@ -178,6 +178,11 @@ def _describe_vrt(path: str, info: StoreInfo, store_uri: str, band_index: int | 
             vrt.set_band_description(1, "class")
         elif band_index is not None:
             vrt.set_band_description(1, info.band_names[band_index])
+            metadata = info.band_metadata or {}
+            if "scale" in metadata:  # the input band's physical meaning: value = DN * scale + offset
+                vrt.scales = (metadata["scale"][band_index],)
+                vrt.offsets = (metadata["offset"][band_index],)
+                vrt.units = (metadata["unit"][band_index],)
         vrt.update_tags(**cog_tags(info, store_uri))
 
 

@@ -10,7 +10,8 @@ as a whole. With ``attention_pooling="scene"`` (the default for models that supp
 reduces the pooled descriptors over the whole scene, chunk by chunk, and the second pass predicts every
 chunk with them: tiled inference then equals whole-scene inference and no chunk can differ from its
 neighbour in how it weights the channels. ``"tile"`` skips the first pass (faster, per-tile pooling).
-Nodata input pixels become nodata (255) labels. The label store has the input's grid and georeferencing.
+Invalid input pixels (``valid == 0`` in the image store) become nodata (255) labels, and only they.
+The label store has the input's grid and georeferencing.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
-from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
+from eoseg.store.layout import StoreInfo, open_data_array, read_image_window, read_store_info
 from eoseg.store.lifecycle import (
     discarded_on_bad_input,
     finish_store_output,
     mark_chunk_done,
     open_store_output,
 )
-from eoseg.tile.stage import valid_pixel_mask
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -70,8 +70,8 @@ def _read_with_halo(
     """The window grown by ``halo`` (clipped to the scene), its valid mask, and the window within it."""
     info = read_store_info(store_uri)
     grown = window.grown(halo, height_limit=info.height, width_limit=info.width)
-    block = np.asarray(open_data_array(store_uri, info)[(slice(None), *grown.slices)])
-    return block, valid_pixel_mask(block, info.nodata), window.relative_to(grown).slices
+    block, valid = read_image_window(store_uri, info, *grown.slices)
+    return block, valid, window.relative_to(grown).slices
 
 
 def _predictor(job: PredictChunkJob) -> Predictor:
@@ -136,6 +136,27 @@ def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
     }
 
 
+def check_model_bands(uri: str, band_count: int, model_uri: str, checkpoint: Any = None) -> None:
+    """Refuse a model trained on another number of bands than the scene (or store) at ``uri`` has.
+
+    Args:
+        uri: the scene or store (named in the message); ``band_count``: its model bands.
+        model_uri: the checkpoint; ``checkpoint``: it, loaded (default: loaded here).
+
+    Raises:
+        BandCountError: the counts differ.
+    """
+    from eoseg.train.checkpoints import load_checkpoint_from
+
+    checkpoint = load_checkpoint_from(model_uri) if checkpoint is None else checkpoint
+    bands = len(checkpoint["band_mean"])
+    if bands != band_count:
+        raise BandCountError(
+            f"{uri}: the scene has {band_count} band(s) but the model {model_uri} was trained on "
+            f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
+        )
+
+
 def predict_store(
     store_uri: str,
     model_uri: str,
@@ -174,12 +195,7 @@ def predict_store(
     info = read_store_info(store_uri)
     checkpoint = load_checkpoint_from(model_uri)
     fingerprint = checkpoint_fingerprint(model_uri)
-    bands = len(checkpoint["band_mean"])
-    if bands != info.band_count:
-        raise BandCountError(
-            f"{store_uri}: the scene has {info.band_count} band(s) but the model {model_uri} was trained on "
-            f"{bands}; use a model trained on this kind of imagery (or train one on this scene)."
-        )
+    check_model_bands(store_uri, info.band_count, model_uri, checkpoint)
     model_family = get_family(checkpoint["family"])
     family = model_family.name
     halo = model_family.halo if halo is None else halo
@@ -205,6 +221,8 @@ def predict_store(
         band_names=("class",),
         band_descriptions=("class label",),
         band_stats=None,
+        band_metadata=None,
+        alpha_band=None,
         num_classes=num_classes,
         model={
             "family": family,

@@ -4,7 +4,10 @@ A store is a Zarr group holding one data variable on a pixel grid, following the
 that are settled: ``image`` (band, y, x) or ``labels`` (y, x); 1-D ``x``/``y`` pixel-centre coordinates for
 axis-aligned grids (none for rotated ones, whose ``GeoTransform`` alone places them); a scalar
 ``spatial_ref`` grid-mapping variable carrying ``crs_wkt`` and GDAL's ``GeoTransform``; and
-``chunk_done`` (chunk_row, chunk_col), one flag per data chunk, written after that chunk. The group's
+``chunk_done`` (chunk_row, chunk_col), one flag per data chunk, written after that chunk. Image stores
+also hold ``valid`` (y, x; uint8, 1 = data, 0 = nodata), chunked like the image, which is where validity
+lives (:mod:`eoseg.scene.validity`): the image's ``nodata`` is only written where the scene has one.
+The group's
 ``eoseg`` attribute holds everything a later stage needs without reading pixels, and its ``complete`` flag
 is set last: a store without it is an interrupted write, refused by readers and resumed by writers.
 """
@@ -20,6 +23,7 @@ import numpy as np
 from eoseg.errors import IncompleteStoreError, SceneNotFoundError
 from eoseg.geometry import ChunkGrid, GeoBox, GeoBoxProperties, make_geobox, xy_coordinates
 from eoseg.io import storage
+from eoseg.scene.validity import valid_pixel_mask
 from eoseg.store.versions import LAYOUT_VERSION, check_layout_version
 
 if TYPE_CHECKING:
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
 StoreKind = Literal["image", "labels"]
 StoreMode = Literal["r", "r+"]  # readers, and chunk writers of an existing store
 DATA_VARIABLE: dict[str, str] = {"image": "image", "labels": "labels"}
+VALID_VARIABLE = "valid"
+"""The image store's (y, x) uint8 validity variable: 1 where every model band holds data (layout >= 2)."""
+FIRST_LAYOUT_WITH_VALID = 2
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class StoreInfo(GeoBoxProperties):
     source_uri: str
     acquired: str | None = None
     band_stats: dict[str, list[float]] | None = None  # per band: count, mean, std, min, max (valid pixels)
+    # per model band: scale, offset, unit, colorinterp, source_band (1-based index in the scene file)
+    band_metadata: dict[str, list[Any]] | None = None
+    alpha_band: int | None = None  # the scene's alpha band (1-based; a mask, not a model band)
     num_classes: int | None = None  # label stores
     model: dict[str, Any] | None = None  # label stores: family, checkpoint URI, halo, blending
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -66,6 +76,11 @@ class StoreInfo(GeoBoxProperties):
     @property
     def variable(self) -> str:
         return DATA_VARIABLE[self.kind]
+
+    @property
+    def records_validity(self) -> bool:
+        """Whether the store has the ``valid`` variable (image stores of layout version 2 on)."""
+        return self.kind == "image" and self.layout_version >= FIRST_LAYOUT_WITH_VALID
 
     def to_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {item.name: getattr(self, item.name) for item in fields(self)}
@@ -122,9 +137,14 @@ def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> No
     if info.kind == "image":
         coords["band"] = np.arange(1, info.band_count + 1)
     data = xr.DataArray(placeholder, dims=dims, coords=coords, name=info.variable)
-    data.attrs.update({"nodata": info.to_attrs()["nodata"], "long_name": info.variable})
+    data.attrs["long_name"] = info.variable
+    if info.nodata is not None:
+        data.attrs["nodata"] = info.nodata  # what rioxarray's .rio.nodata and odc-geo's .odc.nodata read
     if info.kind == "image":
         data.attrs["band_names"] = list(info.band_names)
+        data.attrs["band_descriptions"] = list(info.band_descriptions)
+        for key, values in (info.band_metadata or {}).items():
+            data.attrs[f"band_{key}"] = values
     if info.crs_wkt:
         data = data.rio.write_crs(info.crs_wkt)
     else:
@@ -140,16 +160,22 @@ def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> No
         dims=("chunk_row", "chunk_col"),
         attrs={"description": "1 once the data chunk at (chunk_row, chunk_col) is fully written"},
     )
-    dataset = xr.Dataset({info.variable: data, "chunk_done": done})
-    dataset.attrs["eoseg"] = info.to_attrs()
-    encoding = {
-        info.variable: {
-            "chunks": chunks,
-            "compressors": (BloscCodec(cname="zstd", clevel=compression_level, shuffle="bitshuffle"),),
-            "fill_value": 0,
-        },
+    variables = {info.variable: data, "chunk_done": done}
+    compressors = (BloscCodec(cname="zstd", clevel=compression_level, shuffle="bitshuffle"),)
+    encoding: dict[str, dict[str, Any]] = {
+        info.variable: {"chunks": chunks, "compressors": compressors, **_fill_value_encoding(info.nodata)},
         "chunk_done": {"chunks": (1, 1), "fill_value": 0},
     }
+    if info.records_validity:
+        variables[VALID_VARIABLE] = xr.DataArray(
+            da.zeros((info.height, info.width), dtype="uint8", chunks=chunks[-2:]),
+            dims=("y", "x"),
+            coords=_coordinates(info),
+            attrs={"description": "1 where every band of image holds data, 0 where it is nodata"},
+        )
+        encoding[VALID_VARIABLE] = {"chunks": chunks[-2:], "compressors": compressors, "fill_value": 0}
+    dataset = xr.Dataset(variables)
+    dataset.attrs["eoseg"] = info.to_attrs()
     dataset.to_zarr(
         uri,
         mode="w",
@@ -159,6 +185,21 @@ def create_store(uri: str, info: StoreInfo, *, compression_level: int = 1) -> No
         encoding=encoding,
         storage_options=storage.storage_options_for(uri),
     )
+
+
+def _fill_value_encoding(nodata: float | int | None) -> dict[str, Any]:
+    """Zarr's fill value and the CF ``_FillValue`` of the data variable for a scene's ``nodata``.
+
+    A finite nodata is zarr's fill value and the ``nodata`` attribute, with no CF ``_FillValue`` (xarray
+    would otherwise decode it to NaN, and rioxarray/odc-geo would report NaN instead of the scene's value);
+    NaN nodata is the CF ``_FillValue`` as well; without nodata, xarray gets no fill value (not its NaN
+    default for floats), so every value, zeros included, stays data.
+    """
+    if nodata is None:
+        return {"fill_value": 0, "_FillValue": None}
+    if isinstance(nodata, float) and np.isnan(nodata):
+        return {"fill_value": nodata, "_FillValue": nodata}
+    return {"fill_value": nodata, "_FillValue": None}
 
 
 def _open_group(uri: str, mode: StoreMode = "r") -> zarr.Group:
@@ -206,3 +247,15 @@ def open_data_array(uri: str, info: StoreInfo | str, *, mode: StoreMode = "r") -
     return zarr.open_array(
         f"{uri}/{variable}", mode=mode, storage_options=storage.storage_options_for(uri), zarr_format=3
     )
+
+
+def read_image_window(uri: str, info: StoreInfo, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels ``(bands, h, w)`` of an image store's window and its ``(h, w)`` bool validity.
+
+    Validity comes from the ``valid`` variable; stores of layout version 1 (without it) fall back to their
+    nodata value (:func:`eoseg.scene.validity.valid_pixel_mask`).
+    """
+    block = np.asarray(open_data_array(uri, info)[(slice(None), rows, cols)])
+    if info.records_validity:
+        return block, np.asarray(open_data_array(uri, VALID_VARIABLE)[rows, cols]).astype(bool)
+    return block, valid_pixel_mask(block, info.nodata)

@@ -13,7 +13,7 @@ from typing import Any
 
 from eoseg.errors import IncompleteStoreError
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 """The layout this eoseg writes."""
 
 OLDEST_READABLE_LAYOUT_VERSION = 1

@@ -1,11 +1,13 @@
 """Tile stage: a GeoTIFF (local or ``s3://``) becomes a chunked Zarr v3 store, window by window.
 
-The scene is never read whole: each Dask task reads one chunk-sized window with rasterio and writes it
-to the matching Zarr chunk, then flags the chunk done. Per-band statistics of valid pixels are gathered
-on the way (training normalises with them). Where the store is written, and whether an interrupted
-write is resumed, is decided by :mod:`eoseg.store.lifecycle`; the chunks run through the stage contract
-(:mod:`eoseg.compute.stage`): only chunks not flagged done are read from the scene, the moments of the
-others are recalled from the store.
+The scene is never read whole: each Dask task reads one chunk-sized window of the model bands with
+rasterio, with its validity (:func:`eoseg.scene.validity.read_valid_window`: nodata, NaN, alpha, masks,
+sidecars), and writes both to the matching Zarr chunks (``image``, where each band's own invalid pixels
+hold the scene's nodata value when it has one, and ``valid``), then flags the chunk done. Per-band
+statistics of valid pixels are gathered on the way (training normalises with them). Where the store is
+written, and whether an interrupted write is resumed, is decided by :mod:`eoseg.store.lifecycle`; the
+chunks run through the stage contract (:mod:`eoseg.compute.stage`): only chunks not flagged done are
+read from the scene, the moments of the others are recalled from the store.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from eoseg.compute.stage import ChunkedStage, run_stage
 from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
 from eoseg.geometry import Window
 from eoseg.io import storage
-from eoseg.scene.inspect import SceneInfo, inspect_scene
-from eoseg.store.layout import StoreInfo, open_data_array
+from eoseg.scene.inspect import SceneInfo, inspect_scene, open_scene_dataset
+from eoseg.scene.validity import read_valid_window
+from eoseg.scene.validity import valid_pixel_mask as valid_pixel_mask  # re-exported (layout-1 rule)
+from eoseg.store.layout import VALID_VARIABLE, StoreInfo, open_data_array
 from eoseg.store.lifecycle import (
     discarded_on_bad_input,
     finish_store_output,
@@ -34,22 +38,6 @@ from eoseg.store.lifecycle import (
 
 logger = logging.getLogger("eoseg.tile.stage")
 DEFAULT_CHUNK_SIZE = 1024
-
-
-def valid_pixel_mask(block: np.ndarray, nodata: float | int | None) -> np.ndarray:
-    """``(rows, cols)`` True where a pixel holds data: not every band equals nodata (or NaN).
-
-    A pixel is nodata only when all its bands are, so a real dark pixel that is 0 in one band is kept.
-    """
-    invalid = np.zeros(block.shape[-2:], dtype=bool)
-    if nodata is not None:
-        if isinstance(nodata, float) and np.isnan(nodata):
-            invalid = np.all(np.isnan(block), axis=0)
-        else:
-            invalid = np.all(block == nodata, axis=0)
-    if np.issubdtype(block.dtype, np.floating):
-        invalid |= np.all(np.isnan(block), axis=0)
-    return ~invalid
 
 
 @dataclass(frozen=True)
@@ -115,16 +103,15 @@ class BandMoments:
 _thread_local = threading.local()
 
 
-def _open_scene_cached(uri: str) -> Any:
+def _open_scene_cached(uri: str, warp_gcps: bool) -> Any:
     """One open rasterio dataset per thread and scene (datasets are not thread-safe)."""
-    import rasterio
-
-    cache: dict[str, object] = getattr(_thread_local, "datasets", None) or {}
+    cache: dict[tuple[str, bool], Any] = getattr(_thread_local, "datasets", None) or {}
     _thread_local.datasets = cache
-    if uri not in cache:
+    key = (uri, warp_gcps)
+    if key not in cache:
         with storage.gdal_env(uri):
-            cache[uri] = rasterio.open(storage.gdal_path(uri))
-    return cache[uri]
+            cache[key] = open_scene_dataset(uri, warp_gcps=warp_gcps)
+    return cache[key]
 
 
 @dataclass(frozen=True)
@@ -136,14 +123,22 @@ class TileChunkJob:
     chunk_index: tuple[int, int]
     window: Window
     nodata: float | int | None
+    band_indexes: tuple[int, ...] = ()
+    warp_gcps: bool = False
 
 
 def tile_chunk(job: TileChunkJob) -> BandMoments:
-    """Copy one window of the scene into its Zarr chunk, flag it done, and return its band moments."""
+    """Copy one window of the scene and its validity into their Zarr chunks, flag it done, and return the
+    band moments of its valid pixels."""
     rows, cols = job.window.slices
     try:
         with storage.gdal_env(job.scene_uri):
-            block = _open_scene_cached(job.scene_uri).read(window=job.window.to_rasterio())
+            block, valid = read_valid_window(
+                _open_scene_cached(job.scene_uri, job.warp_gcps),
+                job.window.to_rasterio(),
+                indexes=job.band_indexes or None,
+                fill=job.nodata,
+            )
     except Exception as error:
         raise CorruptSceneError(
             f"{job.scene_uri}: reading pixels at rows {rows.start}-{rows.stop}, columns "
@@ -151,14 +146,17 @@ def tile_chunk(job: TileChunkJob) -> BandMoments:
             "or re-export it."
         ) from error
     open_data_array(job.store_uri, "image", mode="r+")[:, rows, cols] = block
+    open_data_array(job.store_uri, VALID_VARIABLE, mode="r+")[rows, cols] = valid.astype(np.uint8)
     mark_chunk_done(job.store_uri, job.chunk_index)
-    return BandMoments.of_block(block, valid_pixel_mask(block, job.nodata))
+    return BandMoments.of_block(block, valid)
 
 
 def recall_tile_chunk(job: TileChunkJob) -> BandMoments:
-    """The band moments of a chunk an earlier run already wrote, re-read from the store."""
-    block = np.asarray(open_data_array(job.store_uri, "image")[(slice(None), *job.window.slices)])
-    return BandMoments.of_block(block, valid_pixel_mask(block, job.nodata))
+    """The band moments of a chunk an earlier run already wrote, re-read (pixels and validity)."""
+    rows, cols = job.window.slices
+    block = np.asarray(open_data_array(job.store_uri, "image")[:, rows, cols])
+    valid = np.asarray(open_data_array(job.store_uri, VALID_VARIABLE)[rows, cols]).astype(bool)
+    return BandMoments.of_block(block, valid)
 
 
 def _store_info_for(scene: SceneInfo, chunk_size: int) -> StoreInfo:
@@ -174,6 +172,8 @@ def _store_info_for(scene: SceneInfo, chunk_size: int) -> StoreInfo:
         band_descriptions=scene.band_descriptions,
         source_uri=scene.uri,
         acquired=scene.acquired,
+        band_metadata=scene.band_metadata,
+        alpha_band=scene.alpha_band,
     )
 
 
@@ -184,6 +184,7 @@ def tile_scene(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     overwrite: bool = False,
     allow_ungeoreferenced: bool = False,
+    warp_gcps: bool = False,
     client: Any = None,
     show_progress: bool | None = None,
 ) -> StoreInfo:
@@ -195,6 +196,7 @@ def tile_scene(
         chunk_size: chunk edge in pixels (all bands in each chunk); smaller scenes get one chunk.
         overwrite: replace an existing output.
         allow_ungeoreferenced: accept a scene without CRS (the store then has no CRS).
+        warp_gcps: warp a GCP-georeferenced scene onto a regular grid (else it is refused).
         client: a ``distributed.Client`` (default: the active one, else local threads).
         show_progress: terminal progress bar on/off (default: when stderr is a terminal).
 
@@ -208,7 +210,7 @@ def tile_scene(
     """
     if chunk_size < 16:
         raise ConfigurationError(f"chunk size must be at least 16 pixels, got {chunk_size}")
-    scene = inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced)
+    scene = inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps)
     output = open_store_output(store_uri, _store_info_for(scene, chunk_size), overwrite=overwrite)
     windows = list(output.info.grid.windows())
     done = output.chunks_done()
@@ -217,15 +219,19 @@ def tile_scene(
         total = functools.reduce(operator.add, [m for m in moments if m is not None])
         if total.count == 0:
             raise EmptySceneError(
-                f"{scene.uri}: every pixel is nodata ({scene.nodata!r}); there is nothing to segment. Check "
-                "the scene, or its nodata value (gdal_edit.py -unsetnodata if 0 is real data)."
+                f"{scene.uri}: every pixel is nodata (value {scene.nodata!r}, mask, alpha or NaN); there is "
+                "nothing to segment. Check the scene, or its nodata value (gdal_edit.py -unsetnodata if 0 "
+                "is real data)."
             )
         return finish_store_output(output, replace(output.info, band_stats=total.summary()))
 
     stage = ChunkedStage(
         label="tile",
         jobs=[
-            TileChunkJob(scene.uri, output.staging, index, window, scene.nodata) for index, window in windows
+            TileChunkJob(
+                scene.uri, output.staging, index, window, scene.nodata, scene.band_indexes, scene.warp_gcps
+            )
+            for index, window in windows
         ],
         done=[bool(done[index]) for index, _ in windows],
         compute=tile_chunk,

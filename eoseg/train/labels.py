@@ -24,7 +24,6 @@ from eoseg.evaluate.scores import GridMismatchError
 from eoseg.geometry import Window, geobox_of, grids_match
 from eoseg.io import storage
 from eoseg.store.layout import StoreInfo
-from eoseg.tile.stage import valid_pixel_mask
 from eoseg.train.patches import ZarrPatchSource, normalise_block
 
 __all__ = [
@@ -266,11 +265,10 @@ class ZarrLabelledPatchSource:
         chosen = [self.windows[int(i)] for i in indices]
         labels = np.stack(self._read_labels(chosen))
         images = np.empty((len(chosen), self.band_count, self.patch_size, self.patch_size), np.float32)
-        info = self.images.info
-        blocks = self.images.readers[0].read([self.images.windows[index] for index in chosen])
-        for slot, block in enumerate(blocks):
-            images[slot] = normalise_block(block, self.images.band_mean, self.images.band_std, info.nodata)
-            labels[slot][~valid_pixel_mask(block, info.nodata)] = IGNORE_INDEX
+        pairs = self.images.readers[0].read([self.images.windows[index] for index in chosen])
+        for slot, (block, valid) in enumerate(pairs):
+            images[slot] = normalise_block(block, self.images.band_mean, self.images.band_std, valid)
+            labels[slot][~valid] = IGNORE_INDEX
         return images, labels
 
 

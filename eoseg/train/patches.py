@@ -13,6 +13,11 @@ As in torchgeo, where patches come from is separate from reading them:
   stores (same band count), normalised with one set of band statistics, by default pooled over the
   stores (:func:`pooled_band_statistics`); :class:`ZarrPatchSource` is its one-store form.
 
+Validity comes from the store's ``valid`` variable (:func:`eoseg.store.layout.read_image_window`): a
+window with fewer than ``min_valid_fraction`` valid pixels is skipped, and in a kept patch every invalid
+pixel (nodata value, NaN, alpha 0, masked) is replaced by its band mean (0 after normalisation), so it
+never reaches a network as data; fine-tuning labels are ignored (-1) there too.
+
 Nothing here holds a whole scene in memory.
 """
 
@@ -22,10 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from eoseg.errors import CorruptSceneError, EmptySceneError
+from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
 from eoseg.geometry import ChunkGrid, Window
-from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
-from eoseg.tile.stage import valid_pixel_mask
+from eoseg.store.layout import StoreInfo, read_image_window, read_store_info
 from eoseg.train.stores import read_same_band_stores
 
 __all__ = [
@@ -86,15 +90,31 @@ def pooled_band_statistics(infos: Sequence[StoreInfo]) -> tuple[list[float], lis
 
 
 def normalise_block(
-    block: np.ndarray, mean: Sequence[float], std: Sequence[float], nodata: float | None
+    block: np.ndarray, mean: Sequence[float], std: Sequence[float], valid: np.ndarray
 ) -> np.ndarray:
-    """``(x - mean) / std`` per band as float32, with nodata pixels set to 0 (the band mean)."""
-    valid = valid_pixel_mask(block, nodata)
+    """``(x - mean) / std`` per band as float32, with invalid pixels (``valid`` False) set to 0 (the band
+    mean), so no nodata value, NaN or masked pixel reaches a network as data."""
     out = (block.astype(np.float32) - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(
         std, np.float32
     )[:, None, None]
     out[:, ~valid] = 0.0
     return out
+
+
+def check_patch_fits(uri: str, height: int, width: int, patch_size: int) -> None:
+    """Refuse a scene (or store) smaller than one training patch, before any training output exists.
+
+    Raises:
+        ConfigurationError: ``height`` or ``width`` (pixels) is below ``patch_size``; the message names
+            ``uri``, the largest patch size that fits and the smallest scene that works.
+    """
+    if height < patch_size or width < patch_size:
+        smaller = f", or a --patch-size of at most {min(height, width)}" if min(height, width) >= 8 else ""
+        raise ConfigurationError(
+            f"{uri}: the scene ({width} x {height} px) is smaller than one {patch_size} px training patch; "
+            f"training needs a scene of at least {patch_size} x {patch_size} px{smaller} "
+            "(tile and mosaic work on any size)"
+        )
 
 
 def patch_grid(info: StoreInfo, patch_size: int) -> list[Window]:
@@ -114,7 +134,6 @@ class StoreWindowReader:
     def __init__(self, store_uri: str, info: StoreInfo | None = None) -> None:
         self.store_uri = store_uri
         self.info = read_store_info(store_uri) if info is None else info
-        self._array = open_data_array(store_uri, self.info)
 
     def _chunk_of(self, window: Window) -> tuple[int, int] | None:
         """The chunk holding the whole window, or None if it straddles a chunk edge."""
@@ -123,29 +142,27 @@ class StoreWindowReader:
         inside = window.row_stop <= chunk.row_stop and window.col_stop <= chunk.col_stop
         return (row, col) if inside else None
 
-    def read(self, windows: Sequence[Window]) -> list[np.ndarray]:
-        """Raw pixels (bands, rows, cols) of each window, in the order given."""
-        out: list[np.ndarray | None] = [None] * len(windows)
+    def read(self, windows: Sequence[Window]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Raw pixels ``(bands, rows, cols)`` and validity ``(rows, cols)`` bool of each window, in order."""
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(windows)
         by_chunk: dict[tuple[int, int], list[int]] = {}
         for slot, window in enumerate(windows):
             key = self._chunk_of(window)
             if key is None:  # straddles chunks: read on its own
-                out[slot] = np.asarray(self._array[(slice(None), *window.slices)])
+                out[slot] = read_image_window(self.store_uri, self.info, *window.slices)
             else:
                 by_chunk.setdefault(key, []).append(slot)
         for key in sorted(by_chunk):
             chunk = self.info.grid.window(*key)
-            block = np.asarray(self._array[(slice(None), *chunk.slices)])
+            block, valid = read_image_window(self.store_uri, self.info, *chunk.slices)
             for slot in by_chunk[key]:
                 rows, cols = windows[slot].relative_to(chunk).slices
-                out[slot] = block[:, rows, cols]
-        return [block for block in out if block is not None]
+                out[slot] = (block[:, rows, cols], valid[rows, cols])
+        return [pair for pair in out if pair is not None]
 
     def valid_fractions(self, windows: Sequence[Window]) -> np.ndarray:
-        """Share of valid pixels of each window (1.0 for all when the store cannot hold nodata)."""
-        if self.info.nodata is None and not np.issubdtype(np.dtype(self.info.dtype), np.floating):
-            return np.ones(len(windows))
-        return np.array([valid_pixel_mask(block, self.info.nodata).mean() for block in self.read(windows)])
+        """Share of valid pixels of each window."""
+        return np.array([valid.mean() for _, valid in self.read(windows)])
 
 
 def sample_patches(
@@ -220,11 +237,7 @@ class MultiStorePatchSource:
         self.patch_size = patch_size
         self.band_count = infos[0].band_count
         for uri, info in zip(self.store_uris, infos, strict=True):
-            if info.height < patch_size or info.width < patch_size:
-                raise ValueError(
-                    f"{uri}: the scene ({info.width} x {info.height} px) is smaller than one "
-                    f"training patch ({patch_size} px); choose a smaller --patch-size"
-                )
+            check_patch_fits(uri, info.height, info.width, patch_size)
         mean, std = pooled_band_statistics(infos) if normalisation is None else normalisation
         self.band_mean = [float(value) for value in mean]
         self.band_std = [float(value) for value in std]
@@ -266,10 +279,9 @@ class MultiStorePatchSource:
         for slot, index in enumerate(indices):
             by_reader.setdefault(self.index[int(index)][0], []).append(slot)
         for reader, slots in by_reader.items():
-            blocks = self.readers[reader].read([self.index[int(indices[slot])][1] for slot in slots])
-            nodata = self.readers[reader].info.nodata
-            for slot, block in zip(slots, blocks, strict=True):
-                out[slot] = normalise_block(block, self.band_mean, self.band_std, nodata)
+            pairs = self.readers[reader].read([self.index[int(indices[slot])][1] for slot in slots])
+            for slot, (block, valid) in zip(slots, pairs, strict=True):
+                out[slot] = normalise_block(block, self.band_mean, self.band_std, valid)
         return out
 
 
