@@ -4,7 +4,8 @@
 ``torch.autocast(dtype=torch.bfloat16)`` with ``channels_last`` tensors: convolutions and matrix
 products in bfloat16 with float32 accumulation, on the CPU's AMX / AVX512-BF16 units through oneDNN or
 on a GPU's tensor cores. ``"auto"`` picks bf16 where the hardware does it natively (a CPU with AMX or
-AVX512-BF16; a CUDA device for which ``torch.cuda.is_bf16_supported()``), else fp32. Measured on a
+AVX512-BF16; a CUDA device for which ``torch.cuda.is_bf16_supported()``), else fp32; for training on a
+CPU ``"auto"`` is fp32 (measured slower in bf16, see :func:`resolve_precision`). Measured on a
 2-core Xeon with AMX: the clusterer's layers ran ~3.5x faster in bf16 + channels_last than in fp32
 with 99.99 % of argmax labels unchanged (benchmarks/results/clusterer_speed.md).
 
@@ -54,12 +55,17 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
+def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> Precision:
     """The precision to run at on ``device``: ``precision`` itself, or the choice for ``"auto"``.
+
+    ``"auto"`` for *training on a CPU* is fp32: the clusterer's training step under bf16 autocast ran
+    at ~0.6x the fp32 step on the AMX Xeon of the benchmarks (the backward pass gains nothing there),
+    while inference ran ~3.5-6x faster. ``--precision bf16`` still trains in bf16 on request.
 
     Args:
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         device: Where the model runs.
+        training: Whether the model is trained (see above) rather than run for inference.
 
     Returns:
         ``"fp32"`` or ``"bf16"``, logged at INFO (with the reason for ``"auto"``'s choice).
@@ -75,6 +81,8 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
         reason = "the GPU supports bf16" if native else "the GPU lacks bf16"
+    elif training:
+        native, reason = False, "bf16 training on the CPU measured slower than fp32"
     else:
         native = device.type == "cpu" and cpu_has_native_bf16()
         reason = "the CPU has AMX/AVX512-BF16" if native else f"no native bf16 on {device.type}"

@@ -49,7 +49,7 @@ def test_clusterer_trains_and_predicts_on_the_device():
         ArrayPatchSource(_image(), 32), in_channels=3, params=params, band_mean=[0.0] * 3, band_std=[1.0] * 3
     )
     assert ckpt["train_params"]["resolved_device"].startswith(DEVICE.type)
-    assert ckpt["train_params"]["resolved_precision"] == resolve_precision("auto", DEVICE)
+    assert ckpt["train_params"]["resolved_precision"] == resolve_precision("auto", DEVICE, training=True)
     assert np.isfinite(ckpt["history"]["loss"]).all()
     labels = load_predictor(ckpt, device=DEVICE).predict(_image())
     assert labels.shape == (96, 96) and labels.dtype == np.uint8 and labels.max() < 6

@@ -221,7 +221,7 @@ def train_clusterer(
     """
     check_band_statistics(in_channels, band_mean, band_std)
     device = resolve_device(params.device)
-    precision = resolve_precision(params.precision, device)
+    precision = resolve_precision(params.precision, device, training=True)
     config = ClustererConfig(in_channels=in_channels, num_classes=params.num_classes)
     with seeded(params.seed, torch.device("cpu")):
         model = SingleSceneClusterer(config)
