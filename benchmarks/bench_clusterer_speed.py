@@ -400,15 +400,11 @@ def case_infer(case: dict) -> dict:
     result["torch_threads_main"] = torch.get_num_threads()
 
     if case["mode"] == "bare":
-        import rasterio
-
         from eo_models.predict import load_predictor
-        from eoseg.tile.stage import valid_pixel_mask
+        from eoseg.store.layout import read_image_window
 
-        with rasterio.open(case["scene"]) as src:
-            block = src.read()
-            nodata = src.nodata
-        valid = valid_pixel_mask(block, nodata)
+        # The model bands and validity as the stage sees them (an alpha band is a mask, not a band).
+        block, valid = read_image_window(case["store"], info, slice(0, info.height), slice(0, info.width))
         result["load_start"] = loads()
         started = time.perf_counter()
         predictor = load_predictor(case["model"], device="cpu", precision=case.get("precision", "fp32"))
