@@ -14,6 +14,7 @@ from conftest import REAL_SCENES
 from test_cli_flows import _flow_runs, run_eoseg
 
 from eoseg.store.layout import read_store_info
+from eoseg.train.stage import train_on_stores
 
 EOSEG = str(Path(sys.executable).parent / "eoseg")
 
@@ -24,9 +25,9 @@ def _env_without_prefect_api(tmp_path: Path) -> dict[str, str]:
     return dict(env, PREFECT_HOME=str(tmp_path / "prefect-home"), COLUMNS="200")
 
 
-def test_tile_and_mosaic_without_prefect_api_run_directly(tmp_path, shared_data):
+def test_tile_predict_mosaic_without_prefect_api_run_directly(tmp_path, shared_data):
     env = _env_without_prefect_api(tmp_path)
-    store, cog = tmp_path / "landsat.zarr", tmp_path / "band1.tif"
+    store, cog = tmp_path / "landsat.zarr", tmp_path / "map.tif"
     tile = subprocess.run(
         [EOSEG, "tile", str(REAL_SCENES["landsat"]), "--out", str(store)],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -36,8 +37,18 @@ def test_tile_and_mosaic_without_prefect_api_run_directly(tmp_path, shared_data)
     assert "no Dask cluster started" in tile.stderr  # one 1024 px chunk: threads in the process
     assert "tiling" in tile.stderr and "tile store:" in tile.stdout  # eoseg's log lines still shown
     assert read_store_info(str(store)).complete
+    model, labels = tmp_path / "model.pt", tmp_path / "labels.zarr"
+    tiny = {"epochs": 1, "iterations": 1, "batch_size": 4, "patch_size": 32, "num_classes": 4}
+    train_on_stores("clusterer", [str(store)], str(model), params=tiny, max_patches=8)
+    predict = subprocess.run(
+        [EOSEG, "predict", str(store), "--model", str(model), "--out", str(labels), "--precision", "fp32"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr
+    assert "Starting temporary server" not in predict.stderr
+    assert read_store_info(str(labels)).model["precision"] == "fp32"
     mosaic = subprocess.run(
-        [EOSEG, "mosaic", str(store), "--band", "1", "--out", str(cog)],
+        [EOSEG, "mosaic", str(labels), "--out", str(cog)],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert mosaic.returncode == 0, mosaic.stderr

@@ -99,6 +99,7 @@ def test_bf16_map_agrees_with_fp32_map_on_a_real_scene(landsat, tmp_path):
     np.testing.assert_array_equal(fp32[~valid], bf16[~valid])  # nodata stays nodata
 
 
+@pytest.mark.slow  # starts a second cluster: ~80 s at load 14 here
 def test_bf16_labels_identical_across_worker_processes_and_threads(landsat, tmp_path, dask_client):
     """2 worker processes x 1 thread (the session cluster), 1 worker process x 2 threads, and this
     process's threads: the same bf16 labels, pixel for pixel."""
