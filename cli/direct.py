@@ -29,22 +29,23 @@ def _log_to_terminal() -> None:
 
 
 def tile_direct(
-    scene_uri: str, store_uri: str, *, options: TileOptions, cluster: ClusterSpec, overwrite: bool
+    scene_uri: str | list[str], store_uri: str, *, options: TileOptions, cluster: ClusterSpec, overwrite: bool
 ) -> dict[str, Any]:
     """``eoseg tile`` without Prefect: what ``tile-scene`` does; returns the store's metadata attributes.
 
+    ``scene_uri`` is one file or several on one grid (:func:`eoseg.scene.sources.open_scene_sources`).
     A local Dask cluster is started only when the scene has more than one chunk.
 
     Raises:
         EosegError: Bad input (before anything is written), or an existing output without ``overwrite``.
     """
-    from eoseg.scene.inspect import inspect_scene
+    from eoseg.scene.sources import open_scene_sources
     from eoseg.tile.stage import tile_scene
 
     _log_to_terminal()
-    scene = inspect_scene(
+    scene = open_scene_sources(
         scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
-    )
+    ).scene
     logger.info(
         "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
         scene.dtype,
@@ -91,8 +92,12 @@ def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overw
     from dataclasses import asdict
 
     from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.mosaic.per_tile import check_single_cog_size
+    from eoseg.store.layout import read_store_info
 
     _log_to_terminal()
+    info = read_store_info(store_uri)  # the size limit of tasks.storage_stages.mosaic_task
+    check_single_cog_size(info.height * info.width, limit=options.max_pixels, what=store_uri)
     summary = mosaic_to_cog(
         store_uri, cog_uri, band=options.band, overwrite=overwrite,
         overview_resampling=options.overview_resampling,

@@ -20,11 +20,16 @@ from pydantic import ValidationError
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
 from cli.runs import (
+    SCENE_HELP,
+    LegendOption,
+    MaxCogPixelsOption,
+    PerTileMapsOption,
     checked_options,
     cluster_spec,
     fail,
     preflight_scene,
     run_flow,
+    scene_argument,
     stage_runner,
     use_settings,
 )
@@ -122,7 +127,7 @@ def main_options(
 
 @app.command()
 def tile(
-    scene: Annotated[str, typer.Argument(help="Input raster: a GeoTIFF path or s3://bucket/key.")],
+    scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
     out: Annotated[str, typer.Option("--out", "-o", help="Zarr store to create (path or s3:// prefix).")],
     chunk_size: Annotated[
         int, typer.Option(min=16, help="Chunk edge in pixels; all bands per chunk.")
@@ -133,7 +138,7 @@ def tile(
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
-    """Tile a GeoTIFF into a chunked Zarr v3 store, window by window, in parallel.
+    """Tile a GeoTIFF (or many on one grid) into a chunked Zarr v3 store, window by window, in parallel.
 
     The store keeps the CRS, affine transform, nodata, band names and source URI (layout:
     docs/store-layout.md), plus per-band statistics of valid pixels. An interrupted run leaves only a
@@ -145,8 +150,10 @@ def tile(
     options = TileOptions(
         chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
     )
-    preflight_scene(scene, options)
-    info = run_flow(tile_scene, scene, out, options=options, cluster=cluster_spec(), overwrite=overwrite)
+    preflight_scene(scene_argument(scene), options)
+    info = run_flow(
+        tile_scene, scene_argument(scene), out, options=options, cluster=cluster_spec(), overwrite=overwrite
+    )
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
         f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
@@ -270,7 +277,7 @@ def predict(
 @app.command()
 @with_options(training_options("clusterer"), into="training")
 def run(
-    scene: Annotated[str, typer.Argument(help="Input GeoTIFF (path or s3://).")],
+    scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
     out: Annotated[
         str, typer.Option("--out", "-o", help="Label map to write (MAP.tif); other outputs go beside it.")
     ],
@@ -294,15 +301,20 @@ def run(
     ] = False,
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    per_tile_maps: PerTileMapsOption = None,
+    max_cog_pixels: MaxCogPixelsOption = None,
+    legend: LegendOption = None,
     training: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
+
+    A scene of many files (tiles on one grid) is one map: one store, one model, no seams.
 
     Outputs beside MAP.tif: MAP.tiles.zarr, MAP.model.pt (the trained checkpoint), MAP.labels.zarr,
     MAP.png (quick-look) and, with --reference, MAP.scores.json.
     """
     from eo_models.family import family_names
-    from eoseg.config import PredictOptions, TileOptions
+    from eoseg.config import MosaicOptions, PredictOptions, TileOptions
     from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
@@ -311,10 +323,10 @@ def run(
         chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
     )
     patch_size = None if weights else training.training_params().get("patch_size")
-    preflight_scene(scene, tile, patch_size=patch_size, weights=weights)
+    preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     result = run_flow(
         segment_scene_flow,
-        scene,
+        scene_argument(scene),
         out,
         model=model,
         weights_uri=weights,
@@ -323,8 +335,11 @@ def run(
         training=training,
         # The training options' --precision applies to inference too.
         predict=PredictOptions(precision=getattr(training, "precision", "auto")),
+        mosaic=MosaicOptions() if max_cog_pixels is None else MosaicOptions(max_pixels=max_cog_pixels),
         cluster=cluster_spec(),
         overwrite=overwrite,
+        per_tile_maps=per_tile_maps,
+        legend_uri=legend,
     )
     typer.echo(format_run_summary(result))
 
@@ -338,6 +353,9 @@ def format_run_summary(result: dict[str, Any]) -> str:
         f"tile store: {result['tiles']}",
         f"labels:     {result['labels']}",
     ]
+    if result.get("per_tile_maps"):
+        tiles = result["per_tile_maps"]
+        lines.append(f"tile maps:  {len(tiles['maps'])} COGs, VRT {tiles['vrt']}, STAC {tiles['collection']}")
     if result.get("training"):
         t = result["training"]
         lines.append(
@@ -374,6 +392,10 @@ def quicklook(
 from cli.train import register as _register_training  # noqa: E402  (commands live in their own module)
 
 _register_training(app, train_app)
+
+from cli.legend import register as _register_legend  # noqa: E402
+
+_register_legend(app)
 
 
 def main() -> None:

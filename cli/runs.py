@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -28,6 +28,7 @@ __all__ = [
     "fail",
     "prefect_api_configured",
     "preflight_scene",
+    "preflight_stores",
     "run_flow",
     "stage_runner",
     "use_prefect",
@@ -140,26 +141,76 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
 
 
 def preflight_scene(
-    scene: str, tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
+    scene: str | list[str], tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
 ) -> None:
     """Refuse a bad scene before any flow, cluster or output exists: one ``error:`` line, exit 2.
 
-    Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`), when the command
+    Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`; the headers of every
+    file of a many-file scene, :func:`eoseg.scene.sources.open_scene_sources`), when the command
     trains, that one ``patch_size`` patch fits in the scene, and, with ``weights``, that the model was
     trained on as many bands as the scene has. The flows check the same again for runs that
     do not come from the CLI.
     """
     from eoseg.predict.stage import check_model_bands
-    from eoseg.scene.inspect import inspect_scene
+    from eoseg.scene.sources import open_scene_sources
     from eoseg.train.patches import check_patch_fits
 
-    try:
-        info = inspect_scene(
+    try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
+        info = open_scene_sources(
             scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps
-        )
+        ).scene
         if patch_size is not None:
             check_patch_fits(info.uri, info.height, info.width, patch_size)
         if weights is not None:
             check_model_bands(info.uri, info.band_count, weights)
     except EosegError as error:
         fail(error)
+
+
+def preflight_stores(stores: list[str], patch_size: int | None) -> None:
+    """Refuse unreadable or too small tile stores before a training flow starts (one line, exit 2)."""
+    from eoseg.store.layout import read_store_info
+    from eoseg.train.patches import check_patch_fits
+
+    try:
+        for store in stores:
+            info = read_store_info(store)
+            if patch_size is not None:
+                check_patch_fits(store, info.height, info.width, patch_size)
+    except EosegError as error:
+        fail(error)
+
+
+SCENE_HELP = (
+    "Input scene: a GeoTIFF (path or s3://bucket/key), or many on one pixel grid forming one mosaic: "
+    "several GeoTIFFs, a folder, an s3:// prefix or a GDAL VRT of tiles (gaps are nodata; where tiles "
+    "overlap the first wins)."
+)
+
+
+def scene_argument(scenes: list[str]) -> str | list[str]:
+    """The flows' ``scene_uri``: one string for one input (as before), else the list."""
+    return scenes[0] if len(scenes) == 1 else list(scenes)
+
+
+# `eoseg run`'s options for a city's outputs (here: cli/main.py stays a readable size).
+PerTileMapsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--per-tile-maps",
+        help="Folder (or s3:// prefix) for one COG per input tile on its exact grid, a VRT over them, "
+        "a quick-look and a STAC Collection.",
+    ),
+]
+MaxCogPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-cog-pixels",
+        min=1,
+        help="Largest map written as one COG, in pixels (default 4e9); beyond it use --per-tile-maps.",
+    ),
+]
+LegendOption = Annotated[
+    str | None,
+    typer.Option("--legend", help="Legend YAML (cluster -> name, colour, merge) applied to the maps."),
+]

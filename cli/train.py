@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.options import with_options
-from cli.runs import cluster_spec, run_flow
+from cli.runs import cluster_spec, preflight_stores, run_flow
 
 __all__ = ["register"]
 
@@ -69,6 +69,7 @@ def _train_command(family_name: str) -> Callable[..., None]:
     ) -> None:
         from flows.train_flows import TRAIN_FLOWS
 
+        preflight_stores(list(stores), training.training_params().get("patch_size"))
         summary = run_flow(
             TRAIN_FLOWS[family_name],
             list(stores),

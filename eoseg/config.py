@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eoseg.mosaic.per_tile import MAX_SINGLE_COG_PIXELS
 from eoseg.tile.stage import DEFAULT_CHUNK_SIZE
 from eoseg.train.options import TrainingOptions, finetune_options, training_options
 
@@ -56,6 +57,11 @@ class MosaicOptions(_Options):
     overview_resampling: Literal["nearest", "mode"] = Field(
         default="nearest", description="Overview resampling: nearest (fast) or mode (majority class)."
     )
+    max_pixels: int = Field(
+        default=MAX_SINGLE_COG_PIXELS, ge=1,
+        description="Largest map written as one COG, in pixels (default 4 gigapixels); a larger area needs "
+        "per-tile maps.",
+    )  # fmt: skip
 
 
 # Training options per model family, derived from the family's hyper-parameter dataclass in eo_models

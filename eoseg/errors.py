@@ -50,3 +50,7 @@ class ConfigurationError(EosegError, ValueError):
 
 class CorruptStoreError(IncompleteStoreError):
     """A chunk of a finished store cannot be read back (damaged on disk or in the bucket)."""
+
+
+class TileGridMismatchError(EosegError, ValueError):
+    """The input tiles of one scene are not on one pixel grid (CRS, resolution, lattice, bands differ)."""

@@ -73,8 +73,12 @@ def city_run_flow(
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
     credentials_secret: str | None = None,
+    mosaic_name: str | None = None,
 ) -> State[dict[str, Any]]:
     """Segment scenes end to end into OUTPUT_PREFIX/<scene name>.tif, each with a STAC item in the catalogue.
+
+    With ``mosaic_name`` the scenes are the tiles of one city on one pixel grid, mapped by one mosaic run
+    into OUTPUT_PREFIX/<mosaic_name>.tif: one store, one model, no seams, every tile's chunks in one pool.
 
     Args:
         output_prefix: folder or s3:// prefix for maps, quick-looks, STAC items and catalog.json.
@@ -92,6 +96,8 @@ def city_run_flow(
         overwrite: replace existing maps (refused, before any work, when false and a map exists).
         credentials_secret: name of a Prefect Secret block holding S3 credentials (JSON); empty: the worker's
             AWS_* environment. Never put a credential itself in a parameter.
+        mosaic_name: map all scenes as the tiles of one mosaic, OUTPUT_PREFIX/<mosaic_name>.tif (with
+            ``train``, one model is trained for the whole mosaic); empty: one map per scene.
     """
     configure_logging()
     logger = get_run_logger()
@@ -111,25 +117,30 @@ def city_run_flow(
             )
         stems = [scene.stem for scene in scenes]
         duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
-        if duplicates:
+        if duplicates and not mosaic_name:
             raise ConfigurationError(f"several scenes would write the same map: {duplicates}")
-        logger.info("city run: %d scene(s) -> %s", len(scenes), output_prefix)
+        mosaic_map = join_uri(output_prefix, f"{mosaic_name}.tif") if mosaic_name else None
+        logger.info("city run: %d scene(s) -> %s", len(scenes), mosaic_map or output_prefix)
         decisions = [
-            SceneDecision(scene, SceneStatus.NEW, map_uri_for(scene.uri, output_prefix), "requested")
+            SceneDecision(
+                scene, SceneStatus.NEW, mosaic_map or map_uri_for(scene.uri, output_prefix), "requested"
+            )
             for scene in scenes
         ]
-        existing = [d.map_uri for d in decisions if storage.exists(d.map_uri)]
+        map_uris = list(dict.fromkeys(d.map_uri for d in decisions))  # a mosaic: one map for all tiles
+        existing = [uri for uri in map_uris if storage.exists(uri)]
         if existing and not overwrite:
             raise ConfigurationError(
-                f"{len(existing)} of {len(decisions)} map(s) already exist under {output_prefix} "
+                f"{len(existing)} of {len(map_uris)} map(s) already exist under {output_prefix} "
                 f"({', '.join(PurePosixPath(uri).name for uri in existing[:5])}"
                 f"{', ...' if len(existing) > 5 else ''}): run again with `-p overwrite=true` to replace "
                 "them, or pass another output_prefix"
             )
         started = time.perf_counter()
         rows = map_scenes(
-            decisions, mapping, output_prefix=output_prefix, cluster=cluster, force_overwrite=overwrite
-        )
+            decisions, mapping, output_prefix=output_prefix, cluster=cluster, force_overwrite=overwrite,
+            mosaic_map_uri=mosaic_map,
+        )  # fmt: skip
     done = [row for row in rows if row["status"] != "failed"]
     title = (
         f"city-run: {len(done)} of {len(rows)} scene(s) mapped, "

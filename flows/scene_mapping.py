@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 
-from eoseg.catalog.acquisitions import SceneDecision, SceneFile, SceneStatus
+from eoseg.catalog.acquisitions import SceneDecision, SceneFile, SceneStatus, scene_stem
 from eoseg.catalog.stac import catalog_uri_for_prefix
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
@@ -60,19 +60,22 @@ def _map_and_catalogue(
     catalog_uri: str,
     scheduler_address: str,
     overwrite: bool,
+    tiles: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One scene: a ``segment-scene`` subflow run, then its STAC item. Failures are reported, not raised."""
+    """One scene (or, with ``tiles``, one mosaic of them): a ``segment-scene`` subflow run, then its STAC
+    item. Failures are reported, not raised."""
     logger = get_run_logger()
     scene: SceneFile = decision.scene
     status = decision.status.value
     started = time.perf_counter()
-    segment = segment_scene_flow.with_options(flow_run_name=f"segment-{scene.stem}")
+    name = scene_stem(decision.map_uri) if tiles else scene.stem
+    segment = segment_scene_flow.with_options(flow_run_name=f"segment-{name}")
     state = segment(
-        scene.uri,
+        tiles or scene.uri,
         decision.map_uri,
         model=mapping.model,
         weights_uri=mapping.weights_uri,
-        reference_uri=scene.reference_uri,
+        reference_uri=None if tiles else scene.reference_uri,  # a tile's reference is not the mosaic's
         tile=mapping.tile,
         training=mapping.training,
         predict=mapping.predict,
@@ -137,12 +140,31 @@ def map_scenes(
     output_prefix: str,
     cluster: ClusterSpec,
     force_overwrite: bool = False,
+    mosaic_map_uri: str | None = None,
 ) -> list[dict[str, Any]]:
     """Map the scenes one after the other on one Dask cluster (each scene is parallel over its chunks).
 
     Stale and partial outputs are replaced; a new scene's outputs are refused if they appeared meanwhile.
     Returns one summary row per scene (``status`` ``mapped`` or ``failed``).
+
+    With ``mosaic_map_uri`` the scenes are the tiles of one mosaic (on one pixel grid): one
+    ``segment-scene`` run maps them all into that map (one store, one model, the chunks of every tile one
+    pool of Dask tasks), and one row and one STAC item describe it (the item's scene is the first tile).
     """
+    if mosaic_map_uri is not None:
+        first = decisions[0]
+        mosaic = SceneDecision(first.scene, first.status, mosaic_map_uri, f"mosaic of {len(decisions)} tiles")
+        with dask_cluster(cluster) as address:
+            return [
+                _map_and_catalogue(
+                    mosaic,
+                    mapping,
+                    catalog_uri=catalog_uri_for_prefix(output_prefix),
+                    scheduler_address=address,
+                    overwrite=force_overwrite,
+                    tiles=[decision.scene.uri for decision in decisions],
+                )
+            ]
     catalog_uri = catalog_uri_for_prefix(output_prefix)
     with dask_cluster(cluster) as address:
         return [

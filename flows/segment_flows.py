@@ -13,13 +13,16 @@ from eo_models.family import family_names, get_family
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
+from eoseg.mosaic.legend import read_legend
+from eoseg.mosaic.per_tile import check_single_cog_size
 from eoseg.outputs import RunOutputs
 from eoseg.predict.stage import check_model_bands
 from eoseg.store.lifecycle import check_file_output
 from eoseg.train.patches import check_patch_fits
 from flows.storage_flows import inspect_scene_logged
 from tasks.model_stages import evaluate_task, predict_task, quicklook_task, train_task
-from tasks.storage_stages import mosaic_task, tile_task
+from tasks.run_names import scene_label
+from tasks.storage_stages import legend_task, mosaic_task, per_tile_maps_task, tile_task
 
 # mypy sees the static types; Prefect, which builds each flow's parameter form from the annotations, sees
 # the values derived from the model-family registry at import time.
@@ -52,7 +55,7 @@ def predict_flow(
 
 @flow(name="segment-scene", log_prints=True)
 def segment_scene_flow(
-    scene_uri: str,
+    scene_uri: str | list[str],
     map_uri: str,
     model: FamilyName = "clusterer",
     weights_uri: str | None = None,
@@ -63,11 +66,20 @@ def segment_scene_flow(
     mosaic: MosaicOptions = MosaicOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
+    per_tile_maps: str | None = None,
+    legend_uri: str | None = None,
 ) -> dict[str, Any]:
     """Segment one scene end to end: tile -> train (unless weights are given) -> predict -> mosaic.
 
+    The scene may be many files on one grid (a list, a folder, an s3:// prefix or a VRT of tiles): they
+    form one store, so one model, one scene-wide context and haloes across tile borders cover them all.
+
     Outputs sit beside the map: MAP.tiles.zarr, MAP.model.pt (when trained here), MAP.labels.zarr,
-    MAP.png (quick-look) and MAP.scores.json (when a reference is given).
+    MAP.png (quick-look) and MAP.scores.json (when a reference is given). With ``per_tile_maps`` (a
+    folder or s3:// prefix): one COG per input tile on its exact grid, a VRT over them, a quick-look and
+    a STAC Collection there too; an area of more than ``mosaic.max_pixels`` then gets only those (the
+    VRT is the run's map), and without ``per_tile_maps`` it is refused before any work. ``legend_uri``:
+    a legend YAML (cluster names, colours, merges; eoseg.mosaic.legend) applied to every map written.
     """
     logger = get_run_logger()
     outputs = RunOutputs.for_map(map_uri)
@@ -80,7 +92,12 @@ def segment_scene_flow(
     if weights_uri is None and training.params_class is not family.training_params:
         raise ConfigurationError(f"the training options given are not those of the {model} model family")
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
+    if legend_uri:
+        read_legend(legend_uri)  # a bad legend is refused before any work
     scene = inspect_scene_logged(scene_uri, tile)
+    single_cog = scene["height"] * scene["width"] <= mosaic.max_pixels
+    if not single_cog and per_tile_maps is None:
+        check_single_cog_size(scene["height"] * scene["width"], limit=mosaic.max_pixels, what=outputs.cog)
     if weights_uri is None:  # training needs one patch: refuse before tiling, not after
         check_patch_fits(
             scene["uri"], scene["height"], scene["width"], training.training_params()["patch_size"]
@@ -110,18 +127,32 @@ def segment_scene_flow(
             overwrite=overwrite,
             scheduler_address=address,
         )
-    # A label store has one band: the mosaic options' band (for image stores) does not apply.
-    label_mosaic = mosaic.model_copy(update={"band": None})
-    mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
-    quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_uri} -> {outputs.cog}")
+    tile_maps, the_map, quicklook = None, outputs.cog, outputs.quicklook
+    if per_tile_maps:
+        name = scene_label(outputs.cog)
+        tile_maps = per_tile_maps_task(
+            outputs.labels, scene_uri, per_tile_maps, name=name, model_uri=model_uri, legend_uri=legend_uri,
+            overwrite=overwrite,
+        )  # fmt: skip
+        if not single_cog:
+            the_map, quicklook = tile_maps["vrt"], tile_maps["quicklook"]
+    if single_cog:
+        # A label store has one band: the mosaic options' band (for image stores) does not apply.
+        label_mosaic = mosaic.model_copy(update={"band": None})
+        mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
+        if legend_uri:
+            legend_task(outputs.cog, legend_uri)
+        scene_name = scene_uri if isinstance(scene_uri, str) else scene_label(scene_uri)
+        quicklook_task(scene_uri, outputs.cog, outputs.quicklook, title=f"{scene_name} -> {outputs.cog}")
     scores = None
     if reference_uri:
-        scores = evaluate_task(outputs.cog, reference_uri, outputs.scores)
-    logger.info("map: %s; quick-look: %s; model: %s", outputs.cog, outputs.quicklook, model_uri)
+        scores = evaluate_task(the_map, reference_uri, outputs.scores)
+    logger.info("map: %s; quick-look: %s; model: %s", the_map, quicklook, model_uri)
     return {
         "scene": scene_uri,
-        "map": outputs.cog,
-        "quicklook": outputs.quicklook,
+        "map": the_map,
+        "per_tile_maps": tile_maps,
+        "quicklook": quicklook,
         "model": model_uri,
         "tiles": outputs.tiles,
         "labels": outputs.labels,

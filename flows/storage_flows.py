@@ -12,12 +12,13 @@ from eoseg.geometry import ChunkGrid
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
 
-def inspect_scene_logged(scene_uri: str, options: TileOptions) -> dict[str, Any]:
+def inspect_scene_logged(scene_uri: str | list[str], options: TileOptions) -> dict[str, Any]:
     """Validate a scene before any cluster or output exists, and log its size; returns its description."""
     scene = inspect_scene_task(scene_uri, options=options)
     get_run_logger().info(
-        "scene %s: %d x %d px, %d band(s), %s",
+        "scene %s: %d file(s), %d x %d px, %d band(s), %s",
         scene["uri"],
+        scene["files"],
         scene["width"],
         scene["height"],
         scene["band_count"],
@@ -28,13 +29,17 @@ def inspect_scene_logged(scene_uri: str, options: TileOptions) -> dict[str, Any]
 
 @flow(name="tile-scene", log_prints=True)
 def tile_scene_flow(
-    scene_uri: str,
+    scene_uri: str | list[str],
     store_uri: str,
     options: TileOptions = TileOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Tile one GeoTIFF (local path or s3:// URI) into a chunked Zarr v3 store, in parallel on Dask.
+    """Tile a scene into one chunked Zarr v3 store, in parallel on Dask.
+
+    The scene is a GeoTIFF (local path or s3:// URI) or many on one grid: a list, a folder, an s3://
+    prefix or a VRT of tiles; they become one store on their union grid (gaps are nodata; where tiles
+    overlap the first wins).
 
     Running it again on an interrupted store resumes it (only chunks not flagged done are computed); a
     finished store is refused unless ``overwrite``. The stage decides (eoseg.store.lifecycle).

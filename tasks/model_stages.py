@@ -107,13 +107,18 @@ def predict_task(
 
 
 @storage_task("quicklook", run_name_from="scene_uri")
-def quicklook_task(scene_uri: str, cog_uri: str, png_uri: str, *, title: str | None = None) -> str:
-    """A PNG beside the COG: the scene and its label map side by side, in class colours."""
+def quicklook_task(
+    scene_uri: str | list[str], cog_uri: str, png_uri: str, *, title: str | None = None
+) -> str:
+    """A PNG beside the COG: the scene (a VRT of its tiles if it has many) and its label map, side by side."""
     from eoseg.mosaic.quicklook import write_quicklook
+    from eoseg.scene.vrt import scene_raster_path
 
-    with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(scene_uri):
+    first = scene_uri if isinstance(scene_uri, str) else scene_uri[0]
+    with tempfile.TemporaryDirectory(prefix="eoseg-ql-") as scratch, storage.gdal_env(first):
         local_png = os.path.join(scratch, "quicklook.png")
-        write_quicklook(storage.gdal_path(scene_uri), storage.gdal_path(cog_uri), local_png, title=title)
+        scene_path = scene_raster_path(scene_uri, scratch)
+        write_quicklook(scene_path, storage.gdal_path(cog_uri), local_png, title=title)
         publish_file(local_png, png_uri, overwrite=True)
     return png_uri
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,10 +40,16 @@ def build_case(name: str, folder: Path) -> Path:
     return folder / "input.tif"
 
 
-def tiled(scene: Path, folder: Path, **options: object) -> tuple[str, object]:
+def tiled(scene: Path, folder: Path, **options: Any) -> tuple[str, Any]:
     store = str(folder / "scene.zarr")
-    info = tile_scene(str(scene), store, chunk_size=128, show_progress=False, **options)  # type: ignore[arg-type]
+    info = tile_scene(str(scene), store, chunk_size=128, show_progress=False, **options)
     return store, info
+
+
+def run_eoseg(*args: str) -> subprocess.CompletedProcess:
+    """The installed ``eoseg`` command, as a user runs it (a refusal needs no Prefect server)."""
+    executable = Path(sys.executable).parent / "eoseg"
+    return subprocess.run([str(executable), *args], capture_output=True, text=True, timeout=120)
 
 
 def labels_of(store: str, folder: Path) -> np.ndarray:
@@ -62,6 +69,15 @@ def assert_patches_hold_no_invalid_pixel(store: str) -> None:
         _, valid = read_image_window(store, info, *window.slices)
         assert np.isfinite(patch).all()
         assert (patch[:, ~valid] == 0).all()
+
+
+def assert_nodata_everywhere(store: str, info: Any, expected_valid: np.ndarray, folder: Path) -> None:
+    """The store's validity is ``expected_valid``; statistics, training patches and the map follow it."""
+    _, valid = read_image_window(store, info, *EVERYTHING)
+    assert np.array_equal(valid, expected_valid) and not valid.all()
+    assert info.band_stats["count"][0] == float(expected_valid.sum())
+    assert_patches_hold_no_invalid_pixel(store)
+    assert np.array_equal(labels_of(store, folder) == NODATA_LABEL, ~expected_valid)
 
 
 def test_01_alpha_band_is_a_mask_not_a_band(tmp_path):
@@ -84,11 +100,7 @@ def test_02_internal_mask_is_nodata_everywhere(tmp_path):
     store, info = tiled(scene, tmp_path)
     with rasterio.open(scene) as source:
         mask = source.dataset_mask() > 0
-    _, valid = read_image_window(store, info, *EVERYTHING)
-    assert np.array_equal(valid, mask) and not mask.all()
-    assert info.band_stats["count"][0] == float(mask.sum())
-    assert_patches_hold_no_invalid_pixel(store)
-    assert np.array_equal(labels_of(store, tmp_path) == NODATA_LABEL, ~mask)
+    assert_nodata_everywhere(store, info, mask, tmp_path)
 
 
 def test_04_nan_in_one_band_is_invalid_in_every_band(tmp_path):
@@ -97,13 +109,10 @@ def test_04_nan_in_one_band_is_invalid_in_every_band(tmp_path):
     with rasterio.open(scene) as source:
         data = source.read()
     expected = np.all(np.isfinite(data) & (data != -9999.0), axis=0)
-    _, valid = read_image_window(store, info, *EVERYTHING)
-    assert np.array_equal(valid, expected) and not valid[200:210].any()
+    assert not expected[200:210].any()  # the NaN lines of band 3 are invalid in every band
     for name in ("mean", "std", "min", "max"):
         assert np.isfinite(info.band_stats[name]).all(), name
-    assert info.band_stats["count"][0] == float(expected.sum())
-    assert_patches_hold_no_invalid_pixel(store)
-    assert np.array_equal(labels_of(store, tmp_path) == NODATA_LABEL, ~expected)
+    assert_nodata_everywhere(store, info, expected, tmp_path)
 
 
 def test_06_rotated_grid_survives_store_and_cog(tmp_path):
@@ -135,8 +144,8 @@ def test_07_gcp_only_is_refused_or_warped_by_option(tmp_path):
         raw = source.read(1)
     assert info.crs_wkt == gcp_crs.to_wkt()
     for gcp in gcps:  # the warped grid puts each control point where the GCP says
-        col, row = ~info.geobox.affine * (gcp.x, gcp.y)
-        assert (abs(col - gcp.col), abs(row - gcp.row)) < (0.01, 0.01)
+        col, row = ~info.geobox.affine @ (gcp.x, gcp.y)
+        assert abs(col - gcp.col) < 0.01 and abs(row - gcp.row) < 0.01
     block, _ = read_image_window(store, info, *EVERYTHING)
     assert np.array_equal(block[0], raw)
 
@@ -151,17 +160,16 @@ def test_10_narrow_strip_tiles_and_mosaics_but_training_is_refused_first(tmp_pat
     with pytest.raises(ConfigurationError, match=r"scene.zarr: the scene \(900 x 1 px\).*at least 32 x 32"):
         train_tiny_clusterer(store, tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()
+    result = run_eoseg("train", "clusterer", store, "--out", str(tmp_path / "model.pt"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {store}: the scene (900 x 1 px)")
+    assert not (tmp_path / "model.pt").exists()
 
 
 def test_10_narrow_strip_run_refuses_in_one_line_before_any_output(tmp_path):
     scene = build_case("10_narrow_strip", tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "eoseg"), "run", str(scene), "--out", str(tmp_path / "map.tif")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_eoseg("run", str(scene), "--out", str(tmp_path / "map.tif"))
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -244,12 +252,7 @@ def test_a_scene_without_nodata_declares_no_fill_value(tmp_path):
 def test_tile_on_a_corrupt_file_prints_one_line_and_exits_2(tmp_path, shared_data):
     scene = tmp_path / "truncated.tif"
     scene.write_bytes((shared_data / "landsat" / "RGB.byte.tif").read_bytes()[:20_000])
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "eoseg"), "tile", str(scene), "--out", str(tmp_path / "s.zarr")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_eoseg("tile", str(scene), "--out", str(tmp_path / "s.zarr"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {scene}: "), result.stderr
     assert not (tmp_path / "s.zarr").exists()

@@ -137,18 +137,23 @@ def _read_map(map_uri: str) -> dict[str, Any]:
 
 
 def _classes(
-    num_classes: int | None, colormap: Mapping[int, tuple[int, ...]], nodata: float | None
+    num_classes: int | None,
+    colormap: Mapping[int, tuple[int, ...]],
+    nodata: float | None,
+    names: Mapping[str, str] | None = None,
 ) -> list[Classification]:
+    """The map's classes: ``cluster_<value>``, or the names of the legend applied to it (``names``)."""
     classes: list[Classification] = []
     for value in range(num_classes or 0):
         colour = colormap.get(value)
         hint = "{:02X}{:02X}{:02X}".format(*colour[:3]) if colour else None
+        name = (names or {}).get(str(value))
         classes.append(
             Classification.create(
                 value=value,
-                name=f"cluster_{value}",
-                title=f"cluster {value}",
-                description=f"cluster {value} of the unsupervised model",
+                name=re.sub(r"[^A-Za-z0-9_-]+", "_", name) if name else f"cluster_{value}",
+                title=name or f"cluster {value}",
+                description=f"{name} (legend)" if name else f"cluster {value} of the unsupervised model",
                 color_hint=hint,
             )
         )
@@ -224,7 +229,8 @@ def build_map_item(
         href=map_uri, media_type=pystac.MediaType.COG, roles=["data"], title="Land-cover map (cluster labels)"
     )
     item.add_asset("map", map_asset)
-    classes = _classes(num_classes, raster["colormap"], raster["nodata"])
+    names = json.loads(tags["EOSEG_CLASS_NAMES"]) if tags.get("EOSEG_CLASS_NAMES") else None
+    classes = _classes(num_classes, raster["colormap"], raster["nodata"], names)
     if classes:
         ClassificationExtension.ext(map_asset, add_if_missing=True).classes = classes
     checkpoint = model_uri or model_tag.get("checkpoint")

@@ -10,6 +10,7 @@ overviews of a Cloud-Optimized GeoTIFF for that), so a city-sized scene costs a 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
@@ -88,12 +89,13 @@ def write_quicklook(
         nodata = labels_file.nodata
         if colormap is None:
             colormap = _embedded_colormap(labels_file)
+        names = json.loads(labels_file.tags().get("EOSEG_CLASS_NAMES", "{}"))  # a legend's class names
     valid = np.ones(labels.shape, dtype=bool) if nodata is None else labels != nodata
     present = [int(value) for value in np.unique(labels[valid])]
     colors = {value: _rgba(value, colormap) for value in present}
     label_rgb = _render_labels(labels, valid, colors)
 
-    image = _compose(scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all())
+    image = _compose(scene_rgb, label_rgb, colors, title=title, show_nodata=not valid.all(), names=names)
     with publishing_file(out_png, overwrite=overwrite) as staging:
         image.save(staging, format="PNG")
     return out_png
@@ -161,6 +163,7 @@ def _compose(
     *,
     title: str | None,
     show_nodata: bool,
+    names: dict[str, str] | None = None,
 ) -> Image.Image:
     panel_height, panel_width = scene_rgb.shape[:2]
     width = 2 * panel_width + PANEL_GAP
@@ -171,7 +174,10 @@ def _compose(
 
     # Transparent entries get a black swatch, as in the panel; the overflow note gets none.
     entries: list[tuple[str, tuple[int, int, int] | None]] = [
-        (str(value), (red, green, blue) if alpha > 0 else NODATA_RGB)
+        (
+            f"{value} {names[str(value)]}" if names and str(value) in names else str(value),
+            (red, green, blue) if alpha > 0 else NODATA_RGB,
+        )
         for value, (red, green, blue, alpha) in sorted(colors.items())
     ]
     if len(entries) > _MAX_LEGEND_ENTRIES:

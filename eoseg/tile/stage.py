@@ -16,6 +16,7 @@ import functools
 import logging
 import operator
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,7 +26,8 @@ from eoseg.compute.stage import ChunkedStage, run_stage
 from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
 from eoseg.geometry import Window
 from eoseg.io import storage
-from eoseg.scene.inspect import SceneInfo, inspect_scene, open_scene_dataset
+from eoseg.scene.inspect import SceneInfo, open_scene_dataset
+from eoseg.scene.sources import open_scene_sources
 from eoseg.scene.validity import read_valid_window
 from eoseg.scene.validity import valid_pixel_mask as valid_pixel_mask  # re-exported (layout-1 rule)
 from eoseg.store.layout import VALID_VARIABLE, StoreInfo, open_data_array
@@ -178,7 +180,7 @@ def _store_info_for(scene: SceneInfo, chunk_size: int) -> StoreInfo:
 
 
 def tile_scene(
-    scene_uri: str,
+    scene_uri: str | Sequence[str],
     store_uri: str,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -191,7 +193,9 @@ def tile_scene(
     """Tile ``scene_uri`` into the Zarr store ``store_uri``.
 
     Args:
-        scene_uri: a raster GDAL reads (local path or ``s3://bucket/key``).
+        scene_uri: a raster GDAL reads (local path or ``s3://bucket/key``), or a scene of many files: a
+            list of GeoTIFFs, a folder, an ``s3://`` prefix or a VRT of tiles
+            (:func:`eoseg.scene.sources.open_scene_sources`), written as one store on their union grid.
         store_uri: the Zarr store to create (local path or ``s3://bucket/prefix``).
         chunk_size: chunk edge in pixels (all bands in each chunk); smaller scenes get one chunk.
         overwrite: replace an existing output.
@@ -205,14 +209,27 @@ def tile_scene(
 
     Raises:
         OutputExistsError: a finished store is at ``store_uri`` and ``overwrite`` is False.
+        TileGridMismatchError: the files of a many-file scene are not on one pixel grid.
         EosegError subclasses for bad input, before anything is written or with the partial output removed.
         Other failures (a lost worker, a storage error) keep the partial store: running again resumes it.
     """
     if chunk_size < 16:
         raise ConfigurationError(f"chunk size must be at least 16 pixels, got {chunk_size}")
-    scene = inspect_scene(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps)
+    from eoseg.tile.multi_file import multi_file_jobs, tile_multi_file_chunk
+
+    sources = open_scene_sources(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps)
+    scene = sources.scene
     output = open_store_output(store_uri, _store_info_for(scene, chunk_size), overwrite=overwrite)
     windows = list(output.info.grid.windows())
+    jobs: list[TileChunkJob] = [
+        TileChunkJob(
+            scene.uri, output.staging, index, window, scene.nodata, scene.band_indexes, scene.warp_gcps
+        )
+        for index, window in windows
+    ]
+    compute: Callable[[Any], BandMoments] = tile_chunk
+    if not sources.single_file:  # one store on the union grid, each chunk read from the tiles it overlaps
+        jobs, compute = list(multi_file_jobs(sources, output.staging, windows)), tile_multi_file_chunk
     done = output.chunks_done()
 
     def finalise(moments: list[BandMoments | None]) -> StoreInfo:
@@ -227,20 +244,16 @@ def tile_scene(
 
     stage = ChunkedStage(
         label="tile",
-        jobs=[
-            TileChunkJob(
-                scene.uri, output.staging, index, window, scene.nodata, scene.band_indexes, scene.warp_gcps
-            )
-            for index, window in windows
-        ],
+        jobs=jobs,
         done=[bool(done[index]) for index, _ in windows],
-        compute=tile_chunk,
+        compute=compute,
         recall=recall_tile_chunk,
         finalise=finalise,
     )
     logger.info(
-        "tiling %s (%d x %d px, %d bands, %s) into %d chunks",
+        "tiling %s (%d file(s), %d x %d px, %d bands, %s) into %d chunks",
         scene.uri,
+        len(sources.tiles),
         scene.width,
         scene.height,
         scene.band_count,

@@ -1,0 +1,304 @@
+"""A city is one map: a real NAIP crop cut into 2 x 2 and 3 x 3 GeoTIFFs (sizes not multiples of the chunk)
+gives the same store, and with the same weights the same labels, as the whole crop; holes are nodata;
+tiles off the grid are refused; a folder, a list, an s3:// prefix and a VRT are the same input."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from conftest import REAL_SCENES, open_map_on_scene_grid
+from rasterio.windows import Window as RioWindow
+from rasterio.windows import transform as window_transform
+
+from eoseg.compute.cluster import ClusterSpec
+from eoseg.config import ClustererTrainingOptions, TileOptions
+from eoseg.errors import TileGridMismatchError
+from eoseg.geometry import Window
+from eoseg.scene.sources import open_scene_sources
+from eoseg.scene.vrt import tiles_vrt_xml
+from eoseg.store.layout import open_data_array
+from eoseg.tile.stage import tile_scene
+
+CHUNK = 128
+CROP = RioWindow(200, 100, 300, 300)  # col_off, row_off, width, height of the NAIP 2009 scene
+CUTS = {"2x2": (0, 137, 300), "3x3": (0, 97, 211, 300)}  # row = column cut edges; none a multiple of 128
+SMALL_TRAINING = ClustererTrainingOptions(epochs=1, iterations=3, batch_size=4, patch_size=32, max_patches=16)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, shared_data) -> Path:
+    """A 300 x 300 x 4 crop of the real NAIP scene, written as one GeoTIFF (it has no nodata pixels)."""
+    folder = tmp_path_factory.mktemp("city")
+    with rasterio.open(REAL_SCENES["naip"]) as scene:
+        profile = scene.profile
+        pixels = scene.read(window=CROP)
+        profile.update(width=CROP.width, height=CROP.height, transform=scene.window_transform(CROP))
+        profile["photometric"] = "MINISBLACK"  # four bands of data (R, G, B, NIR), not RGB + alpha
+    path = folder / "whole.tif"
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(pixels)
+    return path
+
+
+def cut(
+    whole: Path, edges: tuple[int, ...], folder: Path, *, skip: tuple[int, int] | None = None
+) -> list[Path]:
+    """Cut ``whole`` at ``edges`` (rows and columns alike) into GeoTIFFs named by position, row-major."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with rasterio.open(whole) as scene:
+        for i, (r0, r1) in enumerate(itertools.pairwise(edges)):
+            for j, (c0, c1) in enumerate(itertools.pairwise(edges)):
+                if (i, j) == skip:
+                    continue
+                window = RioWindow(c0, r0, c1 - c0, r1 - r0)
+                profile = dict(scene.profile, width=c1 - c0, height=r1 - r0, blockxsize=64, blockysize=64)
+                profile["photometric"] = "MINISBLACK"
+                profile["transform"] = window_transform(window, scene.transform)
+                path = folder / f"tile_{i}{j}.tif"
+                with rasterio.open(path, "w", **profile) as out:
+                    out.write(scene.read(window=window))
+                paths.append(path)
+    return paths
+
+
+def store_pixels(uri: str | Path) -> np.ndarray:
+    return np.asarray(open_data_array(str(uri), "image")[:])
+
+
+@pytest.mark.parametrize("layout", sorted(CUTS))
+def test_tiles_make_the_store_of_the_whole_scene(tmp_path, whole, layout):
+    tiles = cut(whole, CUTS[layout], tmp_path / "tiles")
+    reference = tile_scene(str(whole), str(tmp_path / "whole.zarr"), chunk_size=CHUNK)
+    mosaic = tile_scene([str(p) for p in tiles], str(tmp_path / "city.zarr"), chunk_size=CHUNK)
+    assert mosaic.geobox == reference.geobox
+    assert (mosaic.chunk_rows, mosaic.nodata, mosaic.band_names) == (
+        CHUNK,
+        reference.nodata,
+        reference.band_names,
+    )
+    assert mosaic.band_stats == reference.band_stats  # statistics of the whole mosaic
+    np.testing.assert_array_equal(store_pixels(tmp_path / "city.zarr"), store_pixels(tmp_path / "whole.zarr"))
+
+
+def test_each_chunk_reads_only_the_tiles_it_overlaps(tmp_path, whole):
+    sources = open_scene_sources([str(p) for p in cut(whole, CUTS["3x3"], tmp_path / "tiles")])
+    assert [t.window for t in sources.tiles][:2] == [Window(0, 0, 97, 97), Window(0, 97, 97, 114)]
+    touched = sources.overlapping(Window(0, 0, CHUNK, CHUNK))  # the first chunk: 4 tiles, parts of them
+    assert [Path(tile.uri).name for tile, _ in touched] == [
+        "tile_00.tif",
+        "tile_01.tif",
+        "tile_10.tif",
+        "tile_11.tif",
+    ]
+    assert touched[3][1] == Window(97, 97, 31, 31)
+
+
+def test_a_missing_tile_is_nodata_there_and_nowhere_else(tmp_path, whole):
+    tiles = cut(whole, CUTS["3x3"], tmp_path / "tiles", skip=(1, 1))
+    info = tile_scene([str(p) for p in tiles], str(tmp_path / "holed.zarr"), chunk_size=CHUNK)
+    assert (info.height, info.width) == (300, 300)
+    pixels, expected = store_pixels(tmp_path / "holed.zarr"), rasterio.open(whole).read()
+    hole = np.zeros((300, 300), dtype=bool)
+    hole[97:211, 97:211] = True
+    assert info.band_count == 4 and np.all(pixels[:, hole] == info.nodata)
+    valid = np.asarray(open_data_array(str(tmp_path / "holed.zarr"), "valid")[:]).astype(bool)
+    np.testing.assert_array_equal(valid, ~hole)  # the store's validity: invalid exactly in the hole
+    np.testing.assert_array_equal(pixels[:, ~hole], expected[:, ~hole])
+    assert not np.any(np.all(expected == info.nodata, axis=0)), "the crop itself has no nodata pixel"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda t: t @ rasterio.Affine.translation(0.5, 0), "off the first tile's pixel lattice"),
+        (lambda t: rasterio.Affine(t.a * 2, t.b, t.c, t.d, t.e * 2, t.f), "pixel size"),
+    ],
+)
+def test_a_tile_off_the_grid_is_refused_naming_it(tmp_path, whole, change, says):
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    with rasterio.open(tiles[2], "r+") as tile:
+        tile.transform = change(tile.transform)
+    with pytest.raises(TileGridMismatchError, match=says) as refused:
+        open_scene_sources([str(p) for p in tiles])
+    assert str(refused.value).startswith(
+        f"{tiles[2]}: this tile is not on the grid of the first tile {tiles[0]}"
+    )
+
+
+def test_folder_list_vrt_and_s3_prefix_give_the_same_store(tmp_path, whole, s3_bucket):
+    from eoseg.io import storage
+
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    sources = open_scene_sources([str(p) for p in tiles])
+    vrt = tmp_path / "tiles" / "city.vrt"
+    vrt.write_text(
+        tiles_vrt_xml(
+            sources.scene.geobox,
+            [(t.uri, t.window) for t in sources.tiles],
+            band_count=4,
+            dtype="uint8",
+            nodata=0,
+            vrt_folder=str(vrt.parent),
+        )
+    )
+    for path in tiles:
+        storage.s3_filesystem().put_file(str(path), f"{s3_bucket}/city/{path.name}")
+    inputs = {
+        "list": [str(p) for p in tiles],
+        "folder": str(tmp_path / "tiles"),
+        "vrt": str(vrt),
+        "s3": f"{s3_bucket}/city/",
+    }
+    tile_scene(str(whole), str(tmp_path / "whole.zarr"), chunk_size=CHUNK)
+    expected = store_pixels(tmp_path / "whole.zarr")
+    for name, scene in inputs.items():
+        info = tile_scene(scene, str(tmp_path / f"{name}.zarr"), chunk_size=CHUNK)
+        assert info.geobox == sources.scene.geobox, name
+        np.testing.assert_array_equal(store_pixels(tmp_path / f"{name}.zarr"), expected, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, whole, dask_address, prefect_server) -> tuple[Path, Path]:
+    """The whole crop segmented once (trained here): its map and its checkpoint."""
+    from flows.segment_flows import segment_scene_flow
+
+    map_path = tmp_path_factory.mktemp("whole_run") / "whole_map.tif"
+    segment_scene_flow(
+        str(whole), str(map_path), tile=TileOptions(chunk_size=CHUNK), training=SMALL_TRAINING,
+        cluster=ClusterSpec(address=dask_address),
+    )  # fmt: skip
+    return map_path, map_path.with_suffix(".model.pt")
+
+
+def run_city(
+    tiles: list[Path], map_path: Path, weights: Path, dask_address: str, whole: Path, **options: Any
+) -> np.ndarray:
+    """``segment-scene`` over the tiles with existing weights; its labels (a COG on the whole crop's grid)."""
+    from flows.segment_flows import segment_scene_flow
+
+    result = segment_scene_flow(
+        [str(p) for p in tiles], str(map_path), weights_uri=str(weights), tile=TileOptions(chunk_size=CHUNK),
+        cluster=ClusterSpec(address=dask_address), **options,
+    )  # fmt: skip
+    assert result["training"] is None and map_path.with_suffix(".png").exists()
+    with open_map_on_scene_grid(map_path, whole) as out:
+        return out.read(1)
+
+
+def reference_colours(map_path: Path) -> dict[int, tuple[int, ...]]:
+    with rasterio.open(map_path) as out:
+        return out.colormap(1)
+
+
+def test_city_run_equals_the_whole_scene_run_pixel_for_pixel(tmp_path, whole, whole_run, dask_address):
+    """The issue's contract: the same weights on 3 x 3 tiles and on the whole scene give identical labels."""
+    map_path, weights = whole_run
+    tiles = cut(whole, CUTS["3x3"], tmp_path / "tiles")
+    maps = tmp_path / "maps"
+    labels = run_city(tiles, tmp_path / "city.tif", weights, dask_address, whole, per_tile_maps=str(maps))
+    with open_map_on_scene_grid(map_path, whole) as reference:
+        expected = reference.read(1)
+    print(f"\ncity (3 x 3 tiles) vs whole scene: {np.mean(labels == expected):.4%} of pixels equal")
+    assert np.count_nonzero(labels != expected) == 0 and labels.max() < 8
+
+    # Per-tile maps: each on its input tile's exact grid, equal to that window of the whole-scene map.
+    for tile in tiles:
+        with open_map_on_scene_grid(maps / tile.name, tile) as tile_map, rasterio.open(whole) as scene:
+            window = rasterio.windows.from_bounds(*tile_map.bounds, transform=scene.transform).round_offsets()
+            rows, cols = (
+                slice(window.row_off, window.row_off + tile_map.height),
+                slice(window.col_off, window.col_off + tile_map.width),
+            )
+            np.testing.assert_array_equal(tile_map.read(1), expected[rows, cols], err_msg=tile.name)
+            assert tile_map.colormap(1)[0][:3] == reference_colours(map_path)[0][:3]
+    with rasterio.open(maps / "city.vrt") as vrt, rasterio.open(whole) as scene:  # one layer: the whole map
+        assert (vrt.crs, vrt.transform, vrt.shape) == (scene.crs, scene.transform, scene.shape)
+        np.testing.assert_array_equal(vrt.read(1), expected)
+    assert (maps / "city.png").exists()
+    collection = pystac.Collection.from_file(str(maps / "collection.json"))
+    items = sorted(collection.get_items(), key=lambda item: item.id)
+    assert [item.id for item in items] == [tile.stem for tile in tiles]
+    assert collection.assets["model"].href == str(weights)
+    assert items[4].properties["proj:shape"] == [114, 114] and "map" in items[4].assets
+
+
+def test_city_run_maps_a_folder_of_tiles_with_a_hole_as_one_mosaic(tmp_path, whole, whole_run, dask_address):
+    """The city-run deployment's flow with ``mosaic_name``: one segment-scene run for all tiles, one map on
+    the union grid, one STAC item; a missing tile is nodata there and nowhere else."""
+    from flows.deploy_flows import city_run_flow
+
+    cut(whole, CUTS["3x3"], tmp_path / "tiles", skip=(1, 1))
+    result = city_run_flow(
+        str(tmp_path / "maps"), scenes_prefix=str(tmp_path / "tiles"), weights_uri=str(whole_run[1]),
+        tile=TileOptions(chunk_size=CHUNK), cluster=ClusterSpec(address=dask_address), mosaic_name="city",
+    )  # fmt: skip
+    assert [row["status"] for row in result["scenes"]] == ["mapped"]
+    with open_map_on_scene_grid(tmp_path / "maps" / "city.tif", whole) as out:
+        labels = out.read(1)
+    nodata = labels == 255
+    assert nodata[97:211, 97:211].all() and np.count_nonzero(nodata) == 114 * 114
+    catalog = pystac.Catalog.from_file(str(tmp_path / "maps" / "catalog.json"))
+    assert [item.id for item in catalog.get_items()] == ["city"]
+
+
+def run_eoseg(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `eoseg` command against the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), COLUMNS="200")
+    command = [str(Path(sys.executable).parent / "eoseg"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_refuses_a_tile_off_the_grid_in_one_line(tmp_path, whole):
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    with rasterio.open(tiles[3], "r+") as tile:
+        tile.transform = tile.transform @ rasterio.Affine.translation(0, 0.25)
+    done = run_eoseg("tile", *map(str, tiles), "--out", str(tmp_path / "city.zarr"), "--chunk-size", "128")
+    assert done.returncode == 2
+    last_line = done.stderr.strip().splitlines()[-1]  # after the flow run's log lines
+    assert last_line.startswith(f"error: {tiles[3]}: this tile is not on the grid of the first tile")
+    assert not (tmp_path / "city.zarr").exists() and not list((tmp_path).glob(".city.zarr*"))
+
+
+@pytest.mark.slow
+def test_cli_run_on_tiles_equals_the_whole_scene_run(tmp_path, whole, whole_run):
+    """`eoseg run a.tif b.tif c.tif d.tif --weights M.pt --out city.tif` equals the whole scene's map."""
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    done = run_eoseg(
+        "run", *map(str, tiles), "--weights", str(whole_run[1]), "--out", str(tmp_path / "city.tif"),
+        "--chunk-size", str(CHUNK),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (
+        open_map_on_scene_grid(tmp_path / "city.tif", whole) as city,
+        rasterio.open(whole_run[0]) as reference,
+    ):
+        assert np.count_nonzero(city.read(1) != reference.read(1)) == 0
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_one_cog_above_the_size_limit_is_refused_pointing_to_per_tile_maps(tmp_path, whole):
+    from eoseg.config import MosaicOptions
+    from eoseg.errors import ConfigurationError
+    from flows.segment_flows import segment_scene_flow
+
+    with pytest.raises(
+        ConfigurationError,
+        match=r"90,000 pixels is more than one COG should hold \(limit 80,000\); .*--per-tile-maps",
+    ):
+        segment_scene_flow(
+            str(whole), str(tmp_path / "out" / "city.tif"), mosaic=MosaicOptions(max_pixels=80_000)
+        )
+    assert not (tmp_path / "out").exists()  # refused before any work
