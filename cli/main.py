@@ -1,11 +1,6 @@
-"""The ``eoseg`` command line, above the Prefect flows.
-
-With a Prefect API configured (``PREFECT_API_URL``, a profile) every command runs its flow, so runs are
-recorded on that server. Without one, ``tile``, ``predict`` and ``mosaic`` call their stages directly
-(:mod:`cli.direct`; ~2 s instead of ~18 s for a small scene) and ``run``/``train``/``finetune`` run their
-flows on Prefect's temporary local API; ``--prefect/--no-prefect`` (``EOSEG_PREFECT``) decides
-explicitly. Without ``--cluster`` (or ``EOSEG_CLUSTER``) a local Dask cluster is started for a stage with
-more than one chunk.
+"""The ``eoseg`` command line, above the Prefect flows: with a Prefect API configured every command runs
+its flow (recorded there); without one, ``tile``/``predict``/``mosaic`` call their stages directly
+(:mod:`cli.direct`). ``--prefect/--no-prefect`` decides explicitly (:func:`cli.runs.use_prefect`).
 """
 
 from __future__ import annotations
@@ -24,6 +19,8 @@ from cli.runs import (
     LegendOption,
     MaxCogPixelsOption,
     PerTileMapsOption,
+    PrecisionOption,
+    PrefectOption,
     checked_options,
     cluster_spec,
     fail,
@@ -93,16 +90,7 @@ def main_options(
             "[env: EOSEG_MEMORY_LIMIT]"
         ),
     ] = None,
-    prefect: Annotated[
-        bool | None,
-        typer.Option(
-            "--prefect/--no-prefect",
-            help="Run tile/predict/mosaic as Prefect flows (recorded in Prefect's run history) or call the "
-            "stages directly. Default: flows when a Prefect API is configured (PREFECT_API_URL or a "
-            "profile). run/train/finetune always run flows. [env: EOSEG_PREFECT]",
-            show_default=False,
-        ),
-    ] = None,
+    prefect: PrefectOption = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log debug details and tracebacks.")
     ] = False,
@@ -248,13 +236,7 @@ def predict(
             help="Clusterer attention: 'scene' (two passes; tiled == whole-scene result) or 'tile'."
         ),
     ] = "scene",
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports it, else "
-            "fp32), 'fp32' or 'bf16'. Recorded in the label store and the map's tags."
-        ),
-    ] = "auto",
+    precision: PrecisionOption = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing label store.")] = False,
 ) -> None:
     """Tiled inference over a tile store on Dask, chunk by chunk, with halos (no seams at chunk edges).

@@ -214,3 +214,22 @@ LegendOption = Annotated[
     str | None,
     typer.Option("--legend", help="Legend YAML (cluster -> name, colour, merge) applied to the maps."),
 ]
+
+# Options of the speed work, declared here so that cli/main.py stays a readable size.
+PrefectOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--prefect/--no-prefect",
+        help="Run tile/predict/mosaic as Prefect flows (recorded in Prefect's run history) or call the "
+        "stages directly. Default: flows when a Prefect API is configured (PREFECT_API_URL or a "
+        "profile). run/train/finetune always run flows. [env: EOSEG_PREFECT]",
+        show_default=False,
+    ),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports it, else "
+        "fp32), 'fp32' or 'bf16'. Recorded in the label store and the map's tags."
+    ),
+]
