@@ -151,17 +151,19 @@ def preflight_scene(
     trained on as many bands as the scene has. The flows check the same again for runs that
     do not come from the CLI.
     """
-    from eoseg.predict.stage import check_model_bands
     from eoseg.scene.sources import open_scene_sources
-    from eoseg.train.patches import check_patch_fits
 
     try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
         info = open_scene_sources(
             scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps
         ).scene
         if patch_size is not None:
+            from eoseg.train.patches import check_patch_fits
+
             check_patch_fits(info.uri, info.height, info.width, patch_size)
-        if weights is not None:
+        if weights is not None:  # imported only here: eoseg.predict imports torch (~2 s with its exit)
+            from eoseg.predict.stage import check_model_bands
+
             check_model_bands(info.uri, info.band_count, weights)
     except EosegError as error:
         fail(error)
