@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= eoseg
 export EOSEG_SHARED_DATA ?= $(SHARED_DATA)
 
-.PHONY: install demo demo-spacenet test test-slow test-all lint bench clean help
+.PHONY: install demo demo-spacenet test test-slow test-all lint bench gpu-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,8 +59,15 @@ test-slow: install  ## only the tests marked slow (production guide, cluster sca
 test-all: install  ## every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install  ## benchmarks (print tables; figures go in README)
+# Every speed benchmark; each rewrites its benchmarks/results/NAME.{md,json} with the machine and load.
+bench: install  ## speed benchmarks: command overhead, tile/mosaic, clusterer fp32/bf16, scaling (~1 h on 2 cores)
+	$(BIN)/python benchmarks/bench_command_overhead.py
 	$(BIN)/python benchmarks/bench_tile_mosaic.py
+	$(BIN)/python benchmarks/bench_clusterer_speed.py
+	$(BIN)/python benchmarks/bench_scaling.py
+
+gpu-check:  ## on a GPU machine (python3 with CUDA torch + numpy): tests, throughput -> benchmarks/results/gpu_check.*
+	bash benchmarks/gpu_check.sh
 
 clean:  ## remove demo outputs (keeps .venv)
 	rm -rf out

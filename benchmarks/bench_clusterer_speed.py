@@ -322,6 +322,9 @@ def case_train(case: dict) -> dict:
 
     params = dict(case["params"], device="cpu")
     training = ClustererTrainingParams(**params)
+    from eo_models.precision import prepare_model, resolve_precision, to_memory_format
+
+    precision = resolve_precision(training.precision, torch.device("cpu"))
     store, max_patches = case["store"], case["max_patches"]
     result: dict = {"torch_threads": torch.get_num_threads()}
     if case["mode"] == "eoseg":
@@ -352,7 +355,7 @@ def case_train(case: dict) -> dict:
             model = SingleSceneClusterer(
                 ClustererConfig(in_channels=in_channels, num_classes=training.num_classes)
             )
-        model.train()
+        prepare_model(model.train(), precision)
         optimizer = _build_optimizer(training, model)
         generator = np.random.default_rng(training.seed)
         # The training step takes the derangement (one forward, features[permutation]) in the current
@@ -362,12 +365,12 @@ def case_train(case: dict) -> dict:
         losses_seen = []
         for _ in range(training.epochs):
             for indices in batch_indices_for_epoch(len(patches), training.batch_size, generator):
-                batch = patches[torch.from_numpy(indices)]
+                batch = to_memory_format(patches[torch.from_numpy(indices)], precision)
                 total = torch.zeros(())
                 for _ in range(training.iterations):
                     permutation = torch.as_tensor(random_derangement(len(indices), generator))
                     second = permutation if takes_permutation else batch[permutation]
-                    losses = clusterer_training_step(model, optimizer, batch, second)
+                    losses = clusterer_training_step(model, optimizer, batch, second, precision=precision)
                     total += losses.clustering + losses.contrastive
                 losses_seen.append(total.item() / training.iterations)
         seconds = time.perf_counter() - started
@@ -397,18 +400,14 @@ def case_infer(case: dict) -> dict:
     result["torch_threads_main"] = torch.get_num_threads()
 
     if case["mode"] == "bare":
-        import rasterio
-
         from eo_models.predict import load_predictor
-        from eoseg.tile.stage import valid_pixel_mask
+        from eoseg.store.layout import read_image_window
 
-        with rasterio.open(case["scene"]) as src:
-            block = src.read()
-            nodata = src.nodata
-        valid = valid_pixel_mask(block, nodata)
+        # The model bands and validity as the stage sees them (an alpha band is a mask, not a band).
+        block, valid = read_image_window(case["store"], info, slice(0, info.height), slice(0, info.width))
         result["load_start"] = loads()
         started = time.perf_counter()
-        predictor = load_predictor(case["model"], device="cpu")
+        predictor = load_predictor(case["model"], device="cpu", precision=case.get("precision", "fp32"))
         result["model_load_s"] = time.perf_counter() - started
         for _ in range(repeats):
             load0, busy0, cpu0, t0 = loads(), machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
@@ -457,6 +456,7 @@ def case_infer(case: dict) -> dict:
                 labels_uri,
                 client=client,
                 attention_pooling=case["pooling"],
+                precision=case.get("precision", "fp32"),
                 show_progress=False,
             )
             seconds, busy1, main_cpu = time.perf_counter() - t0, machine_busy_seconds(), _cpu_seconds() - cpu0
@@ -580,6 +580,9 @@ def main() -> None:
         help="runs per inference case in one process (run 1 is cold: model load, warm-up)",
     )
     parser.add_argument("--iterations", type=int, default=5, help="J for the training cases")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="precisions to measure (eo_models.precision)"
+    )
     parser.add_argument("--max-patches", type=int, default=32)
     parser.add_argument("--max-load", type=float, default=2.5)
     parser.add_argument(
@@ -631,35 +634,40 @@ def main() -> None:
     # ---- training --------------------------------------------------------------------------------
     train_params = {"epochs": 1, "iterations": args.iterations, "batch_size": 16, "patch_size": 64}
     if args.only in (None, "train"):
-        for scene in ("spacenet", "naip"):
-            for mode in ("eoseg", "plain"):
-                runs = []
-                for repeat in range(args.train_repeats):
-                    print(f"  train {scene} {mode} run {repeat + 1}/{args.train_repeats} ...", flush=True)
-                    case = {
-                        "kind": "train",
-                        "scene": scene,
-                        "mode": mode,
-                        "store": inputs[scene]["store"],
-                        "params": train_params,
-                        "max_patches": args.max_patches,
-                        "workdir": str(workdir),
-                    }
-                    result = run_case(case)
-                    print(
-                        f"    {result['patches_per_s']:.2f} patch-it/s in {result['seconds']:.1f} s, "
-                        f"load {load_str(result)}",
-                        flush=True,
-                    )
-                    runs.append(result)
-                report["train"].append(
-                    {
-                        "scene": scene,
-                        "mode": mode,
-                        "runs": runs,
-                        "median_patches_per_s": statistics.median(r["patches_per_s"] for r in runs),
-                    }
+        for scene, precision, mode in [
+            (scene, precision, mode)
+            for scene in ("spacenet", "naip")
+            for precision in args.precisions.split(",")
+            for mode in ("eoseg", "plain")
+        ]:
+            runs = []
+            for repeat in range(args.train_repeats):
+                print(f"  train {scene} {mode} run {repeat + 1}/{args.train_repeats} ...", flush=True)
+                case = {
+                    "kind": "train",
+                    "scene": scene,
+                    "mode": mode,
+                    "store": inputs[scene]["store"],
+                    "params": {**train_params, "precision": precision},
+                    "max_patches": args.max_patches,
+                    "workdir": str(workdir),
+                }
+                result = run_case(case)
+                print(
+                    f"    {result['patches_per_s']:.2f} patch-it/s in {result['seconds']:.1f} s, "
+                    f"load {load_str(result)}",
+                    flush=True,
                 )
+                runs.append(result)
+            report["train"].append(
+                {
+                    "scene": scene,
+                    "mode": mode,
+                    "precision": precision,
+                    "runs": runs,
+                    "median_patches_per_s": statistics.median(r["patches_per_s"] for r in runs),
+                }
+            )
 
     # ---- inference -------------------------------------------------------------------------------
     if args.only in (None, "infer"):
@@ -672,17 +680,32 @@ def main() -> None:
             "workdir": str(workdir),
             "repeats": args.infer_repeats,
         }
-        cases = [
-            ("bare forward (whole array, 1 process)", {"mode": "bare", "torch_threads": 2}),
-            (
-                f"bare forward, {args.chunk_size} px tiles in memory",
-                {"mode": "bare", "torch_threads": 2, "tile": args.chunk_size},
-            ),
-            ("stage tile, threads", {"mode": "stage", "pooling": "tile", "executor": "threads"}),
-            ("stage scene, threads", {"mode": "stage", "pooling": "scene", "executor": "threads"}),
-            ("stage tile, LocalCluster 2x1", {"mode": "stage", "pooling": "tile", "executor": "cluster"}),
-            ("stage scene, LocalCluster 2x1", {"mode": "stage", "pooling": "scene", "executor": "cluster"}),
-        ]
+        cases = [("bare forward (whole array, 1 process)", {"mode": "bare", "torch_threads": 2})]
+        for precision in args.precisions.split(","):
+            cases += [
+                (
+                    f"bare forward, {args.chunk_size} px tiles in memory, {precision}",
+                    {"mode": "bare", "torch_threads": 2, "tile": args.chunk_size, "precision": precision},
+                ),
+                (
+                    f"stage tile, threads, {precision}",
+                    {"mode": "stage", "pooling": "tile", "executor": "threads"},
+                ),
+                (
+                    f"stage scene, threads, {precision}",
+                    {"mode": "stage", "pooling": "scene", "executor": "threads"},
+                ),
+                (
+                    f"stage tile, LocalCluster 2x1, {precision}",
+                    {"mode": "stage", "pooling": "tile", "executor": "cluster"},
+                ),
+                (
+                    f"stage scene, LocalCluster 2x1, {precision}",
+                    {"mode": "stage", "pooling": "scene", "executor": "cluster"},
+                ),
+            ]
+            for _, extra in cases:
+                extra.setdefault("precision", precision)
         if not args.no_experiments:
             cases += [
                 (
@@ -742,16 +765,17 @@ def render(report: dict) -> list[str]:
             "",
         ]
         rows = []
-        by_key = {(t["scene"], t["mode"]): t for t in report["train"]}
+        by_key = {(t["scene"], t["mode"], t.get("precision", "fp32")): t for t in report["train"]}
         for entry in report["train"]:
-            plain = by_key.get((entry["scene"], "plain"))
+            precision = entry.get("precision", "fp32")
+            plain = by_key.get((entry["scene"], "plain", precision))
             ratio = entry["median_patches_per_s"] / plain["median_patches_per_s"] if plain else None
             runs = entry["runs"]
             bands = "1-band uint16 900x900" if entry["scene"] == "spacenet" else "4-band uint8 934x724"
             rows.append(
                 [
                     f"{entry['scene']} ({bands})",
-                    entry["mode"],
+                    f"{entry['mode']}, {precision}",
                     runs[0]["patches"],
                     runs[0]["patch_iterations"],
                     " / ".join(f"{r['seconds']:.1f}" for r in runs),
@@ -787,9 +811,16 @@ def render(report: dict) -> list[str]:
             )
 
         bare = find(mode="bare", torch_threads=2, tile=None)
-        tiled = find(mode="bare", torch_threads=2, tile=report["args"]["chunk_size"])
         bare_rate = bare["steady_mp_per_s"] if bare else None
-        tiled_rate = tiled["steady_mp_per_s"] if tiled else None
+
+        def tiled_rate_for(precision):
+            tiled = find(mode="bare", torch_threads=2, tile=report["args"]["chunk_size"], precision=precision)
+            return tiled["steady_mp_per_s"] if tiled else None
+
+        def fp32_stage_rate(case):
+            twin = find(**{**case, "precision": "fp32"})
+            return twin["steady_mp_per_s"] if twin else None
+
         lines += [
             "## Inference throughput (CPU)",
             "",
@@ -821,7 +852,12 @@ def render(report: dict) -> list[str]:
                 threads_s = f"2 workers x 1 thread x {threads} torch"
             ratio_first = r["first_mp_per_s"] / bare_rate if bare_rate else None
             ratio_steady = r["steady_mp_per_s"] / bare_rate if bare_rate else None
+            tiled_rate = tiled_rate_for(r["case"].get("precision", "fp32"))
+            fp32_tiled = tiled_rate_for("fp32")
             ratio_tiled = r["steady_mp_per_s"] / tiled_rate if tiled_rate else None
+            ratio_fp32_tiled = r["steady_mp_per_s"] / fp32_tiled if fp32_tiled else None
+            fp32_twin = fp32_stage_rate(r["case"]) if r["case"]["mode"] == "stage" else None
+            ratio_fp32_stage = r["steady_mp_per_s"] / fp32_twin if fp32_twin else None
             verdict = ""
             if r["case"]["mode"] == "stage" and not r["name"].startswith("experiment"):
                 target = 0.7 if r["case"]["pooling"] == "tile" else 0.5
@@ -830,7 +866,13 @@ def render(report: dict) -> list[str]:
                     return "-" if ratio is None else ("PASS" if ratio >= target else "MISS")
 
                 verdict = f"{word(ratio_steady)} / {word(ratio_tiled)} (>= {target})"
-            r["ratios"] = {"first": ratio_first, "steady": ratio_steady, "steady_vs_tiled": ratio_tiled}
+            r["ratios"] = {
+                "first": ratio_first,
+                "steady": ratio_steady,
+                "steady_vs_tiled": ratio_tiled,
+                "steady_vs_fp32_tiled": ratio_fp32_tiled,
+                "steady_vs_fp32_stage": ratio_fp32_stage,
+            }
             rows.append(
                 [
                     r["name"],
@@ -842,6 +884,8 @@ def render(report: dict) -> list[str]:
                     fmt(ratio_first),
                     fmt(ratio_steady),
                     fmt(ratio_tiled),
+                    fmt(ratio_fp32_tiled),
+                    fmt(ratio_fp32_stage),
                     verdict,
                     load_str(r),
                 ]
@@ -857,6 +901,8 @@ def render(report: dict) -> list[str]:
                 "ratio first",
                 "ratio steady",
                 "ratio tiled",
+                "vs bare fp32 tiled",
+                "vs fp32 stage",
                 "target",
                 "load",
             ],

@@ -41,7 +41,7 @@ def _machine() -> str:
     return f"{cpu_model(platform.processor())}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM"
 
 
-def run_case(store: str, model: str, out: str, workers: int) -> dict:
+def run_case(store: str, model: str, out: str, workers: int, precision: str = "auto") -> dict:
     from distributed import Client
 
     from eoseg.compute.cluster import ClusterSpec, dask_cluster
@@ -55,12 +55,15 @@ def run_case(store: str, model: str, out: str, workers: int) -> dict:
         Client(address, set_as_default=False) as client,
     ):
         started = time.perf_counter()
-        predict_store(store, model, out, client=client, overwrite=True, show_progress=False)
+        labels = predict_store(
+            store, model, out, client=client, overwrite=True, precision=precision, show_progress=False
+        )
         seconds = time.perf_counter() - started
         peaks = sorted(client.run(_peak_rss_mib).values())
     megapixels = info.height * info.width / 1e6
     return {
         "workers": workers,
+        "precision": labels.model["precision"] if labels.model else precision,
         "megapixels": round(megapixels, 2),
         "chunks": len(info.grid),
         "seconds": round(seconds, 1),
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1,4,16", help="scene sizes to run, in multiples of the 1x scene")
     parser.add_argument("--out-dir", default="/tmp/eoseg-bench/scaling")
     parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (eo_models.precision)")
     args = parser.parse_args(argv)
     from build_large_scene import build_naip_mosaic
 
@@ -104,11 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for size in sizes:
-        row = run_case(stores[size], model, str(out / f"labels_{size}x.zarr"), workers=2)
+        row = run_case(
+            stores[size], model, str(out / f"labels_{size}x.zarr"), workers=2, precision=args.precision
+        )
         rows.append({"case": f"{size}x scene, 2 workers", **row})
         print(rows[-1], flush=True)
     scale_size = 4 if 4 in sizes else sizes[0]
-    one = run_case(stores[scale_size], model, str(out / "labels_1w.zarr"), workers=1)
+    one = run_case(
+        stores[scale_size], model, str(out / "labels_1w.zarr"), workers=1, precision=args.precision
+    )
     rows.append({"case": f"{scale_size}x scene, 1 worker", **one})
     print(rows[-1], flush=True)
 
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = [
         f"# Distributed inference scaling ({summary['machine']}, {summary['date']}, chunks "
-        f"{args.chunk_size} px, scene-level attention pooling)",
+        f"{args.chunk_size} px, scene-level attention pooling, precision {rows[0]['precision']})",
         "",
         "| case | megapixels | chunks | seconds | MP/s | peak RSS per worker (MiB) | load before |",
         "|---|---:|---:|---:|---:|---|---:|",

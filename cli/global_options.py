@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 GLOBAL_VALUE_OPTIONS = frozenset(
     {"--cluster", "--cluster-config", "--workers", "--threads-per-worker", "--memory-limit"}
 )
-GLOBAL_FLAGS = frozenset({"--verbose", "-v"})
+GLOBAL_FLAGS = frozenset({"--verbose", "-v", "--prefect", "--no-prefect"})
 
 
 def _command_index(args: Sequence[str]) -> int:

@@ -1,7 +1,6 @@
-"""The ``eoseg`` command line. Every command runs a Prefect flow, so CLI runs appear in Prefect's history.
-
-Without ``PREFECT_API_URL`` Prefect starts a temporary local API for the run; with it, runs are recorded
-on that server. Without ``--cluster`` (or ``EOSEG_CLUSTER``) a local Dask cluster is started for the run.
+"""The ``eoseg`` command line, above the Prefect flows: with a Prefect API configured every command runs
+its flow (recorded there); without one, ``tile``/``predict``/``mosaic`` call their stages directly
+(:mod:`cli.direct`). ``--prefect/--no-prefect`` decides explicitly (:func:`cli.runs.use_prefect`).
 """
 
 from __future__ import annotations
@@ -20,12 +19,15 @@ from cli.runs import (
     LegendOption,
     MaxCogPixelsOption,
     PerTileMapsOption,
+    PrecisionOption,
+    PrefectOption,
     checked_options,
     cluster_spec,
     fail,
     preflight_scene,
     run_flow,
     scene_argument,
+    stage_runner,
     use_settings,
 )
 from cli.summary import ClassNamesOption, format_run_summary
@@ -89,6 +91,7 @@ def main_options(
             "[env: EOSEG_MEMORY_LIMIT]"
         ),
     ] = None,
+    prefect: PrefectOption = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log debug details and tracebacks.")
     ] = False,
@@ -101,6 +104,7 @@ def main_options(
             workers=workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
+            prefect=prefect,
         )
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
@@ -130,19 +134,14 @@ def tile(
     hidden `.NAME.partial` store, which the same command resumes.
     """
     from eoseg.config import TileOptions
-    from flows.storage_flows import tile_scene_flow
 
+    tile_scene = stage_runner("flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct")
     options = TileOptions(
         chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
     )
     preflight_scene(scene_argument(scene), options)
     info = run_flow(
-        tile_scene_flow,
-        scene_argument(scene),
-        out,
-        options=options,
-        cluster=cluster_spec(),
-        overwrite=overwrite,
+        tile_scene, scene_argument(scene), out, options=options, cluster=cluster_spec(), overwrite=overwrite
     )
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
@@ -172,10 +171,10 @@ def mosaic(
     maps, and provenance tags. Validated with rio-cogeo before it is moved into place atomically.
     """
     from eoseg.config import MosaicOptions
-    from flows.storage_flows import mosaic_flow
 
+    mosaic_store = stage_runner("flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct")
     options = checked_options(MosaicOptions, band=band, overview_resampling=overview_resampling)
-    summary = run_flow(mosaic_flow, store, out, options=options, overwrite=overwrite)
+    summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite)
     typer.echo(
         f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
         f"{list(summary['overview_levels'])})"
@@ -245,6 +244,7 @@ def predict(
             help="Clusterer attention: 'scene' (two passes; tiled == whole-scene result) or 'tile'."
         ),
     ] = "scene",
+    precision: PrecisionOption = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing label store.")] = False,
 ) -> None:
     """Tiled inference over a tile store on Dask, chunk by chunk, with halos (no seams at chunk edges).
@@ -253,11 +253,13 @@ def predict(
     become nodata (255). An interrupted run is resumed by running the same command again.
     """
     from eoseg.config import PredictOptions
-    from flows.segment_flows import predict_flow
 
-    options = checked_options(PredictOptions, halo=halo, attention_pooling=attention_pooling)
+    predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
+    options = checked_options(
+        PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision
+    )
     info = run_flow(
-        predict_flow, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
+        predict_labels, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
     )
     typer.echo(f"label store: {out}  ({info['width']} x {info['height']} px, {info['num_classes']} classes)")
 
@@ -315,7 +317,7 @@ def run(
     MAP.kmeans.tif and MAP.kmeans.scores.json).
     """
     from eo_models.family import family_names
-    from eoseg.config import EvaluateOptions, MosaicOptions, TileOptions
+    from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions
     from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
@@ -337,6 +339,8 @@ def run(
         reference_uri=reference,
         tile=tile,
         training=training,
+        # The training options' --precision applies to inference too.
+        predict=PredictOptions(precision=getattr(training, "precision", "auto")),
         mosaic=MosaicOptions() if max_cog_pixels is None else MosaicOptions(max_pixels=max_cog_pixels),
         evaluate=evaluate_options,
         cluster=cluster_spec(),

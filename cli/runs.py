@@ -6,6 +6,8 @@ the commands of ``cli.main`` and ``cli.train`` take their cluster from there (:f
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -24,9 +26,12 @@ __all__ = [
     "checked_options",
     "cluster_spec",
     "fail",
+    "prefect_api_configured",
     "preflight_scene",
     "preflight_stores",
     "run_flow",
+    "stage_runner",
+    "use_prefect",
     "use_settings",
 ]
 
@@ -57,6 +62,59 @@ def cluster_spec() -> ClusterSpec:
     )
 
 
+def prefect_api_configured() -> bool:
+    """Whether Prefect would talk to a configured API rather than start its temporary server.
+
+    Read without importing Prefect (~1.5 s): ``PREFECT_API_URL`` in the environment, the active profile
+    (``PREFECT_PROFILE``, else ``active`` in ``PREFECT_PROFILES_PATH`` or ``$PREFECT_HOME/profiles.toml``)
+    or ``[api] url`` in ``./prefect.toml``. When Prefect is already imported (a test harness, a flow run
+    calling the CLI in-process), its own settings answer.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return bool(get_current_settings().api.url)
+    import tomllib
+
+    home = os.path.expanduser(os.environ.get("PREFECT_HOME", "~/.prefect"))
+    profiles_path = os.environ.get("PREFECT_PROFILES_PATH", os.path.join(home, "profiles.toml"))
+    try:
+        with open(os.path.expanduser(profiles_path), "rb") as handle:
+            profiles = tomllib.load(handle)
+        active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+        if profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"):
+            return True
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        with open("prefect.toml", "rb") as handle:
+            return bool(tomllib.load(handle).get("api", {}).get("url"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def use_prefect() -> bool:
+    """Whether this command runs as a Prefect flow: ``--prefect/--no-prefect`` or ``EOSEG_PREFECT`` when
+    given, else only when a Prefect API is configured (:func:`prefect_api_configured`)."""
+    settings = _RUN_SETTINGS.get(None) or load_settings()
+    return settings.prefect if settings.prefect is not None else prefect_api_configured()
+
+
+def stage_runner(flow: str, direct: str) -> Callable[..., dict[str, Any]]:
+    """The function a command calls: the Prefect flow ``flow`` (``"module:name"``) when
+    :func:`use_prefect`, else the direct call ``direct`` (``"module:name"``, :mod:`cli.direct`).
+
+    Imported here, so a command without Prefect never imports it (~1.5 s).
+    """
+    import importlib
+
+    module, name = (flow if use_prefect() else direct).split(":")
+    runner: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+    return runner
+
+
 def fail(error: BaseException) -> NoReturn:
     """End the command with ``error: ...`` in red on stderr and exit code 2."""
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -72,7 +130,8 @@ def checked_options(model: type[M], **values: Any) -> M:
 
 
 def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Call a flow; turn eoseg's input errors into a one-line message and exit code 2."""
+    """Call a flow (or a stage directly: :mod:`cli.direct`); turn eoseg's input errors into a one-line
+    message and exit code 2."""
     try:
         return function(*args, **kwargs)
     except EosegError as error:
@@ -92,17 +151,19 @@ def preflight_scene(
     trained on as many bands as the scene has. The flows check the same again for runs that
     do not come from the CLI.
     """
-    from eoseg.predict.stage import check_model_bands
     from eoseg.scene.sources import open_scene_sources
-    from eoseg.train.patches import check_patch_fits
 
     try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
         info = open_scene_sources(
             scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps
         ).scene
         if patch_size is not None:
+            from eoseg.train.patches import check_patch_fits
+
             check_patch_fits(info.uri, info.height, info.width, patch_size)
-        if weights is not None:
+        if weights is not None:  # imported only here: eoseg.predict imports torch (~2 s with its exit)
+            from eoseg.predict.stage import check_model_bands
+
             check_model_bands(info.uri, info.band_count, weights)
     except EosegError as error:
         fail(error)
@@ -154,4 +215,23 @@ MaxCogPixelsOption = Annotated[
 LegendOption = Annotated[
     str | None,
     typer.Option("--legend", help="Legend YAML (cluster -> name, colour, merge) applied to the maps."),
+]
+
+# Options of the speed work, declared here so that cli/main.py stays a readable size.
+PrefectOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--prefect/--no-prefect",
+        help="Run tile/predict/mosaic as Prefect flows (recorded in Prefect's run history) or call the "
+        "stages directly. Default: flows when a Prefect API is configured (PREFECT_API_URL or a "
+        "profile). run/train/finetune always run flows. [env: EOSEG_PREFECT]",
+        show_default=False,
+    ),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports it, else "
+        "fp32), 'fp32' or 'bf16'. Recorded in the label store and the map's tags."
+    ),
 ]

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 __all__ = [
     "DEVICE_DESCRIPTION",
     "MAX_STEPS_DESCRIPTION",
+    "PRECISION_DESCRIPTION",
     "check_bounds",
     "option",
     "params_from_dict",
@@ -29,6 +30,10 @@ T = TypeVar("T")
 #: Help texts of options that every family's training has.
 DEVICE_DESCRIPTION = "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."
 MAX_STEPS_DESCRIPTION = "Cap on updates per epoch. Empty: one pass over the patches."
+PRECISION_DESCRIPTION = (
+    "Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16, else fp32; "
+    "training on a CPU: fp32), 'fp32', or 'bf16' (bfloat16 autocast, channels_last); see eo_models.precision."
+)
 
 _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "ge": (lambda v, b: v >= b, ">="),

@@ -17,6 +17,7 @@ from torch import nn
 
 from eo_models.checkpoint import CheckpointError, load_checkpoint, validate_checkpoint
 from eo_models.family import ModelFamily, SceneContext, get_family
+from eo_models.precision import Precision, autocast, prepare_model, resolve_precision, to_memory_format
 
 __all__ = ["Predictor", "load_predictor", "resolve_device"]
 
@@ -37,6 +38,7 @@ class Predictor:
         in_channels: Number of bands a block must have.
         halo: Pixels of context each side that the caller should read around a tile.
         device: Where the forward pass runs.
+        precision: ``"fp32"`` or ``"bf16"`` (:mod:`eo_models.precision`), resolved from ``"auto"``.
     """
 
     def __init__(
@@ -50,8 +52,13 @@ class Predictor:
         band_mean: Sequence[float],
         band_std: Sequence[float],
         device: torch.device,
+        precision: str = "fp32",
     ) -> None:
-        """Wrap a model; prefer ``load_predictor``, which builds everything from a checkpoint."""
+        """Wrap a model; prefer ``load_predictor``, which builds everything from a checkpoint.
+
+        Raises:
+            ValueError: Band statistics that do not match ``in_channels``; an unknown ``precision``.
+        """
         if len(band_mean) != in_channels or len(band_std) != in_channels:
             raise ValueError(
                 f"band statistics have {len(band_mean)} means and {len(band_std)} stds "
@@ -63,7 +70,8 @@ class Predictor:
         self.in_channels = in_channels
         self.halo = halo
         self.device = device
-        self.model = model.to(device).eval()
+        self.precision: Precision = resolve_precision(precision, device)
+        self.model = prepare_model(model.to(device).eval(), self.precision)
         self._band_mean = torch.tensor(band_mean, dtype=torch.float32, device=device)[:, None, None]
         self._band_std = torch.tensor(band_std, dtype=torch.float32, device=device)[:, None, None]
 
@@ -135,7 +143,7 @@ class Predictor:
         if valid is not None and np.shape(valid) != expected_mask_shape:
             raise ValueError(f"valid mask must have shape {expected_mask_shape}, got {np.shape(valid)}")
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             normalised = self._normalise(blocks, valid)
             if context is not None:
                 outputs = self._scene_context().forward(self.model, normalised, context)
@@ -152,7 +160,9 @@ class Predictor:
         if valid is not None:
             mask = torch.from_numpy(np.ascontiguousarray(valid, dtype=np.bool_)).to(self.device)
             keep &= mask[:, None]
-        return torch.where(keep, normalised, torch.zeros((), device=self.device))
+        return to_memory_format(
+            torch.where(keep, normalised, torch.zeros((), device=self.device)), self.precision
+        )
 
     @property
     def supports_scene_context(self) -> bool:
@@ -178,7 +188,7 @@ class Predictor:
             ValueError: If the family has no context pass.
         """
         context = self._scene_context()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             mask = None if valid is None else np.asarray(valid)[None]
             return context.partial(self.model, self._normalise(np.asarray(block)[None], mask), inner)
 
@@ -190,12 +200,15 @@ class Predictor:
 def load_predictor(
     path_or_ckpt: str | os.PathLike[str] | Mapping[str, Any],
     device: str | torch.device | None = None,
+    *,
+    precision: str = "auto",
 ) -> Predictor:
     """Build a ``Predictor`` from a checkpoint file or an already loaded checkpoint dict.
 
     Args:
         path_or_ckpt: Local ``.pt`` path, or the dict ``load_checkpoint`` / a training loop returns.
         device: ``None`` or ``"auto"`` for CUDA when available, else e.g. ``"cpu"``, ``"cuda:1"``.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:func:`eo_models.precision.resolve_precision`).
 
     Returns:
         The predictor, its model in eval mode on ``device``.
@@ -237,4 +250,5 @@ def load_predictor(
         band_mean=[float(value) for value in ckpt["band_mean"]],
         band_std=[float(value) for value in ckpt["band_std"]],
         device=resolve_device(device),
+        precision=precision,
     )

@@ -87,6 +87,12 @@ class PredictOptions(_Options):
         "'scene' reduces it over the whole scene in a first pass (tiled output equals whole-scene output), "
         "'tile' pools per tile (one pass, faster).",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16, "
+        "else fp32), 'fp32', or 'bf16' (bfloat16 autocast, channels_last). Recorded in the label store "
+        "and the map's tags.",
+    )
 
 
 class EvaluateOptions(_Options):

@@ -14,6 +14,8 @@ Environment variable      Meaning
 ``EOSEG_THREADS_PER_WORKER``  local cluster: threads per worker (default 1)
 ``EOSEG_MEMORY_LIMIT``    local cluster: memory limit per worker (default ``auto``)
 ``EOSEG_GPU_LIMIT``       Prefect global concurrency limit held around GPU stages (``eoseg-gpu``)
+``EOSEG_PREFECT``         ``true``: run commands as Prefect flows; ``false``: call the stages directly;
+                          unset: flows only when a Prefect API is configured (``PREFECT_API_URL``)
 ========================  ==================================================================
 """
 
@@ -50,6 +52,12 @@ class EosegSettings(BaseSettings):
     threads_per_worker: int = Field(default=1, ge=1, description="Local cluster: threads per worker.")
     memory_limit: str = Field(
         default="auto", description="Local cluster: memory limit per worker ('auto' or e.g. '4GiB')."
+    )
+    prefect: bool | None = Field(
+        default=None,
+        description="Run commands as Prefect flows (true) or call the stage functions directly (false). "
+        "Unset: flows when a Prefect API is configured (PREFECT_API_URL in the environment, the active "
+        "Prefect profile or prefect.toml), else direct calls: Prefect's temporary server alone costs ~7 s.",
     )
     gpu_limit: str = Field(
         default="eoseg-gpu",

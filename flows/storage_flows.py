@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from eoseg.compute.cluster import ClusterSpec, dask_cluster
+from eoseg.compute.cluster import ClusterSpec, stage_cluster
 from eoseg.config import MosaicOptions, TileOptions
+from eoseg.geometry import ChunkGrid
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
 
@@ -43,8 +44,9 @@ def tile_scene_flow(
     Running it again on an interrupted store resumes it (only chunks not flagged done are computed); a
     finished store is refused unless ``overwrite``. The stage decides (eoseg.store.lifecycle).
     """
-    inspect_scene_logged(scene_uri, options)
-    with dask_cluster(cluster) as address:
+    scene = inspect_scene_logged(scene_uri, options)
+    chunks = len(ChunkGrid(scene["height"], scene["width"], options.chunk_size, options.chunk_size))
+    with stage_cluster(cluster, work_chunks=chunks) as address:
         info = tile_task(
             scene_uri, store_uri, options=options, overwrite=overwrite, scheduler_address=address
         )

@@ -102,7 +102,7 @@ def predict_task(
     with connect(scheduler_address) as client, gpu_stage(client) as use_gpu:
         info = predict_store(
             store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite, client=client,
-            use_gpu=use_gpu, attention_pooling=options.attention_pooling,
+            use_gpu=use_gpu, attention_pooling=options.attention_pooling, precision=options.precision,
         )  # fmt: skip
     return info.to_attrs()
 

@@ -100,7 +100,10 @@ class ChannelAttention(nn.Module):
         reduction of per-tile sums and maxima) and passes them here, so every tile is rescaled exactly
         as whole-scene inference would rescale it.
         """
-        return torch.sigmoid(self.shared_mlp(average_descriptor) + self.shared_mlp(max_descriptor))
+        # Outside bf16 autocast: a few hundred FLOPs, and the weights scale every feature of the scene.
+        with torch.autocast(average_descriptor.device.type, enabled=False):
+            average, maximum = average_descriptor.float(), max_descriptor.float()
+            return torch.sigmoid(self.shared_mlp(average) + self.shared_mlp(maximum))
 
     def forward(self, features: Tensor) -> Tensor:
         """Rescale (B, C, H, W) features by their channel weights; returns the same shape."""
@@ -165,7 +168,8 @@ class SingleSceneClusterer(nn.Module):
             logits: Tensor = self.classifier(features)
             return logits
         bias = cast(Tensor, self.classifier.bias)  # built with bias=True
-        return F.conv2d(features.double(), self.classifier.weight.double(), bias.double())
+        with torch.autocast(features.device.type, enabled=False):  # float64 also under bf16 autocast
+            return F.conv2d(features.double(), self.classifier.weight.double(), bias.double())
 
 
 def clusterer_parameter_count(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from eo_models.params import DEVICE_DESCRIPTION, check_bounds, option
+from eo_models.params import DEVICE_DESCRIPTION, PRECISION_DESCRIPTION, check_bounds, option
 
 __all__ = ["ClustererTrainingParams"]
 
@@ -52,9 +52,14 @@ class ClustererTrainingParams:
     optimizer: Literal["adam", "sgd"] = option("adam", "Adam, or SGD with momentum 0.9.")
     seed: int = option(0, "Seed for weights, patch order and shuffles (reproducible on CPU).")
     device: str = option("auto", DEVICE_DESCRIPTION)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", PRECISION_DESCRIPTION)
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(
+                f"ClustererTrainingParams.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}"
+            )
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(
                 f"ClustererTrainingParams.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}"

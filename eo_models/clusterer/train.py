@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from eo_models.clusterer.losses import clustering_loss, random_derangement, shuffled_contrastive_loss
 from eo_models.clusterer.model import ClustererConfig, SingleSceneClusterer
 from eo_models.clusterer.params import ClustererTrainingParams
+from eo_models.precision import Precision, autocast, prepare_model, resolve_precision, to_memory_format
 from eo_models.predict import resolve_device
 from eo_models.training import (
     PatchSource,
@@ -131,14 +132,28 @@ def compute_clusterer_losses(model: nn.Module, batch: Tensor, permutation: Tenso
 
 
 def clusterer_training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, permutation: Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Tensor,
+    permutation: Tensor,
+    *,
+    precision: Precision = "fp32",
 ) -> ClustererLosses:
     """One update of Algorithm 1 (lines 9-18): compute L + L' and take one optimiser step.
+
+    Args:
+        model: The clusterer, in training mode.
+        optimizer: Its optimiser.
+        batch: Normalised patches (B, C, H, W), float32, on the model's device.
+        permutation: A derangement of the batch (long, B).
+        precision: ``"bf16"`` computes the forward pass and the losses under bfloat16 autocast
+            (:mod:`eo_models.precision`; weights and optimiser state stay float32), ``"fp32"`` without.
 
     Returns:
         The losses computed before the step, detached.
     """
-    losses = compute_clusterer_losses(model, batch, permutation)
+    with autocast(precision, batch.device):
+        losses = compute_clusterer_losses(model, batch, permutation)
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     optimizer.step()
@@ -206,11 +221,13 @@ def train_clusterer(
     """
     check_band_statistics(in_channels, band_mean, band_std)
     device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device, training=True)
     config = ClustererConfig(in_channels=in_channels, num_classes=params.num_classes)
     with seeded(params.seed, torch.device("cpu")):
         model = SingleSceneClusterer(config)
-    model.to(device).train()
-    steps = _Algorithm1Steps(patches, model, _build_optimizer(params, model), params, in_channels, device)
+    prepare_model(model.to(device).train(), precision)
+    optimizer = _build_optimizer(params, model)
+    steps = _Algorithm1Steps(patches, model, optimizer, params, in_channels, device, precision)
     history: dict[str, list[float]] = {"loss": [], "clustering_loss": [], "contrastive_loss": []}
     fit(steps, epochs=params.epochs, history=history, history_per="step", on_progress=on_progress)
     return assemble_checkpoint(
@@ -222,6 +239,7 @@ def train_clusterer(
         train_params={
             **asdict(params),
             "resolved_device": str(device),
+            "resolved_precision": precision,
             "num_patches": len(patches),
             "in_channels": in_channels,
         },
@@ -241,9 +259,11 @@ class _Algorithm1Steps:
         params: ClustererTrainingParams,
         in_channels: int,
         device: torch.device,
+        precision: Precision,
     ) -> None:
         self.patches, self.model, self.optimizer = patches, model, optimizer
         self.params, self.in_channels, self.device = params, in_channels, device
+        self.precision = precision
         # One generator for the whole run: patch order of every epoch and every derangement.
         self.generator = np.random.default_rng(params.seed)
         self.updates = 0
@@ -258,6 +278,7 @@ class _Algorithm1Steps:
         batch = read_batch(
             self.patches, indices, in_channels=self.in_channels, patch_size=params.patch_size
         ).to(self.device)
+        batch = to_memory_format(batch, self.precision)
         clustering_sum = torch.zeros((), device=self.device)
         contrastive_sum = torch.zeros((), device=self.device)
         for _ in range(params.iterations):
@@ -266,7 +287,9 @@ class _Algorithm1Steps:
             permutation = torch.as_tensor(
                 random_derangement(len(indices), self.generator), device=self.device
             )
-            losses = clusterer_training_step(self.model, self.optimizer, batch, permutation)
+            losses = clusterer_training_step(
+                self.model, self.optimizer, batch, permutation, precision=self.precision
+            )
             clustering_sum += losses.clustering
             contrastive_sum += losses.contrastive
             self.updates += 1

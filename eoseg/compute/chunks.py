@@ -67,6 +67,8 @@ class _ProgressReporter:
 
 def active_client() -> Any:
     """The ``distributed.Client`` of the current context, or None."""
+    if "distributed" not in sys.modules:  # no client can exist; importing distributed costs ~0.3 s
+        return None
     try:
         from distributed import get_client
 
@@ -77,6 +79,8 @@ def active_client() -> Any:
 
 def current_worker_address() -> str:
     """The address of the Dask worker running this call, or ``"local"`` outside a worker."""
+    if "distributed" not in sys.modules:
+        return "local"
     try:
         from distributed import get_worker
 

@@ -110,6 +110,29 @@ def _start_local_cluster_with_current_config(spec: ClusterSpec) -> LocalCluster:
 
 
 @contextlib.contextmanager
+def stage_cluster(spec: ClusterSpec | None = None, *, work_chunks: int) -> Iterator[str | None]:
+    """:func:`dask_cluster` for a stage of ``work_chunks`` chunks: no local cluster for one chunk.
+
+    With at most one chunk and no configured cluster (``--cluster``, ``EOSEG_CLUSTER``, a configuration
+    file), ``None`` is yielded and the work runs on threads in this process: starting worker processes
+    costs ~2-3 s, more than a chunk's work (benchmarks/results/command_overhead.md).
+
+    Yields:
+        The scheduler address, or ``None`` (no cluster; :func:`connect` then yields no client).
+
+    Raises:
+        ConfigurationError: The configured scheduler cannot be reached.
+    """
+    spec = spec or ClusterSpec()
+    if work_chunks <= 1 and not spec.resolved_address() and not spec.resolved_config_file():
+        logger.info("one chunk of work: running on threads in this process (no Dask cluster started)")
+        yield None
+        return
+    with dask_cluster(spec) as address:
+        yield address
+
+
+@contextlib.contextmanager
 def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
     """Yield a scheduler address: the configured one, or that of a local cluster started here."""
     spec = spec or ClusterSpec()

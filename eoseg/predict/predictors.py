@@ -22,7 +22,7 @@ __all__ = ["cached_predictor", "checkpoint_fingerprint", "model_load_counts"]
 
 logger = logging.getLogger("eoseg.predict.stage")
 
-_predictors: dict[tuple[str, str, str], Predictor] = {}
+_predictors: dict[tuple[str, str, str, str], Predictor] = {}
 _load_counts: dict[str, int] = {}
 _predictors_lock = threading.Lock()
 _scratch = tempfile.mkdtemp(prefix="eoseg-models-")
@@ -65,7 +65,7 @@ def _match_torch_threads_to_worker() -> None:
 
 
 def cached_predictor(
-    model_uri: str, device: str | None = None, *, fingerprint: str | None = None
+    model_uri: str, device: str | None = None, *, fingerprint: str | None = None, precision: str = "fp32"
 ) -> Predictor:
     """The predictor for ``model_uri`` in this process, loaded on first use of this checkpoint version.
 
@@ -74,9 +74,10 @@ def cached_predictor(
         device: ``None``/``"auto"`` (CUDA when present) or a torch device string.
         fingerprint: :func:`checkpoint_fingerprint` of the checkpoint as the stage saw it; default: taken
             here. A different fingerprint than a cached predictor's loads the checkpoint again.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`eo_models.precision`).
     """
     fingerprint = checkpoint_fingerprint(model_uri) if fingerprint is None else fingerprint
-    key = (model_uri, fingerprint, device or "auto")
+    key = (model_uri, fingerprint, device or "auto", precision)
     with _predictors_lock:
         if key not in _predictors:
             from eo_models.predict import load_predictor
@@ -87,7 +88,7 @@ def cached_predictor(
                 del _predictors[stale]
             with tempfile.TemporaryDirectory(dir=_scratch) as scratch:
                 local = storage.fetch_to_local(model_uri, scratch)
-                _predictors[key] = load_predictor(local, device=device)
+                _predictors[key] = load_predictor(local, device=device, precision=precision)
             _load_counts[model_uri] = _load_counts.get(model_uri, 0) + 1
             logger.info("loaded %s (%s) in process %d", model_uri, fingerprint, os.getpid())
         return _predictors[key]

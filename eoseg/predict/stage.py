@@ -61,6 +61,7 @@ class PredictChunkJob:
     device: str | None
     model_fingerprint: str | None = None
     context: Any = None
+    precision: str = "fp32"
 
 
 def _read_with_halo(
@@ -74,7 +75,40 @@ def _read_with_halo(
 
 
 def _predictor(job: PredictChunkJob) -> Predictor:
-    return cached_predictor(job.model_uri, job.device, fingerprint=job.model_fingerprint)
+    return cached_predictor(
+        job.model_uri, job.device, fingerprint=job.model_fingerprint, precision=job.precision
+    )
+
+
+def _native_precision(precision: str) -> str:
+    """``precision`` resolved for the device of this process (CUDA when present, else the CPU)."""
+    from eo_models.precision import resolve_precision
+    from eo_models.predict import resolve_device
+
+    return resolve_precision(precision, resolve_device(None))
+
+
+def resolve_stage_precision(precision: str, client: Client | None, resources: dict[str, float] | None) -> str:
+    """The one precision every chunk of a run uses: ``"auto"`` is resolved where the chunks run.
+
+    With a client, on one worker of the kind the chunks go to (a GPU worker when ``resources`` asks
+    for one), else in this process; recorded in the label store's ``model`` attributes.
+
+    Raises:
+        ConfigurationError: ``precision`` is not ``"auto"``, ``"fp32"`` or ``"bf16"``.
+    """
+    from eo_models.precision import PRECISION_CHOICES
+
+    if precision not in PRECISION_CHOICES:
+        from eoseg.errors import ConfigurationError
+
+        raise ConfigurationError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if client is None:
+        return _native_precision(precision)
+    resolved: str = client.submit(_native_precision, precision, resources=resources, pure=False).result()
+    return resolved
 
 
 def context_partial_chunk(job: PredictChunkJob) -> Any:
@@ -133,6 +167,7 @@ def predict_store(
     client: Client | None = None,
     use_gpu: bool = False,
     attention_pooling: str = "scene",
+    precision: str = "auto",
     show_progress: bool | None = None,
 ) -> StoreInfo:
     """Run tiled inference of the checkpoint at ``model_uri`` over ``store_uri`` into ``labels_uri``.
@@ -147,6 +182,8 @@ def predict_store(
         use_gpu: schedule chunks only on workers advertising ``GPU=1`` (which predict on CUDA when present).
         attention_pooling: ``"scene"`` (two passes: the family's scene-wide context pass first, so tiled
             == whole-scene inference) or ``"tile"`` (one pass); families without a context pass ignore it.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`eo_models.precision`); resolved once for
+            the run and recorded in the label store's ``model`` attributes (and so in the COG's tags).
         show_progress: terminal progress bar on/off.
     """
     from eo_models.family import get_family
@@ -167,6 +204,12 @@ def predict_store(
 
         raise ConfigurationError(f"attention pooling must be 'scene' or 'tile', got {attention_pooling!r}")
     scene_context = model_family.scene_context if attention_pooling == "scene" else None
+    resources: dict[str, float] | None = {"GPU": 1} if use_gpu else None
+    if client is None:
+        from eoseg.compute.chunks import active_client
+
+        client = active_client()
+    precision = resolve_stage_precision(precision, client, resources)
     scene_pooling = scene_context is not None
     num_classes = int(checkpoint["num_classes"])
     wanted = replace(
@@ -187,6 +230,7 @@ def predict_store(
             "halo": halo,
             "blending": "overlap-tile centre crop",
             "attention_pooling": "scene" if scene_pooling else "tile",
+            "precision": precision,
         },
         source_uri=info.source_uri,
         complete=False,
@@ -195,33 +239,42 @@ def predict_store(
     staging, labels_info = output.staging, output.info
     done = output.chunks_done()
     device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
-    resources: dict[str, float] | None = {"GPU": 1} if use_gpu else None
     windows = list(info.grid.windows())
     with discarded_on_bad_input(output):
         context = None
         if scene_context is not None and not done.all():
             partials = map_chunks(
                 context_partial_chunk,
-                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device, fingerprint)
-                 for i, w in windows],
+                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device, fingerprint,
+                                 precision=precision) for i, w in windows],
                 label="pool", client=client, resources=resources, show_bar=show_progress,
             )  # fmt: skip
             context = scene_context.combine(partials)
         logger.info(
-            "predicting %d of %d chunks with %s (%s, K=%d, halo %d px)%s",
+            "predicting %d of %d chunks with %s (%s, K=%d, halo %d px, %s)%s",
             int((~done).sum()),
             len(info.grid),
             model_uri,
             family,
             num_classes,
             halo,
+            precision,
             " on GPU workers" if use_gpu else "",
         )
         stage = ChunkedStage(
             label="predict",
             jobs=[
                 PredictChunkJob(
-                    store_uri, staging, model_uri, index, window, halo, device, fingerprint, context
+                    store_uri,
+                    staging,
+                    model_uri,
+                    index,
+                    window,
+                    halo,
+                    device,
+                    fingerprint,
+                    context,
+                    precision,
                 )
                 for index, window in windows
             ],

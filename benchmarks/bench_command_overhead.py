@@ -1,0 +1,169 @@
+"""Fixed cost of one `eoseg` command: the whole `eoseg tile` of the small Landsat scene, as a user runs it.
+
+Cases, each run ``--repeat`` times in fresh processes, interleaved (so load changes hit every case alike):
+
+- ``direct``: ``eoseg tile`` with no Prefect API configured (the default without a server: the stage is
+  called directly; one chunk, so no Dask cluster);
+- ``prefect-temporary``: ``eoseg --prefect tile`` with no API configured: Prefect starts its temporary
+  server for the run (what every command did before);
+- ``prefect-server``: ``eoseg tile`` with ``PREFECT_API_URL`` set to a running ``prefect server start``
+  (started once by this script, before the timings), so the run is recorded there;
+- ``python -c 'import cli.main'``: the CLI's import alone;
+- ``gdal_translate -of Zarr``: GDAL's conversion of the same scene, the floor for the work itself.
+
+The load average (``uptime``) is recorded before and after every run; compare ratios from one run only.
+A run that fails (Prefect's temporary server times out after 20 s on a loaded machine) is listed as
+failed and left out of the median.
+
+    python benchmarks/bench_command_overhead.py [--repeat 3] [--no-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_machine import cpu_model, ram_gib, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+SCENE = (
+    Path(os.environ.get("EOSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "landsat" / "RGB.byte.tif"
+)
+EOSEG = [sys.executable, "-m", "cli.main"]
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
+    before = load_average()
+    start = time.perf_counter()
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    run = {"seconds": seconds, "load_before": before, "load_after": load_average()}
+    if result.returncode != 0:  # e.g. Prefect's temporary server timing out on a loaded machine
+        run["failed"] = result.stderr.strip().splitlines()[-1][-300:] if result.stderr.strip() else "failed"
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_prefect_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``prefect server start`` on a free port; returns the process and its API URL once healthy."""
+    import urllib.request
+
+    port = _free_port()
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return server, url
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("prefect server did not become healthy in 120 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-server", action="store_true", help="skip the prefect-server case")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="eoseg-overhead-"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT_PROFILE"))}
+    base.update(
+        PYTHONPATH=str(REPO),
+        PREFECT_HOME=str(work / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    store = str(work / "landsat.zarr")
+    tile = [*EOSEG, "tile", str(SCENE), "--out", store, "--overwrite"]
+    cases: dict[str, tuple[list[str], dict[str, str]]] = {
+        "direct (no Prefect API configured)": (tile, base),
+        "prefect-temporary (--prefect, no API: temporary server)": (
+            [*EOSEG, "--prefect", "tile", str(SCENE), "--out", store, "--overwrite"],
+            base,
+        ),
+        "python -c 'import cli.main'": ([sys.executable, "-c", "import cli.main"], base),
+    }
+    if shutil.which("gdal_translate"):
+        gdal = ["gdal_translate", "-q", "-of", "Zarr", "-co", "FORMAT=ZARR_V2", "-co", "BLOCKSIZE=1024,1024"]
+        gdal += [
+            "-co",
+            "COMPRESS=BLOSC",
+            "-co",
+            "BLOSC_CNAME=zstd",
+            "-co",
+            "BLOSC_CLEVEL=1",
+            "-co",
+            "BLOSC_SHUFFLE=BIT",
+        ]
+        cases["gdal_translate -of Zarr"] = ([*gdal, str(SCENE), str(work / "gdal.zarr")], base)
+    server = None
+    if not args.no_server:
+        server, url = start_prefect_server(base)
+        cases["prefect-server (PREFECT_API_URL set: run recorded)"] = (tile, dict(base, PREFECT_API_URL=url))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    try:
+        for command, env in cases.values():  # warm the file cache and bytecode once
+            timed(command, env)
+            shutil.rmtree(work / "gdal.zarr", ignore_errors=True)
+        for _ in range(args.repeat):
+            for name, (command, env) in cases.items():
+                runs[name].append(timed(command, env))
+                shutil.rmtree(work / "gdal.zarr", ignore_errors=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    medians = {
+        name: statistics.median([r["seconds"] for r in rs if "failed" not in r] or [float("nan")])
+        for name, rs in runs.items()
+    }
+    loads = [r[key] for rs in runs.values() for r in rs for key in ("load_before", "load_after")]
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib()} GiB"
+    direct = medians["direct (no Prefect API configured)"]
+    lines = [
+        "# Fixed cost per command: `eoseg tile` of the Landsat scene (791 x 718 x 3, one chunk)",
+        "",
+        f"Machine: {machine}. Load average during the runs: {min(loads):.2f}-{max(loads):.2f} "
+        f"(shared machine). Median of {args.repeat} fresh processes per case, interleaved.",
+        "",
+        "| case | median wall s | runs (s) | ratio to direct |",
+        "|---|---:|---|---:|",
+    ]
+    for name, rs in runs.items():
+        values = ", ".join(f"{r['seconds']:.2f}" + (" (failed)" if "failed" in r else "") for r in rs)
+        lines.append(f"| {name} | {medians[name]:.2f} | {values} | {medians[name] / direct:.2f}x |")
+    report = {"machine": machine, "repeat": args.repeat, "runs": runs, "medians": medians}
+    write_report(args.results, "command_overhead", report, lines)
+
+
+if __name__ == "__main__":
+    main()

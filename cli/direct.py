@@ -1,0 +1,105 @@
+"""Commands without Prefect: the same stage functions the flows' tasks call, called directly.
+
+A Prefect flow run costs a command ~1.5 s of imports and, when no Prefect server is configured, ~7 s to
+start Prefect's temporary server (measured; see benchmarks/results/command_overhead.md), against
+~0.2 s of work to tile a small scene. So ``eoseg tile``, ``predict`` and ``mosaic`` call the stages
+directly unless Prefect is wanted (:func:`cli.runs.use_prefect`): the outputs, their lifecycle (resume,
+overwrite, atomic publish), the Dask cluster and the log lines are the same; only the run history and
+Prefect's retries are missing. This module never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eoseg.compute.cluster import ClusterSpec, connect, has_gpu_workers, stage_cluster
+from eoseg.config import MosaicOptions, PredictOptions, TileOptions
+from eoseg.geometry import ChunkGrid
+
+__all__ = ["mosaic_direct", "predict_direct", "tile_direct"]
+
+logger = logging.getLogger("eoseg.cli")
+
+
+def _log_to_terminal() -> None:
+    """Print eoseg's INFO lines on stderr as Prefect's console handler would (it is not set up here)."""
+    if not logging.root.handlers:
+        logging.basicConfig(format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+
+
+def tile_direct(
+    scene_uri: str | list[str], store_uri: str, *, options: TileOptions, cluster: ClusterSpec, overwrite: bool
+) -> dict[str, Any]:
+    """``eoseg tile`` without Prefect: what ``tile-scene`` does; returns the store's metadata attributes.
+
+    ``scene_uri`` is one file or several on one grid (:func:`eoseg.scene.sources.open_scene_sources`).
+    A local Dask cluster is started only when the scene has more than one chunk.
+
+    Raises:
+        EosegError: Bad input (before anything is written), or an existing output without ``overwrite``.
+    """
+    from eoseg.scene.sources import open_scene_sources
+    from eoseg.tile.stage import tile_scene
+
+    _log_to_terminal()
+    scene = open_scene_sources(
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
+    ).scene
+    logger.info(
+        "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
+        scene.dtype,
+    )  # fmt: skip
+    chunks = len(ChunkGrid(scene.height, scene.width, options.chunk_size, options.chunk_size))
+    with stage_cluster(cluster, work_chunks=chunks) as address, connect(address) as client:
+        info = tile_scene(
+            scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
+            allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,
+        )  # fmt: skip
+    return info.to_attrs()
+
+
+def predict_direct(
+    store_uri: str,
+    model_uri: str,
+    labels_uri: str,
+    *,
+    options: PredictOptions,
+    cluster: ClusterSpec,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """``eoseg predict`` without Prefect; returns the label store's metadata attributes.
+
+    Chunks go to GPU workers when the cluster has any (no Prefect concurrency limit is held: that needs
+    a Prefect server). A local cluster is started only when the store has more than one chunk.
+    """
+    from eoseg.predict.stage import predict_store
+    from eoseg.store.layout import read_store_info
+
+    _log_to_terminal()
+    chunks = len(read_store_info(store_uri).grid)
+    with stage_cluster(cluster, work_chunks=chunks) as address, connect(address) as client:
+        info = predict_store(
+            store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite, client=client,
+            use_gpu=has_gpu_workers(client), attention_pooling=options.attention_pooling,
+            precision=options.precision,
+        )  # fmt: skip
+    return info.to_attrs()
+
+
+def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool) -> dict[str, Any]:
+    """``eoseg mosaic`` without Prefect; returns the COG's summary."""
+    from dataclasses import asdict
+
+    from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.mosaic.per_tile import check_single_cog_size
+    from eoseg.store.layout import read_store_info
+
+    _log_to_terminal()
+    info = read_store_info(store_uri)  # the size limit of tasks.storage_stages.mosaic_task
+    check_single_cog_size(info.height * info.width, limit=options.max_pixels, what=store_uri)
+    summary = mosaic_to_cog(
+        store_uri, cog_uri, band=options.band, overwrite=overwrite,
+        overview_resampling=options.overview_resampling,
+    )  # fmt: skip
+    return asdict(summary)
