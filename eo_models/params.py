@@ -19,6 +19,7 @@ __all__ = [
     "MAX_STEPS_DESCRIPTION",
     "PRECISION_DESCRIPTION",
     "check_bounds",
+    "field_defaults",
     "option",
     "params_from_dict",
     "plain_dict",
@@ -128,3 +129,23 @@ def plain_dict(params: Any) -> dict[str, Any]:
 
     as_dict: dict[str, Any] = plain(dataclasses.asdict(params))
     return as_dict
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The plain default of every field of a params dataclass that has one (nested ones as dicts).
+
+    A checkpoint written before a field existed lacks its key; its run behaved as this default, as long
+    as a new field's default keeps the earlier behaviour (the convention the resume check relies on).
+    """
+    defaults: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if spec.default is not dataclasses.MISSING:
+            value = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            value = spec.default_factory()
+        else:
+            continue
+        if dataclasses.is_dataclass(value):
+            value = plain_dict(value)
+        defaults[spec.name] = list(value) if isinstance(value, tuple) else value
+    return defaults

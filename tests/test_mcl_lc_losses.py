@@ -61,10 +61,12 @@ def test_style_feature_is_channel_mean_and_std() -> None:
     torch.testing.assert_close(feature[:, 3:], x.std(dim=(2, 3), unbiased=False))
 
 
-def _train_mine(dependent: bool, *, steps: int = 300, marginals: str = "shifted") -> float:
+def _train_mine(
+    dependent: bool, *, steps: int = 300, marginals: str = "shifted", estimator: str = "dv"
+) -> float:
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
-    mine = MutualInformationEstimator(4, hidden_features=64, marginals=marginals)
+    mine = MutualInformationEstimator(4, hidden_features=64, marginals=marginals, estimator=estimator)
     optimizer = torch.optim.Adam(mine.parameters(), lr=3e-3)
 
     def draw(count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,14 +87,36 @@ def _train_mine(dependent: bool, *, steps: int = 300, marginals: str = "shifted"
         return mine(x, y, shift=1).estimate.mean().item()
 
 
-@pytest.mark.parametrize("marginals", ["all-pairs", "shifted"])
-def test_mine_estimate_higher_for_dependent_inputs(marginals: str) -> None:
-    dependent = _train_mine(dependent=True, marginals=marginals)
-    independent = _train_mine(dependent=False, marginals=marginals)
+@pytest.mark.parametrize(
+    ("estimator", "marginals"), [("dv", "all-pairs"), ("dv", "shifted"), ("f", "shifted")]
+)
+def test_mine_estimate_higher_for_dependent_inputs(estimator: str, marginals: str) -> None:
+    dependent = _train_mine(dependent=True, marginals=marginals, estimator=estimator)
+    independent = _train_mine(dependent=False, marginals=marginals, estimator=estimator)
     # True MI of the dependent pair: 4 * 0.5 * log(1 + 1 / 0.09) = 4.99 nats (the bound is looser).
     assert dependent > 1.0
     assert abs(independent) < 0.2
     assert dependent > independent + 1.0
+
+
+@pytest.mark.parametrize("marginals", ["all-pairs", "shifted"])
+def test_mine_f_equals_its_closed_form_on_a_constant_statistics_network(marginals: str) -> None:
+    mine = MutualInformationEstimator(3, hidden_features=8, marginals=marginals, estimator="f")
+    last = mine.statistics.layers[2]
+    assert isinstance(last, torch.nn.Linear)
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(0.7)
+    result = mine(torch.randn(5, 2, 3), torch.randn(5, 2, 3), shift=2)
+    # T = c everywhere: I_f = c - exp(c - 1) (at most 0, reached at c = 1), for each ROI index.
+    expected = 0.7 - math.exp(0.7 - 1.0)
+    torch.testing.assert_close(result.estimate, torch.full_like(result.estimate, expected))
+    assert result.objective.item() == pytest.approx(expected, rel=1e-5)
+    result.objective.backward()
+    # Unbiased gradient of the bound itself: d/dc (c - exp(c - 1)) = 1 - exp(c - 1); no moving average.
+    assert last.bias.grad is not None
+    assert last.bias.grad.item() == pytest.approx(1.0 - math.exp(0.7 - 1.0), rel=1e-5)
+    assert math.isnan(mine.log_marginal_ema.item())
 
 
 def test_all_pairs_scores_equal_the_statistics_network_on_each_pair() -> None:
@@ -232,6 +256,30 @@ def test_resume_continues_from_the_stored_epoch(reloaded: dict[str, Any]) -> Non
     assert len(resumed["history"]["loss"]) == 2
     assert resumed["history"]["loss"][0] == reloaded["history"]["loss"][0]
     assert resumed["extra"]["scheduler_state"]["last_epoch"] == 2
+
+
+def test_a_checkpoint_older_than_the_mine_options_resumes_with_their_defaults(
+    reloaded: dict[str, Any],
+) -> None:
+    from eo_models.params import field_defaults, plain_dict
+    from eoseg.errors import ConfigurationError
+    from eoseg.train.stage import _check_resume
+
+    stores = {"store_uris": ["memory://a.zarr"], "max_patches": None}
+    old = dict(reloaded, train_params={**reloaded["train_params"], **stores})
+    for name in ("mine_marginals", "mine_estimator"):  # written before these options existed
+        del old["train_params"][name]
+    absent = field_defaults(PretrainParams)
+
+    def check(**params: Any) -> int:
+        wanted = {**plain_dict(_tiny_pretrain_params(epochs=2, **params)), **stores}
+        return _check_resume(old, "old.pt", "mcl-lc", wanted, absent)
+
+    assert check() == 1  # the defaults are the behaviour of the older runs
+    with pytest.raises(ConfigurationError, match="mine_estimator: 'dv' then, 'f' now"):
+        check(mine_estimator="f")
+    with pytest.raises(ConfigurationError, match="mine_marginals: 'shifted' then, 'all-pairs' now"):
+        check(mine_marginals="all-pairs")
 
 
 @pytest.mark.slow

@@ -4,11 +4,20 @@ mCL-LC's local-consistency loss (Tang et al., WACV 2023, Sec. 3.2, Eq. 6-8) maxi
 information between matched ROIs of the two views' semantic maps, estimated "based on the MINE
 algorithm [3], which is implemented by back propagation in a two-layer fully connected network".
 
-The estimate is the Donsker-Varadhan lower bound
-``I(X; Y) >= E_joint[T(x, y)] - log E_marginal[exp(T(x, y'))]``, with joint samples the matched ROI
-pairs. The statistics network ``T`` is trained jointly with the segmentation network by the same loss:
-both ascend the bound. Gradients use MINE's bias correction, a moving average of the marginal term's
-denominator.
+Two lower bounds of the MINE paper (``estimator``), with joint samples the matched ROI pairs:
+
+- ``"dv"`` (default): the Donsker-Varadhan bound (MINE, Sec. 3.1, Eq. 10)
+  ``I(X; Y) >= E_joint[T(x, y)] - log E_marginal[exp(T(x, y'))]``. Its mini-batch gradient is biased;
+  MINE's bias correction (Sec. 3.2) replaces the denominator ``E_marginal[exp T]`` of the gradient by a
+  moving average (rate ``ema_rate``).
+- ``"f"``: MINE-f, the f-divergence bound (MINE, Sec. 3.1, after Nguyen et al. 2010)
+  ``I(X; Y) >= E_joint[T] - E_marginal[exp(T - 1)]``. It is linear in the marginal expectation, so the
+  mini-batch gradient is unbiased and no moving average is kept. For one ``T`` it is never above the
+  DV value (``x / e >= log x``); both reach the MI at their optimal ``T`` (DV up to a constant, MINE-f
+  at ``T = 1 + log dP/dQ``).
+
+The statistics network ``T`` is trained jointly with the segmentation network by the same loss: both
+ascend the bound.
 
 Marginal samples (``marginals``):
 
@@ -38,6 +47,7 @@ from torch import nn
 
 __all__ = [
     "DEFAULT_EMA_RATE",
+    "ESTIMATORS",
     "MARGINAL_SAMPLING",
     "MutualInformation",
     "MutualInformationEstimator",
@@ -48,6 +58,9 @@ from eo_models.mcl_lc.params import DEFAULT_EMA_RATE  # the MINE paper's moving-
 
 MARGINAL_SAMPLING = ("all-pairs", "shifted")
 """How MINE's marginal samples are drawn (see the module docstring)."""
+
+ESTIMATORS = ("dv", "f")
+"""MINE's lower bounds: Donsker-Varadhan with a moving-average gradient, or MINE-f (module docstring)."""
 
 
 class StatisticsNetwork(nn.Module):
@@ -90,10 +103,10 @@ class MutualInformation:
     """Result of one MINE evaluation.
 
     Attributes:
-        estimate: Donsker-Varadhan estimate in nats: per ROI index, (R,), for ``"shifted"``
+        estimate: Lower-bound estimate in nats (DV or MINE-f): per ROI index, (R,), for ``"shifted"``
             marginals; pooled over all ROIs, (1,), for ``"all-pairs"``.
-        objective: Scalar to maximise: its value is ``estimate.mean()``, its gradient the
-            bias-corrected MINE gradient.
+        objective: Scalar to maximise: its value is ``estimate.mean()``; its gradient is MINE's
+            bias-corrected one for ``"dv"``, the plain (unbiased) one for ``"f"``.
     """
 
     estimate: torch.Tensor
@@ -106,7 +119,8 @@ class MutualInformationEstimator(nn.Module):
     Args:
         features: Size of one flattened sample of X (and of Y).
         hidden_features: Width of the statistics network's hidden layer.
-        ema_rate: Rate of the moving average of ``E_marginal[exp(T)]`` (bias correction).
+        ema_rate: Rate of the moving average of ``E_marginal[exp(T)]`` (``"dv"``'s bias correction).
+        estimator: ``"dv"`` or ``"f"`` (MINE-f; see the module docstring).
         marginals: ``"all-pairs"`` or ``"shifted"`` (see the module docstring).
         max_partners: At most this many marginal partners per ROI with ``"all-pairs"`` (the nearest
             in a seeded rotation of the pooled ROIs), bounding memory at paper batch sizes.
@@ -121,6 +135,7 @@ class MutualInformationEstimator(nn.Module):
         hidden_features: int = 256,
         ema_rate: float = DEFAULT_EMA_RATE,
         marginals: str = "shifted",
+        estimator: str = "dv",
         max_partners: int = 255,
     ) -> None:
         super().__init__()
@@ -128,7 +143,10 @@ class MutualInformationEstimator(nn.Module):
             raise ValueError(f"ema_rate must be in (0, 1], got {ema_rate}")
         if marginals not in MARGINAL_SAMPLING:
             raise ValueError(f"marginals must be one of {MARGINAL_SAMPLING}, got {marginals!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         self.marginals = marginals
+        self.estimator = estimator
         self.max_partners = max_partners
         self.features = features
         self.ema_rate = ema_rate
@@ -150,6 +168,9 @@ class MutualInformationEstimator(nn.Module):
 
         Returns:
             The estimate per ROI index and the training objective.
+
+        Raises:
+            ValueError: For different shapes, fewer than two samples, or a shift that keeps pairs joint.
         """
         if x.shape != y.shape:
             raise ValueError(f"x and y must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -169,6 +190,10 @@ class MutualInformationEstimator(nn.Module):
             marginal = self.statistics(x, y.roll(shift, dims=0))
             joint_mean = joint.mean(dim=0)
             log_mean_exp_marginal = torch.logsumexp(marginal, dim=0) - math.log(count)
+        if self.estimator == "f":
+            # MINE-f: E_P[T] - E_Q[exp(T - 1)], with E_Q[exp T] = exp(log-mean-exp); unbiased gradient.
+            estimate = joint_mean - torch.exp(log_mean_exp_marginal - 1.0)
+            return MutualInformation(estimate=estimate, objective=estimate.mean())
         estimate = joint_mean - log_mean_exp_marginal
         log_ema = self._update_moving_average(log_mean_exp_marginal.detach())
         # Surrogate whose gradient replaces 1 / E[exp(T)] by 1 / moving average (MINE, Sec. 3.2).

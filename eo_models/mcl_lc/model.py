@@ -72,6 +72,7 @@ class MclLcModel(nn.Module):
         mine_hidden_features: Hidden width of the statistics network.
         mine_ema_rate: MINE's moving-average rate.
         mine_marginals: MINE's marginal samples, ``"all-pairs"`` or ``"shifted"``.
+        mine_estimator: MINE's bound, ``"dv"`` (Donsker-Varadhan) or ``"f"`` (MINE-f).
         aspp_rates: ASPP dilation rates.
         aspp_dropout: Dropout after ASPP fusion.
     """
@@ -85,6 +86,7 @@ class MclLcModel(nn.Module):
         mine_hidden_features: int = 256,
         mine_ema_rate: float = DEFAULT_EMA_RATE,
         mine_marginals: str = "shifted",
+        mine_estimator: str = "dv",
         aspp_rates: tuple[int, ...] = DEFAULT_ASPP_RATES,
         aspp_dropout: float = 0.5,
     ) -> None:
@@ -99,6 +101,7 @@ class MclLcModel(nn.Module):
             hidden_features=mine_hidden_features,
             ema_rate=mine_ema_rate,
             marginals=mine_marginals,
+            estimator=mine_estimator,
         )
         self.roi_size = roi_size
 

@@ -9,7 +9,7 @@ Defaults are the paper's (Sec. 4.1) unless noted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from eo_models.params import DEVICE_DESCRIPTION, MAX_STEPS_DESCRIPTION, check_bounds, option
 
@@ -142,6 +142,9 @@ class PretrainParams:
         mine_marginals: MINE's samples: ``"shifted"`` (default) is the per-ROI-index estimate with one
             shifted partner per ROI; ``"all-pairs"`` pools every matched ROI pair of the batch against
             every unmatched one (measured: *more* negative at batch 4, see ``benchmarks/results/mine.md``).
+        mine_estimator: MINE's lower bound: ``"dv"``, Donsker-Varadhan with the moving-average
+            gradient (MINE paper, Sec. 3.1-3.2), or ``"f"``, MINE-f ``E_P[T] - E_Q[exp(T - 1)]``
+            (MINE paper, Sec. 3.1; unbiased gradient, no moving average).
         aspp_dropout: Dropout after ASPP fusion (torchvision/smp DeepLabv3+: 0.5).
         augment: Augmentation settings, pseudo clouds included (the paper's "mCL-LC+").
         encoder_weights: Optional local path of a torchvision-layout ResNet-50 ``state_dict`` to
@@ -170,6 +173,11 @@ class PretrainParams:
         "MINE samples: 'shifted' (per ROI index, one shifted partner; default) or 'all-pairs' (every "
         "unmatched ROI pair of the batch).",
     )
+    mine_estimator: Literal["dv", "f"] = option(
+        "dv",
+        "MINE bound: 'dv' (Donsker-Varadhan, moving-average gradient; default) or 'f' (MINE-f: mean T "
+        "of joint pairs minus mean exp(T - 1) of marginal pairs; unbiased gradient).",
+    )
     aspp_dropout: float = option(0.5, ge=0, lt=1)
     augment: AugmentParams = field(default_factory=AugmentParams, metadata={"flatten": True})
     encoder_weights: str | None = None
@@ -183,11 +191,13 @@ class PretrainParams:
             raise ValueError(f"roi_size {self.roi_size} must not exceed patch_size {self.patch_size}")
         if self.mine_marginals not in ("all-pairs", "shifted"):
             raise ValueError(f"mine_marginals must be 'all-pairs' or 'shifted', got {self.mine_marginals!r}")
+        if self.mine_estimator not in ("dv", "f"):
+            raise ValueError(f"mine_estimator must be 'dv' or 'f', got {self.mine_estimator!r}")
 
     def model_options(self) -> dict[str, Any]:
         """The settings that shape :class:`eo_models.mcl_lc.model.MclLcModel` (its keyword arguments)."""
         names = ("projection_dim", "roi_size", "mine_hidden_features", "mine_ema_rate", "mine_marginals")
-        return {name: getattr(self, name) for name in (*names, "aspp_dropout")}
+        return {name: getattr(self, name) for name in (*names, "mine_estimator", "aspp_dropout")}
 
 
 @dataclass(frozen=True)

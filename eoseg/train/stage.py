@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eoseg.compute.chunks import current_worker_address
@@ -62,8 +62,18 @@ def log_progress(progress: Any) -> None:
     )
 
 
-def _check_resume(checkpoint: dict[str, Any], resume_uri: str, family: str, wanted: dict[str, Any]) -> int:
-    """Refuse to continue a run with settings that would make it a different run; returns epochs done."""
+def _check_resume(
+    checkpoint: dict[str, Any],
+    resume_uri: str,
+    family: str,
+    wanted: dict[str, Any],
+    absent: Mapping[str, Any] | None = None,
+) -> int:
+    """Refuse to continue a run with settings that would make it a different run; returns epochs done.
+
+    ``absent``: the value of each option that a checkpoint written before the option existed lacks
+    (its default, which kept the earlier behaviour, e.g. ``mine_marginals`` and ``mine_estimator``).
+    """
     extra = checkpoint.get("extra", {})
     # A resumable checkpoint carries its optimiser state and finished epochs (fine-tuned ones drop them).
     if checkpoint.get("family") != family or "epoch" not in extra or "optimizer_state" not in extra:
@@ -73,7 +83,7 @@ def _check_resume(checkpoint: dict[str, Any], resume_uri: str, family: str, want
             f"stage {checkpoint.get('extra', {}).get('stage')!r}); --resume takes a checkpoint of "
             "`eoseg train`"
         )
-    recorded = checkpoint["train_params"]
+    recorded = {**(absent or {}), **checkpoint["train_params"]}
     differing = {
         key: (recorded.get(key), value)
         for key, value in wanted.items()
@@ -133,7 +143,7 @@ def train_on_stores(
         BandCountError, SceneNotFoundError: For unusable stores.
     """
     from eo_models.family import get_family
-    from eo_models.params import plain_dict
+    from eo_models.params import field_defaults, plain_dict
 
     try:
         family = get_family(family_name)
@@ -159,7 +169,8 @@ def train_on_stores(
     start_epoch = 0
     if resume_uri:
         checkpoint = load_checkpoint_from(resume_uri)
-        start_epoch = _check_resume(checkpoint, resume_uri, family.name, recorded)
+        absent = field_defaults(family.training_params)
+        start_epoch = _check_resume(checkpoint, resume_uri, family.name, recorded, absent)
         normalisation = (checkpoint["band_mean"], checkpoint["band_std"])
     patches = MultiStorePatchSource(
         store_uris,
