@@ -5,7 +5,9 @@ Pre-trains DeepLabv3+ for a few steps on 64 px patches of the LoveDA scene (``ru
 patches, batch 4, 12 ROIs of 8 px per patch pair, the paper's other defaults) once per setting, with
 the same seed, patches and augmentations, and prints the feature-level, semantic-level and
 local-consistency terms and the MINE estimate per step, then their means over the run's second half.
-A setting is ``ESTIMATOR/MARGINALS``; ``--batch-sizes`` repeats every setting per batch size.
+A setting is ``ESTIMATOR/MARGINALS``; ``--batch-sizes`` repeats every setting per batch size;
+``--learning-rate`` changes Adam's rate (the paper's 0.001) for diagnostics. A run whose loss becomes
+non-finite is recorded with the step and the error, not aborted.
 
 Usage::
 
@@ -37,7 +39,9 @@ SCENE = DATA / "loveda" / "rural_1.tif"
 TERMS = ("feature_loss", "semantic_loss", "local_consistency_loss", "mutual_information", "loss")
 
 
-def run(setting: str, *, steps: int, batch_size: int, seed: int) -> tuple[dict[str, list[float]], str | None]:
+def run(
+    setting: str, *, steps: int, batch_size: int, seed: int, learning_rate: float
+) -> tuple[dict[str, list[float]], str | None]:
     from eo_models.clusterer.train import ArrayPatchSource
     from eo_models.mcl_lc.params import PretrainParams
     from eo_models.mcl_lc.pretrain import pretrain_mcl_lc
@@ -50,7 +54,7 @@ def run(setting: str, *, steps: int, batch_size: int, seed: int) -> tuple[dict[s
     normalised = (pixels - mean[:, None, None]) / std[:, None, None]
     params = PretrainParams(
         epochs=1, batch_size=batch_size, patch_size=64, max_steps_per_epoch=steps, seed=seed,
-        device="cpu", mine_estimator=estimator, mine_marginals=marginals,
+        device="cpu", mine_estimator=estimator, mine_marginals=marginals, learning_rate=learning_rate,
     )  # fmt: skip
     reports: list = []
     failure = None
@@ -70,6 +74,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4])
     parser.add_argument("--settings", nargs="+", default=["dv/shifted", "f/shifted"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's (paper: 0.001)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "mine.md")
     args = parser.parse_args()
     import torch
@@ -80,14 +85,20 @@ def main() -> None:
         "",
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, load average "
         f"{os.getloadavg()[0]:.1f}; LoveDA rural_1, 64 px patches, batch {args.batch_sizes}, 12 ROIs, "
-        f"{args.steps} steps, seed {args.seed}",
+        f"{args.steps} steps, seed {args.seed}, learning rate {args.learning_rate:g}",
         "",
     ]
     summary = []
     for batch_size in args.batch_sizes:
         for setting in args.settings:
             started = time.perf_counter()
-            history, failure = run(setting, steps=args.steps, batch_size=batch_size, seed=args.seed)
+            history, failure = run(
+                setting,
+                steps=args.steps,
+                batch_size=batch_size,
+                seed=args.seed,
+                learning_rate=args.learning_rate,
+            )
             seconds = time.perf_counter() - started
             lines += [
                 f"## mine_estimator/mine_marginals = {setting}, batch {batch_size} ({seconds:.0f} s)",

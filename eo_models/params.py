@@ -138,7 +138,7 @@ def field_defaults(cls: type) -> dict[str, Any]:
     as a new field's default keeps the earlier behaviour (the convention the resume check relies on).
     """
     defaults: dict[str, Any] = {}
-    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for spec in dataclasses.fields(cls):
         if spec.default is not dataclasses.MISSING:
             value = spec.default
         elif spec.default_factory is not dataclasses.MISSING:

@@ -17,7 +17,11 @@ Two lower bounds of the MINE paper (``estimator``), with joint samples the match
   at ``T = 1 + log dP/dQ``).
 
 The statistics network ``T`` is trained jointly with the segmentation network by the same loss: both
-ascend the bound.
+ascend the bound. Measured at batch 4 and 8 (``benchmarks/bench_mine.py``, ``benchmarks/results/mine.md``)
+MINE-f is *not* better behaved here: ``exp(T - 1)`` overflows at the second step (a marginal score
+above ~89.7 after one Adam step at the paper's rate, on ``T``'s ``2 * 256 * 8 * 8`` inputs), where DV
+only swings (estimates down to -15 / -37 nats; near 0 at a tenth of the rate). ``"dv"`` stays the
+default.
 
 Marginal samples (``marginals``):
 
