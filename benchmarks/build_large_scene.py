@@ -88,6 +88,8 @@ def build_naip_mosaic(
         "crs": crs, "transform": transform, "nodata": nodata, "tiled": True,
         "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "DEFLATE", "interleave": "pixel",
         "bigtiff": "IF_SAFER",
+        # GDAL writes 3-4 Byte bands as RGB (+ alpha) unless told otherwise: NAIP's NIR is data, not alpha.
+        "photometric": "MINISBLACK",
     }  # fmt: skip
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

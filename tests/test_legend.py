@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from xml.etree import ElementTree
 
 import numpy as np
 import pystac
@@ -93,7 +94,11 @@ def test_derive_a_legend_from_the_loveda_reference_and_apply_it(tmp_path, loveda
     np.testing.assert_array_equal(labels, np.vectorize(lambda v: lookup.get(v, v))(clusters))
     assert json.loads(tags["EOSEG_CLASS_NAMES"]) == {str(v): name for v, name, _ in classes}
     assert all(colormap[value][:3] == colour for value, _, colour in classes)
-    if shutil.which("gdalinfo"):  # Debian's gdal-bin, where installed: the names QGIS shows too
+    # GDAL's category names live in the .aux.xml sidecar GDAL (and so QGIS) reads beside the GeoTIFF.
+    sidecar = ElementTree.parse(f"{out}.aux.xml").getroot()
+    categories = [c.text or "" for c in sidecar.iter("Category")]
+    assert all(categories[value] == name for value, name, _ in classes)
+    if shutil.which("gdalinfo"):  # Debian's gdal-bin (.ci/run installs it): what gdalinfo prints
         info = subprocess.run(["gdalinfo", str(out)], capture_output=True, text=True, check=True).stdout
         assert all(f"{value}: {name}" in info for value, name, _ in classes)
 
