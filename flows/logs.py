@@ -104,10 +104,16 @@ class _TracebackOnce(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and "exited with unexpected exception" in record.getMessage():
+            from eoseg.errors import EosegError
+
             error = record.exc_info[1]
-            record.msg = (
-                f"{record.getMessage()} ({type(error).__name__}; traceback in the flow run's log above)"
+            # A refusal's message was logged above without a traceback (_RefusalWithoutTraceback).
+            where = (
+                "its message is above"
+                if isinstance(error, EosegError)
+                else "traceback in the flow run's log above"
             )
+            record.msg = f"{record.getMessage()} ({type(error).__name__}; {where})"
             record.args = None
             record.exc_info = None
             record.exc_text = None
