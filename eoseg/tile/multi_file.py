@@ -5,7 +5,7 @@ just the input tiles it touches (never a whole tile, unless the tile is smaller 
 no tile covers are gaps: invalid in the store's ``valid`` variable, and the scene's nodata (0 when it
 has none) in ``image``. Where tiles overlap, the first tile of the listing that has data at a pixel wins.
 
-The per-file read is one function, :func:`read_tile_window` (each file's validity from
+The per-file read is one function, :func:`eoseg.tile.stage.read_tile_window` (each file's validity from
 :func:`eoseg.scene.validity.read_valid_window`), and the gap fill and overlap rule one,
 :func:`read_mosaic_window`.
 """
@@ -16,14 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eoseg.errors import CorruptSceneError
 from eoseg.geometry import Window
-from eoseg.io import storage
 from eoseg.scene.sources import SceneSources
-from eoseg.scene.validity import read_valid_window
-from eoseg.store.layout import VALID_VARIABLE, open_data_array
-from eoseg.store.lifecycle import mark_chunk_done
-from eoseg.tile.stage import BandMoments, TileChunkJob, _open_scene_cached
+from eoseg.tile.stage import BandMoments, TileChunkJob, read_tile_window, write_tile_chunk
 
 
 @dataclass(frozen=True)
@@ -53,27 +48,6 @@ class MultiFileChunkJob(TileChunkJob):
     pieces: tuple[TilePiece, ...] = ()
 
 
-def read_tile_window(uri: str, window: Window, *, job: TileChunkJob) -> tuple[np.ndarray, np.ndarray]:
-    """``(block, valid)`` of ``window`` of the file ``uri``: ``(bands, rows, cols)`` in the file's pixel type
-    and ``(rows, cols)`` bool (:func:`eoseg.scene.validity.read_valid_window`: nodata, alpha, masks, NaN).
-
-    Raises:
-        CorruptSceneError: the read fails (truncated or corrupt file), naming the file and the window.
-    """
-    rows, cols = window.slices
-    try:
-        with storage.gdal_env(uri):
-            dataset = _open_scene_cached(uri, job.warp_gcps)
-            return read_valid_window(
-                dataset, window.to_rasterio(), indexes=job.band_indexes or None, fill=job.nodata
-            )
-    except Exception as error:
-        raise CorruptSceneError(
-            f"{uri}: reading pixels at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
-            f"failed ({error}); the file is truncated or corrupt. Re-download or re-export it."
-        ) from error
-
-
 def read_mosaic_window(job: MultiFileChunkJob) -> tuple[np.ndarray, np.ndarray]:
     """The chunk's ``(block, valid)``: gaps are invalid and hold nodata (0 without one); where tiles
     overlap, the first tile with data at a pixel wins."""
@@ -92,12 +66,7 @@ def read_mosaic_window(job: MultiFileChunkJob) -> tuple[np.ndarray, np.ndarray]:
 
 def tile_multi_file_chunk(job: MultiFileChunkJob) -> BandMoments:
     """Assemble one chunk from its input tiles, write it and its validity, flag it done, return moments."""
-    block, valid = read_mosaic_window(job)
-    rows, cols = job.window.slices
-    open_data_array(job.store_uri, "image", mode="r+")[:, rows, cols] = block
-    open_data_array(job.store_uri, VALID_VARIABLE, mode="r+")[rows, cols] = valid.astype(np.uint8)
-    mark_chunk_done(job.store_uri, job.chunk_index)
-    return BandMoments.of_block(block, valid)
+    return write_tile_chunk(job, *read_mosaic_window(job))
 
 
 def multi_file_jobs(

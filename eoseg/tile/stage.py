@@ -129,28 +129,42 @@ class TileChunkJob:
     warp_gcps: bool = False
 
 
-def tile_chunk(job: TileChunkJob) -> BandMoments:
-    """Copy one window of the scene and its validity into their Zarr chunks, flag it done, and return the
-    band moments of its valid pixels."""
-    rows, cols = job.window.slices
+def read_tile_window(uri: str, window: Window, *, job: TileChunkJob) -> tuple[np.ndarray, np.ndarray]:
+    """``(block, valid)`` of ``window`` of the file ``uri``: ``(bands, rows, cols)`` in the file's pixel type
+    and ``(rows, cols)`` bool (:func:`eoseg.scene.validity.read_valid_window`: nodata, alpha, masks, NaN).
+
+    Raises:
+        CorruptSceneError: the read fails (truncated or corrupt file), naming the file and the window.
+    """
+    rows, cols = window.slices
     try:
-        with storage.gdal_env(job.scene_uri):
-            block, valid = read_valid_window(
-                _open_scene_cached(job.scene_uri, job.warp_gcps),
-                job.window.to_rasterio(),
+        with storage.gdal_env(uri):
+            return read_valid_window(
+                _open_scene_cached(uri, job.warp_gcps),
+                window.to_rasterio(),
                 indexes=job.band_indexes or None,
                 fill=job.nodata,
             )
     except Exception as error:
         raise CorruptSceneError(
-            f"{job.scene_uri}: reading pixels at rows {rows.start}-{rows.stop}, columns "
-            f"{cols.start}-{cols.stop} failed ({error}); the file is truncated or corrupt. Re-download "
-            "or re-export it."
+            f"{uri}: reading pixels at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
+            f"failed ({error}); the file is truncated or corrupt. Re-download or re-export it."
         ) from error
+
+
+def write_tile_chunk(job: TileChunkJob, block: np.ndarray, valid: np.ndarray) -> BandMoments:
+    """Write one chunk's pixels and validity into the store, flag it done, and return the band moments
+    of its valid pixels."""
+    rows, cols = job.window.slices
     open_data_array(job.store_uri, "image", mode="r+")[:, rows, cols] = block
     open_data_array(job.store_uri, VALID_VARIABLE, mode="r+")[rows, cols] = valid.astype(np.uint8)
     mark_chunk_done(job.store_uri, job.chunk_index)
     return BandMoments.of_block(block, valid)
+
+
+def tile_chunk(job: TileChunkJob) -> BandMoments:
+    """Copy one window of the scene and its validity into their Zarr chunks (see :func:`write_tile_chunk`)."""
+    return write_tile_chunk(job, *read_tile_window(job.scene_uri, job.window, job=job))
 
 
 def recall_tile_chunk(job: TileChunkJob) -> BandMoments:
