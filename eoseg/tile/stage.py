@@ -30,7 +30,7 @@ from eoseg.scene.inspect import SceneInfo, open_scene_dataset
 from eoseg.scene.sources import open_scene_sources
 from eoseg.scene.validity import read_valid_window
 from eoseg.scene.validity import valid_pixel_mask as valid_pixel_mask  # re-exported (layout-1 rule)
-from eoseg.store.layout import VALID_VARIABLE, StoreInfo, open_data_array
+from eoseg.store.layout import VALID_VARIABLE, StoreInfo, open_data_array, write_chunk
 from eoseg.store.lifecycle import (
     discarded_on_bad_input,
     finish_store_output,
@@ -155,9 +155,9 @@ def read_tile_window(uri: str, window: Window, *, job: TileChunkJob) -> tuple[np
 def write_tile_chunk(job: TileChunkJob, block: np.ndarray, valid: np.ndarray) -> BandMoments:
     """Write one chunk's pixels and validity into the store, flag it done, and return the band moments
     of its valid pixels."""
-    rows, cols = job.window.slices
-    open_data_array(job.store_uri, "image", mode="r+")[:, rows, cols] = block
-    open_data_array(job.store_uri, VALID_VARIABLE, mode="r+")[rows, cols] = valid.astype(np.uint8)
+    row, col = job.chunk_index
+    write_chunk(job.store_uri, "image", (0, row, col), block)
+    write_chunk(job.store_uri, VALID_VARIABLE, (row, col), valid.astype(np.uint8))
     mark_chunk_done(job.store_uri, job.chunk_index)
     return BandMoments.of_block(block, valid)
 
