@@ -41,7 +41,7 @@ def test_tile_runs_on_threads_importing_no_dask_array_xarray_prefect_or_torch(tm
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["code"] in (0, None), result.stderr
     assert report["loaded"] == [], f"imported by `eoseg tile`: {report['loaded']}"
-    assert "9 chunks of GIL-releasing work: running on threads in this process" in result.stderr
+    assert "12 chunks of GIL-releasing work: running on threads in this process" in result.stderr
     # the store written without xarray is still the layout xarray and rioxarray read (docs/store-layout.md)
     info = read_store_info(str(store))
     dataset = xr.open_zarr(Path(store), consolidated=False, mask_and_scale=False, decode_coords="all")
