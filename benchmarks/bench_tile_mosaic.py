@@ -681,7 +681,11 @@ def render(report: dict, *, markdown: bool) -> str:
     out.append("")
     notes = [
         (
-            "wall s: median wall time of --repeat runs, each in a fresh process; imports excluded; for the cluster, "
+            "whole command rows (eoseg tile / eoseg mosaic): the CLI as a user runs it with no Prefect API configured, "
+            "imports, start-up and shutdown included, in a fresh process; cpu s and memory over its whole process tree."
+        ),
+        (
+            "wall s: median wall time of --repeat runs (of 2, the faster), each in a fresh process; imports excluded; for the cluster, "
             "cluster start-up and worker imports excluded (startup_s in the JSON). cpu s: user+system CPU seconds of "
             "the same run (for the cluster: client + workers), less sensitive than wall time to other load."
         ),
