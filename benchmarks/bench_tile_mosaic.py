@@ -518,6 +518,14 @@ def _case_row(size: str, pixels: str, mpx: float, case: str, m: dict, **columns:
             "cpu_s": m.get("cpu_s"), "mpx_s": mpx / m["wall_s"], "peak_rss": m["peak_rss"], **columns}  # fmt: skip
 
 
+def _time_target(what: str, case: str, size: str, m: dict, gdal: dict, target: float) -> dict:
+    """One time target: the case's wall-time ratio to GDAL's (and its CPU ratio), and the verdict."""
+    ratio, cpu_ratio = m["wall_s"] / gdal["wall_s"], m["cpu_s"] / gdal["cpu_s"]
+    return {"target": f"{what} [{case}, {size}]",
+            "value": f"{ratio:.2f}x ({m['wall_s']:.1f} s vs {gdal['wall_s']:.1f} s; CPU {cpu_ratio:.2f}x)",
+            "verdict": verdict(ratio <= target)}  # fmt: skip
+
+
 def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> dict:
     """Rows for the tables plus the target verdicts (for the cases that were run)."""
     tile_rows, mosaic_rows, targets, breakdowns = [], [], [], []
@@ -546,12 +554,8 @@ def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> di
             ))  # fmt: skip
         for case in (c for c in ("tile-command", "tile-threads", "tile-cluster") if c in r):
             if gdal_zarr:
-                ratio = r[case]["wall_s"] / gdal_zarr["wall_s"]
-                cpu_ratio = r[case]["cpu_s"] / gdal_zarr["cpu_s"]
-                targets.append({"target": f"tile time <= gdal_translate -of Zarr [{case}, {size}]",
-                                "value": f"{ratio:.2f}x ({r[case]['wall_s']:.1f} s vs {gdal_zarr['wall_s']:.1f} s; "
-                                         f"CPU {cpu_ratio:.2f}x)",
-                                "verdict": verdict(ratio <= TARGET_TILE_VS_GDAL)})  # fmt: skip
+                targets.append(_time_target("tile time <= gdal_translate -of Zarr", case, size, r[case],
+                                            gdal_zarr, TARGET_TILE_VS_GDAL))  # fmt: skip
             largest = _peak_any_process(r[case])
             total = r[case]["peak_rss_sampled_total"]
             targets.append({"target": f"tile peak RSS per process < 1 GiB [{case}, {size}]",
@@ -559,12 +563,8 @@ def build_report(env: dict, scenes: dict, results: dict, sizes: list[str]) -> di
                                                               if case != "tile-threads" else ""),
                             "verdict": verdict(largest < TARGET_TILE_RSS)})  # fmt: skip
         for case in (c for c in ("mosaic-command", "mosaic-eoseg") if c in r and gdal_cog):
-            ratio = r[case]["wall_s"] / gdal_cog["wall_s"]
-            cpu_ratio = r[case]["cpu_s"] / gdal_cog["cpu_s"]
-            targets.append({"target": f"mosaic time <= 1.2x gdal_translate -of COG [{case}, {size}]",
-                            "value": f"{ratio:.2f}x ({r[case]['wall_s']:.1f} s vs {gdal_cog['wall_s']:.1f} s; "
-                                     f"CPU {cpu_ratio:.2f}x)",
-                            "verdict": verdict(ratio <= TARGET_MOSAIC_VS_GDAL)})  # fmt: skip
+            targets.append(_time_target("mosaic time <= 1.2x gdal_translate -of COG", case, size, r[case],
+                                        gdal_cog, TARGET_MOSAIC_VS_GDAL))  # fmt: skip
     # Flat memory: each pair of sizes 4x apart in pixel count.
     order = [s for s in SIZES if s in sizes]
     for small, large in itertools.pairwise(order):
