@@ -92,14 +92,10 @@ def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overw
     from dataclasses import asdict
 
     from eoseg.mosaic.cog import mosaic_to_cog
-    from eoseg.mosaic.per_tile import check_single_cog_size
-    from eoseg.store.layout import read_store_info
 
     _log_to_terminal()
-    info = read_store_info(store_uri)  # the size limit of tasks.storage_stages.mosaic_task
-    check_single_cog_size(info.height * info.width, limit=options.max_pixels, what=store_uri)
     summary = mosaic_to_cog(
         store_uri, cog_uri, band=options.band, overwrite=overwrite,
-        overview_resampling=options.overview_resampling,
+        overview_resampling=options.overview_resampling, max_pixels=options.max_pixels,
     )  # fmt: skip
     return asdict(summary)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eoseg.mosaic.per_tile import MAX_SINGLE_COG_PIXELS
+from eoseg.mosaic.cog import MAX_SINGLE_COG_PIXELS
 from eoseg.tile.stage import DEFAULT_CHUNK_SIZE
 from eoseg.train.options import TrainingOptions, finetune_options, training_options
 

@@ -302,3 +302,28 @@ def test_one_cog_above_the_size_limit_is_refused_pointing_to_per_tile_maps(tmp_p
             str(whole), str(tmp_path / "out" / "city.tif"), mosaic=MosaicOptions(max_pixels=80_000)
         )
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_above_the_size_limit_the_per_tile_maps_are_the_map(tmp_path, whole, whole_run, dask_address):
+    """Over ``max_pixels`` with ``per_tile_maps``: no single COG, the tile maps and their VRT are written
+    (the VRT is the run's map); the mosaic stage itself refuses the single COG, pointing to them."""
+    from eoseg.config import MosaicOptions
+    from eoseg.errors import ConfigurationError
+    from eoseg.mosaic.cog import mosaic_to_cog
+    from flows.segment_flows import segment_scene_flow
+
+    map_path, weights = whole_run
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    maps, cog = tmp_path / "maps", tmp_path / "out" / "city.tif"
+    result = segment_scene_flow(
+        [str(p) for p in tiles], str(cog), weights_uri=str(weights), tile=TileOptions(chunk_size=CHUNK),
+        mosaic=MosaicOptions(max_pixels=80_000), per_tile_maps=str(maps),
+        cluster=ClusterSpec(address=dask_address),
+    )  # fmt: skip
+    assert result["map"] == str(maps / "city.vrt") and not cog.exists()
+    assert sorted(p.name for p in maps.glob("tile_*.tif")) == [p.name for p in tiles]
+    with rasterio.open(maps / "city.vrt") as vrt, open_map_on_scene_grid(map_path, whole) as reference:
+        np.testing.assert_array_equal(vrt.read(1), reference.read(1))
+    with pytest.raises(ConfigurationError, match=r"90,000 pixels is more than one COG .*--per-tile-maps DIR"):
+        mosaic_to_cog(result["labels"], str(tmp_path / "one.tif"), max_pixels=80_000)
+    assert not (tmp_path / "one.tif").exists()
