@@ -74,7 +74,7 @@ def prepare(workdir: Path, tiles: int) -> dict[str, Any]:
             for i in range(side):
                 for j in range(side):
                     window = Window(j * PIECE, i * PIECE, PIECE, PIECE)
-                    profile = dict(scene.profile, width=PIECE, height=PIECE)
+                    profile = dict(scene.profile, width=PIECE, height=PIECE, photometric="MINISBLACK")
                     profile["transform"] = scene.window_transform(window)
                     path = tile_dir / f"tile_{i:02d}_{j:02d}.tif"
                     with rasterio.open(path, "w", **profile) as out:
@@ -254,7 +254,9 @@ def main() -> None:
             "--one",
             case,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"{case} failed:\n{done.stderr[-3000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps({k: v for k, v in row.items() if k != "maps"}), flush=True)
         rows.append(row)

@@ -44,8 +44,9 @@ def tile_direct(
 
     _log_to_terminal()
     scene = open_scene_sources(
-        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
-    ).scene
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
+        resample=options.resample,
+    ).scene  # fmt: skip
     logger.info(
         "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
         scene.dtype,
@@ -55,6 +56,7 @@ def tile_direct(
         info = tile_scene(
             scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,
+            resample=options.resample,
         )  # fmt: skip
     return info.to_attrs()
 

@@ -45,6 +45,11 @@ class TileOptions(_Options):
         description="Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid "
         "(GDAL's warped VRT, nearest neighbour); without it such a scene is refused.",
     )
+    resample: Literal["nearest", "bilinear", "cubic", "average", "mode"] | None = Field(
+        default=None,
+        description="Tiles of a many-file scene on another grid (CRS, pixel size, origin) are warped onto "
+        "the first tile's grid with this GDAL resampling method; empty: such tiles are refused.",
+    )
 
 
 class MosaicOptions(_Options):

@@ -22,8 +22,9 @@ def inspect_scene_task(scene_uri: str | list[str], *, options: TileOptions) -> d
     The description is the whole scene's (the union grid of its files), with ``files``: how many.
     """
     sources = open_scene_sources(
-        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
-    )
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
+        resample=options.resample,
+    )  # fmt: skip
     return {**sources.scene.to_dict(), "files": len(sources.tiles)}
 
 
@@ -46,6 +47,7 @@ def tile_task(
             allow_ungeoreferenced=options.allow_ungeoreferenced,
             warp_gcps=options.warp_gcps,
             client=client,
+            resample=options.resample,
         )
     return info.to_attrs()
 

@@ -327,3 +327,28 @@ def test_above_the_size_limit_the_per_tile_maps_are_the_map(tmp_path, whole, who
     with pytest.raises(ConfigurationError, match=r"90,000 pixels is more than one COG .*--per-tile-maps DIR"):
         mosaic_to_cog(result["labels"], str(tmp_path / "one.tif"), max_pixels=80_000)
     assert not (tmp_path / "one.tif").exists()
+
+
+def test_resample_warps_a_tile_of_another_pixel_size_onto_the_first_tiles_grid(tmp_path, whole):
+    """A tile at twice the pixel size is refused naming ``--resample``; with ``resample="nearest"`` it is
+    warped onto the first tile's grid: each of its pixels covers 2 x 2 pixels of the store."""
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    with rasterio.open(whole) as scene:
+        half = scene.read(window=RioWindow(137, 137, 162, 162))[:, ::2, ::2]  # 81 x 81 at 2x pixel size
+        profile = dict(scene.profile, width=81, height=81, photometric="MINISBLACK")
+        t = window_transform(RioWindow(137, 137, 162, 162), scene.transform)
+        profile["transform"] = rasterio.Affine(t.a * 2, t.b, t.c, t.d, t.e * 2, t.f)
+    with rasterio.open(tiles[3], "w", **profile) as coarse:
+        coarse.write(half)
+    with pytest.raises(TileGridMismatchError, match=r"pixel size .*pass --resample METHOD"):
+        open_scene_sources([str(p) for p in tiles])
+    info = tile_scene(
+        [str(p) for p in tiles], str(tmp_path / "city.zarr"), chunk_size=CHUNK, resample="nearest"
+    )
+    assert info.geobox == tile_scene(str(whole), str(tmp_path / "whole.zarr"), chunk_size=CHUNK).geobox
+    pixels, expected = store_pixels(tmp_path / "city.zarr"), store_pixels(tmp_path / "whole.zarr")
+    np.testing.assert_array_equal(pixels[:, 137:299, 137:299], half.repeat(2, axis=1).repeat(2, axis=2))
+    valid = np.asarray(open_data_array(str(tmp_path / "city.zarr"), "valid")[:]).astype(bool)
+    assert not valid[299, 137:].any() and not valid[137:, 299].any()  # no tile covers them: gaps
+    np.testing.assert_array_equal(pixels[:, :137], expected[:, :137])  # the tiles on the grid: as read
+    np.testing.assert_array_equal(pixels[:, :, :137], expected[:, :, :137])
