@@ -115,8 +115,9 @@ def _stages(
     ]
 
 
-def run_case(case: str, setup: dict[str, Any]) -> dict[str, Any]:
-    """One case in this process: per stage, wall seconds and peak RSS per process (MiB)."""
+def run_case(case: str, setup: dict[str, Any], stages_run: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """One case in this process: per stage, wall seconds and peak RSS per process (MiB); only the stages
+    in ``stages_run`` (in order: predict needs the tile stage's store, mosaic predict's labels)."""
     from distributed import Client, LocalCluster
 
     folder = Path(setup["folder"]) / case
@@ -126,7 +127,7 @@ def run_case(case: str, setup: dict[str, Any]) -> dict[str, Any]:
     else:
         runs = [(setup["big"] if case == "big" else setup["tiles"], folder / case)]
     stages: dict[str, dict[str, Any]] = {
-        name: {"seconds": 0.0, "peak_rss_mib": {}, "load_before": [], "load_after": []} for name in STAGES
+        name: {"seconds": 0.0, "peak_rss_mib": {}, "load_before": [], "load_after": []} for name in stages_run
     }
     with (
         LocalCluster(
@@ -139,6 +140,8 @@ def run_case(case: str, setup: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         for scene, out in runs:
             for name, stage in _stages(scene, out, setup["checkpoint"], client):
+                if name not in stages:
+                    continue
                 record = stages[name]
                 record["load_before"].append(os.getloadavg()[0])
                 with TreeSampler() as sampler:
@@ -212,6 +215,8 @@ def write_markdown(results: dict[str, Any]) -> None:
             if case not in cases:
                 continue
             for stage in STAGES:
+                if stage not in cases[case]["stages"]:
+                    continue
                 record = cases[case]["stages"][stage]
                 base = cases.get("big", {}).get("stages", {}).get(stage, {}).get("seconds")
                 ratio = f"{record['seconds'] / base:.2f}x" if base else "-"
@@ -235,12 +240,13 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=16)
     parser.add_argument("--workdir", default="/tmp/eoseg-city-bench")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--stages", default=",".join(STAGES), help="e.g. `tile` alone for a large N")
     parser.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir)
     setup = prepare(workdir, args.tiles)
     if args.one:
-        print(json.dumps(run_case(args.one, setup)))
+        print(json.dumps(run_case(args.one, setup, tuple(args.stages.split(",")))))
         return
     rows = []
     for case in args.cases.split(","):
@@ -262,7 +268,7 @@ def main() -> None:
         rows.append(row)
     by_case = {row["case"]: row for row in rows}
     equal = {}
-    if "big" in by_case:
+    if "big" in by_case and "mosaic" in args.stages:
         for case in ("city", "loop"):
             if case in by_case:
                 equal[case] = round(equal_share(by_case[case]["maps"], by_case["big"]["maps"][0]), 6)
@@ -272,6 +278,7 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["runs"][str(args.tiles)] = {
         "size": setup["size"], "machine": machine(), "training": TRAINING, "cases": rows, "equal_to_big": equal,
+        "stages": args.stages.split(","),
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
