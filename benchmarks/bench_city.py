@@ -201,7 +201,7 @@ def write_markdown(results: dict[str, Any]) -> None:
         "over the loop's tiles): the machine's 2 cores are shared with other jobs, so seconds vary with it.",
         "",
     ]
-    for key in sorted(results["runs"], key=lambda k: int(k)):
+    for key in sorted(results["runs"], key=lambda k: (int(k.split()[0]), k)):
         run = results["runs"][key]
         cases = {row["case"]: row for row in run["cases"]}
         lines += [
@@ -250,16 +250,8 @@ def main() -> None:
         return
     rows = []
     for case in args.cases.split(","):
-        command = [
-            sys.executable,
-            __file__,
-            "--tiles",
-            str(args.tiles),
-            "--workdir",
-            str(workdir),
-            "--one",
-            case,
-        ]
+        command = [sys.executable, __file__, "--tiles", str(args.tiles), "--workdir", str(workdir)]
+        command += ["--stages", args.stages, "--one", case]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"{case} failed:\n{done.stderr[-3000:]}")
@@ -276,7 +268,8 @@ def main() -> None:
         row.pop("maps")
     path = RESULTS / "city.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    results["runs"][str(args.tiles)] = {
+    key = str(args.tiles) if args.stages == ",".join(STAGES) else f"{args.tiles} ({args.stages} only)"
+    results["runs"][key] = {
         "size": setup["size"], "machine": machine(), "training": TRAINING, "cases": rows, "equal_to_big": equal,
         "stages": args.stages.split(","),
     }  # fmt: skip
