@@ -206,7 +206,7 @@ def write_markdown(results: dict[str, Any]) -> None:
         cases = {row["case"]: row for row in run["cases"]}
         lines += [
             f"## {key} tiles ({run['size']} x {run['size']} px), {run['machine']['cpu']}, {run['machine']['cores']}"
-            f" cores, {run['machine']['date']}",
+            f" cores, {run['machine']['date']}; cases run in the order {', '.join(run.get('order', CASES))}",
             "",
             "| case | stage | seconds | vs big | peak RSS MiB (worker 0 / worker 1 / caller) | load |",
             "|---|---|---:|---:|---|---|",
@@ -268,10 +268,12 @@ def main() -> None:
         row.pop("maps")
     path = RESULTS / "city.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    key = str(args.tiles) if args.stages == ",".join(STAGES) else f"{args.tiles} ({args.stages} only)"
+    key = base = str(args.tiles) if args.stages == ",".join(STAGES) else f"{args.tiles} ({args.stages} only)"
+    while key in results["runs"]:  # a repetition (e.g. the cases in another order) is kept beside the first
+        key = f"{base}, run {sum(k.startswith(base) for k in results['runs']) + 1}"
     results["runs"][key] = {
         "size": setup["size"], "machine": machine(), "training": TRAINING, "cases": rows, "equal_to_big": equal,
-        "stages": args.stages.split(","),
+        "stages": args.stages.split(","), "order": args.cases.split(","),
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
