@@ -329,17 +329,24 @@ def test_above_the_size_limit_the_per_tile_maps_are_the_map(tmp_path, whole, who
     assert not (tmp_path / "one.tif").exists()
 
 
+def coarse_last_tile(whole: Path, tiles: list[Path]) -> np.ndarray:
+    """Rewrite the last tile of a 2 x 2 cut at twice the pixel size (81 x 81 px covering 162 x 162 of the
+    scene from row and column 137); returns its pixels."""
+    with rasterio.open(whole) as scene:
+        half = scene.read(window=RioWindow(137, 137, 162, 162))[:, ::2, ::2]
+        profile = dict(scene.profile, width=81, height=81, photometric="MINISBLACK")
+        t = window_transform(RioWindow(137, 137, 162, 162), scene.transform)
+        profile["transform"] = rasterio.Affine(t.a * 2, t.b, t.c, t.d, t.e * 2, t.f)
+    with rasterio.open(tiles[-1], "w", **profile) as coarse:
+        coarse.write(half)
+    return half
+
+
 def test_resample_warps_a_tile_of_another_pixel_size_onto_the_first_tiles_grid(tmp_path, whole):
     """A tile at twice the pixel size is refused naming ``--resample``; with ``resample="nearest"`` it is
     warped onto the first tile's grid: each of its pixels covers 2 x 2 pixels of the store."""
     tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
-    with rasterio.open(whole) as scene:
-        half = scene.read(window=RioWindow(137, 137, 162, 162))[:, ::2, ::2]  # 81 x 81 at 2x pixel size
-        profile = dict(scene.profile, width=81, height=81, photometric="MINISBLACK")
-        t = window_transform(RioWindow(137, 137, 162, 162), scene.transform)
-        profile["transform"] = rasterio.Affine(t.a * 2, t.b, t.c, t.d, t.e * 2, t.f)
-    with rasterio.open(tiles[3], "w", **profile) as coarse:
-        coarse.write(half)
+    half = coarse_last_tile(whole, tiles)
     with pytest.raises(TileGridMismatchError, match=r"pixel size .*pass --resample METHOD"):
         open_scene_sources([str(p) for p in tiles])
     info = tile_scene(
@@ -352,3 +359,25 @@ def test_resample_warps_a_tile_of_another_pixel_size_onto_the_first_tiles_grid(t
     assert not valid[299, 137:].any() and not valid[137:, 299].any()  # no tile covers them: gaps
     np.testing.assert_array_equal(pixels[:, :137], expected[:, :137])  # the tiles on the grid: as read
     np.testing.assert_array_equal(pixels[:, :, :137], expected[:, :, :137])
+
+
+def test_cli_tile_resample_option(tmp_path, whole):
+    """`eoseg tile` (run directly: no Prefect API configured) refuses in one line naming --resample, and
+    with `--resample nearest` writes the store on the first tile's grid."""
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    coarse_last_tile(whole, tiles)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT_PROFILE"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), COLUMNS="200")
+    command = [str(Path(sys.executable).parent / "eoseg"), "tile", *map(str, tiles), "--out"]
+    refused = subprocess.run([*command, str(tmp_path / "a.zarr")], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and not (tmp_path / "a.zarr").exists()
+    assert (
+        refused.stderr.strip().splitlines()[-1].startswith(f"error: {tiles[3]}: this tile is not on the grid")
+    )
+    assert "pass --resample METHOD" in refused.stderr
+    done = subprocess.run(
+        [*command, str(tmp_path / "b.zarr"), "--resample", "nearest", "--chunk-size", str(CHUNK)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert store_pixels(tmp_path / "b.zarr").shape == (4, 300, 300)
