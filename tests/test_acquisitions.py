@@ -180,3 +180,17 @@ def test_each_sub_folder_is_one_acquisition_of_many_tiles(tmp_path):
     _touch(scenes / "2024.tif")
     with pytest.raises(ConfigurationError, match=r"2024/ and .*2024.tif would both be mapped to 2024.tif"):
         list_acquisitions(str(scenes))
+
+
+def test_acquisition_folders_under_an_s3_prefix(s3_bucket):
+    from eoseg.io.storage import s3_filesystem
+
+    fs = s3_filesystem()
+    for key in ("2023/tile_a.tif", "2023/tile_b.tif", "2024/tile_a.tif", "2024/.tile_b.tif.partial"):
+        fs.pipe_file(f"{s3_bucket}/city/{key}", b"tile")
+    plan = plan_reprocessing(f"{s3_bucket}/city", f"{s3_bucket}/maps", group_by="folder")
+    assert [(d.scene.stem, d.scene.tiles, d.map_uri, d.status) for d in plan] == [
+        ("2023", (f"{s3_bucket}/city/2023/tile_a.tif", f"{s3_bucket}/city/2023/tile_b.tif"),
+         f"{s3_bucket}/maps/2023.tif", SceneStatus.NEW),
+        ("2024", (f"{s3_bucket}/city/2024/tile_a.tif",), f"{s3_bucket}/maps/2024.tif", SceneStatus.NEW),
+    ]  # fmt: skip
