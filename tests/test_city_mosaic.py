@@ -117,6 +117,35 @@ def test_a_missing_tile_is_nodata_there_and_nowhere_else(tmp_path, whole):
     assert not np.any(np.all(expected == info.nodata, axis=0)), "the crop itself has no nodata pixel"
 
 
+def test_where_tiles_overlap_the_first_with_data_wins(tmp_path, whole):
+    """Two tiles overlapping on columns 100-199, each with a nodata hole (0 in every band) in the overlap:
+    there the first tile's data wins, the second fills the first's hole, and where both hold nodata the
+    pixel is invalid and holds nodata."""
+    with rasterio.open(whole) as scene:
+        profile, pixels = dict(scene.profile, nodata=0, photometric="MINISBLACK"), scene.read()
+    assert not np.any(np.all(pixels == 0, axis=0)), "the crop itself has no all-zero pixel"
+    hole_a, hole_b = np.zeros((300, 300), dtype=bool), np.zeros((300, 300), dtype=bool)
+    hole_a[20:120, 120:180], hole_b[80:200, 150:260] = True, True
+    second = pixels // 2 + 1  # different data (never 0), so the winner is visible
+    paths = []
+    for name, data, hole, (c0, c1) in (("a", pixels, hole_a, (0, 200)), ("b", second, hole_b, (100, 300))):
+        data = np.where(hole, 0, data)[:, :, c0:c1]
+        transform = window_transform(RioWindow(c0, 0, c1 - c0, 300), profile["transform"])
+        paths.append(tmp_path / f"{name}.tif")
+        with rasterio.open(paths[-1], "w", **dict(profile, width=c1 - c0, transform=transform)) as out:
+            out.write(data)
+    tile_scene([str(p) for p in paths], str(tmp_path / "overlap.zarr"), chunk_size=CHUNK)
+    in_a, in_b = np.zeros((300, 300), dtype=bool), np.zeros((300, 300), dtype=bool)
+    in_a[:, :200], in_b[:, 100:] = True, True
+    from_a, from_b = in_a & ~hole_a, in_b & ~hole_b & ~(in_a & ~hole_a)
+    expected = np.zeros_like(pixels)
+    expected[:, from_a], expected[:, from_b] = pixels[:, from_a], second[:, from_b]
+    valid = np.asarray(open_data_array(str(tmp_path / "overlap.zarr"), "valid")[:]).astype(bool)
+    np.testing.assert_array_equal(valid, from_a | from_b)
+    np.testing.assert_array_equal(store_pixels(tmp_path / "overlap.zarr"), expected)
+    assert np.any(hole_a & hole_b & in_a & in_b) and np.any(from_b & in_a), "both rules are exercised"
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [

@@ -119,10 +119,15 @@ def read_mosaic_window(job: MultiFileChunkJob) -> tuple[np.ndarray, np.ndarray]:
         else:
             pixels, piece_valid = _read_warped(piece, job)
         target = piece.target.slices
+        covered = valid[target]
         # A piece's valid pixels replace what is there; its invalid ones only fill what holds no data yet.
-        replace = piece_valid | ~valid[target]
-        block[(slice(None), *target)][:, replace] = pixels[:, replace]
-        valid[target] |= piece_valid
+        # Where nothing holds data yet (the usual case: tiles that do not overlap) that is a plain copy;
+        # ``np.copyto(where=)`` paints in place (boolean fancy indexing tripled the chunk's time).
+        if covered.any():
+            np.copyto(block[(slice(None), *target)], pixels, where=piece_valid | ~covered)
+        else:
+            block[(slice(None), *target)] = pixels
+        covered |= piece_valid
     return block, valid
 
 
