@@ -110,6 +110,9 @@ class MultiFileChunkJob(TileChunkJob):
 def read_mosaic_window(job: MultiFileChunkJob) -> tuple[np.ndarray, np.ndarray]:
     """The chunk's ``(block, valid)``: gaps are invalid and hold nodata (0 without one); where tiles
     overlap, the first tile with data at a pixel wins."""
+    whole = Window(0, 0, job.window.height, job.window.width)
+    if len(job.pieces) == 1 and job.pieces[0].warp is None and job.pieces[0].target == whole:
+        return read_tile_window(job.pieces[0].uri, job.pieces[0].source, job=job)  # one file fills the chunk
     fill = 0 if job.nodata is None else job.nodata
     block = np.full((job.band_count, job.window.height, job.window.width), fill, dtype=job.dtype)
     valid = np.zeros((job.window.height, job.window.width), dtype=bool)
