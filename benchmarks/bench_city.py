@@ -211,6 +211,8 @@ def write_markdown(results: dict[str, Any]) -> None:
             "| case | stage | seconds | vs big | peak RSS MiB (worker 0 / worker 1 / caller) | load |",
             "|---|---|---:|---:|---|---|",
         ]
+        if run.get("note"):
+            lines[-2:-2] = [run["note"], ""]
         for case in CASES:
             if case not in cases:
                 continue
@@ -241,6 +243,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/eoseg-city-bench")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--stages", default=",".join(STAGES), help="e.g. `tile` alone for a large N")
+    parser.add_argument("--note", default="", help="one line printed above the run's table (the code state)")
     parser.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -273,7 +276,7 @@ def main() -> None:
         key = f"{base}, run {sum(k.startswith(base) for k in results['runs']) + 1}"
     results["runs"][key] = {
         "size": setup["size"], "machine": machine(), "training": TRAINING, "cases": rows, "equal_to_big": equal,
-        "stages": args.stages.split(","), "order": args.cases.split(","),
+        "stages": args.stages.split(","), "order": args.cases.split(","), "note": args.note,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
