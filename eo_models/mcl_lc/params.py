@@ -145,6 +145,10 @@ class PretrainParams:
         mine_estimator: MINE's lower bound: ``"dv"``, Donsker-Varadhan with the moving-average
             gradient (MINE paper, Sec. 3.1-3.2), or ``"f"``, MINE-f ``E_P[T] - E_Q[exp(T - 1)]``
             (MINE paper, Sec. 3.1; unbiased gradient, no moving average).
+        mine_learning_rate: Initial Adam learning rate of the statistics network alone (its own
+            parameter group, cosine-decayed like the rest); ``None``: the network's ``learning_rate``
+            (one group, as before). MINE's ``T`` steps at the paper's 0.001 make the estimate swing
+            by tens of nats at CPU batch sizes (``benchmarks/results/mine.md``).
         aspp_dropout: Dropout after ASPP fusion (torchvision/smp DeepLabv3+: 0.5).
         augment: Augmentation settings, pseudo clouds included (the paper's "mCL-LC+").
         encoder_weights: Optional local path of a torchvision-layout ResNet-50 ``state_dict`` to
@@ -177,6 +181,12 @@ class PretrainParams:
         "dv",
         "MINE bound: 'dv' (Donsker-Varadhan, moving-average gradient; default) or 'f' (MINE-f: mean T "
         "of joint pairs minus mean exp(T - 1) of marginal pairs; unbiased gradient).",
+    )
+    mine_learning_rate: float | None = option(
+        None,
+        "Initial Adam learning rate of MINE's statistics network alone (own parameter group, cosine-"
+        "decayed); empty: the same as --lr.",
+        gt=0,
     )
     aspp_dropout: float = option(0.5, ge=0, lt=1)
     augment: AugmentParams = field(default_factory=AugmentParams, metadata={"flatten": True})

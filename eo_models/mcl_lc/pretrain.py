@@ -25,7 +25,14 @@ from eo_models.mcl_lc.schedule import SeededEpochs, restore_optimisation
 from eo_models.predict import resolve_device
 from eo_models.training import PatchSource, Progress
 
-__all__ = ["FAMILY", "PRETRAIN_METRICS", "PretrainProgress", "pretrain_mcl_lc", "pretrain_step"]
+__all__ = [
+    "FAMILY",
+    "PRETRAIN_METRICS",
+    "PretrainProgress",
+    "parameter_groups",
+    "pretrain_mcl_lc",
+    "pretrain_step",
+]
 
 FAMILY = "mcl-lc"
 PRETRAIN_METRICS = ("loss", "feature_loss", "semantic_loss", "local_consistency_loss", "mutual_information")
@@ -87,6 +94,20 @@ def pretrain_step(
     return losses
 
 
+def parameter_groups(model: MclLcModel, params: PretrainParams) -> list[dict[str, Any]]:
+    """Adam's parameter groups: one for the whole model, or the statistics network apart.
+
+    With ``params.mine_learning_rate`` set, MINE's statistics network ``T`` (``model.mine``) is a
+    second group at that rate; otherwise one group, so optimiser states of earlier runs still load.
+    """
+    if params.mine_learning_rate is None:
+        return [{"params": list(model.parameters())}]
+    statistics = list(model.mine.parameters())
+    kept = {id(parameter) for parameter in statistics}
+    rest = [parameter for parameter in model.parameters() if id(parameter) not in kept]
+    return [{"params": rest}, {"params": statistics, "lr": params.mine_learning_rate}]
+
+
 class _PretrainSteps(SeededEpochs):
     """Algorithm 1 plugged into :func:`eo_models.training.fit`."""
 
@@ -104,8 +125,9 @@ class _PretrainSteps(SeededEpochs):
         device: torch.device,
     ) -> None:
         super().__init__(
-            len(patches), model.parameters(), params=params, in_channels=in_channels, device=device
-        )
+            len(patches), parameter_groups(model, params), params=params, in_channels=in_channels,
+            device=device,
+        )  # fmt: skip
         self.patches, self.model, self.band_mean, self.band_std = patches, model, band_mean, band_std
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
+from eoseg.predict.refine import RefineOptions, refine_labels, refinement_region
 from eoseg.store.layout import StoreInfo, open_data_array, read_image_window, read_store_info
 from eoseg.store.lifecycle import (
     discarded_on_bad_input,
@@ -62,6 +63,7 @@ class PredictChunkJob:
     model_fingerprint: str | None = None
     context: Any = None
     precision: str = "fp32"
+    refine: RefineOptions | None = None
 
 
 def _read_with_halo(
@@ -118,14 +120,30 @@ def context_partial_chunk(job: PredictChunkJob) -> Any:
 
 
 def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
-    """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
-    block, valid, (rows, cols) = _read_with_halo(job.store_uri, job.window, job.halo)
+    """Predict one chunk with its halo, write the centre to the label store; returns class counts.
+
+    With ``job.refine``, the labels of the chunk's :func:`~eoseg.predict.refine.refinement_region`
+    are predicted and refined by superpixel majority vote (the same labels for any chunking).
+    """
+    info = read_store_info(job.store_uri) if job.refine is not None else None
+    region = job.window
+    if info is not None and job.refine is not None:
+        region = refinement_region(job.window, job.refine, height=info.height, width=info.width)
+    block, valid, (rows, cols) = _read_with_halo(job.store_uri, region, job.halo)
     predictor = _predictor(job)
     labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
     if valid.any():
         labels = predictor.predict(block, valid, context=job.context)
         labels[~valid] = NODATA_LABEL
     centre = labels[rows, cols]
+    if info is not None and job.refine is not None:
+        stats = info.band_stats or {}
+        centre = refine_labels(
+            block[:, rows, cols], centre, valid[rows, cols], region=region, window=job.window,
+            options=job.refine, height=info.height, width=info.width,
+            band_mean=np.asarray(stats["mean"]) if "mean" in stats else None,
+            band_std=np.asarray(stats["std"]) if "std" in stats else None,
+        )  # fmt: skip
     open_data_array(job.labels_uri, "labels", mode="r+")[job.window.slices] = centre
     mark_chunk_done(job.labels_uri, job.chunk_index)
     values, counts = np.unique(centre, return_counts=True)
@@ -168,6 +186,7 @@ def predict_store(
     use_gpu: bool = False,
     attention_pooling: str = "scene",
     precision: str = "auto",
+    refine: RefineOptions | None = None,
     show_progress: bool | None = None,
 ) -> StoreInfo:
     """Run tiled inference of the checkpoint at ``model_uri`` over ``store_uri`` into ``labels_uri``.
@@ -184,6 +203,7 @@ def predict_store(
             == whole-scene inference) or ``"tile"`` (one pass); families without a context pass ignore it.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`eo_models.precision`); resolved once for
             the run and recorded in the label store's ``model`` attributes (and so in the COG's tags).
+        refine: superpixel refinement of the labels (:mod:`eoseg.predict.refine`); recorded likewise.
         show_progress: terminal progress bar on/off.
     """
     from eo_models.family import get_family
@@ -231,6 +251,7 @@ def predict_store(
             "blending": "overlap-tile centre crop",
             "attention_pooling": "scene" if scene_pooling else "tile",
             "precision": precision,
+            **({"refine": refine.model_dump()} if refine is not None and refine.enabled else {}),
         },
         source_uri=info.source_uri,
         complete=False,
@@ -240,6 +261,7 @@ def predict_store(
     done = output.chunks_done()
     device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
     windows = list(info.grid.windows())
+    refine = refine if refine is not None and refine.enabled else None
     with discarded_on_bad_input(output):
         context = None
         if scene_context is not None and not done.all():
@@ -275,6 +297,7 @@ def predict_store(
                     fingerprint,
                     context,
                     precision,
+                    refine,
                 )
                 for index, window in windows
             ],
