@@ -234,14 +234,19 @@ def mcl_lc_rows(
         for start, (labels, seconds) in maps.items():
             result = scores(labels, truth, scored)
             methods[f"mcl-lc {start}"]["runs"].append({"seed": seed, "seconds": seconds, "scores": result})
-            print(
-                f"seed {seed} mcl-lc {start:11s} "
-                + "  ".join(f"{m} F1 {result[m]['f1']:.3f} kappa {result[m]['kappa']:.3f}" for m in result),
-                flush=True,
-            )
+            print_scores(f"seed {seed} mcl-lc {start:11s}", result)
     for block in methods.values():
         block["summary"] = summarise(block["runs"])
     return methods
+
+
+def print_scores(prefix: str, result: dict[str, Any]) -> None:
+    """One progress line: macro F1 and kappa per mapping."""
+    print(
+        f"{prefix} "
+        + "  ".join(f"{m} F1 {result[m]['f1']:.3f} kappa {result[m]['kappa']:.3f}" for m in result),
+        flush=True,
+    )
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -410,12 +415,7 @@ def main() -> None:
                     }
                 )
                 for name in methods:
-                    last = methods[name]["runs"][-1]["scores"]
-                    print(
-                        f"{scene} seed {seed} {name:9s} "
-                        + "  ".join(f"{m} F1 {last[m]['f1']:.3f} kappa {last[m]['kappa']:.3f}" for m in last),
-                        flush=True,
-                    )
+                    print_scores(f"{scene} seed {seed} {name:9s}", methods[name]["runs"][-1]["scores"])
             for block in methods.values():
                 block["summary"] = summarise(block["runs"])
             results["scenes"][scene] = methods
