@@ -317,6 +317,8 @@ def markdown(results: dict[str, Any]) -> str:
                 )
                 gap, spread = b[0] - a[0], max(a[1], b[1])
                 verdict = "pre-training helps" if gap > spread else "no gain beyond the spread"
+                if len(methods["mcl-lc pre-trained"]["runs"]) < 2:
+                    verdict = "one seed only: no spread to judge by"
                 lines.append(
                     f"- {scene}, {mapping}: mCL-LC pre-trained - random init = {gap:+.3f}, spread {spread:.3f}: "
                     f"**{verdict}**"
