@@ -11,7 +11,13 @@ no-data ignored) and SpaceNet's sample (900 x 900 px, 0.5 m panchromatic; buildi
 * **k-means** on the raw pixels, standardised with the same band statistics, the same K
   (:func:`eoseg.evaluate.baseline.kmeans_labels`, seeded).
 
-Both maps are scored the same way (:mod:`eoseg.evaluate.mapping`): majority mapping (the paper's) and
+* **clusterer+slic**: the same clusterer labels refined by SLIC majority vote with ``--refine slic``'s
+  defaults (:mod:`eoseg.predict.refine`), so the comparison is paired;
+* with ``--methods mcl-lc`` instead (LoveDA): **mCL-LC** DeepLabv3+ fine-tuned on a seeded 2 % sample
+  of the labelled pixels, from random init and after a short mCL-LC pre-training from the same
+  weights (``MCL_LC``), scored on the pixels outside the sample.
+
+Every map is scored the same way (:mod:`eoseg.evaluate.mapping`): majority mapping (the paper's) and
 one-to-one Hungarian mapping; macro F1, macro IoU, overall accuracy, Cohen's kappa. The table gives
 the mean and the spread (population std) over seeds.
 
