@@ -113,3 +113,41 @@ def test_bf16_labels_identical_across_worker_processes_and_threads(landsat, tmp_
     local = _labels(store, model, tmp_path / "local.zarr", precision="bf16")
     np.testing.assert_array_equal(two_workers, one_worker)
     np.testing.assert_array_equal(two_workers, local)
+
+
+def test_mcl_lc_pretraining_and_fine_tuning_record_their_precision():
+    """mCL-LC pre-training and fine-tuning run under --precision like the clusterer and record it."""
+    from eo_models.clusterer.train import ArrayPatchSource
+    from eo_models.mcl_lc.params import FinetuneParams, PretrainParams
+    from eo_models.mcl_lc.train import finetune_mcl_lc, pretrain_mcl_lc
+
+    rng = np.random.default_rng(0)
+    patches = ArrayPatchSource(rng.normal(size=(3, 32, 64)).astype(np.float32), 32)  # 2 patches
+
+    class Labelled:
+        images = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+        labels = (images[:, 0] > 0).astype(np.int64)
+
+        def __len__(self) -> int:
+            return 2
+
+        def read(self, indices):
+            return self.images[list(indices)], self.labels[list(indices)]
+
+    tiny = {"epochs": 1, "batch_size": 2, "patch_size": 32, "roi_size": 4, "device": "cpu"}
+    pretrained = pretrain_mcl_lc(
+        patches, in_channels=3, params=PretrainParams(**tiny, precision="bf16"), band_mean=[0.0] * 3,
+        band_std=[1.0] * 3,
+    )  # fmt: skip
+    assert pretrained["train_params"]["resolved_precision"] == "bf16"
+    assert np.isfinite(pretrained["history"]["loss"]).all()
+    finetune = {"num_classes": 2, "epochs": 1, "batch_size": 2, "device": "cpu", "freeze_encoder": True}
+    for precision in ("bf16", "auto"):
+        tuned = finetune_mcl_lc(
+            pretrained, Labelled(), params=FinetuneParams(**finetune, precision=precision)
+        )
+        expected = resolve_precision(precision, torch.device("cpu"), training=True)
+        assert tuned["train_params"]["resolved_precision"] == expected
+        assert np.isfinite(tuned["history"]["loss"]).all()
+    with pytest.raises(ValueError, match="precision must be"):
+        PretrainParams(precision="fp16")  # type: ignore[arg-type]
