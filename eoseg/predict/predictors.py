@@ -28,6 +28,7 @@ __all__ = [
     "FEATURE_CACHE_BYTES",
     "cached_predictor",
     "checkpoint_fingerprint",
+    "forward_lock",
     "keep_features",
     "model_load_counts",
     "take_features",
@@ -43,6 +44,12 @@ _scratch = tempfile.mkdtemp(prefix="eoseg-models-")
 FEATURE_CACHE_BYTES = 1 << 30
 """Most bytes of first-pass features one process keeps for the second pass (a 1056 px tile of the
 clusterer: 143 MB in bf16, 285 MB in fp32); tiles beyond it are recomputed in the second pass."""
+
+forward_lock = threading.Lock()
+"""Held around every forward pass of the predict stage: one at a time per process. torch already spreads
+one forward over all the process's cores (``torch.get_num_threads()``); two chunk threads running
+forwards at once would run 2 x that many threads on the same cores (their oneDNN kernels then wait on
+each other), while reads and writes of other chunks still overlap with the forward."""
 
 _features: dict[tuple[str, tuple[int, int]], tuple[Any, Any]] = {}
 _features_lock = threading.Lock()

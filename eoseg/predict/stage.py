@@ -33,6 +33,7 @@ from eoseg.mosaic.colors import NODATA_LABEL
 from eoseg.predict.predictors import (
     cached_predictor,
     checkpoint_fingerprint,
+    forward_lock,
     keep_features,
     model_load_counts,
     take_features,
@@ -132,7 +133,9 @@ def context_partial_chunk(job: PredictChunkJob) -> Any:
     The chunk's features are kept in this process for its second pass (within the cache's budget).
     """
     block, valid, inner = _read_with_halo(job)
-    partial, features = _predictor(job).context_pass(block, valid, inner)
+    predictor = _predictor(job)
+    with forward_lock:
+        partial, features = predictor.context_pass(block, valid, inner)
     if valid.any():
         keep_features(job.run_id, job.chunk_index, features, valid)
     return partial
@@ -145,12 +148,14 @@ def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
     if kept is not None:  # the first pass ran this chunk here: start from its features
         features, valid = kept
         inner = job.window.relative_to(_grown(job)).slices
-        labels = predictor.predict_features(features, job.context)
+        with forward_lock:
+            labels = predictor.predict_features(features, job.context)
     else:
         block, valid, inner = _read_with_halo(job)
         labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
         if valid.any():
-            labels = predictor.predict(block, valid, context=job.context)
+            with forward_lock:
+                labels = predictor.predict(block, valid, context=job.context)
     labels[~valid] = NODATA_LABEL
     rows, cols = inner
     centre = labels[rows, cols]
