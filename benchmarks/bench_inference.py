@@ -173,6 +173,7 @@ def main() -> None:
     }
     labels: dict[str, np.ndarray] = {}
     seconds: dict[str, list[float]] = {name: [] for name in cases}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in cases}
     case_loads: dict[str, list[float]] = {name: [] for name in cases}
     for name, run in cases.items():  # warm-up: model loads, oneDNN kernel creation
         labels[name] = run()
@@ -180,9 +181,10 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, run in cases.items():
             load = loads()[0]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             run()
             seconds[name].append(time.perf_counter() - started)
+            cpu_seconds[name].append(time.process_time() - cpu)
             case_loads[name].append(load)
             print(f"round {round_ + 1} {name}: {seconds[name][-1]:.2f} s, load {load}", flush=True)
     header["load_at_end"] = loads()
@@ -207,6 +209,7 @@ def main() -> None:
     breakdown = {p: chunk_breakdown(store, model, workdir, p) for p in ("fp32", "bf16")}
     rows = [
         f"| {name} | {' / '.join(f'{s:.2f}' for s in seconds[name])} | {megapixels / statistics.median(seconds[name]):.3f}"
+        f" | {' / '.join(f'{s:.1f}' for s in cpu_seconds[name])}"
         f" | {' / '.join(f'{v:.2f}' for v in case_loads[name])} |"
         for name in cases
     ]
@@ -219,8 +222,8 @@ def main() -> None:
         f"{len(info.grid)} chunks of {CHUNK} px, halo 16 px; stage on this process's threads (client=None)",
         f"- each case: one warm-up run, then {args.rounds} rounds interleaved with the other cases; MP/s from the median",
         "",
-        "| case | seconds per round | MP/s | 1-min load at each start |",
-        "|:--|--:|--:|--:|",
+        "| case | seconds per round | MP/s | CPU s of this process per round | 1-min load at each start |",
+        "|:--|--:|--:|--:|--:|",
         *rows,
         "",
         "| ratio (same run) | value |",
@@ -235,7 +238,8 @@ def main() -> None:
         "|:--|" + "--:|" * len(breakdown["fp32"]),
         *(f"| {p} | " + " | ".join(str(v) for v in steps.values()) + " |" for p, steps in breakdown.items()),
     ]
-    record = {"header": header, "megapixels": megapixels, "seconds": seconds, "loads": case_loads}
+    record = {"header": header, "megapixels": megapixels, "seconds": seconds, "cpu_seconds": cpu_seconds}
+    record["loads"] = case_loads
     record.update(ratios=ratios, agreement=agreement, breakdown=breakdown)
     write_report(Path(args.out), "inference", record, lines)
 

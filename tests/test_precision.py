@@ -100,19 +100,29 @@ def test_bf16_map_agrees_with_fp32_map_on_a_real_scene(landsat, tmp_path):
 
 
 @pytest.mark.slow  # starts a second cluster: ~80 s at load 14 here
-def test_bf16_labels_identical_across_worker_processes_and_threads(landsat, tmp_path, dask_client):
+def test_labels_identical_across_worker_processes_and_threads_in_bf16_as_in_fp32(
+    landsat, tmp_path, dask_client
+):
     """2 worker processes x 1 thread (the session cluster), 1 worker process x 2 threads, and this
-    process's threads: the same bf16 labels, pixel for pixel."""
+    process's threads: the same labels, pixel for pixel, in bf16 and in fp32."""
     from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 
     store, model = landsat
-    two_workers = _labels(store, model, tmp_path / "two.zarr", precision="bf16", client=dask_client)
+    precisions = ("bf16", "fp32")
+    two = {
+        p: _labels(store, model, tmp_path / f"two_{p}.zarr", precision=p, client=dask_client)
+        for p in precisions
+    }
     one_process = ClusterSpec(n_workers=1, threads_per_worker=2)  # waits up to 120 s for its worker
     with dask_cluster(one_process) as address, connect(address) as client:
-        one_worker = _labels(store, model, tmp_path / "one.zarr", precision="bf16", client=client)
-    local = _labels(store, model, tmp_path / "local.zarr", precision="bf16")
-    np.testing.assert_array_equal(two_workers, one_worker)
-    np.testing.assert_array_equal(two_workers, local)
+        one = {
+            p: _labels(store, model, tmp_path / f"one_{p}.zarr", precision=p, client=client)
+            for p in precisions
+        }
+    for precision in precisions:
+        local = _labels(store, model, tmp_path / f"local_{precision}.zarr", precision=precision)
+        np.testing.assert_array_equal(two[precision], one[precision])
+        np.testing.assert_array_equal(two[precision], local)
 
 
 def test_mcl_lc_pretraining_and_fine_tuning_record_their_precision():
