@@ -58,9 +58,11 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> Precision:
     """The precision to run at on ``device``: ``precision`` itself, or the choice for ``"auto"``.
 
-    ``"auto"`` for *training on a CPU* is fp32: the clusterer's training step under bf16 autocast ran
-    at ~0.6x the fp32 step on the AMX Xeon of the benchmarks (the backward pass gains nothing there),
-    while inference ran ~3.5-6x faster. ``--precision bf16`` still trains in bf16 on request.
+    ``"auto"`` for *training on a CPU* is fp32: on the shared AMX Xeon of the benchmarks the whole
+    clusterer training loop under bf16 ran at 0.81-1.07x the fp32 loop (benchmarks/results/training.md,
+    load 6-9), and the training step alone, with ``channels_last``, at 1.8-2.2x in one interleaved probe
+    and 0.8-1.0x in another; inference runs ~2.5x faster. ``--precision bf16`` trains in bf16 on
+    request; an idle-machine measurement should settle the default.
 
     Args:
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
