@@ -44,8 +44,9 @@ def tile_direct(
 
     _log_to_terminal()
     scene = open_scene_sources(
-        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
-    ).scene
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
+        resample=options.resample,
+    ).scene  # fmt: skip
     logger.info(
         "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
         scene.dtype,
@@ -55,6 +56,7 @@ def tile_direct(
         info = tile_scene(
             scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,
+            resample=options.resample,
         )  # fmt: skip
     return info.to_attrs()
 
@@ -92,14 +94,10 @@ def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overw
     from dataclasses import asdict
 
     from eoseg.mosaic.cog import mosaic_to_cog
-    from eoseg.mosaic.per_tile import check_single_cog_size
-    from eoseg.store.layout import read_store_info
 
     _log_to_terminal()
-    info = read_store_info(store_uri)  # the size limit of tasks.storage_stages.mosaic_task
-    check_single_cog_size(info.height * info.width, limit=options.max_pixels, what=store_uri)
     summary = mosaic_to_cog(
         store_uri, cog_uri, band=options.band, overwrite=overwrite,
-        overview_resampling=options.overview_resampling,
+        overview_resampling=options.overview_resampling, max_pixels=options.max_pixels,
     )  # fmt: skip
     return asdict(summary)

@@ -21,6 +21,7 @@ from cli.runs import (
     PerTileMapsOption,
     PrecisionOption,
     PrefectOption,
+    ResampleOption,
     checked_options,
     cluster_spec,
     fail,
@@ -125,6 +126,7 @@ def tile(
         bool, typer.Option(help="Accept a raster without CRS (outputs are pixel grids without CRS).")
     ] = False,
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
+    resample: ResampleOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
     """Tile a GeoTIFF (or many on one grid) into a chunked Zarr v3 store, window by window, in parallel.
@@ -136,9 +138,10 @@ def tile(
     from eoseg.config import TileOptions
 
     tile_scene = stage_runner("flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct")
-    options = TileOptions(
-        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
-    )
+    options = checked_options(
+        TileOptions, chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps,
+        resample=resample,
+    )  # fmt: skip
     preflight_scene(scene_argument(scene), options)
     info = run_flow(
         tile_scene, scene_argument(scene), out, options=options, cluster=cluster_spec(), overwrite=overwrite
@@ -302,6 +305,7 @@ def run(
         bool, typer.Option("--allow-ungeoreferenced", help="Accept a raster without CRS.")
     ] = False,
     warp_gcps: Annotated[bool, typer.Option("--warp-gcps", help=WARP_GCPS_HELP)] = False,
+    resample: ResampleOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     per_tile_maps: PerTileMapsOption = None,
     max_cog_pixels: MaxCogPixelsOption = None,
@@ -325,9 +329,10 @@ def run(
     evaluate_options = checked_options(
         EvaluateOptions, ignore=list(ignore or []), class_names=class_names, baseline=baseline
     )
-    tile = TileOptions(
-        chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps
-    )
+    tile = checked_options(
+        TileOptions, chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps,
+        resample=resample,
+    )  # fmt: skip
     patch_size = None if weights else training.training_params().get("patch_size")
     preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     result = run_flow(

@@ -155,8 +155,9 @@ def preflight_scene(
 
     try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
         info = open_scene_sources(
-            scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps
-        ).scene
+            scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps,
+            resample=tile.resample,
+        ).scene  # fmt: skip
         if patch_size is not None:
             from eoseg.train.patches import check_patch_fits
 
@@ -196,6 +197,15 @@ def scene_argument(scenes: list[str]) -> str | list[str]:
 
 
 # `eoseg run`'s options for a city's outputs (here: cli/main.py stays a readable size).
+ResampleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--resample",
+        metavar="METHOD",
+        help="Warp tiles of a many-file scene that lie on another grid (CRS, pixel size, origin) onto the "
+        "first tile's grid: nearest, bilinear, cubic, average or mode. Without it they are refused.",
+    ),
+]
 PerTileMapsOption = Annotated[
     str | None,
     typer.Option(

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eoseg.mosaic.per_tile import MAX_SINGLE_COG_PIXELS
+from eoseg.mosaic.cog import MAX_SINGLE_COG_PIXELS
 from eoseg.tile.stage import DEFAULT_CHUNK_SIZE
 from eoseg.train.options import TrainingOptions, finetune_options, training_options
 
@@ -44,6 +44,11 @@ class TileOptions(_Options):
         default=False,
         description="Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid "
         "(GDAL's warped VRT, nearest neighbour); without it such a scene is refused.",
+    )
+    resample: Literal["nearest", "bilinear", "cubic", "average", "mode"] | None = Field(
+        default=None,
+        description="Tiles of a many-file scene on another grid (CRS, pixel size, origin) are warped onto "
+        "the first tile's grid with this GDAL resampling method; empty: such tiles are refused.",
     )
 
 

@@ -2,7 +2,11 @@
 
 - ``city-run``: segment a list of scenes, or every scene under a prefix, into OUTPUT_PREFIX/NAME.tif;
 - ``reprocess-new-acquisitions``: the same, only for scenes without an up-to-date map (scheduled, and
-  triggered by ``eoseg.acquisition.created`` events); a run with nothing new does nothing and says so;
+  triggered by ``eoseg.acquisition.created`` events); a run with nothing new does nothing and says so.
+  With ``group_by=folder`` each sub-folder of the scenes prefix is one acquisition whose tiles form one
+  mosaic (one ``segment-scene`` run, OUTPUT_PREFIX/<folder>.tif); the published model and legend
+  (``weights_uri``, ``legend_uri``) are applied to every acquisition, so maps of different dates share
+  one legend;
 - ``train-model``: train a model on one scene or a set and publish the checkpoint where later runs
   reference it (``weights_uri``).
 
@@ -43,7 +47,7 @@ from eoseg.io import storage
 from eoseg.train.stores import reusable_tile_store
 from flows.deployment_parameters import TRAIN_PER_SCENE, configured, s3_credentials, weights_choice
 from flows.logs import configure_logging
-from flows.run_summary import finish_run, publish_summary
+from flows.run_summary import finish_run, publish_summary, row_name
 from flows.scene_mapping import SceneMapping, map_scenes
 from tasks.model_stages import train_task
 from tasks.storage_stages import tile_task
@@ -74,6 +78,7 @@ def city_run_flow(
     overwrite: bool = False,
     credentials_secret: str | None = None,
     mosaic_name: str | None = None,
+    legend_uri: str | None = None,
 ) -> State[dict[str, Any]]:
     """Segment scenes end to end into OUTPUT_PREFIX/<scene name>.tif, each with a STAC item in the catalogue.
 
@@ -98,13 +103,17 @@ def city_run_flow(
             AWS_* environment. Never put a credential itself in a parameter.
         mosaic_name: map all scenes as the tiles of one mosaic, OUTPUT_PREFIX/<mosaic_name>.tif (with
             ``train``, one model is trained for the whole mosaic); empty: one map per scene.
+        legend_uri: legend YAML (cluster names, colours, merges; ``eoseg legend``) applied to every map;
+            empty: cluster numbers only.
     """
     configure_logging()
     logger = get_run_logger()
     output_prefix = configured(output_prefix, "output_prefix", required=True)
-    mapping = SceneMapping(model, weights_choice(weights_uri), tile, training, predict, mosaic)
+    legend = configured(legend_uri, "legend_uri")
+    mapping = SceneMapping(model, weights_choice(weights_uri), tile, training, predict, mosaic, legend)
     prefix = configured(scenes_prefix, "scenes_prefix")
     with s3_credentials(configured(credentials_secret, "credentials_secret")):
+        mapping.check_legend()
         scenes = [
             SceneFile(uri=storage.normalise_uri(uri), modified=0.0, size=0, reference_uri=reference_for(uri))
             for uri in (scene_uris or [])
@@ -173,11 +182,17 @@ def reprocess_new_acquisitions_flow(
     mosaic: MosaicOptions = MosaicOptions(),
     cluster: ClusterSpec = ClusterSpec(),
     credentials_secret: str | None = None,
+    group_by: Literal["file", "folder"] = "file",
+    legend_uri: str | None = None,
 ) -> State[dict[str, Any]]:
     """Map only the scenes under a prefix that have no up-to-date map; a run with nothing new does nothing.
 
     A scene is redone when it has no COG (new, or an interrupted run), a COG older than the scene, or a COG
     without its STAC item (the item is written last). Idempotent: run it as often as you like.
+
+    With ``group_by="folder"`` each sub-folder SCENES/ACQ/ is one acquisition: all its tiles (one grid)
+    are mapped by one ``segment-scene`` run into OUTPUT/ACQ.tif; it is redone when a tile is newer than
+    the map (eoseg.catalog.acquisitions.list_acquisitions).
 
     Args:
         scenes_prefix: folder or s3:// prefix where new scenes (*.tif, *.tiff) arrive.
@@ -193,17 +208,22 @@ def reprocess_new_acquisitions_flow(
         cluster: Dask cluster shared by all scenes of the run (started only when there is work).
         credentials_secret: name of a Prefect Secret block holding S3 credentials (JSON); empty: the worker's
             AWS_* environment.
+        group_by: ``file``: each scene file is one map; ``folder``: each sub-folder of scenes_prefix is one
+            acquisition, its tiles one mosaic (files directly under scenes_prefix stay single scenes).
+        legend_uri: the area's legend YAML, applied to every map (so maps of different dates share
+            names and colours); empty: cluster numbers only.
     """
     configure_logging()
     logger = get_run_logger()
     scenes_prefix = configured(scenes_prefix, "scenes_prefix", required=True)
     output_prefix = configured(output_prefix, "output_prefix", required=True)
-    mapping = SceneMapping(model, weights_choice(weights_uri), tile, training, predict, mosaic)
+    legend = configured(legend_uri, "legend_uri")
+    mapping = SceneMapping(model, weights_choice(weights_uri), tile, training, predict, mosaic, legend)
     with s3_credentials(configured(credentials_secret, "credentials_secret")):
-        plan = plan_reprocessing(scenes_prefix, output_prefix, recursive=recursive)
+        plan = plan_reprocessing(scenes_prefix, output_prefix, recursive=recursive, group_by=group_by)
         todo = [decision for decision in plan if decision.needs_processing]
         for decision in plan:
-            logger.info("%s: %s (%s)", decision.scene.name, decision.status.value, decision.reason)
+            logger.info("%s: %s (%s)", _plan_name(decision), decision.status.value, decision.reason)
         lines = [
             f"Scenes prefix: `{scenes_prefix}`; output prefix: `{output_prefix}`; catalogue: "
             f"`{catalog_uri_for_prefix(output_prefix)}`",
@@ -228,14 +248,15 @@ def reprocess_new_acquisitions_flow(
             "%d of %d scene(s) need a map: %s",
             len(todo),
             len(plan),
-            ", ".join(f"{d.scene.name} ({d.status.value})" for d in todo),
+            ", ".join(f"{_plan_name(d)} ({d.status.value})" for d in todo),
         )
+        mapping.check_legend()
         started = time.perf_counter()
         rows = map_scenes(todo, mapping, output_prefix=output_prefix, cluster=cluster)
     done = [row for row in rows if row["status"] != "failed"]
     title = (
         f"reprocess-new-acquisitions: {len(done)} scene(s) mapped "
-        f"({', '.join(PurePosixPath(row['scene']).name for row in done) or 'none'}), "
+        f"({', '.join(row_name(row) for row in done) or 'none'}), "
         f"{len(up_to_date)} already up to date; {sum(row.get('pixels', 0) for row in done):,} px in "
         f"{time.perf_counter() - started:.0f} s"
     )
@@ -253,6 +274,12 @@ def reprocess_new_acquisitions_flow(
             "message": title,
         },
     )
+
+
+def _plan_name(decision: SceneDecision) -> str:
+    """A scene's file name, or an acquisition's folder name and tile count."""
+    scene = decision.scene
+    return f"{scene.acquisition}/ ({len(scene.tiles)} tiles)" if scene.tiles else scene.name
 
 
 @flow(name="train-model", log_prints=True)

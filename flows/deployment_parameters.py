@@ -25,6 +25,7 @@ DEPLOYMENT_VARIABLES = {
     "scenes_prefix": "EOSEG_SCENES_PREFIX",
     "output_prefix": "EOSEG_OUTPUT_PREFIX",
     "weights_uri": "EOSEG_WEIGHTS_URI",
+    "legend_uri": "EOSEG_LEGEND_URI",
 }
 # The explicit weights_uri that means "train the clusterer on each scene" (never an empty value).
 TRAIN_PER_SCENE = "train"

@@ -25,6 +25,7 @@ __all__ = [
     "finish_run",
     "publish_summary",
     "quicklook_link",
+    "row_name",
 ]
 
 # A presigned quick-look link stays valid this long (SigV4's maximum is 7 days).
@@ -80,12 +81,17 @@ def _quicklook_cell(quicklook: str | None, link: str | None) -> str:
     return f"[{PurePosixPath(quicklook).name}]({link})"
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """How a summary names a row's scene: its file name, or the name of an acquisition of many tiles."""
+    return str(row.get("name") or PurePosixPath(row["scene"]).name)
+
+
 def _summary_row(row: dict[str, Any]) -> str:
     """One markdown table row of a run's summary."""
     failed = row["status"] == "failed"
     last = (row.get("error") or "")[:200] if failed else _format_scores(row.get("scores"))
     cells = [
-        PurePosixPath(row["scene"]).name,
+        row_name(row),
         f"{row['status']} ({row['was']})",
         f"{row['pixels']:,}" if row.get("pixels") else "-",
         f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
@@ -115,7 +121,7 @@ def _summary_markdown(title: str, lines: list[str], rows: list[dict[str, Any]]) 
     if images:
         parts += ["", "## Quick-looks", ""]
         for row in images:
-            name = PurePosixPath(row["scene"]).name
+            name = row_name(row)
             parts += [f"**{name}**", "", f"![quick-look of {name}]({row['quicklook_link']})", ""]
         if any(storage.is_s3(row["quicklook"]) for row in images):
             days = QUICKLOOK_LINK_SECONDS // 86400

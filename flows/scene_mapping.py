@@ -1,14 +1,15 @@
 """The per-scene step of the deployment flows: a ``segment-scene`` subflow run, then the scene's STAC item.
 
 All scenes of a run share one Dask cluster; a scene that fails is reported in its row, not raised, so
-that the others are still mapped.
+that the others are still mapped. A scene of many tiles (``SceneFile.tiles``: an acquisition folder, or
+city-run's ``mosaic_name``) is one ``segment-scene`` run over all its tiles: one store, one map.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
@@ -17,6 +18,7 @@ from eoseg.catalog.acquisitions import SceneDecision, SceneFile, SceneStatus, sc
 from eoseg.catalog.stac import catalog_uri_for_prefix
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
+from eoseg.mosaic.legend import read_legend
 from flows.run_summary import quicklook_link
 from flows.segment_flows import segment_scene_flow
 from tasks.catalog_stages import catalogue_map_task
@@ -31,7 +33,8 @@ __all__ = ["SceneMapping", "map_scenes"]
 
 @dataclass(frozen=True)
 class SceneMapping:
-    """How every scene of a run is mapped: model family, checkpoint (None: train on each scene), options."""
+    """How every scene of a run is mapped: model family, checkpoint (None: train on each scene), options,
+    and the legend applied to every map (None: cluster numbers only)."""
 
     model: str
     weights_uri: str | None
@@ -39,10 +42,17 @@ class SceneMapping:
     training: ClustererTrainingOptions
     predict: PredictOptions
     mosaic: MosaicOptions
+    legend_uri: str | None = None
 
     def describe(self) -> str:
-        """The run summary's line about the model."""
-        return f"Model: {self.model}, weights: `{self.weights_uri or 'trained on each scene'}`"
+        """The run summary's line about the model (and the legend)."""
+        legend = f", legend: `{self.legend_uri}`" if self.legend_uri else ""
+        return f"Model: {self.model}, weights: `{self.weights_uri or 'trained on each scene'}`{legend}"
+
+    def check_legend(self) -> None:
+        """Refuse a missing or bad legend before any scene is mapped (errors of :func:`read_legend`)."""
+        if self.legend_uri:
+            read_legend(self.legend_uri)
 
 
 def _for_deployment_users(message: str) -> str:
@@ -60,16 +70,16 @@ def _map_and_catalogue(
     catalog_uri: str,
     scheduler_address: str,
     overwrite: bool,
-    tiles: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One scene (or, with ``tiles``, one mosaic of them): a ``segment-scene`` subflow run, then its STAC
-    item. Failures are reported, not raised."""
+    """One scene (or one mosaic of ``scene.tiles``): a ``segment-scene`` subflow run, then its STAC item
+    (the item's scene is the first tile). Failures are reported, not raised."""
     logger = get_run_logger()
     scene: SceneFile = decision.scene
+    tiles = list(scene.tiles) or None
+    name = scene.stem if tiles else scene.name  # how the summary names it: the acquisition, or the file
     status = decision.status.value
     started = time.perf_counter()
-    name = scene_stem(decision.map_uri) if tiles else scene.stem
-    segment = segment_scene_flow.with_options(flow_run_name=f"segment-{name}")
+    segment = segment_scene_flow.with_options(flow_run_name=f"segment-{scene_stem(decision.map_uri)}")
     state = segment(
         tiles or scene.uri,
         decision.map_uri,
@@ -82,13 +92,15 @@ def _map_and_catalogue(
         mosaic=mapping.mosaic,
         cluster=ClusterSpec(address=scheduler_address),
         overwrite=overwrite,
+        legend_uri=mapping.legend_uri,
         return_state=True,
     )
     if not state.is_completed():
         message = _for_deployment_users(state.message or state.name or "")
-        logger.error("%s failed: %s", scene.uri, message)
+        logger.error("%s failed: %s", name if tiles else scene.uri, message)
         return {
             "scene": scene.uri,
+            "name": name,
             "status": "failed",
             "was": status,
             "error": message,
@@ -107,7 +119,7 @@ def _map_and_catalogue(
     pixels = int(entry["shape"][0]) * int(entry["shape"][1])
     logger.info(
         "%s (%s) -> %s: %d px in %.1f s; STAC item %s (datetime %s from the %s)",
-        scene.name,
+        f"{name} ({len(tiles)} tiles)" if tiles else name,
         status,
         result["map"],
         pixels,
@@ -118,6 +130,8 @@ def _map_and_catalogue(
     )
     return {
         "scene": scene.uri,
+        "name": name,
+        "tiles": len(tiles or [scene.uri]),
         "status": "mapped",
         "was": status,
         "map": result["map"],
@@ -153,18 +167,9 @@ def map_scenes(
     """
     if mosaic_map_uri is not None:
         first = decisions[0]
-        mosaic = SceneDecision(first.scene, first.status, mosaic_map_uri, f"mosaic of {len(decisions)} tiles")
-        with dask_cluster(cluster) as address:
-            return [
-                _map_and_catalogue(
-                    mosaic,
-                    mapping,
-                    catalog_uri=catalog_uri_for_prefix(output_prefix),
-                    scheduler_address=address,
-                    overwrite=force_overwrite,
-                    tiles=[decision.scene.uri for decision in decisions],
-                )
-            ]
+        tiles = tuple(decision.scene.uri for decision in decisions)
+        mosaic = replace(first.scene, tiles=tiles, acquisition=scene_stem(mosaic_map_uri))
+        decisions = [SceneDecision(mosaic, first.status, mosaic_map_uri, f"mosaic of {len(tiles)} tiles")]
     catalog_uri = catalog_uri_for_prefix(output_prefix)
     with dask_cluster(cluster) as address:
         return [

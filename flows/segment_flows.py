@@ -13,8 +13,8 @@ from eo_models.family import family_names, get_family
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions
 from eoseg.errors import ConfigurationError
+from eoseg.mosaic.cog import check_single_cog_size
 from eoseg.mosaic.legend import read_legend
-from eoseg.mosaic.per_tile import check_single_cog_size
 from eoseg.outputs import RunOutputs
 from eoseg.predict.stage import check_model_bands
 from eoseg.store.lifecycle import check_file_output

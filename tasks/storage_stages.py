@@ -9,9 +9,8 @@ from eoseg.compute.cluster import connect
 from eoseg.config import MosaicOptions, TileOptions
 from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.mosaic.legend import apply_legend, read_legend
-from eoseg.mosaic.per_tile import check_single_cog_size, write_per_tile_maps
+from eoseg.mosaic.per_tile import write_per_tile_maps
 from eoseg.scene.sources import open_scene_sources
-from eoseg.store.layout import read_store_info
 from eoseg.tile.stage import tile_scene
 from tasks.storage_task import storage_task
 
@@ -23,8 +22,9 @@ def inspect_scene_task(scene_uri: str | list[str], *, options: TileOptions) -> d
     The description is the whole scene's (the union grid of its files), with ``files``: how many.
     """
     sources = open_scene_sources(
-        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps
-    )
+        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
+        resample=options.resample,
+    )  # fmt: skip
     return {**sources.scene.to_dict(), "files": len(sources.tiles)}
 
 
@@ -47,6 +47,7 @@ def tile_task(
             allow_ungeoreferenced=options.allow_ungeoreferenced,
             warp_gcps=options.warp_gcps,
             client=client,
+            resample=options.resample,
         )
     return info.to_attrs()
 
@@ -57,12 +58,13 @@ def mosaic_task(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwri
 
     A store of more than ``options.max_pixels`` pixels is refused (per-tile maps are the way out).
     """
-    info = read_store_info(store_uri)
-    check_single_cog_size(info.height * info.width, limit=options.max_pixels, what=store_uri)
     band, resampling = options.band, options.overview_resampling
     return asdict(
-        mosaic_to_cog(store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=resampling)
-    )
+        mosaic_to_cog(
+            store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=resampling,
+            max_pixels=options.max_pixels,
+        )
+    )  # fmt: skip
 
 
 @storage_task("tile-maps", run_name_from="labels_uri")

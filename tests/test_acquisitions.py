@@ -11,6 +11,7 @@ import pytest
 
 from eoseg.catalog.acquisitions import (
     SceneStatus,
+    list_acquisitions,
     list_scenes,
     map_uri_for,
     plan_reprocessing,
@@ -143,3 +144,53 @@ def test_plan_on_s3_uses_object_times(s3_bucket, tmp_path):
     assert s3_filesystem().exists(f"{s3_bucket}/maps/b.tif")
     with pytest.raises(SceneNotFoundError, match="bucket"):
         list_scenes("s3://no-such-bucket-eoseg/incoming")
+
+
+def test_each_sub_folder_is_one_acquisition_of_many_tiles(tmp_path):
+    scenes, maps = tmp_path / "scenes", tmp_path / "scenes" / "maps"
+    for year, mtime in (("2023", 1000), ("2024", 2000)):  # the same tile names every year
+        _touch(scenes / year / "tile_b.tif", mtime=mtime)
+        _touch(scenes / year / "deeper" / "tile_a.tif", mtime=mtime + 1)
+        _touch(scenes / year / "tile_a.reference.tif")  # not a tile
+    _touch(scenes / "single.tif", mtime=500)
+    _touch(maps / "2023.tif")  # outputs under the scenes prefix are not scenes
+    found = list_acquisitions(str(scenes), exclude_prefix=str(maps))
+    assert [(scene.stem, len(scene.tiles), scene.modified) for scene in found] == [
+        ("2023", 2, 1001),
+        ("2024", 2, 2001),
+        ("single", 0, 500),
+    ]
+    assert found[0].tiles == (
+        str(scenes / "2023" / "deeper" / "tile_a.tif"),
+        str(scenes / "2023" / "tile_b.tif"),
+    )
+    # An acquisition is up to date until one of its tiles is newer than its map.
+    for name in ("2023", "2024", "single"):
+        _finished_outputs(scenes / f"{name}.tif", maps, mtime=3000)
+    plan = plan_reprocessing(str(scenes), str(maps), group_by="folder")
+    assert [(d.scene.stem, d.status) for d in plan] == [
+        ("2023", SceneStatus.UP_TO_DATE),
+        ("2024", SceneStatus.UP_TO_DATE),
+        ("single", SceneStatus.UP_TO_DATE),
+    ]
+    _touch(scenes / "2024" / "tile_c.tif", mtime=4000)
+    plan = plan_reprocessing(str(scenes), str(maps), group_by="folder")
+    assert [d.status for d in plan] == [SceneStatus.UP_TO_DATE, SceneStatus.STALE, SceneStatus.UP_TO_DATE]
+    assert plan[1].map_uri == str(maps / "2024.tif") and len(plan[1].scene.tiles) == 3
+    _touch(scenes / "2024.tif")
+    with pytest.raises(ConfigurationError, match=r"2024/ and .*2024.tif would both be mapped to 2024.tif"):
+        list_acquisitions(str(scenes))
+
+
+def test_acquisition_folders_under_an_s3_prefix(s3_bucket):
+    from eoseg.io.storage import s3_filesystem
+
+    fs = s3_filesystem()
+    for key in ("2023/tile_a.tif", "2023/tile_b.tif", "2024/tile_a.tif", "2024/.tile_b.tif.partial"):
+        fs.pipe_file(f"{s3_bucket}/city/{key}", b"tile")
+    plan = plan_reprocessing(f"{s3_bucket}/city", f"{s3_bucket}/maps", group_by="folder")
+    assert [(d.scene.stem, d.scene.tiles, d.map_uri, d.status) for d in plan] == [
+        ("2023", (f"{s3_bucket}/city/2023/tile_a.tif", f"{s3_bucket}/city/2023/tile_b.tif"),
+         f"{s3_bucket}/maps/2023.tif", SceneStatus.NEW),
+        ("2024", (f"{s3_bucket}/city/2024/tile_a.tif",), f"{s3_bucket}/maps/2024.tif", SceneStatus.NEW),
+    ]  # fmt: skip

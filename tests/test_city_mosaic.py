@@ -302,3 +302,82 @@ def test_one_cog_above_the_size_limit_is_refused_pointing_to_per_tile_maps(tmp_p
             str(whole), str(tmp_path / "out" / "city.tif"), mosaic=MosaicOptions(max_pixels=80_000)
         )
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_above_the_size_limit_the_per_tile_maps_are_the_map(tmp_path, whole, whole_run, dask_address):
+    """Over ``max_pixels`` with ``per_tile_maps``: no single COG, the tile maps and their VRT are written
+    (the VRT is the run's map); the mosaic stage itself refuses the single COG, pointing to them."""
+    from eoseg.config import MosaicOptions
+    from eoseg.errors import ConfigurationError
+    from eoseg.mosaic.cog import mosaic_to_cog
+    from flows.segment_flows import segment_scene_flow
+
+    map_path, weights = whole_run
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    maps, cog = tmp_path / "maps", tmp_path / "out" / "city.tif"
+    result = segment_scene_flow(
+        [str(p) for p in tiles], str(cog), weights_uri=str(weights), tile=TileOptions(chunk_size=CHUNK),
+        mosaic=MosaicOptions(max_pixels=80_000), per_tile_maps=str(maps),
+        cluster=ClusterSpec(address=dask_address),
+    )  # fmt: skip
+    assert result["map"] == str(maps / "city.vrt") and not cog.exists()
+    assert sorted(p.name for p in maps.glob("tile_*.tif")) == [p.name for p in tiles]
+    with rasterio.open(maps / "city.vrt") as vrt, open_map_on_scene_grid(map_path, whole) as reference:
+        np.testing.assert_array_equal(vrt.read(1), reference.read(1))
+    with pytest.raises(ConfigurationError, match=r"90,000 pixels is more than one COG .*--per-tile-maps DIR"):
+        mosaic_to_cog(result["labels"], str(tmp_path / "one.tif"), max_pixels=80_000)
+    assert not (tmp_path / "one.tif").exists()
+
+
+def coarse_last_tile(whole: Path, tiles: list[Path]) -> np.ndarray:
+    """Rewrite the last tile of a 2 x 2 cut at twice the pixel size (81 x 81 px covering 162 x 162 of the
+    scene from row and column 137); returns its pixels."""
+    with rasterio.open(whole) as scene:
+        half = scene.read(window=RioWindow(137, 137, 162, 162))[:, ::2, ::2]
+        profile = dict(scene.profile, width=81, height=81, photometric="MINISBLACK")
+        t = window_transform(RioWindow(137, 137, 162, 162), scene.transform)
+        profile["transform"] = rasterio.Affine(t.a * 2, t.b, t.c, t.d, t.e * 2, t.f)
+    with rasterio.open(tiles[-1], "w", **profile) as coarse:
+        coarse.write(half)
+    return half
+
+
+def test_resample_warps_a_tile_of_another_pixel_size_onto_the_first_tiles_grid(tmp_path, whole):
+    """A tile at twice the pixel size is refused naming ``--resample``; with ``resample="nearest"`` it is
+    warped onto the first tile's grid: each of its pixels covers 2 x 2 pixels of the store."""
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    half = coarse_last_tile(whole, tiles)
+    with pytest.raises(TileGridMismatchError, match=r"pixel size .*pass --resample METHOD"):
+        open_scene_sources([str(p) for p in tiles])
+    info = tile_scene(
+        [str(p) for p in tiles], str(tmp_path / "city.zarr"), chunk_size=CHUNK, resample="nearest"
+    )
+    assert info.geobox == tile_scene(str(whole), str(tmp_path / "whole.zarr"), chunk_size=CHUNK).geobox
+    pixels, expected = store_pixels(tmp_path / "city.zarr"), store_pixels(tmp_path / "whole.zarr")
+    np.testing.assert_array_equal(pixels[:, 137:299, 137:299], half.repeat(2, axis=1).repeat(2, axis=2))
+    valid = np.asarray(open_data_array(str(tmp_path / "city.zarr"), "valid")[:]).astype(bool)
+    assert not valid[299, 137:].any() and not valid[137:, 299].any()  # no tile covers them: gaps
+    np.testing.assert_array_equal(pixels[:, :137], expected[:, :137])  # the tiles on the grid: as read
+    np.testing.assert_array_equal(pixels[:, :, :137], expected[:, :, :137])
+
+
+def test_cli_tile_resample_option(tmp_path, whole):
+    """`eoseg tile` (run directly: no Prefect API configured) refuses in one line naming --resample, and
+    with `--resample nearest` writes the store on the first tile's grid."""
+    tiles = cut(whole, CUTS["2x2"], tmp_path / "tiles")
+    coarse_last_tile(whole, tiles)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT_PROFILE"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), COLUMNS="200")
+    command = [str(Path(sys.executable).parent / "eoseg"), "tile", *map(str, tiles), "--out"]
+    refused = subprocess.run([*command, str(tmp_path / "a.zarr")], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and not (tmp_path / "a.zarr").exists()
+    assert (
+        refused.stderr.strip().splitlines()[-1].startswith(f"error: {tiles[3]}: this tile is not on the grid")
+    )
+    assert "pass --resample METHOD" in refused.stderr
+    done = subprocess.run(
+        [*command, str(tmp_path / "b.zarr"), "--resample", "nearest", "--chunk-size", str(CHUNK)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert store_pixels(tmp_path / "b.zarr").shape == (4, 300, 300)

@@ -220,3 +220,63 @@ def test_errors_met_by_deployment_users_name_parameters_and_deployments_not_cli_
     assert "--overwrite" not in message and "`-p overwrite=true`" in message
     message = _for_deployment_users("s3://b/m.pt: model checkpoint not found. Train one with `eoseg train`.")
     assert "eoseg train" not in message and "train-model deployment" in message
+
+
+def test_reprocess_maps_each_acquisition_folder_as_one_mosaic_with_the_published_model_and_legend(tmp_path):
+    """``group_by=folder``: SCENES/2023/ and SCENES/2024/ (two tiles each, one grid) give one map each on
+    the union grid, made with the published checkpoint and legend (so both dates share names and colours);
+    a tile added to 2024/ later remaps 2024 only."""
+    import rasterio
+    from affine import Affine
+    from conftest import train_tiny_clusterer
+
+    from eoseg.mosaic.legend import CLASS_NAMES_TAG
+    from eoseg.tile.stage import tile_scene
+    from flows.deploy_flows import reprocess_new_acquisitions_flow
+
+    scenes, rng = tmp_path / "scenes", np.random.default_rng(3)
+    origin = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
+    for year in ("2023", "2024"):  # the same two 70 x 45 tiles (west, east) of a 70 x 90 area each year
+        (scenes / year).mkdir(parents=True)
+        for col, side in ((0, "w"), (45, "e")):
+            pixels = rng.integers(1, 255, size=(3, 70, 45), dtype=np.uint8)
+            write_geotiff(
+                scenes / year / f"tile_{side}.tif", pixels, transform=origin @ Affine.translation(col, 0)
+            )
+    store, model_uri = tmp_path / "train.zarr", tmp_path / "models" / "area-v1.pt"
+    tile_scene(str(scenes / "2023" / "tile_w.tif"), str(store), chunk_size=64)
+    train_tiny_clusterer(store, model_uri)  # the area's published model
+    legend = tmp_path / "models" / "area-v1.legend.yaml"
+    legend.write_text('clusters:\n  0: {name: water, colour: "#1f78b4"}\n  1: field\n')
+    maps = tmp_path / "maps"
+
+    def reprocess():
+        return reprocess_new_acquisitions_flow(
+            str(scenes), str(maps), weights_uri=str(model_uri), legend_uri=str(legend), group_by="folder",
+            tile=TileOptions(chunk_size=64), cluster=THREADS,
+        )  # fmt: skip
+
+    first = reprocess()
+    assert [(row["name"], row["tiles"], row["status"]) for row in first["scenes"]] == [
+        ("2023", 2, "mapped"),
+        ("2024", 2, "mapped"),
+    ]
+    names = []
+    for year in ("2023", "2024"):
+        with rasterio.open(maps / f"{year}.tif") as out:  # one map of the whole area per acquisition
+            assert (out.shape, out.transform) == ((70, 90), origin)
+            names.append(json.loads(out.tags()[CLASS_NAMES_TAG]))
+            colours = out.colormap(1)
+            assert colours[0][:3] == (0x1F, 0x78, 0xB4)
+    assert names[0] == names[1] and (names[0]["0"], names[0]["1"]) == ("water", "field")
+    items = {item.id: item for item in pystac.Catalog.from_file(str(maps / "catalog.json")).get_items()}
+    assert sorted(items) == ["2023", "2024"] and items["2024"].assets["model"].href == str(model_uri)
+    assert "water" in {c["name"] for c in items["2024"].assets["map"].extra_fields["classification:classes"]}
+
+    assert reprocess()["processed"] == []  # nothing new
+    later = rasterio.open(scenes / "2024" / "tile_e.tif").read()  # a tile below the others arrives late
+    write_geotiff(scenes / "2024" / "tile_s.tif", later, transform=origin @ Affine.translation(45, 70))
+    again = reprocess()
+    assert [(row["name"], row["tiles"], row["was"]) for row in again["scenes"]] == [("2024", 3, "stale")]
+    with rasterio.open(maps / "2024.tif") as out:
+        assert out.shape == (140, 90) and json.loads(out.tags()[CLASS_NAMES_TAG]) == names[0]

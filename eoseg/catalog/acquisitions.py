@@ -10,7 +10,13 @@ its COG exists, is not older than the scene (modification times), and its item e
 - ``stale``: the COG is older than the scene (the scene was replaced after it was mapped).
 
 Files beside a scene named ``NAME.reference.tif``/``.tiff``/``.geojson`` are not scenes: they are
-that scene's reference map, used for scores. Hidden files (``.name``: partial uploads and eoseg's own
+that scene's reference map, used for scores.
+
+**Acquisitions of many tiles** (:func:`list_acquisitions`, ``group_by="folder"``): each direct sub-folder
+``SCENES/ACQ/`` is one acquisition, and every scene file anywhere under it is one of its tiles (one grid,
+one mosaic); it maps to ``OUTPUT/ACQ.tif``. Its modification time is its newest tile's, so a tile added
+or replaced after the map was made makes the acquisition ``stale`` (a tile removed does not). Files
+directly under ``SCENES/`` stay single scenes. Hidden files (``.name``: partial uploads and eoseg's own
 temporary files) are ignored. Everything here is plain Python over :mod:`eoseg.io.storage`.
 """
 
@@ -22,7 +28,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from eoseg.catalog.stac import item_uri_for_map
 from eoseg.errors import ConfigurationError, SceneNotFoundError
@@ -43,12 +49,17 @@ class SceneFile:
         modified: last modification time, POSIX seconds (S3: the object's LastModified).
         size: bytes.
         reference_uri: the scene's reference map (``NAME.reference.*`` beside it), if any.
+        tiles: for an acquisition of many tiles, every tile's URI in name order (``uri`` is the first,
+            ``modified`` the newest tile's time, ``size`` their sum); empty for one file.
+        acquisition: the map name of an acquisition of many tiles (its folder's name).
     """
 
     uri: str
     modified: float
     size: int
     reference_uri: str | None = None
+    tiles: tuple[str, ...] = ()
+    acquisition: str | None = None
 
     @property
     def name(self) -> str:
@@ -56,7 +67,8 @@ class SceneFile:
 
     @property
     def stem(self) -> str:
-        return scene_stem(self.uri)
+        """The name of the scene's map: the file's stem, or the acquisition's name."""
+        return self.acquisition or scene_stem(self.uri)
 
 
 class SceneStatus(enum.StrEnum):
@@ -215,6 +227,45 @@ def list_scenes(
     return scenes
 
 
+def list_acquisitions(prefix: str, *, exclude_prefix: str | None = None) -> list[SceneFile]:
+    """The acquisitions under ``prefix``: one per sub-folder (its scene files are the tiles of one mosaic),
+    and one per scene file directly under ``prefix``; sorted by map name.
+
+    Args:
+        prefix: a local directory or an ``s3://bucket/prefix``.
+        exclude_prefix: leave out anything under this prefix (the output prefix).
+
+    Raises:
+        SceneNotFoundError: the directory or bucket does not exist.
+        ConfigurationError: a folder and a file directly under ``prefix`` would write the same map.
+    """
+    prefix = storage.normalise_uri(prefix).rstrip("/")
+    singles = {scene.stem: scene for scene in list_scenes(prefix, exclude_prefix=exclude_prefix)}
+    exclude = storage.normalise_uri(exclude_prefix) if exclude_prefix else None
+    groups: dict[str, list[tuple[str, float, int]]] = {}
+    for uri, mtime, size in sorted(_list_files(prefix, recursive=True)):
+        folder, _, rest = uri[len(prefix) + 1 :].partition("/")
+        if rest and _is_scene_name(PurePosixPath(uri).name) and not (exclude and _under(uri, exclude)):
+            groups.setdefault(folder, []).append((uri, mtime, size))
+    clashes = sorted(set(groups) & set(singles))
+    if clashes:
+        raise ConfigurationError(
+            f"{prefix}/{clashes[0]}/ and {singles[clashes[0]].uri} would both be mapped to {clashes[0]}.tif; "
+            "rename one of them"
+        )
+    acquisitions = {
+        name: SceneFile(
+            uri=files[0][0],
+            modified=max(mtime for _, mtime, _ in files),
+            size=sum(size for _, _, size in files),
+            tiles=tuple(uri for uri, _, _ in files),
+            acquisition=name,
+        )
+        for name, files in groups.items()
+    }
+    return [scene for _, scene in sorted({**singles, **acquisitions}.items())]
+
+
 def reference_for(scene_uri: str) -> str | None:
     """The scene's reference map ``NAME.reference.{tif,tiff,geojson}`` beside it, if one exists."""
     scene_uri = storage.normalise_uri(scene_uri)
@@ -246,7 +297,7 @@ def list_outputs(output_prefix: str) -> dict[str, float | None]:
 
 def decide(scene: SceneFile, output_prefix: str, outputs: dict[str, float | None]) -> SceneDecision:
     """Whether ``scene`` has an up-to-date map among ``outputs`` (from :func:`list_outputs`)."""
-    map_uri = map_uri_for(scene.uri, output_prefix)
+    map_uri = join_uri(output_prefix, f"{scene.stem}.tif")
     run = RunOutputs.for_map(map_uri)
     names = {
         key: PurePosixPath(uri).name
@@ -277,9 +328,16 @@ def decide(scene: SceneFile, output_prefix: str, outputs: dict[str, float | None
 
 
 def plan_reprocessing(
-    scenes_prefix: str, output_prefix: str, *, recursive: bool = False
+    scenes_prefix: str,
+    output_prefix: str,
+    *,
+    recursive: bool = False,
+    group_by: Literal["file", "folder"] = "file",
 ) -> list[SceneDecision]:
     """One decision per scene under ``scenes_prefix``: which need a (new) map in ``output_prefix``.
+
+    With ``group_by="folder"`` a scene is an acquisition of many tiles (:func:`list_acquisitions`;
+    ``recursive`` then does not apply).
 
     Raises:
         ConfigurationError: the output prefix is the scenes prefix (maps would overwrite the scenes).
@@ -291,6 +349,9 @@ def plan_reprocessing(
             f"the output prefix {output_prefix} is the scenes prefix: maps are named like "
             "their scenes and would overwrite them. Choose another output prefix."
         )
-    scenes = list_scenes(scenes_prefix, recursive=recursive, exclude_prefix=output_prefix)
+    if group_by == "folder":
+        scenes = list_acquisitions(scenes_prefix, exclude_prefix=output_prefix)
+    else:
+        scenes = list_scenes(scenes_prefix, recursive=recursive, exclude_prefix=output_prefix)
     outputs = list_outputs(output_prefix)
     return [decide(scene, output_prefix, outputs) for scene in scenes]

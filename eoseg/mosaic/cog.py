@@ -47,6 +47,24 @@ class CogSummary:
     num_classes: int | None
 
 
+MAX_SINGLE_COG_PIXELS = 4_000_000_000
+"""Largest map written as one COG (4 gigapixels); beyond it, per-tile maps (``--per-tile-maps``)."""
+
+
+def check_single_cog_size(pixels: int, *, limit: int = MAX_SINGLE_COG_PIXELS, what: str = "the map") -> None:
+    """Refuse one COG of ``pixels`` pixels above ``limit``.
+
+    Raises:
+        ConfigurationError: too large; the message points to ``--per-tile-maps``.
+    """
+    if pixels > limit:
+        raise ConfigurationError(
+            f"{what}: {pixels:,} pixels is more than one COG should hold (limit {limit:,}); write one map "
+            "per input tile with --per-tile-maps DIR (a VRT over them opens as one layer), or raise the "
+            "limit with --max-cog-pixels."
+        )
+
+
 def overview_factors(height: int, width: int, *, block: int = COG_BLOCK_SIZE) -> list[int]:
     """Powers of two until the smallest overview fits in one block (none for scenes within one block)."""
     factors, factor = [], 2
@@ -194,6 +212,7 @@ def mosaic_to_cog(
     overwrite: bool = False,
     overview_resampling: str = "nearest",
     show_progress: bool | None = None,
+    max_pixels: int | None = None,
 ) -> CogSummary:
     """Write one band of the store at ``store_uri`` as a Cloud-Optimized GeoTIFF at ``cog_uri``.
 
@@ -204,8 +223,11 @@ def mosaic_to_cog(
         overwrite: replace an existing ``cog_uri``.
         overview_resampling: ``nearest`` (fast) or ``mode`` (majority class; better for labels).
         show_progress: terminal progress bar on/off (default: when stderr is a terminal).
+        max_pixels: refuse a store of more pixels (:func:`check_single_cog_size`); None: no limit.
 
     Raises:
+        ConfigurationError: the store has more than ``max_pixels`` pixels (before any work; the message
+            points to ``--per-tile-maps``).
         OutputExistsError: ``cog_uri`` exists and ``overwrite`` is False (checked before any work).
         CorruptStoreError: a chunk of the store cannot be read (the partial output is removed).
         RuntimeError: the written file fails COG validation (nothing is left at ``cog_uri``).
@@ -217,6 +239,8 @@ def mosaic_to_cog(
         )
     store_uri = storage.normalise_uri(store_uri)
     info = read_store_info(store_uri)
+    if max_pixels is not None:
+        check_single_cog_size(info.height * info.width, limit=max_pixels, what=store_uri)
     band_index = _select_band(info, band)
     plan = {
         "store": store_uri,

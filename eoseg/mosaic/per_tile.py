@@ -14,8 +14,9 @@ model, the same classes and no seam with its neighbours):
 The tile maps run through the stage contract (one job per tile, on threads of this process); each map
 is published atomically, and the VRT, quick-look and Collection are written after all of them.
 
-A single COG of the whole area is refused above :data:`MAX_SINGLE_COG_PIXELS` (4 gigapixels by default):
-:func:`check_single_cog_size` says to use ``--per-tile-maps``.
+A single COG of the whole area is refused above :data:`eoseg.mosaic.cog.MAX_SINGLE_COG_PIXELS` (4
+gigapixels by default): :func:`eoseg.mosaic.cog.check_single_cog_size`, called by the mosaic stage
+(:func:`eoseg.mosaic.cog.mosaic_to_cog`) and up front by ``segment-scene``, says to use ``--per-tile-maps``.
 """
 
 from __future__ import annotations
@@ -40,23 +41,6 @@ from eoseg.scene.sources import SceneSources
 from eoseg.scene.vrt import tiles_vrt_xml
 from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
 from eoseg.store.lifecycle import check_file_output
-
-MAX_SINGLE_COG_PIXELS = 4_000_000_000
-"""Largest map written as one COG (4 gigapixels); beyond it, per-tile maps (``--per-tile-maps``)."""
-
-
-def check_single_cog_size(pixels: int, *, limit: int = MAX_SINGLE_COG_PIXELS, what: str = "the map") -> None:
-    """Refuse one COG of ``pixels`` pixels above ``limit``.
-
-    Raises:
-        ConfigurationError: too large; the message points to ``--per-tile-maps``.
-    """
-    if pixels > limit:
-        raise ConfigurationError(
-            f"{what}: {pixels:,} pixels is more than one COG should hold (limit {limit:,}); write one map "
-            "per input tile with --per-tile-maps DIR (a VRT over them opens as one layer), or raise the "
-            "limit with --max-cog-pixels."
-        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ headers (rasterio, no pixels), checks that every tile has the first tile's CRS, 
 nodata and resolution and that its origin lies on the first tile's pixel lattice (within
 :data:`eoseg.geometry.GRID_TOLERANCE_PIXELS` of a pixel), and returns :class:`SceneSources`: the union
 grid (one odc-geo ``GeoBox``) and every tile's window on it. The first tile that differs is refused,
-naming the file and what differs.
+naming the file and what differs; with ``resample`` (``--resample METHOD``) such a tile is instead
+warped onto the first tile's grid (rasterio ``WarpedVRT``, GDAL's warper) over the lattice window that
+covers its footprint. Bands, pixel type and nodata must still match.
 
 Overlapping tiles: the **first** tile in the listing wins (a list in the order given, a folder or prefix
 in name order). A VRT is read in GDAL's drawing order, where the *last* source wins, so its sources are
@@ -44,10 +46,13 @@ class SourceTile:
     Attributes:
         uri: the file (local path or ``s3://``).
         window: its pixels on the union grid (row/column offset, height, width).
+        resampling: None when the file is on the union grid; else the GDAL resampling method by which it
+            is warped onto ``window`` of the union grid (``nearest``, ``bilinear``, ``cubic``...).
     """
 
     uri: str
     window: Window
+    resampling: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,25 +207,49 @@ def _lattice_offset(reference: GeoBox, tile: GeoBox) -> tuple[float, float]:
     return float(col), float(row)
 
 
-def _check_same_grid(first: SceneInfo, tile: SceneInfo, tolerance: float) -> Window:
-    """The tile's window in the first tile's pixel coordinates (may be negative).
+def _footprint_window(first: SceneInfo, tile: SceneInfo) -> Window:
+    """The first tile's lattice window (may be negative) that covers the tile's footprint in its CRS."""
+    import math
+
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = tile.geobox.boundingbox
+    if tile.geobox.crs is not None and first.geobox.crs is not None and tile.geobox.crs != first.geobox.crs:
+        left, bottom, right, top = transform_bounds(tile.crs_wkt, first.crs_wkt, left, bottom, right, top)
+    corners = [~first.geobox.affine @ (x, y) for x in (left, right) for y in (bottom, top)]
+    cols, rows = [c for c, _ in corners], [r for _, r in corners]
+    col0, row0 = math.floor(min(cols) + 1e-6), math.floor(min(rows) + 1e-6)
+    col1, row1 = math.ceil(max(cols) - 1e-6), math.ceil(max(rows) - 1e-6)
+    return Window(row0, col0, row1 - row0, col1 - col0)
+
+
+def _check_same_grid(
+    first: SceneInfo, tile: SceneInfo, tolerance: float, resample: str | None = None
+) -> tuple[Window, bool]:
+    """The tile's window in the first tile's pixel coordinates (may be negative), and whether it is warped
+    onto that window (only with ``resample``, when its CRS, pixel size or lattice differ).
 
     Raises:
-        TileGridMismatchError: CRS, bands, pixel type, nodata, resolution or lattice differ.
+        TileGridMismatchError: bands, pixel type or nodata differ, or (without ``resample``) CRS,
+            resolution or lattice; the message names ``--resample`` where it would help.
     """
     what = None
+    grid_only = True
     if (first.crs_wkt is None) != (tile.crs_wkt is None) or (
         first.geobox.crs is not None and tile.geobox.crs is not None and first.geobox.crs != tile.geobox.crs
     ):
         what = f"its CRS ({tile.geobox.crs}) differs from the first tile's ({first.geobox.crs})"
     elif (tile.band_count, tile.band_indexes) != (first.band_count, first.band_indexes):
+        grid_only = False
         what = (
             f"it has bands {list(tile.band_indexes)} (alpha left out), the first tile "
             f"{list(first.band_indexes)}"
         )
     elif tile.dtype != first.dtype:
+        grid_only = False
         what = f"its pixel type {tile.dtype} differs from the first tile's {first.dtype}"
     elif tile.nodata != first.nodata and not (tile.nodata != tile.nodata and first.nodata != first.nodata):
+        grid_only = False
         what = f"its nodata {tile.nodata!r} differs from the first tile's {first.nodata!r}"
     else:
         a, b, _, d, e, _ = first.transform
@@ -244,10 +273,17 @@ def _check_same_grid(first: SceneInfo, tile: SceneInfo, tolerance: float) -> Win
                     "first tile's grid (gdalwarp -tap) first"
                 )
             else:
-                return Window(round(row), round(col), tile.height, tile.width)
+                return Window(round(row), round(col), tile.height, tile.width), False
+    if grid_only and resample is not None and first.crs_wkt is not None and tile.crs_wkt is not None:
+        return _footprint_window(first, tile), True
+    how = (
+        " (or pass --resample METHOD to warp such tiles onto the first tile's grid)"
+        if grid_only and first.crs_wkt is not None
+        else ""
+    )
     raise TileGridMismatchError(
-        f"{tile.uri}: this tile is not on the grid of the first tile {first.uri}: {what}. All tiles of a "
-        "scene must share CRS, bands, pixel type, nodata and pixel grid."
+        f"{tile.uri}: this tile is not on the grid of the first tile {first.uri}: {what}{how}. All tiles "
+        "of a scene must share CRS, bands, pixel type, nodata and pixel grid."
     )
 
 
@@ -257,6 +293,7 @@ def open_scene_sources(
     allow_ungeoreferenced: bool = False,
     warp_gcps: bool = False,
     tolerance: float = GRID_TOLERANCE_PIXELS,
+    resample: str | None = None,
 ) -> SceneSources:
     """List, inspect (headers only) and place the input tiles of ``scene`` on their union grid.
 
@@ -269,6 +306,8 @@ def open_scene_sources(
         allow_ungeoreferenced: accept rasters without CRS (they must then share the pixel grid all the same).
         warp_gcps: read GCP-georeferenced files warped onto a regular grid (:func:`inspect_scene`).
         tolerance: largest misalignment, in pixels, still counted as the same lattice.
+        resample: warp tiles on another grid (CRS, pixel size, lattice) onto the first tile's grid with this
+            GDAL resampling method (``nearest``, ``bilinear``, ``cubic``, ...); None: refuse them.
 
     Returns:
         :class:`SceneSources`: the union grid (``scene.geobox``, the first tile's CRS and resolution) and
@@ -277,7 +316,8 @@ def open_scene_sources(
     Raises:
         SceneNotFoundError, CorruptSceneError, EmptySceneError, MissingCRSError, UnsupportedDtypeError:
             as :func:`inspect_scene`, for the first file at fault.
-        TileGridMismatchError: a tile is not on the first tile's grid (the message names it and says how).
+        TileGridMismatchError: a tile is not on the first tile's grid (the message names it and says how),
+            or, with ``resample``, differs in bands, pixel type or nodata.
     """
     description, files = list_scene_files(scene)
     if len(files) == 1 and files[0] == description:
@@ -292,7 +332,8 @@ def open_scene_sources(
     with ThreadPoolExecutor(max_workers=min(_HEADER_THREADS, len(files))) as pool:
         infos = list(pool.map(header, files))
     first = infos[0]
-    offsets = [_check_same_grid(first, info, tolerance) for info in infos]
+    placed = [_check_same_grid(first, info, tolerance, resample) for info in infos]
+    offsets = [window for window, _ in placed]
     row_min = min(w.row_off for w in offsets)
     col_min = min(w.col_off for w in offsets)
     height = max(w.row_stop for w in offsets) - row_min
@@ -300,8 +341,12 @@ def open_scene_sources(
     affine = first.geobox.affine @ Affine.translation(col_min, row_min)
     union = make_geobox((height, width), tuple(affine)[:6], first.crs_wkt)
     tiles = tuple(
-        SourceTile(info.uri, Window(w.row_off - row_min, w.col_off - col_min, w.height, w.width))
-        for info, w in zip(infos, offsets, strict=True)
+        SourceTile(
+            info.uri,
+            Window(w.row_off - row_min, w.col_off - col_min, w.height, w.width),
+            resample if warped else None,
+        )
+        for info, (w, warped) in zip(infos, placed, strict=True)
     )
     acquired = {info.acquired for info in infos}
     scene_info = replace(

@@ -7,18 +7,44 @@ has none) in ``image``. Where tiles overlap, the first tile of the listing that 
 
 The per-file read is one function, :func:`eoseg.tile.stage.read_tile_window` (each file's validity from
 :func:`eoseg.scene.validity.read_valid_window`), and the gap fill and overlap rule one,
-:func:`read_mosaic_window`.
+:func:`read_mosaic_window`. A tile placed with ``--resample`` (:class:`WarpTarget`) is read through a
+rasterio ``WarpedVRT`` onto its window of the union grid, with the same validity rules (outside the
+tile's footprint: an alpha band when it has no nodata value, so those pixels are invalid).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from eoseg.geometry import Window
+from eoseg.io import storage
 from eoseg.scene.sources import SceneSources
+from eoseg.scene.validity import read_valid_window
 from eoseg.tile.stage import BandMoments, TileChunkJob, read_tile_window, write_tile_chunk
+
+
+@dataclass(frozen=True)
+class WarpTarget:
+    """The grid a tile on another grid is warped onto: its window of the union grid.
+
+    Attributes:
+        crs_wkt: the union grid's CRS (WKT).
+        transform: the window's affine transform ``(a, b, c, d, e, f)``.
+        height: window rows.
+        width: window columns.
+        resampling: GDAL resampling method name (``nearest``, ``bilinear``, ...).
+    """
+
+    crs_wkt: str
+    transform: tuple[float, ...]
+    height: int
+    width: int
+    resampling: str
 
 
 @dataclass(frozen=True)
@@ -29,11 +55,44 @@ class TilePiece:
         uri: the input file.
         source: the part in the file's own pixels.
         target: the same part in the chunk's pixels (relative to the chunk's first pixel).
+        warp: for a tile on another grid, the union-grid window it is warped onto (``source`` is then in
+            that window's pixels); None: ``source`` is in the file's own pixels.
     """
 
     uri: str
     source: Window
     target: Window
+    warp: WarpTarget | None = None
+
+
+_warped = threading.local()
+
+
+def _read_warped(piece: TilePiece, job: TileChunkJob) -> tuple[np.ndarray, np.ndarray]:
+    """``(block, valid)`` of ``piece.source`` of the tile warped onto its union-grid window (one
+    ``WarpedVRT`` per thread and tile, kept open like :func:`eoseg.tile.stage.read_tile_window`'s files)."""
+    import rasterio
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    assert piece.warp is not None
+    cache: dict[tuple[str, WarpTarget], Any] = getattr(_warped, "datasets", None) or {}
+    _warped.datasets = cache
+    key = (piece.uri, piece.warp)
+    if key not in cache:
+        target = piece.warp
+        with storage.gdal_env(piece.uri):
+            dataset = rasterio.open(storage.gdal_path(piece.uri))
+            cache[key] = WarpedVRT(
+                dataset, crs=target.crs_wkt, transform=Affine(*target.transform), width=target.width,
+                height=target.height, resampling=Resampling[target.resampling],
+                add_alpha=dataset.nodata is None,
+            )  # fmt: skip
+    with storage.gdal_env(piece.uri):
+        return read_valid_window(
+            cache[key], piece.source.to_rasterio(), indexes=job.band_indexes or None, fill=job.nodata
+        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +114,10 @@ def read_mosaic_window(job: MultiFileChunkJob) -> tuple[np.ndarray, np.ndarray]:
     block = np.full((job.band_count, job.window.height, job.window.width), fill, dtype=job.dtype)
     valid = np.zeros((job.window.height, job.window.width), dtype=bool)
     for piece in reversed(job.pieces):  # the first tile is painted last, so it wins where it has data
-        pixels, piece_valid = read_tile_window(piece.uri, piece.source, job=job)
+        if piece.warp is None:
+            pixels, piece_valid = read_tile_window(piece.uri, piece.source, job=job)
+        else:
+            pixels, piece_valid = _read_warped(piece, job)
         target = piece.target.slices
         # A piece's valid pixels replace what is there; its invalid ones only fill what holds no data yet.
         replace = piece_valid | ~valid[target]
@@ -74,10 +136,23 @@ def multi_file_jobs(
 ) -> list[MultiFileChunkJob]:
     """One job per chunk window of the union grid, naming only the tiles that window overlaps."""
     scene = sources.scene
+    warps = {
+        tile.uri: WarpTarget(
+            scene.crs_wkt or "",
+            tuple(scene.geobox.affine @ Affine.translation(tile.window.col_off, tile.window.row_off))[:6],
+            tile.window.height,
+            tile.window.width,
+            tile.resampling,
+        )
+        for tile in sources.tiles
+        if tile.resampling is not None
+    }
     jobs = []
     for index, window in windows:
         pieces = tuple(
-            TilePiece(tile.uri, shared.relative_to(tile.window), shared.relative_to(window))
+            TilePiece(
+                tile.uri, shared.relative_to(tile.window), shared.relative_to(window), warps.get(tile.uri)
+            )
             for tile, shared in sources.overlapping(window)
         )
         jobs.append(

@@ -203,6 +203,7 @@ def tile_scene(
     warp_gcps: bool = False,
     client: Any = None,
     show_progress: bool | None = None,
+    resample: str | None = None,
 ) -> StoreInfo:
     """Tile ``scene_uri`` into the Zarr store ``store_uri``.
 
@@ -215,6 +216,8 @@ def tile_scene(
         overwrite: replace an existing output.
         allow_ungeoreferenced: accept a scene without CRS (the store then has no CRS).
         warp_gcps: warp a GCP-georeferenced scene onto a regular grid (else it is refused).
+        resample: warp the files of a many-file scene that lie on another grid onto the first file's grid
+            with this GDAL resampling method (else they are refused; :func:`open_scene_sources`).
         client: a ``distributed.Client`` (default: the active one, else local threads).
         show_progress: terminal progress bar on/off (default: when stderr is a terminal).
 
@@ -231,7 +234,9 @@ def tile_scene(
         raise ConfigurationError(f"chunk size must be at least 16 pixels, got {chunk_size}")
     from eoseg.tile.multi_file import multi_file_jobs, tile_multi_file_chunk
 
-    sources = open_scene_sources(scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps)
+    sources = open_scene_sources(
+        scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps, resample=resample
+    )
     scene = sources.scene
     output = open_store_output(store_uri, _store_info_for(scene, chunk_size), overwrite=overwrite)
     windows = list(output.info.grid.windows())
