@@ -34,11 +34,13 @@ def tile_direct(
     """``eoseg tile`` without Prefect: what ``tile-scene`` does; returns the store's metadata attributes.
 
     ``scene_uri`` is one file or several on one grid (:func:`eoseg.scene.sources.open_scene_sources`).
-    A local Dask cluster is started only when the scene has more than one chunk.
+    The chunks run on threads of this process unless a cluster is configured or asked for (``--workers``,
+    ``--threads-per-worker``, ``--memory-limit`` or their ``EOSEG_*`` variables start a local one).
 
     Raises:
         EosegError: Bad input (before anything is written), or an existing output without ``overwrite``.
     """
+    from cli.runs import local_cluster_requested
     from eoseg.scene.sources import open_scene_sources
     from eoseg.tile.stage import tile_scene
 
@@ -52,7 +54,10 @@ def tile_direct(
         scene.dtype,
     )  # fmt: skip
     chunks = len(ChunkGrid(scene.height, scene.width, options.chunk_size, options.chunk_size))
-    with stage_cluster(cluster, work_chunks=chunks) as address, connect(address) as client:
+    # Tiling is GDAL decoding and Blosc compression, which release the GIL: threads of this process do it
+    # without worker processes' start-up (benchmarks/results/tile_mosaic.md), unless a cluster was asked for.
+    threads = not local_cluster_requested()
+    with stage_cluster(cluster, work_chunks=chunks, threads=threads) as address, connect(address) as client:
         info = tile_scene(
             scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,

@@ -26,6 +26,7 @@ __all__ = [
     "checked_options",
     "cluster_spec",
     "fail",
+    "local_cluster_requested",
     "prefect_api_configured",
     "preflight_scene",
     "preflight_stores",
@@ -60,6 +61,13 @@ def cluster_spec() -> ClusterSpec:
         threads_per_worker=settings.threads_per_worker,
         memory_limit=settings.memory_limit,
     )
+
+
+def local_cluster_requested() -> bool:
+    """Whether this command was asked for a local Dask cluster's shape (``--workers``,
+    ``--threads-per-worker``, ``--memory-limit`` or their ``EOSEG_*`` variables), not left at defaults."""
+    settings = _RUN_SETTINGS.get(None) or load_settings()
+    return bool(settings.model_fields_set & {"workers", "threads_per_worker", "memory_limit"})
 
 
 def prefect_api_configured() -> bool:

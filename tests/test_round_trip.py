@@ -42,6 +42,7 @@ def test_round_trip_on_real_scene_is_exact(name, tmp_path, dask_client, shared_d
 
 def test_store_layout_follows_cf_conventions(tmp_path, shared_data):
     import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+    import rioxarray  # noqa: F401  (registers the .rio accessor; eoseg writes stores without it)
 
     source = REAL_SCENES["landsat"]
     store = tmp_path / "landsat.zarr"

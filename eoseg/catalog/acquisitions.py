@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from eoseg.catalog.stac import item_uri_for_map
 from eoseg.errors import ConfigurationError, SceneNotFoundError
 from eoseg.io import storage
 from eoseg.outputs import RunOutputs
@@ -297,6 +296,8 @@ def list_outputs(output_prefix: str) -> dict[str, float | None]:
 
 def decide(scene: SceneFile, output_prefix: str, outputs: dict[str, float | None]) -> SceneDecision:
     """Whether ``scene`` has an up-to-date map among ``outputs`` (from :func:`list_outputs`)."""
+    from eoseg.catalog.stac import item_uri_for_map  # pystac: ~0.1 s that `eoseg tile` does not need
+
     map_uri = join_uri(output_prefix, f"{scene.stem}.tif")
     run = RunOutputs.for_map(map_uri)
     names = {

@@ -110,12 +110,18 @@ def _start_local_cluster_with_current_config(spec: ClusterSpec) -> LocalCluster:
 
 
 @contextlib.contextmanager
-def stage_cluster(spec: ClusterSpec | None = None, *, work_chunks: int) -> Iterator[str | None]:
-    """:func:`dask_cluster` for a stage of ``work_chunks`` chunks: no local cluster for one chunk.
+def stage_cluster(
+    spec: ClusterSpec | None = None, *, work_chunks: int, threads: bool = False
+) -> Iterator[str | None]:
+    """:func:`dask_cluster` for a stage of ``work_chunks`` chunks: no local cluster for one chunk, nor for
+    work that threads do as well (``threads``).
 
-    With at most one chunk and no configured cluster (``--cluster``, ``EOSEG_CLUSTER``, a configuration
-    file), ``None`` is yielded and the work runs on threads in this process: starting worker processes
-    costs ~2-3 s, more than a chunk's work (benchmarks/results/command_overhead.md).
+    With no configured cluster (``--cluster``, ``EOSEG_CLUSTER``, a configuration file), ``None`` is
+    yielded and the work runs on threads in this process when there is at most one chunk (starting worker
+    processes costs ~2-3 s, more than a chunk's work: benchmarks/results/command_overhead.md) or when
+    ``threads`` is set: the caller's chunk work releases the GIL (the tile stage: GDAL decoding and Blosc
+    compression), so worker processes would only add their start-up, imports and pickling
+    (benchmarks/results/tile_mosaic.md: ~3.5x the CPU seconds of threads for the same tiling).
 
     Yields:
         The scheduler address, or ``None`` (no cluster; :func:`connect` then yields no client).
@@ -124,8 +130,15 @@ def stage_cluster(spec: ClusterSpec | None = None, *, work_chunks: int) -> Itera
         ConfigurationError: The configured scheduler cannot be reached.
     """
     spec = spec or ClusterSpec()
-    if work_chunks <= 1 and not spec.resolved_address() and not spec.resolved_config_file():
-        logger.info("one chunk of work: running on threads in this process (no Dask cluster started)")
+    if (work_chunks <= 1 or threads) and not spec.resolved_address() and not spec.resolved_config_file():
+        if work_chunks <= 1:
+            logger.info("one chunk of work: running on threads in this process (no Dask cluster started)")
+        else:
+            logger.info(
+                "%d chunks of GIL-releasing work: running on threads in this process (no Dask cluster "
+                "started; --workers N or --cluster ADDRESS to use one)",
+                work_chunks,
+            )
         yield None
         return
     with dask_cluster(spec) as address:

@@ -259,8 +259,9 @@ def mosaic_to_cog(
         vrt = _pieces_vrt(info, jobs, output)
         _describe_vrt(vrt, info, store_uri, band_index)
         levels = _write_cog(
-            vrt, output, overview_resampling, overviews=bool(overview_factors(info.height, info.width))
-        )
+            vrt, output, overview_resampling, overviews=bool(overview_factors(info.height, info.width)),
+            sources=len(jobs),
+        )  # fmt: skip
         finish_file_output(output)
         return CogSummary(
             output.target, info.width, info.height, info.dtype, levels, info.nodata, info.num_classes
@@ -287,9 +288,14 @@ def mosaic_to_cog(
 
 
 def _write_cog(
-    source: str, output: FileOutput, overview_resampling: str, *, overviews: bool
+    source: str, output: FileOutput, overview_resampling: str, *, overviews: bool, sources: int = 0
 ) -> tuple[int, ...]:
     """Lay out ``source`` as a validated COG and publish it at the output's target; returns its overviews.
+
+    ``sources``: how many files the VRT ``source`` reads. GDAL keeps at most 100 of them open
+    (``GDAL_MAX_DATASET_POOL_SIZE``) and the COG driver reads the whole source twice (overviews, then
+    the full resolution), so with more pieces than that they would be closed and re-opened, their
+    decoded blocks dropped, over and over; the pool is sized to hold them all.
 
     Raises:
         RuntimeError: the written file fails COG validation (nothing is published).
@@ -305,7 +311,7 @@ def _write_cog(
             "OVERVIEW_RESAMPLING": overview_resampling.upper(), "RESAMPLING": "NEAREST",
             "NUM_THREADS": "ALL_CPUS",
         }  # fmt: skip
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_MAX_DATASET_POOL_SIZE=max(100, sources + 16)):
             rasterio.shutil.copy(source, staging, driver="COG", **creation)
         valid, errors, warnings = cog_validate(staging, quiet=True)
         if not valid or errors or warnings:
