@@ -60,9 +60,11 @@ test-all: install  ## every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every speed benchmark; each rewrites its benchmarks/results/NAME.{md,json} with the machine and load.
-bench: install  ## speed benchmarks: command overhead, tile/mosaic, clusterer fp32/bf16, scaling (~1 h on 2 cores)
+bench: install  ## speed benchmarks: command overhead, tile/mosaic, inference and training fp32/bf16, clusterer, scaling (~1 h on 2 cores)
 	$(BIN)/python benchmarks/bench_command_overhead.py
 	$(BIN)/python benchmarks/bench_tile_mosaic.py
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_clusterer_speed.py
 	$(BIN)/python benchmarks/bench_scaling.py
 

@@ -40,7 +40,13 @@ TERMS = ("feature_loss", "semantic_loss", "local_consistency_loss", "mutual_info
 
 
 def run(
-    setting: str, *, steps: int, batch_size: int, seed: int, learning_rate: float
+    setting: str,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    learning_rate: float,
+    mine_learning_rate: float | None = None,
 ) -> tuple[dict[str, list[float]], str | None]:
     from eo_models.clusterer.train import ArrayPatchSource
     from eo_models.mcl_lc.params import PretrainParams
@@ -55,6 +61,7 @@ def run(
     params = PretrainParams(
         epochs=1, batch_size=batch_size, patch_size=64, max_steps_per_epoch=steps, seed=seed,
         device="cpu", mine_estimator=estimator, mine_marginals=marginals, learning_rate=learning_rate,
+        mine_learning_rate=mine_learning_rate,
     )  # fmt: skip
     reports: list = []
     failure = None
@@ -75,6 +82,12 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["dv/shifted", "f/shifted"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's (paper: 0.001)")
+    parser.add_argument(
+        "--mine-learning-rates",
+        nargs="+",
+        default=["same"],
+        help="statistics network's own rates ('same': --learning-rate, one parameter group)",
+    )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "mine.md")
     args = parser.parse_args()
     import torch
@@ -89,43 +102,45 @@ def main() -> None:
         "",
     ]
     summary = []
-    for batch_size in args.batch_sizes:
-        for setting in args.settings:
-            started = time.perf_counter()
-            history, failure = run(
-                setting,
-                steps=args.steps,
-                batch_size=batch_size,
-                seed=args.seed,
-                learning_rate=args.learning_rate,
-            )
-            seconds = time.perf_counter() - started
-            lines += [
-                f"## mine_estimator/mine_marginals = {setting}, batch {batch_size} ({seconds:.0f} s)",
-                "",
-                "| step | " + " | ".join(TERMS) + " |",
-            ]
-            lines.append("|---:|" + "---:|" * len(TERMS))
-            for step in range(len(history["loss"])):
-                values = " | ".join(f"{history[t][step]:.3f}" for t in TERMS)
-                lines.append(f"| {step + 1} | {values} |")
-            if failure is not None:
-                lines.append(f"| {len(history['loss']) + 1} | stopped: {failure} |")
-            lines.append("")
-            half = len(history["loss"]) // 2
-            means = {t: np.mean(history[t][half:]) for t in TERMS}
-            stds = {t: np.std(history[t][half:]) for t in TERMS}
-            label = f"{setting} | {batch_size}" + (
-                "" if failure is None else f" (diverged at step {len(history['loss']) + 1})"
-            )
-            summary.append((label, means, stds))
-            print("\n".join(lines[-len(history["loss"]) - 5 :]), flush=True)
+    runs = [(b, s, r) for b in args.batch_sizes for s in args.settings for r in args.mine_learning_rates]
+    for batch_size, setting, mine_rate in runs:
+        started = time.perf_counter()
+        history, failure = run(
+            setting,
+            steps=args.steps,
+            batch_size=batch_size,
+            seed=args.seed,
+            learning_rate=args.learning_rate,
+            mine_learning_rate=None if mine_rate == "same" else float(mine_rate),
+        )
+        seconds = time.perf_counter() - started
+        lines += [
+            f"## mine_estimator/mine_marginals = {setting}, batch {batch_size}, mine_learning_rate "
+            f"{mine_rate} ({seconds:.0f} s)",
+            "",
+            "| step | " + " | ".join(TERMS) + " |",
+        ]
+        lines.append("|---:|" + "---:|" * len(TERMS))
+        for step in range(len(history["loss"])):
+            values = " | ".join(f"{history[t][step]:.3f}" for t in TERMS)
+            lines.append(f"| {step + 1} | {values} |")
+        if failure is not None:
+            lines.append(f"| {len(history['loss']) + 1} | stopped: {failure} |")
+        lines.append("")
+        half = len(history["loss"]) // 2
+        means = {t: np.mean(history[t][half:]) for t in TERMS}
+        stds = {t: np.std(history[t][half:]) for t in TERMS}
+        label = f"{setting} | {batch_size} | {mine_rate}" + (
+            "" if failure is None else f" (diverged at step {len(history['loss']) + 1})"
+        )
+        summary.append((label, means, stds))
+        print("\n".join(lines[-len(history["loss"]) - 5 :]), flush=True)
     lines += [
         "## Second half of the run: mean (std) per term",
         "",
-        "| estimator/marginals | batch | " + " | ".join(TERMS) + " |",
+        "| estimator/marginals | batch | mine_learning_rate | " + " | ".join(TERMS) + " |",
     ]
-    lines.append("|---|---:|" + "---:|" * len(TERMS))
+    lines.append("|---|---:|---:|" + "---:|" * len(TERMS))
     for label, means, stds in summary:
         lines.append(f"| {label} | " + " | ".join(f"{means[t]:.3f} ({stds[t]:.3f})" for t in TERMS) + " |")
     text = "\n".join(lines) + "\n"

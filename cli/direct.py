@@ -89,7 +89,7 @@ def predict_direct(
         info = predict_store(
             store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite, client=client,
             use_gpu=has_gpu_workers(client), attention_pooling=options.attention_pooling,
-            precision=options.precision,
+            precision=options.precision, refine=options.refine,
         )  # fmt: skip
     return info.to_attrs()
 

@@ -16,6 +16,7 @@ from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
 from cli.runs import (
     SCENE_HELP,
+    WARP_GCPS_HELP,
     LegendOption,
     MaxCogPixelsOption,
     PerTileMapsOption,
@@ -33,6 +34,7 @@ from cli.runs import (
 )
 from cli.summary import ClassNamesOption, format_run_summary
 from eoseg.errors import EosegError
+from eoseg.predict.refine import RefineOptions
 from eoseg.settings import load_settings
 from eoseg.train.options import training_options
 from flows.logs import configure_logging
@@ -47,12 +49,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
-)
-
-
-WARP_GCPS_HELP = (
-    "Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid; without it "
-    "such a scene is refused."
 )
 
 
@@ -234,6 +230,7 @@ app.add_typer(train_app, name="train")
 
 
 @app.command()
+@with_options(RefineOptions, into="refinement")
 def predict(
     store: Annotated[str, typer.Argument(help="Tile store to segment (from `eoseg tile`).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint (any model family).")],
@@ -249,6 +246,7 @@ def predict(
     ] = "scene",
     precision: PrecisionOption = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing label store.")] = False,
+    refinement: Any = None,
 ) -> None:
     """Tiled inference over a tile store on Dask, chunk by chunk, with halos (no seams at chunk edges).
 
@@ -259,7 +257,7 @@ def predict(
 
     predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
     options = checked_options(
-        PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision
+        PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision, refine=refinement
     )
     info = run_flow(
         predict_labels, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
@@ -268,6 +266,7 @@ def predict(
 
 
 @app.command()
+@with_options(RefineOptions, into="refinement")
 @with_options(training_options("clusterer"), into="training")
 def run(
     scene: Annotated[list[str], typer.Argument(help=SCENE_HELP)],
@@ -311,6 +310,7 @@ def run(
     max_cog_pixels: MaxCogPixelsOption = None,
     legend: LegendOption = None,
     training: Any = None,
+    refinement: Any = None,
 ) -> None:
     """Segment a scene end to end: tile -> train -> predict -> mosaic (+ quick-look, + scores).
 
@@ -345,7 +345,7 @@ def run(
         tile=tile,
         training=training,
         # The training options' --precision applies to inference too.
-        predict=PredictOptions(precision=getattr(training, "precision", "auto")),
+        predict=PredictOptions(precision=getattr(training, "precision", "auto"), refine=refinement),
         mosaic=MosaicOptions() if max_cog_pixels is None else MosaicOptions(max_pixels=max_cog_pixels),
         evaluate=evaluate_options,
         cluster=cluster_spec(),

@@ -192,6 +192,11 @@ def preflight_stores(stores: list[str], patch_size: int | None) -> None:
         fail(error)
 
 
+WARP_GCPS_HELP = (
+    "Warp a scene georeferenced only by ground control points (GCPs) onto a regular grid; without it "
+    "such a scene is refused."
+)
+
 SCENE_HELP = (
     "Input scene: a GeoTIFF (path or s3://bucket/key), or many on one pixel grid forming one mosaic: "
     "several GeoTIFFs, a folder, an s3:// prefix or a GDAL VRT of tiles (gaps are nodata; where tiles "

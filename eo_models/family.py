@@ -39,16 +39,24 @@ class SceneContext(Protocol):
     context is the one a whole-scene forward pass would compute.
     """
 
-    def partial(self, model: nn.Module, normalised: torch.Tensor, inner: tuple[slice, slice]) -> Any:
-        """Partial context of one tile: ``normalised`` (1, C, H, W) with halo, ``inner`` its own pixels."""
+    def features(self, model: nn.Module, normalised: torch.Tensor) -> torch.Tensor:
+        """The context-independent part of the forward pass of ``normalised`` (N, C, H, W).
+
+        Both passes start from it, so a tile's features computed by the first pass can be kept and
+        reused by the second (the predict stage does so within a memory budget).
+        """
+        ...
+
+    def partial(self, model: nn.Module, features: torch.Tensor, inner: tuple[slice, slice]) -> Any:
+        """Partial context of one tile from its ``features`` (1, ...) with halo; ``inner``: its own pixels."""
         ...
 
     def combine(self, partials: Sequence[Any]) -> Any:
         """Reduce the partials of all tiles to the scene's context (small, picklable, plain floats)."""
         ...
 
-    def forward(self, model: nn.Module, normalised: torch.Tensor, context: Any) -> torch.Tensor:
-        """Logits (N, K, H, W) of ``normalised`` (N, C, H, W) using the scene's ``context``."""
+    def forward(self, model: nn.Module, features: torch.Tensor, context: Any) -> torch.Tensor:
+        """Logits (N, K, H, W) from ``features`` of (N, ...) tiles using the scene's ``context``."""
         ...
 
 

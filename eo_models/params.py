@@ -19,6 +19,7 @@ __all__ = [
     "MAX_STEPS_DESCRIPTION",
     "PRECISION_DESCRIPTION",
     "check_bounds",
+    "check_precision",
     "field_defaults",
     "option",
     "params_from_dict",
@@ -76,6 +77,18 @@ def option(
     if exposed_as is not None:
         metadata["option"] = exposed_as
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_precision(params: Any) -> None:
+    """Refuse a ``precision`` field other than ``"auto"``, ``"fp32"`` or ``"bf16"``.
+
+    Raises:
+        ValueError: ``"<Class>.precision must be 'auto', 'fp32' or 'bf16', got ..."``.
+    """
+    if params.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(
+            f"{type(params).__name__}.precision must be 'auto', 'fp32' or 'bf16', got {params.precision!r}"
+        )
 
 
 def check_bounds(params: Any) -> None:

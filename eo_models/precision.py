@@ -5,7 +5,7 @@
 products in bfloat16 with float32 accumulation, on the CPU's AMX / AVX512-BF16 units through oneDNN or
 on a GPU's tensor cores. ``"auto"`` picks bf16 where the hardware does it natively (a CPU with AMX or
 AVX512-BF16; a CUDA device for which ``torch.cuda.is_bf16_supported()``), else fp32; for training on a
-CPU ``"auto"`` is fp32 (measured slower in bf16, see :func:`resolve_precision`). Measured on a
+CPU ``"auto"`` is fp32 for now (see :func:`resolve_precision`). Measured on a
 2-core Xeon with AMX: the clusterer's layers ran ~3.5x faster in bf16 + channels_last than in fp32
 with 99.99 % of argmax labels unchanged (benchmarks/results/clusterer_speed.md).
 
@@ -58,9 +58,11 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> Precision:
     """The precision to run at on ``device``: ``precision`` itself, or the choice for ``"auto"``.
 
-    ``"auto"`` for *training on a CPU* is fp32: the clusterer's training step under bf16 autocast ran
-    at ~0.6x the fp32 step on the AMX Xeon of the benchmarks (the backward pass gains nothing there),
-    while inference ran ~3.5-6x faster. ``--precision bf16`` still trains in bf16 on request.
+    ``"auto"`` for *training on a CPU* is fp32 for now: on the shared AMX Xeon of the benchmarks the
+    clusterer's plain bf16 training loop ran 12.6x faster than fp32 while the cores were free, but
+    bf16 loops ran slower than fp32 while other processes shared them (benchmarks/results/training.md);
+    an idle-machine run and the quality benchmark with bf16 training should settle the default.
+    ``--precision bf16`` trains in bf16 on request.
 
     Args:
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
@@ -82,7 +84,7 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
         native = torch.cuda.is_bf16_supported()
         reason = "the GPU supports bf16" if native else "the GPU lacks bf16"
     elif training:
-        native, reason = False, "bf16 training on the CPU measured slower than fp32"
+        native, reason = False, "bf16 training on a CPU: fp32 until measured on an idle machine"
     else:
         native = device.type == "cpu" and cpu_has_native_bf16()
         reason = "the CPU has AMX/AVX512-BF16" if native else f"no native bf16 on {device.type}"

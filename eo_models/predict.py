@@ -146,7 +146,8 @@ class Predictor:
         with torch.inference_mode(), autocast(self.precision, self.device):
             normalised = self._normalise(blocks, valid)
             if context is not None:
-                outputs = self._scene_context().forward(self.model, normalised, context)
+                scene = self._scene_context()
+                outputs = scene.forward(self.model, scene.features(self.model, normalised), context)
             else:
                 outputs = self.model(normalised)
             return outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
@@ -187,10 +188,39 @@ class Predictor:
         Raises:
             ValueError: If the family has no context pass.
         """
+        return self.context_pass(block, valid, inner)[0]
+
+    def context_pass(
+        self, block: np.ndarray, valid: np.ndarray | None, inner: tuple[slice, slice]
+    ) -> tuple[Any, torch.Tensor]:
+        """``context_partial`` and the tile's features it was computed from (for ``predict(features=)``).
+
+        The features are the family's context-independent activations of the whole block (the
+        clusterer: (1, 64, rows, cols), bfloat16 under bf16), kept by a caller that will predict the
+        same block in the second pass.
+
+        Raises:
+            ValueError: If the family has no context pass.
+        """
         context = self._scene_context()
         with torch.inference_mode(), autocast(self.precision, self.device):
             mask = None if valid is None else np.asarray(valid)[None]
-            return context.partial(self.model, self._normalise(np.asarray(block)[None], mask), inner)
+            features = context.features(self.model, self._normalise(np.asarray(block)[None], mask))
+            return context.partial(self.model, features, inner), features
+
+    def predict_features(self, features: torch.Tensor, context: Any) -> np.ndarray:
+        """Labels (rows, cols) uint8 of one block from its ``context_pass`` features and the scene context.
+
+        The same labels as ``predict(block, valid, context=context)`` of the block the features came
+        from, without running the convolutions again.
+
+        Raises:
+            ValueError: If the family has no context pass.
+        """
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            logits = self._scene_context().forward(self.model, features, context)
+            labels: np.ndarray = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()[0]
+            return labels
 
     def combine_context(self, partials: Sequence[Any]) -> Any:
         """Reduce the partials of every tile of a scene to the context ``predict`` takes."""

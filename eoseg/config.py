@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from eoseg.mosaic.cog import MAX_SINGLE_COG_PIXELS
+from eoseg.predict.refine import RefineOptions
 from eoseg.tile.stage import DEFAULT_CHUNK_SIZE
 from eoseg.train.options import TrainingOptions, finetune_options, training_options
 
@@ -20,6 +21,7 @@ __all__ = [
     "MclLcTrainingOptions",
     "MosaicOptions",
     "PredictOptions",
+    "RefineOptions",
     "TileOptions",
     "TrainingOptions",
 ]
@@ -97,6 +99,10 @@ class PredictOptions(_Options):
         description="Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16, "
         "else fp32), 'fp32', or 'bf16' (bfloat16 autocast, channels_last). Recorded in the label store "
         "and the map's tags.",
+    )
+    refine: RefineOptions = Field(
+        default_factory=RefineOptions,
+        description="Superpixel (SLIC) majority-vote refinement of the labels; off by default.",
     )
 
 

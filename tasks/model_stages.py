@@ -103,6 +103,7 @@ def predict_task(
         info = predict_store(
             store_uri, model_uri, labels_uri, halo=options.halo, overwrite=overwrite, client=client,
             use_gpu=use_gpu, attention_pooling=options.attention_pooling, precision=options.precision,
+            refine=options.refine,
         )  # fmt: skip
     return info.to_attrs()
 

@@ -41,12 +41,15 @@ def test_tile_predict_mosaic_without_prefect_api_run_directly(tmp_path, shared_d
     tiny = {"epochs": 1, "iterations": 1, "batch_size": 4, "patch_size": 32, "num_classes": 4}
     train_on_stores("clusterer", [str(store)], str(model), params=tiny, max_patches=8)
     predict = subprocess.run(
-        [EOSEG, "predict", str(store), "--model", str(model), "--out", str(labels), "--precision", "fp32"],
+        [EOSEG, "predict", str(store), "--model", str(model), "--out", str(labels), "--precision", "fp32",
+         "--refine", "slic", "--refine-segment-size", "8"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert predict.returncode == 0, predict.stderr
     assert "Starting temporary server" not in predict.stderr
-    assert read_store_info(str(labels)).model["precision"] == "fp32"
+    recorded = read_store_info(str(labels)).model
+    assert recorded["precision"] == "fp32"
+    assert recorded["refine"] == {"refine": "slic", "refine_segment_size": 8, "refine_compactness": 0.5}
     mosaic = subprocess.run(
         [EOSEG, "mosaic", str(labels), "--out", str(cog)],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -222,6 +222,25 @@ def test_one_pretrain_step_gives_finite_losses(pretrained: dict[str, Any]) -> No
     assert ckpt["family"] == "mcl-lc" and ckpt["extra"]["stage"] == "pretrain" and ckpt["extra"]["epoch"] == 1
 
 
+def test_mine_learning_rate_steps_the_statistics_network_in_its_own_group(pretrained: dict[str, Any]) -> None:
+    """One update: the rest of the model moves as in the one-group run, MINE's ``T`` at its own rate."""
+    one_group = pretrained["ckpt"]
+    split = pretrain_mcl_lc(
+        _tiny_source(), in_channels=3, params=_tiny_pretrain_params(mine_learning_rate=1e-7),
+        band_mean=BAND_MEAN, band_std=BAND_STD,
+    )  # fmt: skip
+    groups = split["extra"]["optimizer_state"]["param_groups"]
+    assert [group["initial_lr"] for group in groups] == [1e-3, 1e-7]
+    assert len(one_group["extra"]["optimizer_state"]["param_groups"]) == 1
+    moved = []
+    for name, tensor in one_group["state_dict"].items():
+        if not name.startswith("mine."):  # the first update's gradients do not depend on T's rate
+            torch.testing.assert_close(split["state_dict"][name], tensor, rtol=0, atol=0)
+        elif tensor.is_floating_point() and "ema" not in name:
+            moved.append(float((split["state_dict"][name] - tensor).abs().max()))
+    assert moved and max(moved) > 1e-4  # T took a ~1e-7 step instead of the ~1e-3 of the one-group run
+
+
 @pytest.fixture(scope="module")
 def reloaded(pretrained: dict[str, Any], tmp_path_factory) -> dict[str, Any]:
     """The pre-training checkpoint after torch.save and torch.load(weights_only=True)."""

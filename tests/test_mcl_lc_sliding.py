@@ -16,6 +16,8 @@ from eo_models.mcl_lc.deeplabv3plus import build_mcl_lc_segmenter
 from eo_models.mcl_lc.sliding import SlidingWindow, SlidingWindowSegmenter, inference_window
 from eo_models.predict import load_predictor
 from eo_models.training import assemble_checkpoint
+from eoseg.geometry import Window
+from eoseg.predict.refine import RefineOptions, refine_labels
 from eoseg.predict.stage import predict_store
 from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.tile.stage import tile_scene
@@ -52,7 +54,14 @@ def test_window_and_halo_follow_from_the_checkpoint() -> None:
         SlidingWindow(64, 65)
 
 
-def test_labels_do_not_depend_on_the_chunk_size(finetuned: Path, tmp_path: Path) -> None:
+# Superpixel refinement: a halo of 96 px keeps every window origin of the sliding pass on the stride.
+SLIC = RefineOptions(refine="slic", refine_segment_size=32)
+
+
+@pytest.mark.parametrize("refine", [None, SLIC], ids=["per-pixel", "slic-refined"])
+def test_labels_do_not_depend_on_the_chunk_size(
+    finetuned: Path, tmp_path: Path, refine: RefineOptions | None
+) -> None:
     with rasterio.open(SHARED_DATA / "loveda" / "rural_1.tif") as source:
         pixels = source.read(window=((300, 588), (200, 296)))  # 288 x 96 px of real LoveDA
     scene = write_geotiff(tmp_path / "scene.tif", pixels)
@@ -60,11 +69,21 @@ def test_labels_do_not_depend_on_the_chunk_size(finetuned: Path, tmp_path: Path)
     for chunk_size in (64, 256, 1024):  # 5 x 2 chunks, 2 x 1 chunks, one chunk
         store, out = tmp_path / f"scene{chunk_size}.zarr", tmp_path / f"labels{chunk_size}.zarr"
         tile_scene(str(scene), str(store), chunk_size=chunk_size, show_progress=False)
-        info = predict_store(str(store), str(finetuned), str(out), show_progress=False)
+        info = predict_store(str(store), str(finetuned), str(out), refine=refine, show_progress=False)
         assert info.model["halo"] == WINDOW // 2
         labels[chunk_size] = np.asarray(open_data_array(str(out), read_store_info(str(out)))[...]).squeeze()
 
     whole = load_predictor(finetuned, device="cpu").predict(pixels)  # one sliding pass over the array
+    if refine is not None:  # superpixels over the whole array, block by block
+        assert info.model["refine"] == refine.model_dump()
+        unrefined, everything = whole, Window(0, 0, *whole.shape)
+        stats = read_store_info(str(store)).band_stats or {}
+        whole = refine_labels(
+            pixels, whole, np.ones(whole.shape, bool), region=everything, window=everything,
+            options=refine, height=whole.shape[0], width=whole.shape[1],
+            band_mean=np.asarray(stats["mean"]), band_std=np.asarray(stats["std"]),
+        )  # fmt: skip
+        assert 0 < (whole != unrefined).mean() < 0.5  # refinement changes some labels, not the map
     np.testing.assert_array_equal(labels[256], labels[1024])
     np.testing.assert_array_equal(labels[64], labels[1024])
     np.testing.assert_array_equal(labels[256], whole)

@@ -57,7 +57,7 @@ def test_auto_picks_bf16_exactly_where_the_cpu_has_native_bf16(caplog):
     assert chosen == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert f"precision auto -> {chosen}" in caplog.text
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu"), training=True) == "fp32"  # measured slower in bf16
+    assert resolve_precision("auto", torch.device("cpu"), training=True) == "fp32"  # see resolve_precision
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", torch.device("cpu"))
 
@@ -100,16 +100,64 @@ def test_bf16_map_agrees_with_fp32_map_on_a_real_scene(landsat, tmp_path):
 
 
 @pytest.mark.slow  # starts a second cluster: ~80 s at load 14 here
-def test_bf16_labels_identical_across_worker_processes_and_threads(landsat, tmp_path, dask_client):
+def test_labels_identical_across_worker_processes_and_threads_in_bf16_as_in_fp32(
+    landsat, tmp_path, dask_client
+):
     """2 worker processes x 1 thread (the session cluster), 1 worker process x 2 threads, and this
-    process's threads: the same bf16 labels, pixel for pixel."""
+    process's threads: the same labels, pixel for pixel, in bf16 and in fp32."""
     from eoseg.compute.cluster import ClusterSpec, connect, dask_cluster
 
     store, model = landsat
-    two_workers = _labels(store, model, tmp_path / "two.zarr", precision="bf16", client=dask_client)
+    precisions = ("bf16", "fp32")
+    two = {
+        p: _labels(store, model, tmp_path / f"two_{p}.zarr", precision=p, client=dask_client)
+        for p in precisions
+    }
     one_process = ClusterSpec(n_workers=1, threads_per_worker=2)  # waits up to 120 s for its worker
     with dask_cluster(one_process) as address, connect(address) as client:
-        one_worker = _labels(store, model, tmp_path / "one.zarr", precision="bf16", client=client)
-    local = _labels(store, model, tmp_path / "local.zarr", precision="bf16")
-    np.testing.assert_array_equal(two_workers, one_worker)
-    np.testing.assert_array_equal(two_workers, local)
+        one = {
+            p: _labels(store, model, tmp_path / f"one_{p}.zarr", precision=p, client=client)
+            for p in precisions
+        }
+    for precision in precisions:
+        local = _labels(store, model, tmp_path / f"local_{precision}.zarr", precision=precision)
+        np.testing.assert_array_equal(two[precision], one[precision])
+        np.testing.assert_array_equal(two[precision], local)
+
+
+def test_mcl_lc_pretraining_and_fine_tuning_record_their_precision():
+    """mCL-LC pre-training and fine-tuning run under --precision like the clusterer and record it."""
+    from eo_models.clusterer.train import ArrayPatchSource
+    from eo_models.mcl_lc.params import FinetuneParams, PretrainParams
+    from eo_models.mcl_lc.train import finetune_mcl_lc, pretrain_mcl_lc
+
+    rng = np.random.default_rng(0)
+    patches = ArrayPatchSource(rng.normal(size=(3, 32, 64)).astype(np.float32), 32)  # 2 patches
+
+    class Labelled:
+        images = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+        labels = (images[:, 0] > 0).astype(np.int64)
+
+        def __len__(self) -> int:
+            return 2
+
+        def read(self, indices):
+            return self.images[list(indices)], self.labels[list(indices)]
+
+    tiny = {"epochs": 1, "batch_size": 2, "patch_size": 32, "roi_size": 4, "device": "cpu"}
+    pretrained = pretrain_mcl_lc(
+        patches, in_channels=3, params=PretrainParams(**tiny, precision="bf16"), band_mean=[0.0] * 3,
+        band_std=[1.0] * 3,
+    )  # fmt: skip
+    assert pretrained["train_params"]["resolved_precision"] == "bf16"
+    assert np.isfinite(pretrained["history"]["loss"]).all()
+    finetune = {"num_classes": 2, "epochs": 1, "batch_size": 2, "device": "cpu", "freeze_encoder": True}
+    for precision in ("bf16", "auto"):
+        tuned = finetune_mcl_lc(
+            pretrained, Labelled(), params=FinetuneParams(**finetune, precision=precision)
+        )
+        expected = resolve_precision(precision, torch.device("cpu"), training=True)
+        assert tuned["train_params"]["resolved_precision"] == expected
+        assert np.isfinite(tuned["history"]["loss"]).all()
+    with pytest.raises(ValueError, match="precision must be"):
+        PretrainParams(precision="fp16")  # type: ignore[arg-type]

@@ -90,3 +90,34 @@ def test_s3_fingerprint_is_the_etag_and_changes_with_the_bytes(s3_bucket, tmp_pa
     checkpoint["train_params"]["note"] = "retrained"
     save_checkpoint_to(uri, checkpoint, overwrite=True)
     assert checkpoint_fingerprint(uri) != first
+
+
+def test_second_pass_reuses_first_pass_features_with_the_same_labels(tmp_path, monkeypatch):
+    """Scene pooling over 4 chunks: the second pass starts from the features the first pass kept (none
+    left behind), and the labels equal those of a run that recomputes every chunk (cache budget 0)."""
+    from eoseg.predict import predictors
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(1, 255, size=(3, 96, 96), dtype=np.uint8)
+    pixels[:, :20, :20] = 0  # a nodata corner
+    store = tmp_path / "scene.zarr"
+    tile_scene(str(write_geotiff(tmp_path / "s.tif", pixels, nodata=0)), str(store), chunk_size=48)
+    model = tmp_path / "model.pt"
+    train_on_stores("clusterer", [str(store)], str(model), params={**TINY, "seed": 0})
+    taken: list[bool] = []
+
+    def spy(run_id: str, index: tuple[int, int]):
+        kept = predictors.take_features(run_id, index)
+        taken.append(kept is not None)
+        return kept
+
+    monkeypatch.setattr("eoseg.predict.stage.take_features", spy)
+    predict_store(str(store), str(model), str(tmp_path / "reused.zarr"), show_progress=False)
+    assert taken == [True] * 4  # every chunk started from the features its first pass kept
+    assert not predictors._features  # all taken, nothing left behind
+    monkeypatch.setattr(predictors, "FEATURE_CACHE_BYTES", 0)
+    predict_store(str(store), str(model), str(tmp_path / "recomputed.zarr"), show_progress=False)
+    assert taken[4:] == [False] * 4
+    reused, recomputed = _labels(tmp_path / "reused.zarr"), _labels(tmp_path / "recomputed.zarr")
+    np.testing.assert_array_equal(reused, recomputed)
+    assert (reused == 255).sum() == 400 and len(np.unique(reused[reused != 255])) > 1

@@ -32,9 +32,13 @@ Moments = tuple[np.ndarray, int, np.ndarray]
 class AttentionPooling:
     """The clusterer's channel-attention descriptors pooled over a whole scene (a ``SceneContext``)."""
 
-    def partial(self, model: nn.Module, normalised: torch.Tensor, inner: tuple[slice, slice]) -> Moments:
-        """Sum (C,) float64, pixel count and max (C,) float64 of the pooled features over ``inner``."""
+    def features(self, model: nn.Module, normalised: torch.Tensor) -> torch.Tensor:
+        """The five convolution blocks' output (N, width, H, W): what both passes start from."""
         features: torch.Tensor = cast("SingleSceneClusterer", model).features(normalised)
+        return features
+
+    def partial(self, model: nn.Module, features: torch.Tensor, inner: tuple[slice, slice]) -> Moments:
+        """Sum (C,) float64, pixel count and max (C,) float64 of ``features`` (1, C, H, W) over ``inner``."""
         kept = features[0][:, inner[0], inner[1]]
         # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
         # differs between Dask workers and this process; the labels must not.
@@ -51,15 +55,15 @@ class AttentionPooling:
         maximum = np.max(np.stack([p[2] for p in partials]), axis=0)
         return tuple((total / count).tolist()), tuple(maximum.tolist())
 
-    def forward(self, model: nn.Module, normalised: torch.Tensor, context: Any) -> torch.Tensor:
-        """Cluster features (N, K, H, W) with the attention weighted by the scene's descriptors."""
+    def forward(self, model: nn.Module, features: torch.Tensor, context: Any) -> torch.Tensor:
+        """Cluster logits (N, K, H, W) of ``features``, the attention weighted by the scene's descriptors."""
         import torch
 
         average, maximum = (
-            torch.as_tensor(np.asarray(d, np.float32), device=normalised.device)[None] for d in context
+            torch.as_tensor(np.asarray(d, np.float32), device=features.device)[None] for d in context
         )
         clusterer = cast("SingleSceneClusterer", model)
-        logits: torch.Tensor = clusterer.forward_with_descriptors(normalised, average, maximum)
+        logits: torch.Tensor = clusterer.classify_with_descriptors(features, average, maximum)
         return logits
 
 

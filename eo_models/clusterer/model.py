@@ -148,28 +148,47 @@ class SingleSceneClusterer(nn.Module):
                 f"expected input of shape (batch, {self.config.in_channels}, rows, cols), "
                 f"got {tuple(x.shape)}"
             )
-        return self._classify(self.attention(self.features(x)))
+        features = self.features(x)
+        if self.training:
+            logits: Tensor = self.classifier(self.attention(features))
+            return logits
+        return self._classify(features, self.attention.channel_weights(features))
 
     def forward_with_descriptors(
         self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor
     ) -> Tensor:
         """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
+        return self.classify_with_descriptors(self.features(x), average_descriptor, max_descriptor)
+
+    def classify_with_descriptors(
+        self, features: Tensor, average_descriptor: Tensor, max_descriptor: Tensor
+    ) -> Tensor:
+        """The layers after ``features`` (B, width, H, W), the attention weighted by given descriptors."""
         weights = self.attention.weights_from_descriptors(average_descriptor, max_descriptor)
-        return self._classify(self.features(x) * weights[:, :, None, None])
+        return self._classify(features, weights.expand(features.shape[0], -1))
 
-    def _classify(self, features: Tensor) -> Tensor:
-        """The final 1x1 convolution; in eval mode computed in float64.
+    def _classify(self, features: Tensor, channel_weights: Tensor) -> Tensor:
+        """Rescale ``features`` by the (B, C) attention weights, then the final 1x1 convolution.
 
-        The float32 1x1 convolution sums its 64 products in an order that depends on the number of CPU
-        threads, so labels of near-tie pixels would depend on how many threads a Dask worker has. In
-        float64 the argmax is the same for any thread count; the layer is under 0.3 % of the FLOPs.
+        In eval mode both are one float64 1x1 convolution per sample, its weights scaled by that
+        sample's channel weights (``W (w * f) = (W * w) f``, exact in real arithmetic): no rescaled copy
+        of the features is made. float64 because a float32 1x1 convolution sums its 64 products in an
+        order that depends on the number of CPU threads, so labels of near-tie pixels would depend on how
+        many threads a Dask worker has; in float64 the argmax is the same for any thread count. The
+        layer is under 0.3 % of the FLOPs.
         """
         if self.training:
-            logits: Tensor = self.classifier(features)
+            logits: Tensor = self.classifier(features * channel_weights[:, :, None, None])
             return logits
-        bias = cast(Tensor, self.classifier.bias)  # built with bias=True
+        bias = cast(Tensor, self.classifier.bias).double()  # built with bias=True
+        weight = self.classifier.weight.double()
         with torch.autocast(features.device.type, enabled=False):  # float64 also under bf16 autocast
-            return F.conv2d(features.double(), self.classifier.weight.double(), bias.double())
+            return torch.cat(
+                [
+                    F.conv2d(features[b : b + 1].double(), weight * scale.double()[None, :, None, None], bias)
+                    for b, scale in enumerate(channel_weights)
+                ]
+            )
 
 
 def clusterer_parameter_count(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from eo_models.params import DEVICE_DESCRIPTION, PRECISION_DESCRIPTION, check_bounds, option
+from eo_models.params import DEVICE_DESCRIPTION, PRECISION_DESCRIPTION, check_bounds, check_precision, option
 
 __all__ = ["ClustererTrainingParams"]
 
@@ -56,10 +56,7 @@ class ClustererTrainingParams:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(
-                f"ClustererTrainingParams.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}"
-            )
+        check_precision(self)
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(
                 f"ClustererTrainingParams.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}"

@@ -18,6 +18,7 @@ from eo_models.mcl_lc.deeplabv3plus import DEFAULT_ASPP_RATES, DeepLabV3Plus, bu
 from eo_models.mcl_lc.model import FinetuneParams, plain_dict
 from eo_models.mcl_lc.pretrain import FAMILY
 from eo_models.mcl_lc.schedule import SeededEpochs
+from eo_models.precision import Precision, autocast, prepare_model, resolve_precision, to_memory_format
 from eo_models.predict import resolve_device
 from eo_models.training import Progress, assemble_checkpoint, fit, seeded
 
@@ -71,9 +72,14 @@ def finetune_step(
     labels: torch.Tensor,
     *,
     ignore_index: int = -1,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
-    """One supervised update with cross entropy; returns the loss before the update."""
-    loss = segmentation_loss(network(images), labels, ignore_index=ignore_index)
+    """One supervised update with cross entropy; returns the loss before the update.
+
+    ``precision="bf16"``: the forward pass and the loss under bfloat16 autocast (weights stay float32).
+    """
+    with autocast(precision, images.device):
+        loss = segmentation_loss(network(images), labels, ignore_index=ignore_index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
@@ -152,7 +158,9 @@ class _FinetuneSteps(SeededEpochs):
         params: FinetuneParams,
         in_channels: int,
         device: torch.device,
+        precision: Precision,
     ) -> None:
+        self.precision = precision
         trainable = [p for p in network.parameters() if p.requires_grad]
         super().__init__(len(labelled), trainable, params=params, in_channels=in_channels, device=device)
         self.labelled, self.network = labelled, network
@@ -173,9 +181,10 @@ class _FinetuneSteps(SeededEpochs):
         loss = finetune_step(
             self.network,
             self.optimizer,
-            images.to(self.device),
+            to_memory_format(images.to(self.device), self.precision),
             labels.to(self.device),
             ignore_index=self.params.ignore_index,
+            precision=self.precision,
         ).item()
         self.scheduler.step()
         return {"loss": loss}
@@ -208,13 +217,17 @@ def finetune_mcl_lc(
     if num_patches < 2:
         raise ValueError(f"fine-tuning needs at least 2 labelled patches (BatchNorm), got {num_patches}")
     device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device, training=True)
     history: dict[str, list[float]] = {"loss": []}
     with seeded(params.seed, device):
         network = _network_from_checkpoint(checkpoint, params.num_classes).to(device)
+        prepare_model(network, precision)
         if params.freeze_encoder:
             for module in network.encoder_modules():
                 module.requires_grad_(False)
-        plan = _FinetuneSteps(labelled, network, params=params, in_channels=in_channels, device=device)
+        plan = _FinetuneSteps(
+            labelled, network, params=params, in_channels=in_channels, device=device, precision=precision
+        )
         fit(plan, epochs=params.epochs, history=history, history_per="epoch", on_progress=on_progress)
     return assemble_checkpoint(
         family=FAMILY,
@@ -225,6 +238,7 @@ def finetune_mcl_lc(
         train_params={
             **plain_dict(params),
             "resolved_device": str(device),
+            "resolved_precision": precision,
             "num_patches": num_patches,
             "steps_per_epoch": plan.steps,
             "pretrain": checkpoint.get("train_params", {}),

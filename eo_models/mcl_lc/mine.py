@@ -21,7 +21,9 @@ ascend the bound. Measured at batch 4 and 8 (``benchmarks/bench_mine.py``, ``ben
 MINE-f is *not* better behaved here: ``exp(T - 1)`` overflows at the second step (a marginal score
 above ~89.7 after one Adam step at the paper's rate, on ``T``'s ``2 * 256 * 8 * 8`` inputs), where DV
 only swings (estimates down to -15 / -37 nats; near 0 at a tenth of the rate). ``"dv"`` stays the
-default.
+default. ``PretrainParams.mine_learning_rate`` steps ``T`` at its own rate (a separate Adam parameter
+group): at 1e-4 the DV estimate stays within about 1 nat of 0 over 32 steps at batch 4, against swings
+to -26 at the shared 0.001, but it does not become positive either (``benchmarks/results/mine.md``).
 
 Marginal samples (``marginals``):
 

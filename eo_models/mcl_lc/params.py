@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from eo_models.params import DEVICE_DESCRIPTION, MAX_STEPS_DESCRIPTION, check_bounds, option
+from eo_models.params import (
+    DEVICE_DESCRIPTION,
+    MAX_STEPS_DESCRIPTION,
+    PRECISION_DESCRIPTION,
+    check_bounds,
+    check_precision,
+    option,
+)
 
 __all__ = [
     "DEFAULT_EMA_RATE",
@@ -145,6 +152,10 @@ class PretrainParams:
         mine_estimator: MINE's lower bound: ``"dv"``, Donsker-Varadhan with the moving-average
             gradient (MINE paper, Sec. 3.1-3.2), or ``"f"``, MINE-f ``E_P[T] - E_Q[exp(T - 1)]``
             (MINE paper, Sec. 3.1; unbiased gradient, no moving average).
+        mine_learning_rate: Initial Adam learning rate of the statistics network alone (its own
+            parameter group, cosine-decayed like the rest); ``None``: the network's ``learning_rate``
+            (one group, as before). MINE's ``T`` steps at the paper's 0.001 make the estimate swing
+            by tens of nats at CPU batch sizes (``benchmarks/results/mine.md``).
         aspp_dropout: Dropout after ASPP fusion (torchvision/smp DeepLabv3+: 0.5).
         augment: Augmentation settings, pseudo clouds included (the paper's "mCL-LC+").
         encoder_weights: Optional local path of a torchvision-layout ResNet-50 ``state_dict`` to
@@ -152,6 +163,8 @@ class PretrainParams:
         max_steps_per_epoch: Cap on updates per epoch (``None``: one pass over the patches).
         seed: Seed of initialisation, shuffling, augmentation and dropout.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda:0"``, ...
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`eo_models.precision`); the resolved
+            one is recorded in the checkpoint's ``train_params.resolved_precision``.
     """
 
     epochs: int = option(200, "Training epochs (paper: 200).", ge=1)
@@ -178,15 +191,23 @@ class PretrainParams:
         "MINE bound: 'dv' (Donsker-Varadhan, moving-average gradient; default) or 'f' (MINE-f: mean T "
         "of joint pairs minus mean exp(T - 1) of marginal pairs; unbiased gradient).",
     )
+    mine_learning_rate: float | None = option(
+        None,
+        "Initial Adam learning rate of MINE's statistics network alone (own parameter group, cosine-"
+        "decayed); empty: the same as --lr.",
+        gt=0,
+    )
     aspp_dropout: float = option(0.5, ge=0, lt=1)
     augment: AugmentParams = field(default_factory=AugmentParams, metadata={"flatten": True})
     encoder_weights: str | None = None
     max_steps_per_epoch: int | None = option(None, MAX_STEPS_DESCRIPTION, ge=1)
     seed: int = option(0, "Seed of weights, patch subset, order and augmentations.")
     device: str = option("auto", DEVICE_DESCRIPTION)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", PRECISION_DESCRIPTION)
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        check_precision(self)
         if not self.roi_size <= self.patch_size:
             raise ValueError(f"roi_size {self.roi_size} must not exceed patch_size {self.patch_size}")
         if self.mine_marginals not in ("all-pairs", "shifted"):
@@ -217,6 +238,8 @@ class FinetuneParams:
         max_steps_per_epoch: Cap on updates per epoch (``None``: one pass over the patches).
         seed: Seed of the classifier initialisation, shuffling, augmentation and dropout.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda:0"``, ...
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`eo_models.precision`); the resolved
+            one is recorded in the checkpoint's ``train_params.resolved_precision``.
     """
 
     num_classes: int = field(metadata={"ge": 1, "le": 256})
@@ -234,8 +257,10 @@ class FinetuneParams:
     max_steps_per_epoch: int | None = option(None, MAX_STEPS_DESCRIPTION, ge=1)
     seed: int = option(0, "Seed of the label sample, patch subset, classifier and order.")
     device: str = option("auto", DEVICE_DESCRIPTION)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", PRECISION_DESCRIPTION)
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        check_precision(self)
         if 0 <= self.ignore_index < self.num_classes:
             raise ValueError(f"ignore_index {self.ignore_index} collides with a class index")

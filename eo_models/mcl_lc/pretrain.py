@@ -22,10 +22,18 @@ from eo_models.mcl_lc.model import MclLcLosses, MclLcModel, PretrainParams, plai
 from eo_models.mcl_lc.resnet import load_resnet50_weights
 from eo_models.mcl_lc.rois import sample_matched_rois
 from eo_models.mcl_lc.schedule import SeededEpochs, restore_optimisation
+from eo_models.precision import Precision, autocast, prepare_model, resolve_precision, to_memory_format
 from eo_models.predict import resolve_device
 from eo_models.training import PatchSource, Progress
 
-__all__ = ["FAMILY", "PRETRAIN_METRICS", "PretrainProgress", "pretrain_mcl_lc", "pretrain_step"]
+__all__ = [
+    "FAMILY",
+    "PRETRAIN_METRICS",
+    "PretrainProgress",
+    "parameter_groups",
+    "pretrain_mcl_lc",
+    "pretrain_step",
+]
 
 FAMILY = "mcl-lc"
 PRETRAIN_METRICS = ("loss", "feature_loss", "semantic_loss", "local_consistency_loss", "mutual_information")
@@ -44,6 +52,7 @@ def pretrain_step(
     generator: torch.Generator,
     band_mean: Sequence[float] | None = None,
     band_std: Sequence[float] | None = None,
+    precision: Precision = "fp32",
 ) -> MclLcLosses:
     """One update of Algorithm 1: two views, matched ROIs, Eq. 9, backward, optimiser step.
 
@@ -55,6 +64,8 @@ def pretrain_step(
         generator: CPU generator for augmentation, ROI and MINE pairing randomness.
         band_mean: Normalisation means (colour distortion and clouds work in physical units).
         band_std: Normalisation stds.
+        precision: ``"bf16"`` computes the forward pass and the losses under bfloat16 autocast
+            (:mod:`eo_models.precision`; weights and optimiser state stay float32), ``"fp32"`` without.
 
     Returns:
         The losses of the batch before the update.
@@ -78,13 +89,28 @@ def pretrain_step(
             generator=generator,
         )
     shift = int(torch.randint(1, patches.shape[0], (), generator=generator))
-    losses = model.compute_losses(
-        views, rois, switches=params.losses, temperature=params.temperature, mine_shift=shift
-    )
+    with autocast(precision, patches.device):
+        losses = model.compute_losses(
+            views, rois, switches=params.losses, temperature=params.temperature, mine_shift=shift
+        )
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     optimizer.step()
     return losses
+
+
+def parameter_groups(model: MclLcModel, params: PretrainParams) -> list[dict[str, Any]]:
+    """Adam's parameter groups: one for the whole model, or the statistics network apart.
+
+    With ``params.mine_learning_rate`` set, MINE's statistics network ``T`` (``model.mine``) is a
+    second group at that rate; otherwise one group, so optimiser states of earlier runs still load.
+    """
+    if params.mine_learning_rate is None:
+        return [{"params": list(model.parameters())}]
+    statistics = list(model.mine.parameters())
+    kept = {id(parameter) for parameter in statistics}
+    rest = [parameter for parameter in model.parameters() if id(parameter) not in kept]
+    return [{"params": rest}, {"params": statistics, "lr": params.mine_learning_rate}]
 
 
 class _PretrainSteps(SeededEpochs):
@@ -102,11 +128,14 @@ class _PretrainSteps(SeededEpochs):
         band_mean: Sequence[float],
         band_std: Sequence[float],
         device: torch.device,
+        precision: Precision,
     ) -> None:
         super().__init__(
-            len(patches), model.parameters(), params=params, in_channels=in_channels, device=device
-        )
+            len(patches), parameter_groups(model, params), params=params, in_channels=in_channels,
+            device=device,
+        )  # fmt: skip
         self.patches, self.model, self.band_mean, self.band_std = patches, model, band_mean, band_std
+        self.precision = precision
 
     def training_step(self, epoch: int, indices: Sequence[int]) -> dict[str, float]:
         batch = skeleton.read_batch(
@@ -115,11 +144,12 @@ class _PretrainSteps(SeededEpochs):
         losses = pretrain_step(
             self.model,
             self.optimizer,
-            batch.to(self.device),
+            to_memory_format(batch.to(self.device), self.precision),
             params=self.params,
             generator=self.generator,
             band_mean=self.band_mean,
             band_std=self.band_std,
+            precision=self.precision,
         )
         self.scheduler.step()
         return {
@@ -171,12 +201,13 @@ def pretrain_mcl_lc(
         raise ValueError(f"pre-training needs at least 2 patches (contrastive negatives), got {num_patches}")
     last_epoch = params.epochs if stop_after_epoch is None else min(stop_after_epoch, params.epochs)
     device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device, training=True)
     history: dict[str, list[float]] = {key: [] for key in PRETRAIN_METRICS}
     with skeleton.seeded(params.seed, device):
         model = MclLcModel(in_channels=in_channels, **params.model_options())
         if params.encoder_weights is not None:
             load_resnet50_weights(model.network.backbone, params.encoder_weights)
-        model.to(device).train()
+        prepare_model(model.to(device).train(), precision)
         plan = _PretrainSteps(
             patches,
             model,
@@ -185,6 +216,7 @@ def pretrain_mcl_lc(
             band_mean=band_mean,
             band_std=band_std,
             device=device,
+            precision=precision,
         )
         start_epoch = 0
         if resume_from is not None:
@@ -220,6 +252,7 @@ def pretrain_mcl_lc(
         train_params={
             **plain_dict(params),
             "resolved_device": str(device),
+            "resolved_precision": precision,
             "num_patches": num_patches,
             "in_channels": in_channels,
             "steps_per_epoch": plan.steps,

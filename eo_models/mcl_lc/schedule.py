@@ -70,7 +70,7 @@ class SeededEpochs:
 
     Args:
         num_patches: Patches of the source.
-        parameters: What the optimiser updates.
+        parameters: What the optimiser updates (parameters, or Adam's parameter groups).
         params: The pre-training or fine-tuning settings.
         in_channels: Bands per patch.
         device: Where the batches go.
@@ -81,7 +81,7 @@ class SeededEpochs:
     def __init__(
         self,
         num_patches: int,
-        parameters: Iterable[torch.nn.Parameter],
+        parameters: Iterable[torch.nn.Parameter] | list[dict[str, Any]],
         *,
         params: PretrainParams | FinetuneParams,
         in_channels: int,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,15 @@ from eoseg.errors import BandCountError
 from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.mosaic.colors import NODATA_LABEL
-from eoseg.predict.predictors import cached_predictor, checkpoint_fingerprint, model_load_counts
+from eoseg.predict.predictors import (
+    cached_predictor,
+    checkpoint_fingerprint,
+    forward_lock,
+    keep_features,
+    model_load_counts,
+    take_features,
+)
+from eoseg.predict.refine import RefineOptions, refine_labels, refinement_region
 from eoseg.store.layout import StoreInfo, open_data_array, read_image_window, read_store_info
 from eoseg.store.lifecycle import (
     discarded_on_bad_input,
@@ -50,9 +59,14 @@ logger = logging.getLogger("eoseg.predict.stage")
 
 @dataclass(frozen=True)
 class PredictChunkJob:
-    """One output chunk of the predict stage (small and picklable)."""
+    """One output chunk of the predict stage (small and picklable).
+
+    ``info`` is the image store's metadata, read once per run by :func:`predict_store` (no worker
+    re-reads it per chunk).
+    """
 
     store_uri: str
+    info: StoreInfo
     labels_uri: str
     model_uri: str
     chunk_index: tuple[int, int]
@@ -62,16 +76,20 @@ class PredictChunkJob:
     model_fingerprint: str | None = None
     context: Any = None
     precision: str = "fp32"
+    run_id: str = ""
+    refine: RefineOptions | None = None
 
 
-def _read_with_halo(
-    store_uri: str, window: Window, halo: int
-) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
-    """The window grown by ``halo`` (clipped to the scene), its valid mask, and the window within it."""
-    info = read_store_info(store_uri)
-    grown = window.grown(halo, height_limit=info.height, width_limit=info.width)
-    block, valid = read_image_window(store_uri, info, *grown.slices)
-    return block, valid, window.relative_to(grown).slices
+def _grown(job: PredictChunkJob) -> Window:
+    """The job's window grown by its halo, clipped to the scene."""
+    return job.window.grown(job.halo, height_limit=job.info.height, width_limit=job.info.width)
+
+
+def _read_with_halo(job: PredictChunkJob) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """The job's grown window's pixels, its valid mask, and the job's window within it."""
+    grown = _grown(job)
+    block, valid = read_image_window(job.store_uri, job.info, *grown.slices)
+    return block, valid, job.window.relative_to(grown).slices
 
 
 def _predictor(job: PredictChunkJob) -> Predictor:
@@ -112,20 +130,53 @@ def resolve_stage_precision(precision: str, client: Client | None, resources: di
 
 
 def context_partial_chunk(job: PredictChunkJob) -> Any:
-    """First pass of the family's scene-wide context: the chunk's partial (the clusterer: sum, count, max)."""
-    block, valid, inner = _read_with_halo(job.store_uri, job.window, job.halo)
-    return _predictor(job).context_partial(block, valid, inner)
+    """First pass of the family's scene-wide context: the chunk's partial (the clusterer: sum, count, max).
+
+    The chunk's features are kept in this process for its second pass (within the cache's budget).
+    """
+    block, valid, inner = _read_with_halo(job)
+    predictor = _predictor(job)
+    with forward_lock:
+        partial, features = predictor.context_pass(block, valid, inner)
+    if valid.any():
+        keep_features(job.run_id, job.chunk_index, features, valid)
+    return partial
 
 
 def predict_chunk(job: PredictChunkJob) -> dict[str, Any]:
-    """Predict one chunk with its halo, write the centre to the label store; returns class counts."""
-    block, valid, (rows, cols) = _read_with_halo(job.store_uri, job.window, job.halo)
+    """Predict one chunk with its halo, write the centre to the label store; returns class counts.
+
+    With ``job.refine``, the labels of the chunk's :func:`~eoseg.predict.refine.refinement_region`
+    are predicted and refined by superpixel majority vote (the same labels for any chunking).
+    """
+    kept = take_features(job.run_id, job.chunk_index) if job.context is not None else None
     predictor = _predictor(job)
-    labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
-    if valid.any():
-        labels = predictor.predict(block, valid, context=job.context)
-        labels[~valid] = NODATA_LABEL
+    region = job.window
+    if job.refine is not None:  # labels of a larger region than the first pass kept features of
+        kept = None
+        region = refinement_region(job.window, job.refine, height=job.info.height, width=job.info.width)
+    if kept is not None:  # the first pass ran this chunk here: start from its features
+        features, valid = kept
+        inner = job.window.relative_to(_grown(job)).slices
+        with forward_lock:
+            labels = predictor.predict_features(features, job.context)
+    else:
+        block, valid, inner = _read_with_halo(replace(job, window=region))
+        labels = np.full(block.shape[1:], NODATA_LABEL, dtype=np.uint8)
+        if valid.any():
+            with forward_lock:
+                labels = predictor.predict(block, valid, context=job.context)
+    labels[~valid] = NODATA_LABEL
+    rows, cols = inner
     centre = labels[rows, cols]
+    if job.refine is not None:
+        stats = job.info.band_stats or {}
+        centre = refine_labels(
+            block[:, rows, cols], centre, valid[rows, cols], region=region, window=job.window,
+            options=job.refine, height=job.info.height, width=job.info.width,
+            band_mean=np.asarray(stats["mean"]) if "mean" in stats else None,
+            band_std=np.asarray(stats["std"]) if "std" in stats else None,
+        )  # fmt: skip
     open_data_array(job.labels_uri, "labels", mode="r+")[job.window.slices] = centre
     mark_chunk_done(job.labels_uri, job.chunk_index)
     values, counts = np.unique(centre, return_counts=True)
@@ -168,6 +219,7 @@ def predict_store(
     use_gpu: bool = False,
     attention_pooling: str = "scene",
     precision: str = "auto",
+    refine: RefineOptions | None = None,
     show_progress: bool | None = None,
 ) -> StoreInfo:
     """Run tiled inference of the checkpoint at ``model_uri`` over ``store_uri`` into ``labels_uri``.
@@ -184,6 +236,7 @@ def predict_store(
             == whole-scene inference) or ``"tile"`` (one pass); families without a context pass ignore it.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (:mod:`eo_models.precision`); resolved once for
             the run and recorded in the label store's ``model`` attributes (and so in the COG's tags).
+        refine: superpixel refinement of the labels (:mod:`eoseg.predict.refine`); recorded likewise.
         show_progress: terminal progress bar on/off.
     """
     from eo_models.family import get_family
@@ -231,6 +284,7 @@ def predict_store(
             "blending": "overlap-tile centre crop",
             "attention_pooling": "scene" if scene_pooling else "tile",
             "precision": precision,
+            **({"refine": refine.model_dump()} if refine is not None and refine.enabled else {}),
         },
         source_uri=info.source_uri,
         complete=False,
@@ -240,13 +294,15 @@ def predict_store(
     done = output.chunks_done()
     device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below
     windows = list(info.grid.windows())
+    refine = refine if refine is not None and refine.enabled else None
+    run_id = uuid.uuid4().hex  # names this run's first-pass features kept for its second pass
     with discarded_on_bad_input(output):
         context = None
         if scene_context is not None and not done.all():
             partials = map_chunks(
                 context_partial_chunk,
-                [PredictChunkJob(store_uri, staging, model_uri, i, w, halo, device, fingerprint,
-                                 precision=precision) for i, w in windows],
+                [PredictChunkJob(store_uri, info, staging, model_uri, i, w, halo, device, fingerprint,
+                                 precision=precision, run_id=run_id) for i, w in windows],
                 label="pool", client=client, resources=resources, show_bar=show_progress,
             )  # fmt: skip
             context = scene_context.combine(partials)
@@ -266,6 +322,7 @@ def predict_store(
             jobs=[
                 PredictChunkJob(
                     store_uri,
+                    info,
                     staging,
                     model_uri,
                     index,
@@ -275,6 +332,8 @@ def predict_store(
                     fingerprint,
                     context,
                     precision,
+                    run_id,
+                    refine,
                 )
                 for index, window in windows
             ],

@@ -27,7 +27,7 @@ __all__ = ["family_params", "log_progress", "train_on_stores"]
 logger = logging.getLogger("eoseg.train.stage")
 
 # Settings that may change when a run is resumed; any other difference makes it a different run.
-_RESUME_MAY_CHANGE = {"epochs", "device"}
+_RESUME_MAY_CHANGE = {"epochs", "device", "precision"}
 
 
 def family_params(family: Any, params: dict[str, Any] | None, *, kind: str = "training") -> Any:
@@ -94,8 +94,8 @@ def _check_resume(
             f"{key}: {old!r} then, {new!r} now" for key, (old, new) in sorted(differing.items())
         )
         raise ConfigurationError(
-            f"{resume_uri}: resuming needs the first run's stores and options (only epochs and device may "
-            f"change); these differ: {listed}"
+            f"{resume_uri}: resuming needs the first run's stores and options (only epochs, device and "
+            f"precision may change); these differ: {listed}"
         )
     done = int(checkpoint["extra"]["epoch"])
     if done >= int(wanted["epochs"]):
