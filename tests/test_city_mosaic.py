@@ -90,6 +90,30 @@ def test_tiles_make_the_store_of_the_whole_scene(tmp_path, whole, layout):
     np.testing.assert_array_equal(store_pixels(tmp_path / "city.zarr"), store_pixels(tmp_path / "whole.zarr"))
 
 
+def test_a_thread_keeps_a_bounded_number_of_tiles_open(tmp_path, whole, monkeypatch):
+    """With room for 2 open datasets per thread, the 9 tiles of a 3 x 3 city give the same store; the
+    least recently used datasets were closed (a city of thousands of tiles stays below ``ulimit -n``)."""
+    from eoseg.tile import stage
+
+    tiles = [str(p) for p in cut(whole, CUTS["3x3"], tmp_path / "tiles")]
+    tile_scene(str(whole), str(tmp_path / "whole.zarr"), chunk_size=CHUNK)
+    opened: list[Any] = []
+    real_open = stage.open_scene_dataset
+
+    def open_and_keep(uri: str, **kwargs: Any) -> Any:
+        opened.append(real_open(uri, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(stage, "OPEN_DATASETS_PER_THREAD", 2)
+    monkeypatch.setattr(stage, "open_scene_dataset", open_and_keep)
+    tile_scene(tiles, str(tmp_path / "city.zarr"), chunk_size=CHUNK)
+    np.testing.assert_array_equal(store_pixels(tmp_path / "city.zarr"), store_pixels(tmp_path / "whole.zarr"))
+    assert len(opened) >= 9  # every tile was opened at least once
+    still_open = [dataset for dataset in opened if not dataset.closed]
+    assert 0 < len(still_open) <= 2 * (os.cpu_count() or 1)  # at most 2 per chunk thread
+    assert len(still_open) < len(opened)
+
+
 def test_each_chunk_reads_only_the_tiles_it_overlaps(tmp_path, whole):
     sources = open_scene_sources([str(p) for p in cut(whole, CUTS["3x3"], tmp_path / "tiles")])
     assert [t.window for t in sources.tiles][:2] == [Window(0, 0, 97, 97), Window(0, 97, 97, 114)]

@@ -14,7 +14,6 @@ tile's footprint: an alpha band when it has no nodata value, so those pixels are
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,13 @@ from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.scene.sources import SceneSources
 from eoseg.scene.validity import read_valid_window
-from eoseg.tile.stage import BandMoments, TileChunkJob, read_tile_window, write_tile_chunk
+from eoseg.tile.stage import (
+    BandMoments,
+    TileChunkJob,
+    read_tile_window,
+    thread_cached_dataset,
+    write_tile_chunk,
+)
 
 
 @dataclass(frozen=True)
@@ -65,33 +70,31 @@ class TilePiece:
     warp: WarpTarget | None = None
 
 
-_warped = threading.local()
-
-
 def _read_warped(piece: TilePiece, job: TileChunkJob) -> tuple[np.ndarray, np.ndarray]:
     """``(block, valid)`` of ``piece.source`` of the tile warped onto its union-grid window (one
-    ``WarpedVRT`` per thread and tile, kept open like :func:`eoseg.tile.stage.read_tile_window`'s files)."""
+    ``WarpedVRT`` per thread and tile, kept open like the files:
+    :func:`eoseg.tile.stage.thread_cached_dataset`)."""
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
     assert piece.warp is not None
-    cache: dict[tuple[str, WarpTarget], Any] = getattr(_warped, "datasets", None) or {}
-    _warped.datasets = cache
-    key = (piece.uri, piece.warp)
-    if key not in cache:
-        target = piece.warp
+    target = piece.warp
+
+    def open_warped() -> Any:
         with storage.gdal_env(piece.uri):
             dataset = rasterio.open(storage.gdal_path(piece.uri))
-            cache[key] = WarpedVRT(
+            return WarpedVRT(
                 dataset, crs=target.crs_wkt, transform=Affine(*target.transform), width=target.width,
                 height=target.height, resampling=Resampling[target.resampling],
                 add_alpha=dataset.nodata is None,
             )  # fmt: skip
+
+    warped = thread_cached_dataset(("warped", piece.uri, target), open_warped)
     with storage.gdal_env(piece.uri):
         return read_valid_window(
-            cache[key], piece.source.to_rasterio(), indexes=job.band_indexes or None, fill=job.nodata
+            warped, piece.source.to_rasterio(), indexes=job.band_indexes or None, fill=job.nodata
         )
 
 

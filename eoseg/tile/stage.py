@@ -16,7 +16,8 @@ import functools
 import logging
 import operator
 import threading
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -107,16 +108,42 @@ class BandMoments:
 
 _thread_local = threading.local()
 
+OPEN_DATASETS_PER_THREAD = 64
+"""Datasets each thread keeps open between chunks; beyond it the least recently used one is closed, so a
+worker reading a city of thousands of tiles stays far below the open-file limit (``ulimit -n``)."""
+
+
+def thread_cached_dataset(key: Hashable, open_dataset: Callable[[], Any]) -> Any:
+    """The open dataset of ``key`` for this thread, opened with ``open_dataset()`` when not kept.
+
+    rasterio datasets are not thread-safe, so each thread keeps its own, at most
+    :data:`OPEN_DATASETS_PER_THREAD` of them: the least recently used one is closed (a ``WarpedVRT``
+    together with the file under it) when another is opened.
+    """
+    cache: OrderedDict[Hashable, Any] | None = getattr(_thread_local, "datasets", None)
+    if cache is None:
+        cache = _thread_local.datasets = OrderedDict()
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    dataset = cache[key] = open_dataset()
+    while len(cache) > OPEN_DATASETS_PER_THREAD:
+        _, evicted = cache.popitem(last=False)
+        evicted.close()
+        source = getattr(evicted, "src_dataset", None)  # a WarpedVRT does not close its file
+        if source is not None:
+            source.close()
+    return dataset
+
 
 def _open_scene_cached(uri: str, warp_gcps: bool) -> Any:
-    """One open rasterio dataset per thread and scene (datasets are not thread-safe)."""
-    cache: dict[tuple[str, bool], Any] = getattr(_thread_local, "datasets", None) or {}
-    _thread_local.datasets = cache
-    key = (uri, warp_gcps)
-    if key not in cache:
+    """One open rasterio dataset per thread and scene (:func:`thread_cached_dataset`)."""
+
+    def open_dataset() -> Any:
         with storage.gdal_env(uri):
-            cache[key] = open_scene_dataset(uri, warp_gcps=warp_gcps)
-    return cache[key]
+            return open_scene_dataset(uri, warp_gcps=warp_gcps)
+
+    return thread_cached_dataset(("scene", uri, warp_gcps), open_dataset)
 
 
 @dataclass(frozen=True)
