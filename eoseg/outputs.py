@@ -20,6 +20,9 @@ class RunOutputs:
         scores: evaluation against a reference, ``MAP.scores.json``.
         baseline: the raw-pixel k-means baseline map (``--baseline kmeans``), ``MAP.kmeans.tif``.
         baseline_scores: its evaluation, ``MAP.kmeans.scores.json``.
+        tile_maps: the folder of per-input-tile maps (``--per-tile-maps``) that a deployment run of a scene
+            of many tiles writes: ``MAP.tile-maps/`` (one COG per tile, a VRT, a quick-look, a STAC
+            Collection).
     """
 
     cog: str
@@ -30,6 +33,7 @@ class RunOutputs:
     scores: str
     baseline: str
     baseline_scores: str
+    tile_maps: str
 
     @classmethod
     def for_map(cls, cog_uri: str) -> RunOutputs:
@@ -45,4 +49,5 @@ class RunOutputs:
             scores=f"{stem}.scores.json",
             baseline=f"{stem}.kmeans.tif",
             baseline_scores=f"{stem}.kmeans.scores.json",
+            tile_maps=f"{stem}.tile-maps",
         )

@@ -19,6 +19,7 @@ from eoseg.catalog.stac import catalog_uri_for_prefix
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
 from eoseg.config import MosaicOptions, PredictOptions, TileOptions
 from eoseg.mosaic.legend import read_legend
+from eoseg.outputs import RunOutputs
 from flows.run_summary import quicklook_link
 from flows.segment_flows import segment_scene_flow
 from tasks.catalog_stages import catalogue_map_task
@@ -93,6 +94,9 @@ def _map_and_catalogue(
         cluster=ClusterSpec(address=scheduler_address),
         overwrite=overwrite,
         legend_uri=mapping.legend_uri,
+        per_tile_maps=RunOutputs.for_map(decision.map_uri).tile_maps
+        if tiles
+        else None,  # one map per tile too
         return_state=True,
     )
     if not state.is_completed():

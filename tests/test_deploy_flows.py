@@ -272,6 +272,13 @@ def test_reprocess_maps_each_acquisition_folder_as_one_mosaic_with_the_published
     items = {item.id: item for item in pystac.Catalog.from_file(str(maps / "catalog.json")).get_items()}
     assert sorted(items) == ["2023", "2024"] and items["2024"].assets["model"].href == str(model_uri)
     assert "water" in {c["name"] for c in items["2024"].assets["map"].extra_fields["classification:classes"]}
+    tile_maps = maps / "2023.tile-maps"  # and, as for a city, one map per input tile on its own grid
+    assert sorted(p.name for p in tile_maps.glob("*.tif")) == ["tile_e.tif", "tile_w.tif"]
+    assert (tile_maps / "2023.vrt").exists() and (tile_maps / "collection.json").exists()
+    with rasterio.open(maps / "2023.tif") as whole, rasterio.open(tile_maps / "tile_e.tif") as east:
+        assert east.transform == origin @ Affine.translation(45, 0) and east.shape == (70, 45)
+        np.testing.assert_array_equal(east.read(1), whole.read(1)[:, 45:])
+        assert json.loads(east.tags()[CLASS_NAMES_TAG]) == names[0]
 
     assert reprocess()["processed"] == []  # nothing new
     later = rasterio.open(scenes / "2024" / "tile_e.tif").read()  # a tile below the others arrives late
@@ -280,3 +287,8 @@ def test_reprocess_maps_each_acquisition_folder_as_one_mosaic_with_the_published
     assert [(row["name"], row["tiles"], row["was"]) for row in again["scenes"]] == [("2024", 3, "stale")]
     with rasterio.open(maps / "2024.tif") as out:
         assert out.shape == (140, 90) and json.loads(out.tags()[CLASS_NAMES_TAG]) == names[0]
+    assert sorted(p.name for p in (maps / "2024.tile-maps").glob("*.tif")) == [
+        "tile_e.tif",
+        "tile_s.tif",
+        "tile_w.tif",
+    ]
