@@ -302,6 +302,7 @@ def test_city_run_maps_a_folder_of_tiles_with_a_hole_as_one_mosaic(tmp_path, who
     assert nodata[97:211, 97:211].all() and np.count_nonzero(nodata) == 114 * 114
     catalog = pystac.Catalog.from_file(str(tmp_path / "maps" / "catalog.json"))
     assert [item.id for item in catalog.get_items()] == ["city"]
+    assert len(list((tmp_path / "maps" / "city.tile-maps").glob("tile_*.tif"))) == 8  # and the 8 tiles' maps
 
 
 def run_eoseg(*args: str) -> subprocess.CompletedProcess[str]:
