@@ -25,6 +25,8 @@ Usage::
 
     .venv/bin/python benchmarks/bench_quality.py                 # 3 seeds, both scenes, ~10 min on 2 loaded cores
     .venv/bin/python benchmarks/bench_quality.py --seeds 0 --scenes loveda   # quick
+    .venv/bin/python benchmarks/bench_quality.py --scenes loveda --train-precisions fp32 bf16 \
+        --out benchmarks/results/quality_train_precision   # bf16 vs fp32 training, clusterer rows only
 
 Writes ``benchmarks/results/quality.{json,md}``.
 """
@@ -115,7 +117,15 @@ def scores(labels: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> dict[str
 
 
 def run_clusterer(
-    pixels: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray, *, seed: int, config: str
+    pixels: np.ndarray,
+    valid: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    seed: int,
+    config: str,
+    train_precision: str = "auto",
+    predict_precision: str = "auto",
 ) -> tuple[np.ndarray, float]:
     from eo_models.clusterer.params import ClustererTrainingParams
     from eo_models.clusterer.train import ArrayPatchSource, train_clusterer
@@ -124,12 +134,12 @@ def run_clusterer(
     settings = dict(CONFIGS[config])
     normalised = (pixels.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
     source = SubsetSource(ArrayPatchSource(normalised, 64), settings.pop("max_patches"), seed)
-    params = ClustererTrainingParams(**settings, seed=seed, device="cpu")
+    params = ClustererTrainingParams(**settings, seed=seed, device="cpu", precision=train_precision)
     started = time.perf_counter()
     ckpt = train_clusterer(
         source, in_channels=pixels.shape[0], params=params, band_mean=mean.tolist(), band_std=std.tolist()
     )
-    labels = load_predictor(ckpt, device="cpu").predict(pixels, valid)
+    labels = load_predictor(ckpt, device="cpu", precision=predict_precision).predict(pixels, valid)
     return labels, time.perf_counter() - started
 
 
@@ -246,6 +256,39 @@ def mcl_lc_rows(
     return methods
 
 
+def train_precision_rows(
+    pixels: np.ndarray,
+    valid: np.ndarray,
+    truth: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    seeds: list[int],
+    config: str,
+    precisions: list[str],
+) -> dict[str, Any]:
+    """The clusterer rows of one scene trained in each of ``precisions``, inferred in fp32, per seed."""
+    methods: dict[str, Any] = {f"clusterer, trained {p}": {"runs": []} for p in precisions}
+    for seed in seeds:
+        for precision in precisions:
+            labels, seconds = run_clusterer(
+                pixels,
+                valid,
+                mean,
+                std,
+                seed=seed,
+                config=config,
+                train_precision=precision,
+                predict_precision="fp32",
+            )
+            run = {"seed": seed, "seconds": seconds, "scores": scores(labels, truth, valid)}
+            methods[f"clusterer, trained {precision}"]["runs"].append(run)
+            print_scores(f"seed {seed} clusterer trained {precision}", run["scores"])
+    for block in methods.values():
+        block["summary"] = summarise(block["runs"])
+    return methods
+
+
 def print_scores(prefix: str, result: dict[str, Any]) -> None:
     """One progress line: macro F1 and kappa per mapping."""
     print(
@@ -329,6 +372,19 @@ def markdown(results: dict[str, Any]) -> str:
                     f"- {scene}, {mapping}: mCL-LC pre-trained - random init = {gap:+.3f}, spread {spread:.3f}: "
                     f"**{verdict}**"
                 )
+        if "clusterer, trained bf16" in methods and "clusterer, trained fp32" in methods:
+            for mapping in ("majority", "hungarian"):
+                b, a = (
+                    methods[f"clusterer, trained {p}"]["summary"][f"{mapping}_f1"] for p in ("bf16", "fp32")
+                )
+                gap, spread = b[0] - a[0], max(a[1], b[1])
+                verdict = (
+                    "no worse beyond the seed spread" if gap >= -spread else "worse beyond the seed spread"
+                )
+                lines.append(
+                    f"- {scene}, {mapping}: clusterer trained bf16 - trained fp32 = {gap:+.3f}, "
+                    f"spread {spread:.3f}: **{verdict}**"
+                )
         if "clusterer" not in methods or "kmeans" not in methods:
             continue
         for mapping in ("majority", "hungarian"):
@@ -354,6 +410,13 @@ def main() -> None:
         default="clusterer",
         choices=["clusterer", "mcl-lc"],
         help="clusterer (+ SLIC refinement) and k-means rows, or the mCL-LC fine-tuning rows",
+    )
+    parser.add_argument(
+        "--train-precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        help="only the clusterer rows, trained once per precision given (same seeds, fp32 inference): "
+        "does bf16 training change map quality beyond seed noise?",
     )
     parser.add_argument("--out", default=str(HERE / "results" / "quality"))
     parser.add_argument(
@@ -396,6 +459,18 @@ def main() -> None:
             mean, std = values.mean(axis=1), values.std(axis=1)
             if args.methods == "mcl-lc":
                 results["scenes"][scene] = mcl_lc_rows(pixels, valid, truth, mean, std, seeds=args.seeds)
+                continue
+            if args.train_precisions:
+                results["scenes"][scene] = train_precision_rows(
+                    pixels,
+                    valid,
+                    truth,
+                    mean,
+                    std,
+                    seeds=args.seeds,
+                    config=args.config,
+                    precisions=args.train_precisions,
+                )
                 continue
             methods: dict[str, Any] = {"clusterer": {"runs": []}, "clusterer+slic": {"runs": []}}
             methods["kmeans"] = {"runs": []}

@@ -33,8 +33,8 @@ T = TypeVar("T")
 DEVICE_DESCRIPTION = "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."
 MAX_STEPS_DESCRIPTION = "Cap on updates per epoch. Empty: one pass over the patches."
 PRECISION_DESCRIPTION = (
-    "Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16, else fp32; "
-    "training on a CPU: fp32), 'fp32', or 'bf16' (bfloat16 autocast, channels_last); see eo_models.precision."
+    "Arithmetic: 'auto' (bf16 where the CPU has AMX/AVX512-BF16 or the GPU supports bf16, else fp32), "
+    "'fp32', or 'bf16' (bfloat16 autocast, channels_last); see eo_models.precision."
 )
 
 _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {

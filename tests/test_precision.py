@@ -57,7 +57,10 @@ def test_auto_picks_bf16_exactly_where_the_cpu_has_native_bf16(caplog):
     assert chosen == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert f"precision auto -> {chosen}" in caplog.text
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu"), training=True) == "fp32"  # see resolve_precision
+    with caplog.at_level(logging.INFO, logger="eoseg.precision"):
+        trained = resolve_precision("auto", torch.device("cpu"), training=True)
+    assert trained == chosen  # training picks bf16 on the same CPUs as inference
+    assert f"precision auto -> {chosen} for training" in caplog.text
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", torch.device("cpu"))
 

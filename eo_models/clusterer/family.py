@@ -34,7 +34,7 @@ class AttentionPooling:
 
     def features(self, model: nn.Module, normalised: torch.Tensor) -> torch.Tensor:
         """The five convolution blocks' output (N, width, H, W): what both passes start from."""
-        features: torch.Tensor = cast("SingleSceneClusterer", model).features(normalised)
+        features: torch.Tensor = cast("SingleSceneClusterer", model).feature_maps(normalised)
         return features
 
     def partial(self, model: nn.Module, features: torch.Tensor, inner: tuple[slice, slice]) -> Moments:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eo_models.clusterer.fused import bf16_classify, bf16_features, use_bf16_path
+
 __all__ = [
     "ChannelAttention",
     "ClustererConfig",
@@ -148,17 +150,26 @@ class SingleSceneClusterer(nn.Module):
                 f"expected input of shape (batch, {self.config.in_channels}, rows, cols), "
                 f"got {tuple(x.shape)}"
             )
-        features = self.features(x)
+        features = self.feature_maps(x)
         if self.training:
             logits: Tensor = self.classifier(self.attention(features))
             return logits
         return self._classify(features, self.attention.channel_weights(features))
 
+    def feature_maps(self, x: Tensor) -> Tensor:
+        """The convolution blocks' output (B, width, H, W): ``self.features(x)``, or under bf16 autocast
+        on a CPU in eval mode the same layers fused (ReLU into each convolution, BatchNorm into the next;
+        ``eo_models.clusterer.fused``), bfloat16 ``channels_last``."""
+        if use_bf16_path(self, x):
+            return bf16_features(self, x)
+        features: Tensor = self.features(x)
+        return features
+
     def forward_with_descriptors(
         self, x: Tensor, average_descriptor: Tensor, max_descriptor: Tensor
     ) -> Tensor:
         """Like ``forward``, but the channel attention uses the given pooled descriptors (B or 1, C)."""
-        return self.classify_with_descriptors(self.features(x), average_descriptor, max_descriptor)
+        return self.classify_with_descriptors(self.feature_maps(x), average_descriptor, max_descriptor)
 
     def classify_with_descriptors(
         self, features: Tensor, average_descriptor: Tensor, max_descriptor: Tensor
@@ -175,11 +186,15 @@ class SingleSceneClusterer(nn.Module):
         of the features is made. float64 because a float32 1x1 convolution sums its 64 products in an
         order that depends on the number of CPU threads, so labels of near-tie pixels would depend on how
         many threads a Dask worker has; in float64 the argmax is the same for any thread count. The
-        layer is under 0.3 % of the FLOPs.
+        layer is under 0.3 % of the FLOPs. bfloat16 features on a CPU take the same float64 layer as a
+        sliced matrix product (``eo_models.clusterer.fused.bf16_classify``).
         """
         if self.training:
             logits: Tensor = self.classifier(features * channel_weights[:, :, None, None])
             return logits
+        if features.dtype == torch.bfloat16 and features.device.type == "cpu":
+            bias = cast(Tensor, self.classifier.bias)
+            return bf16_classify(features, self.classifier.weight, bias, channel_weights)
         bias = cast(Tensor, self.classifier.bias).double()  # built with bias=True
         weight = self.classifier.weight.double()
         with torch.autocast(features.device.type, enabled=False):  # float64 also under bf16 autocast
