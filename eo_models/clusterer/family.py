@@ -39,7 +39,14 @@ class AttentionPooling:
 
     def partial(self, model: nn.Module, features: torch.Tensor, inner: tuple[slice, slice]) -> Moments:
         """Sum (C,) float64, pixel count and max (C,) float64 of ``features`` (1, C, H, W) over ``inner``."""
+        import torch
+
+        from eo_models.clusterer.fused import bf16_moments
+
         kept = features[0][:, inner[0], inner[1]]
+        if kept.dtype == torch.bfloat16 and kept.device.type == "cpu":  # fused bf16 path: sliced, exact
+            total, maximum = bf16_moments(kept)
+            return total.numpy(), int(kept.shape[1] * kept.shape[2]), maximum.double().numpy()
         # float64 accumulation: a float32 sum's rounding depends on torch's thread count, which
         # differs between Dask workers and this process; the labels must not.
         return (

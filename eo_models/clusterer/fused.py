@@ -33,9 +33,9 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from eo_models.clusterer.model import SingleSceneClusterer
 
-__all__ = ["bf16_classify", "bf16_features", "use_bf16_path"]
+__all__ = ["bf16_classify", "bf16_features", "bf16_moments", "use_bf16_path"]
 
-#: Pixels of the float64 final layer computed per slice (a few MiB of float64 per slice).
+#: Pixels of the float64 final layer and of the pooled sums computed per slice (a few MiB of float64).
 CLASSIFY_ROWS = 16384
 
 
@@ -115,6 +115,22 @@ def bf16_features(model: SingleSceneClusterer, x: Tensor) -> Tensor:
             h, last.running_mean, last.running_var, last.weight, last.bias, False, 0.0, last.eps
         )
         return features.contiguous(memory_format=torch.channels_last)
+
+
+def bf16_moments(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum (C,) float64 and max (C,) float32 over every pixel of bf16 ``channels_last`` (C, H, W) features.
+
+    The sum is taken in float64 slice by slice (no float64 copy of the whole map): sums of bfloat16
+    values (8 significant bits) are exact in float64 for any realistic map, so the result does not
+    depend on the order of summation, hence not on thread counts or slicing.
+    """
+    c = features.shape[0]
+    pixels = features.permute(1, 2, 0).reshape(-1, c)  # a view for channels_last features, else a copy
+    total = torch.zeros(c, dtype=torch.float64, device=features.device)
+    with torch.autocast("cpu", enabled=False):
+        for start in range(0, pixels.shape[0], CLASSIFY_ROWS):
+            total += pixels[start : start + CLASSIFY_ROWS].double().sum(dim=0)
+        return total, pixels.amax(dim=0).float()
 
 
 def bf16_classify(features: Tensor, weight: Tensor, bias: Tensor, channel_weights: Tensor) -> Tensor:

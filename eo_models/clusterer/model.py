@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eo_models.clusterer.fused import bf16_classify, bf16_features, use_bf16_path
+from eo_models.clusterer.fused import bf16_classify, bf16_features, bf16_moments, use_bf16_path
 
 __all__ = [
     "ChannelAttention",
@@ -92,7 +92,16 @@ class ChannelAttention(nn.Module):
         )
 
     def channel_weights(self, features: Tensor) -> Tensor:
-        """Per-sample, per-channel weights in (0, 1), shape (B, C)."""
+        """Per-sample, per-channel weights in (0, 1), shape (B, C).
+
+        bfloat16 features on a CPU (the fused bf16 inference path) are pooled by ``bf16_moments``: the
+        average from an exact float64 sum, instead of a bfloat16 ``mean``.
+        """
+        if features.dtype == torch.bfloat16 and features.device.type == "cpu" and not self.training:
+            moments = [bf16_moments(sample) for sample in features]
+            count = features.shape[2] * features.shape[3]
+            average = torch.stack([total / count for total, _ in moments]).float()
+            return self.weights_from_descriptors(average, torch.stack([maximum for _, maximum in moments]))
         return self.weights_from_descriptors(features.mean(dim=(2, 3)), features.amax(dim=(2, 3)))
 
     def weights_from_descriptors(self, average_descriptor: Tensor, max_descriptor: Tensor) -> Tensor:
