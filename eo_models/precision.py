@@ -59,9 +59,10 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
     """The precision to run at on ``device``: ``precision`` itself, or the choice for ``"auto"``.
 
     ``"auto"`` is bf16 where the hardware computes it natively (AMX / AVX512-BF16 CPU, bf16-capable
-    GPU), for training as for inference: on an idle 2-core AMX Xeon the clusterer's training ran
-    2.65x faster in bf16 than in fp32 (benchmarks/results/training.md), and bf16 training left the
-    LoveDA map quality within the seed spread (benchmarks/results/quality.md). Under heavy contention
+    GPU), for training as for inference: on a 2-core AMX Xeon the clusterer's training ran 2.65x
+    faster in bf16 than in fp32 at load 0.6-1.6 and 2.3x at load 3 (benchmarks/results/training.md),
+    and bf16 training left the LoveDA map quality within the seed spread
+    (benchmarks/results/quality.md). Under heavy contention
     from other processes bf16 loops can lose that lead; ``--precision fp32`` trains in fp32 on request.
 
     Args:
