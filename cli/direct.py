@@ -22,7 +22,7 @@ __all__ = ["mosaic_direct", "predict_direct", "tile_direct"]
 logger = logging.getLogger("eoseg.cli")
 
 
-def _log_to_terminal() -> None:
+def log_to_terminal() -> None:
     """Print eoseg's INFO lines on stderr as Prefect's console handler would (it is not set up here)."""
     if not logging.root.handlers:
         logging.basicConfig(format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
@@ -44,7 +44,7 @@ def tile_direct(
     from eoseg.scene.sources import open_scene_sources
     from eoseg.tile.stage import tile_scene
 
-    _log_to_terminal()
+    log_to_terminal()
     scene = open_scene_sources(
         scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
         resample=options.resample,
@@ -83,7 +83,7 @@ def predict_direct(
     from eoseg.predict.stage import predict_store
     from eoseg.store.layout import read_store_info
 
-    _log_to_terminal()
+    log_to_terminal()
     chunks = len(read_store_info(store_uri).grid)
     with stage_cluster(cluster, work_chunks=chunks) as address, connect(address) as client:
         info = predict_store(
@@ -100,7 +100,7 @@ def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overw
 
     from eoseg.mosaic.cog import mosaic_to_cog
 
-    _log_to_terminal()
+    log_to_terminal()
     summary = mosaic_to_cog(
         store_uri, cog_uri, band=options.band, overwrite=overwrite,
         overview_resampling=options.overview_resampling, max_pixels=options.max_pixels,

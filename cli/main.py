@@ -133,7 +133,9 @@ def tile(
     """
     from eoseg.config import TileOptions
 
-    tile_scene = stage_runner("flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct")
+    tile_scene = stage_runner(
+        "flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct", record="tile-scene"
+    )
     options = checked_options(
         TileOptions, chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps,
         resample=resample,
@@ -171,7 +173,9 @@ def mosaic(
     """
     from eoseg.config import MosaicOptions
 
-    mosaic_store = stage_runner("flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct")
+    mosaic_store = stage_runner(
+        "flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct", record="mosaic-store"
+    )
     options = checked_options(MosaicOptions, band=band, overview_resampling=overview_resampling)
     summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite)
     typer.echo(

@@ -19,6 +19,7 @@ from eoseg.errors import EosegError
 from eoseg.settings import EosegSettings, load_settings
 
 if TYPE_CHECKING:
+    from cli.prefect_record import PrefectApi
     from eoseg.compute.cluster import ClusterSpec
     from eoseg.config import TileOptions
 
@@ -27,6 +28,7 @@ __all__ = [
     "cluster_spec",
     "fail",
     "local_cluster_requested",
+    "prefect_api",
     "prefect_api_configured",
     "preflight_scene",
     "preflight_stores",
@@ -70,20 +72,26 @@ def local_cluster_requested() -> bool:
     return bool(settings.model_fields_set & {"workers", "threads_per_worker", "memory_limit"})
 
 
-def prefect_api_configured() -> bool:
-    """Whether Prefect would talk to a configured API rather than start its temporary server.
+def prefect_api() -> PrefectApi | None:
+    """The Prefect API runs are recorded in, when one is configured (else Prefect would start its
+    temporary server).
 
-    Read without importing Prefect (~1.5 s): ``PREFECT_API_URL`` in the environment, the active profile
-    (``PREFECT_PROFILE``, else ``active`` in ``PREFECT_PROFILES_PATH`` or ``$PREFECT_HOME/profiles.toml``)
-    or ``[api] url`` in ``./prefect.toml``. When Prefect is already imported (a test harness, a flow run
-    calling the CLI in-process), its own settings answer.
+    Read without importing Prefect (~1.5 s): ``PREFECT_API_URL`` (with ``PREFECT_API_KEY`` /
+    ``PREFECT_API_AUTH_STRING``) in the environment, else the active profile (``PREFECT_PROFILE``, else
+    ``active`` in ``PREFECT_PROFILES_PATH`` or ``$PREFECT_HOME/profiles.toml``), else ``[api] url`` in
+    ``./prefect.toml``. When Prefect is already imported (a test harness, a flow run calling the CLI
+    in-process), its own settings answer.
     """
-    if os.environ.get("PREFECT_API_URL"):
-        return True
+    from cli.prefect_record import PrefectApi
+
     if "prefect.settings" in sys.modules:
         from prefect.settings import get_current_settings
 
-        return bool(get_current_settings().api.url)
+        api = get_current_settings().api
+        key = api.key.get_secret_value() if api.key else None
+        auth = api.auth_string.get_secret_value() if api.auth_string else None
+        return PrefectApi(api.url, key, auth) if api.url else None
+    found: dict[str, str] = {}
     import tomllib
 
     home = os.path.expanduser(os.environ.get("PREFECT_HOME", "~/.prefect"))
@@ -92,15 +100,27 @@ def prefect_api_configured() -> bool:
         with open(os.path.expanduser(profiles_path), "rb") as handle:
             profiles = tomllib.load(handle)
         active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
-        if profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"):
-            return True
+        found.update(profiles.get("profiles", {}).get(active, {}))
     except (OSError, tomllib.TOMLDecodeError):
         pass
     try:
         with open("prefect.toml", "rb") as handle:
-            return bool(tomllib.load(handle).get("api", {}).get("url"))
+            api_table = tomllib.load(handle).get("api", {})
+        found.setdefault("PREFECT_API_URL", api_table.get("url") or "")
+        found.setdefault("PREFECT_API_KEY", api_table.get("key") or "")
     except (OSError, tomllib.TOMLDecodeError):
-        return False
+        pass
+    found.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_API_") and v})
+    url = found.get("PREFECT_API_URL")
+    if not url:
+        return None
+    return PrefectApi(url, found.get("PREFECT_API_KEY") or None, found.get("PREFECT_API_AUTH_STRING") or None)
+
+
+def prefect_api_configured() -> bool:
+    """Whether Prefect would talk to a configured API rather than start its temporary server
+    (:func:`prefect_api`)."""
+    return prefect_api() is not None
 
 
 def use_prefect() -> bool:
@@ -110,17 +130,30 @@ def use_prefect() -> bool:
     return settings.prefect if settings.prefect is not None else prefect_api_configured()
 
 
-def stage_runner(flow: str, direct: str) -> Callable[..., dict[str, Any]]:
-    """The function a command calls: the Prefect flow ``flow`` (``"module:name"``) when
-    :func:`use_prefect`, else the direct call ``direct`` (``"module:name"``, :mod:`cli.direct`).
+def stage_runner(flow: str, direct: str, *, record: str | None = None) -> Callable[..., dict[str, Any]]:
+    """The function a command calls: the Prefect flow ``flow`` (``"module:name"``), or the stage called
+    directly (``direct``, ``"module:name"`` in :mod:`cli.direct`).
 
-    Imported here, so a command without Prefect never imports it (~1.5 s).
+    - ``--prefect`` (or ``EOSEG_PREFECT=true``): the flow, with its task runs, retries and limits;
+    - ``--no-prefect``, or no Prefect API configured: the direct call;
+    - else (a server configured, neither given): with ``record`` (the flow's name), the direct call
+      recorded as a run of that flow in that server (:mod:`cli.prefect_record`: no Prefect import,
+      ~0.02 s of API calls instead of ~2-3 s); without ``record``, the flow.
+
+    Imported here, so a command without the flow never imports Prefect (~1.5-4 s).
     """
     import importlib
 
-    module, name = (flow if use_prefect() else direct).split(":")
+    settings = _RUN_SETTINGS.get(None) or load_settings()
+    api = None if settings.prefect is not None else prefect_api()
+    wants_flow = settings.prefect if settings.prefect is not None else api is not None and record is None
+    module, name = (flow if wants_flow else direct).split(":")
     runner: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
-    return runner
+    if wants_flow or api is None or record is None:
+        return runner
+    from cli.prefect_record import recorded_in_prefect
+
+    return recorded_in_prefect(record, runner, api)
 
 
 def fail(error: BaseException) -> NoReturn:
