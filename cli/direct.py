@@ -40,15 +40,11 @@ def tile_direct(
     Raises:
         EosegError: Bad input (before anything is written), or an existing output without ``overwrite``.
     """
-    from cli.runs import local_cluster_requested
-    from eoseg.scene.sources import open_scene_sources
+    from cli.runs import local_cluster_requested, scene_sources
     from eoseg.tile.stage import tile_scene
 
     log_to_terminal()
-    scene = open_scene_sources(
-        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
-        resample=options.resample,
-    ).scene  # fmt: skip
+    scene = scene_sources(scene_uri, options).scene  # read by the command's preflight already
     logger.info(
         "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
         scene.dtype,

@@ -149,7 +149,7 @@ def tile(
     )
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
-        f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
+        f"{info['dtype']}, chunks {info['chunk_cols']} x {info['chunk_rows']} px)"
     )
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from cli.prefect_record import PrefectApi
     from eoseg.compute.cluster import ClusterSpec
     from eoseg.config import TileOptions
+    from eoseg.scene.sources import SceneSources
 
 __all__ = [
     "checked_options",
@@ -33,6 +34,7 @@ __all__ = [
     "preflight_scene",
     "preflight_stores",
     "run_flow",
+    "scene_sources",
     "stage_runner",
     "use_prefect",
     "use_settings",
@@ -181,6 +183,31 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
         fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
 
 
+# The scenes this command opened (headers), by scene and tile options: the preflight's reading serves the
+# direct call too (cli.direct.tile_direct), so the CLI reads a scene's headers once.
+_SCENES: dict[str, SceneSources] = {}
+
+
+def scene_sources(scene: str | list[str], tile: TileOptions) -> SceneSources:
+    """The scene's files inspected and placed on one grid (:func:`eoseg.scene.sources.open_scene_sources`),
+    read once per command for the same scene and options.
+
+    Raises:
+        EosegError: as :func:`~eoseg.scene.sources.open_scene_sources` (nothing is kept then).
+    """
+    import json
+
+    from eoseg.scene.sources import open_scene_sources
+
+    key = json.dumps([scene, tile.model_dump(mode="json")], sort_keys=True)
+    if key not in _SCENES:
+        _SCENES[key] = open_scene_sources(
+            scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps,
+            resample=tile.resample,
+        )  # fmt: skip
+    return _SCENES[key]
+
+
 def preflight_scene(
     scene: str | list[str], tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
 ) -> None:
@@ -192,13 +219,8 @@ def preflight_scene(
     trained on as many bands as the scene has. The flows check the same again for runs that
     do not come from the CLI.
     """
-    from eoseg.scene.sources import open_scene_sources
-
     try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
-        info = open_scene_sources(
-            scene, allow_ungeoreferenced=tile.allow_ungeoreferenced, warp_gcps=tile.warp_gcps,
-            resample=tile.resample,
-        ).scene  # fmt: skip
+        info = scene_sources(scene, tile).scene
         if patch_size is not None:
             from eoseg.train.patches import check_patch_fits
 

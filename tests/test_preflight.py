@@ -88,3 +88,30 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
     assert loaded == [], f"imported before refusing: {loaded}"
     assert _tree(tmp_path) == before  # nothing written, nothing half-written, the outputs untouched
     assert not os.path.exists(tmp_path / "new")
+
+
+def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path, shared_data):
+    """With a Prefect API configured, `eoseg tile` records its run there (cli.prefect_record); a server
+    that does not answer is said in one line before anything is written."""
+    import socket
+
+    from conftest import REAL_SCENES
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        _env_without_prefect_api(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1"
+    )
+    out = tmp_path / "landsat.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "tile", str(REAL_SCENES["landsat"]), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(
+        f"error: http://127.0.0.1:{port}/api: the Prefect API did not record the run ("
+    ), result.stderr
+    assert "--no-prefect" in lines[0]
+    assert not out.exists() and not (tmp_path / ".landsat.zarr.partial").exists()

@@ -450,8 +450,7 @@ def test_something_else_at_an_s3_target_is_refused(tiny_scene, s3_bucket):
     storage.s3_filesystem().pipe_file(f"{s3_bucket}/x.zarr/notes.txt", b"not a store")
     with pytest.raises(
         OutputExistsError,
-        match=r"something that is not an eoseg store .* exists there. Pass "
-        "--overwrite",
+        match=r"something that is not an eoseg store .* exists there; pass --overwrite",
     ):
         tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, show_progress=False)
     tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, overwrite=True, show_progress=False)
