@@ -16,11 +16,13 @@ Cases, each run ``--repeat`` times in fresh processes, interleaved (so load chan
 - ``python -c 'import cli.main'``: the CLI's import alone;
 - ``gdal_translate -of Zarr``: GDAL's conversion of the same scene, the floor for the work itself.
 
-The load average (``uptime``) is recorded before and after every run; compare ratios from one run only.
+The load average (``uptime``) is recorded before and after every run, and each command's CPU seconds
+(user + system, its child processes included), which a shared machine's load changes much less than
+the wall time; compare ratios from one run only.
 A run that fails (Prefect's temporary server times out after 20 s on a loaded machine) is listed as
 failed and left out of the median.
 
-    python benchmarks/bench_command_overhead.py [--repeat 3] [--no-server]
+    python benchmarks/bench_command_overhead.py [--repeat 3] [--no-server] [--no-temporary]
 """
 
 from __future__ import annotations
@@ -50,13 +52,27 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this script's finished child processes: on a machine shared with
+    other jobs the wall time grows with the load, the CPU a command needs much less."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(command: list[str], env: dict[str, str], *, refused: bool = False) -> dict[str, float]:
     """One run's wall seconds and the load around it; ``refused``: exit code 2 is the expected outcome."""
-    before = load_average()
+    before, cpu_before = load_average(), _children_cpu()
     start = time.perf_counter()
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - start
-    run = {"seconds": seconds, "load_before": before, "load_after": load_average()}
+    run = {
+        "seconds": seconds,
+        "cpu_seconds": _children_cpu() - cpu_before,
+        "load_before": before,
+        "load_after": load_average(),
+    }
     if result.returncode != (2 if refused else 0):  # e.g. Prefect's temporary server timing out
         run["failed"] = result.stderr.strip().splitlines()[-1][-300:] if result.stderr.strip() else "failed"
     return run
@@ -95,7 +111,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-server", action="store_true", help="skip the prefect-server case")
+    parser.add_argument("--no-server", action="store_true", help="skip the prefect-server cases")
+    parser.add_argument(
+        "--no-temporary", action="store_true", help="skip the case that starts Prefect's temporary server"
+    )
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -115,6 +134,7 @@ def main() -> None:
             base,
         ),
         "python -c 'import cli.main'": ([sys.executable, "-c", "import cli.main"], base),
+        "python -c pass (the interpreter's start)": ([sys.executable, "-c", "pass"], base),
         "refuse: `eoseg run` of a missing file": (
             [*EOSEG, "run", str(work / "missing.tif"), "--out", str(work / "map.tif")],
             base,
@@ -122,6 +142,8 @@ def main() -> None:
         "refuse: `eoseg tile` onto an existing store": ([*EOSEG, "tile", str(SCENE), "--out", store], base),
     }
     expected_failures = {name for name in cases if name.startswith("refuse")}
+    if args.no_temporary:
+        del cases["prefect-temporary (--prefect, no API: temporary server)"]
     if shutil.which("gdal_translate"):
         gdal = ["gdal_translate", "-q", "-of", "Zarr", "-co", "FORMAT=ZARR_V2", "-co", "BLOCKSIZE=1024,1024"]
         gdal += [
@@ -171,12 +193,15 @@ def main() -> None:
         f"Machine: {machine}. Load average during the runs: {min(loads):.2f}-{max(loads):.2f} "
         f"(shared machine). Median of {args.repeat} fresh processes per case, interleaved.",
         "",
-        "| case | median wall s | runs (s) | ratio to direct |",
-        "|---|---:|---|---:|",
+        "| case | median wall s | runs (s) | ratio to direct | median CPU s (user + sys) |",
+        "|---|---:|---|---:|---:|",
     ]
     for name, rs in runs.items():
         values = ", ".join(f"{r['seconds']:.2f}" + (" (failed)" if "failed" in r else "") for r in rs)
-        lines.append(f"| {name} | {medians[name]:.2f} | {values} | {medians[name] / direct:.2f}x |")
+        cpu = statistics.median([r["cpu_seconds"] for r in rs if "failed" not in r] or [float("nan")])
+        lines.append(
+            f"| {name} | {medians[name]:.2f} | {values} | {medians[name] / direct:.2f}x | {cpu:.2f} |"
+        )
     lines += [
         "",
         "Where the seconds of a run recorded in Prefect went before (`python -X importtime`, log timestamps;"
