@@ -19,8 +19,6 @@ from eoseg.geometry import ChunkGrid
 
 __all__ = ["mosaic_direct", "predict_direct", "tile_direct"]
 
-logger = logging.getLogger("eoseg.cli")
-
 
 def log_to_terminal() -> None:
     """Print eoseg's INFO lines on stderr as Prefect's console handler would (it is not set up here)."""
@@ -44,11 +42,7 @@ def tile_direct(
     from eoseg.tile.stage import tile_scene
 
     log_to_terminal()
-    scene = scene_sources(scene_uri, options).scene  # read by the command's preflight already
-    logger.info(
-        "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
-        scene.dtype,
-    )  # fmt: skip
+    scene = scene_sources(scene_uri, options).scene  # read by the preflight; the stage logs its size
     chunks = len(ChunkGrid(scene.height, scene.width, options.chunk_size, options.chunk_size))
     # Tiling is GDAL decoding and Blosc compression, which release the GIL: threads of this process do it
     # without worker processes' start-up (benchmarks/results/tile_mosaic.md), unless a cluster was asked for.
