@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from cli.evaluate import register as register_scoring
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
-from cli.preflight import preflight_checkpoint, preflight_outputs, preflight_run_outputs
+from cli.preflight import preflight_checkpoint, preflight_outputs, preflight_run
 from cli.runs import (
     SCENE_HELP,
     WARP_GCPS_HELP,
@@ -302,9 +302,7 @@ def run(
         resample=resample,
     )  # fmt: skip
     patch_size = None if weights else training.training_params().get("patch_size")
-    preflight_run_outputs(out, trains=weights is None, overwrite=overwrite)
-    if weights is not None:
-        preflight_checkpoint(weights)
+    preflight_run(out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite)
     preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     from flows.segment_flows import segment_scene_flow  # Prefect and torch: after the cheap checks
 

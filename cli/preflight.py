@@ -11,11 +11,15 @@ checkpoints); the stages and flows make them again for runs that do not come fro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cli.runs import fail
 from eoseg.errors import EosegError
 
-__all__ = ["preflight_checkpoint", "preflight_model_output", "preflight_outputs", "preflight_run_outputs"]
+if TYPE_CHECKING:
+    from eoseg.train.options import TrainingOptions
+
+__all__ = ["preflight_checkpoint", "preflight_model_output", "preflight_outputs", "preflight_run"]
 
 
 def preflight_outputs(*, stores: Sequence[str] = (), files: Sequence[str] = (), overwrite: bool) -> None:
@@ -32,13 +36,32 @@ def preflight_outputs(*, stores: Sequence[str] = (), files: Sequence[str] = (), 
         fail(error)
 
 
-def preflight_run_outputs(map_uri: str, *, trains: bool, overwrite: bool) -> None:
-    """``eoseg run``'s outputs that it would refuse later: the map, the tile and label stores and, when
-    the run trains, its checkpoint (:class:`eoseg.outputs.RunOutputs`)."""
+def preflight_run(
+    map_uri: str,
+    *,
+    model: str,
+    weights: str | None,
+    training: TrainingOptions,
+    legend: str | None,
+    overwrite: bool,
+) -> None:
+    """``eoseg run``: the model it can get (:func:`eoseg.config.check_run_model`), ``weights`` and
+    ``legend`` readable, and the outputs it would refuse later: the map, the tile and label stores and,
+    when the run trains, its checkpoint (:class:`eoseg.outputs.RunOutputs`)."""
+    from eoseg.config import check_run_model
+    from eoseg.mosaic.legend import read_legend
     from eoseg.outputs import RunOutputs
 
+    try:
+        check_run_model(model, weights_uri=weights, training=training)
+        if legend:
+            read_legend(legend)
+    except EosegError as error:
+        fail(error)
+    if weights is not None:
+        preflight_checkpoint(weights)
     outputs = RunOutputs.for_map(map_uri)
-    files = [outputs.cog, outputs.model] if trains else [outputs.cog]
+    files = [outputs.cog] if weights else [outputs.cog, outputs.model]
     preflight_outputs(stores=[outputs.tiles, outputs.labels], files=files, overwrite=overwrite)
 
 

@@ -63,6 +63,15 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
         ("run", str(tiny_scene), "--out", str(existing["map.tif"])): (
             f"{existing['map.tif']}: output already exists; pass --overwrite to replace it"
         ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--model", "mcl-lc"): (
+            "mcl-lc needs pre-trained, fine-tuned weights: run `eoseg train mcl-lc` and `eoseg finetune`"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--legend", str(tmp_path / "no.yaml")): (
+            f"{tmp_path / 'no.yaml'}: legend not found"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--weights", str(tmp_path / "no.pt")): (
+            f"{tmp_path / 'no.pt'}: model checkpoint not found"
+        ),
         ("tile", str(tiny_scene), "--out", str(store)): f"{store}: output already exists; pass --overwrite",
         ("tile", str(missing), "--out", str(tmp_path / "new.zarr")): f"{missing}: scene not found",
         ("predict", str(tmp_path / "none.zarr"), "--model", str(existing["model.pt"]), "--out",
