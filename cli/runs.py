@@ -79,10 +79,10 @@ def prefect_api() -> PrefectApi | None:
     temporary server).
 
     Read without importing Prefect (~1.5 s): ``PREFECT_API_URL`` (with ``PREFECT_API_KEY`` /
-    ``PREFECT_API_AUTH_STRING``) in the environment, else the active profile (``PREFECT_PROFILE``, else
-    ``active`` in ``PREFECT_PROFILES_PATH`` or ``$PREFECT_HOME/profiles.toml``), else ``[api] url`` in
-    ``./prefect.toml``. When Prefect is already imported (a test harness, a flow run calling the CLI
-    in-process), its own settings answer.
+    ``PREFECT_API_AUTH_STRING``) in the environment, else ``[api] url`` / ``key`` in ``./prefect.toml``,
+    else the active profile (``PREFECT_PROFILE``, else ``active`` in ``PREFECT_PROFILES_PATH`` or
+    ``$PREFECT_HOME/profiles.toml``): Prefect's own order. When Prefect is already imported (a test
+    harness, a flow run calling the CLI in-process), its own settings answer.
     """
     from cli.prefect_record import PrefectApi
 
@@ -108,8 +108,13 @@ def prefect_api() -> PrefectApi | None:
     try:
         with open("prefect.toml", "rb") as handle:
             api_table = tomllib.load(handle).get("api", {})
-        found.setdefault("PREFECT_API_URL", api_table.get("url") or "")
-        found.setdefault("PREFECT_API_KEY", api_table.get("key") or "")
+        # Prefect's order: the environment, then ./prefect.toml, then the profile.
+        for setting, value in (
+            ("PREFECT_API_URL", api_table.get("url")),
+            ("PREFECT_API_KEY", api_table.get("key")),
+        ):
+            if value:
+                found[setting] = value
     except (OSError, tomllib.TOMLDecodeError):
         pass
     found.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_API_") and v})
