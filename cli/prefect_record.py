@@ -4,9 +4,10 @@ Why: importing Prefect (its client alone pulls in the settings, schemas and engi
 on an idle 2-core machine and ~4 s under load, and the flow engine adds ~1 s of state calls and log
 shipping around the run: most of the ~3.75 s an `eoseg tile` of a small scene took when a server was
 configured (benchmarks/results/command_overhead.md), against ~0.6 s of work. Prefect's REST API is
-plain JSON over HTTP, so the run is recorded with the standard library's HTTP client in four round trips
-(create the flow by name, create the flow run in state Running with its parameters, post the log lines,
-set the final state), a few milliseconds each on a local server.
+plain JSON over HTTP, so the run is recorded with the standard library's HTTP client in four round
+trips for a short run (create the flow by name, create the flow run in state Running with its
+parameters, post the log lines in batches, set the final state), a few milliseconds each on a local
+server.
 
 What the server then shows: a flow run of the same flow as ``--prefect`` runs (``tile-scene``,
 ``mosaic-store``), with its parameters, start and end time, final state (Completed, Failed with the error
@@ -21,10 +22,12 @@ Prefect Cloud) or ``PREFECT_API_AUTH_STRING`` (basic auth of a self-hosted serve
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import inspect
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -41,6 +44,8 @@ logger = logging.getLogger("eoseg.cli")
 
 # Seconds to wait for one API call; a local server answers in milliseconds.
 API_TIMEOUT_S = 10.0
+# Seconds between two batches of a running command's log lines (Prefect's own handler: 2 s).
+LOG_BATCH_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,14 @@ def _reason(error: OSError) -> str:
 
 
 class _RunLogs(logging.Handler):
-    """Keeps eoseg's log records of one run, to post them in one call when it ends."""
+    """Sends eoseg's log records of one run to Prefect in batches: at most every ``LOG_BATCH_S`` seconds
+    while it runs (a long run's logs show as it goes), and the rest when it ends (:meth:`flush`)."""
 
-    def __init__(self, flow_run_id: str) -> None:
+    def __init__(self, api: PrefectApi, flow_run_id: str) -> None:
         super().__init__(level=logging.INFO)
-        self.flow_run_id = flow_run_id
+        self.api, self.flow_run_id = api, flow_run_id
         self.entries: list[dict[str, Any]] = []
+        self.sent_at = time.monotonic()
 
     def emit(self, record: logging.LogRecord) -> None:
         when = datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat()
@@ -106,6 +113,20 @@ class _RunLogs(logging.Handler):
             {"name": record.name, "level": record.levelno, "message": record.getMessage(),
              "timestamp": when, "flow_run_id": self.flow_run_id}
         )  # fmt: skip
+        if time.monotonic() - self.sent_at > LOG_BATCH_S:
+            with contextlib.suppress(OSError):  # kept, and sent with the next batch
+                self.flush()
+
+    def flush(self) -> None:
+        """Send the records kept so far (one call).
+
+        Raises:
+            OSError: The server could not be reached; the records are kept.
+        """
+        if self.entries:
+            self.api.call("/logs/", self.entries)
+            self.entries = []
+        self.sent_at = time.monotonic()
 
 
 def recorded_in_prefect(
@@ -143,7 +164,7 @@ def recorded_in_prefect(
 
         log_to_terminal()
         eoseg_logger = logging.getLogger("eoseg")
-        logs = _RunLogs(flow_run_id)
+        logs = _RunLogs(api, flow_run_id)
         eoseg_logger.addHandler(logs)
         logger.info("Prefect flow run %r of %r: %s", flow_run["name"], flow_name, api.ui_url(flow_run_id))
         state: dict[str, str | None] = {"type": "CRASHED", "name": "Crashed", "message": "interrupted"}
@@ -157,8 +178,7 @@ def recorded_in_prefect(
         finally:
             eoseg_logger.removeHandler(logs)
             try:
-                if logs.entries:
-                    api.call("/logs/", logs.entries)
+                logs.flush()
                 api.call(f"/flow_runs/{flow_run_id}/set_state", {"state": state})
             except OSError as error:
                 logger.warning("Prefect flow run %s not updated (%s)", flow_run_id, _reason(error))
