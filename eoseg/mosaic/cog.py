@@ -32,6 +32,10 @@ from eoseg.store.lifecycle import FileOutput, discarded_on_bad_input, finish_fil
 logger = logging.getLogger("eoseg.mosaic.cog")
 COG_BLOCK_SIZE = 512
 OVERVIEW_RESAMPLINGS = ("nearest", "mode")
+PIECE_COMPRESSION = "NONE"
+"""Pieces are staged uncompressed: ZSTD level 1 cost about as much CPU (encoding here, decoding again in the
+COG driver) as the whole rest of the piece work (benchmarks/results/tile_mosaic.md); the price is local
+disk of one value per pixel (1 byte for a label map) while the COG is built."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class MosaicChunkJob:
     band_index: int | None
     window: Window
     piece: str
+    overviews: tuple[int, ...] = ()
+    overview_resampling: str = "nearest"
 
 
 def mosaic_chunk(job: MosaicChunkJob) -> None:
@@ -126,6 +132,7 @@ def mosaic_chunk(job: MosaicChunkJob) -> None:
         CorruptStoreError: the chunk cannot be decoded (the store is damaged; re-run the stage that wrote it).
     """
     import rasterio
+    from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning
 
     rows, cols = job.window.slices
@@ -145,38 +152,75 @@ def mosaic_chunk(job: MosaicChunkJob) -> None:
         "height": block.shape[0],
         "count": 1,
         "dtype": block.dtype.name,
-        "compress": "ZSTD",
-        "zstd_level": 1,
+        "compress": PIECE_COMPRESSION,
     }
     with publish.publishing_file(job.piece, overwrite=True) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pieces are placed by the VRT
         with rasterio.open(staging, "w", **profile) as out:
             out.write(block, 1)
+            if job.overviews:
+                out.build_overviews(list(job.overviews), Resampling[job.overview_resampling])
 
 
-def _pieces_vrt(info: StoreInfo, jobs: list[MosaicChunkJob], output: FileOutput) -> str:
-    """A VRT that places every piece at its window: the whole band, read piece by piece."""
+def _vrt_xml(
+    info: StoreInfo, jobs: list[MosaicChunkJob], staging: str, factor: int, level: int | None
+) -> str:
+    """VRT of the pieces (``level`` None) or of their overview ``level`` (factor ``factor``)."""
     from rasterio.dtypes import dtype_rev, typename_fwd
 
+    options = "" if level is None else f'<OpenOptions><OOI key="OVERVIEW_LEVEL">{level}</OOI></OpenOptions>'
     sources = []
     for job in jobs:
         rows, cols = job.window.slices
-        height, width = rows.stop - rows.start, cols.stop - cols.start
+        height, width = -(-(rows.stop - rows.start) // factor), -(-(cols.stop - cols.start) // factor)
         sources.append(
-            f'<SimpleSource><SourceFilename relativeToVRT="1">{os.path.relpath(job.piece, output.staging)}'
-            f'</SourceFilename><SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{width}" '
-            f'ySize="{height}"/><DstRect xOff="{cols.start}" yOff="{rows.start}" xSize="{width}" '
+            f'<SimpleSource><SourceFilename relativeToVRT="1">{os.path.relpath(job.piece, staging)}'
+            f"</SourceFilename>{options}<SourceBand>1</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
+            f'<DstRect xOff="{cols.start // factor}" yOff="{rows.start // factor}" xSize="{width}" '
             f'ySize="{height}"/></SimpleSource>'
         )
-    data_type = typename_fwd[dtype_rev[info.dtype]]
+    overviews = "" if level is not None else "".join(
+        f'<Overview><SourceFilename relativeToVRT="1">mosaic.ovr{factor}.vrt</SourceFilename>'
+        "<SourceBand>1</SourceBand></Overview>"
+        for factor in (jobs[0].overviews if jobs else ())
+    )  # fmt: skip
+    return (
+        f'<VRTDataset rasterXSize="{-(-info.width // factor)}" rasterYSize="{-(-info.height // factor)}">'
+        f'<VRTRasterBand dataType="{typename_fwd[dtype_rev[info.dtype]]}" band="1">{"".join(sources)}'
+        f"{overviews}</VRTRasterBand></VRTDataset>"
+    )
+
+
+def _pieces_vrt(info: StoreInfo, jobs: list[MosaicChunkJob], output: FileOutput) -> str:
+    """A VRT that places every piece at its window: the whole band, read piece by piece.
+
+    When the pieces carry overviews (:func:`piece_overviews`), one more VRT per overview level places the
+    pieces' overview (``OVERVIEW_LEVEL`` open option) at the window divided by the factor, and the main VRT
+    lists them as its overviews: GDAL's COG driver copies them instead of reading the whole band a second
+    time to compute them.
+    """
+    factors = jobs[0].overviews if jobs else ()
+    for level, factor in enumerate(factors):
+        with open(os.path.join(output.staging, f"mosaic.ovr{factor}.vrt"), "w", encoding="utf-8") as handle:
+            handle.write(_vrt_xml(info, jobs, output.staging, factor, level))
     path = os.path.join(output.staging, "mosaic.vrt")
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(
-            f'<VRTDataset rasterXSize="{info.width}" rasterYSize="{info.height}">'
-            f'<VRTRasterBand dataType="{data_type}" band="1">{"".join(sources)}</VRTRasterBand>'
-            "</VRTDataset>"
-        )
+        handle.write(_vrt_xml(info, jobs, output.staging, 1, None))
     return path
+
+
+def piece_overviews(info: StoreInfo) -> tuple[int, ...]:
+    """Overview factors every piece builds itself: the COG's, when each divides the chunk size (else none).
+
+    A piece is one store chunk; its nearest (or mode) overview at factor ``f`` is exactly the window of the
+    whole band's overview when ``f`` divides the chunk's rows and columns (no block of ``f x f`` pixels
+    straddles two chunks). Otherwise GDAL's COG driver computes the overviews from the whole band.
+    """
+    factors = tuple(overview_factors(info.height, info.width))
+    if all(info.chunk_rows % factor == 0 and info.chunk_cols % factor == 0 for factor in factors):
+        return factors
+    return ()
 
 
 def _describe_vrt(path: str, info: StoreInfo, store_uri: str, band_index: int | None) -> None:
@@ -242,16 +286,30 @@ def mosaic_to_cog(
     if max_pixels is not None:
         check_single_cog_size(info.height * info.width, limit=max_pixels, what=store_uri)
     band_index = _select_band(info, band)
+    factors = piece_overviews(info)
     plan = {
         "store": store_uri,
         "store_created": info.created,
         "band": band_index,
         "grid": [info.height, info.width, info.chunk_rows, info.chunk_cols],
+        "pieces": {
+            "compress": PIECE_COMPRESSION,
+            "overviews": list(factors),
+            "resampling": overview_resampling,
+        },
     }
     output = open_file_output(cog_uri, plan=plan, overwrite=overwrite)
     windows = list(info.grid.windows())
     jobs = [
-        MosaicChunkJob(store_uri, info.variable, band_index, window, output.piece_path(index))
+        MosaicChunkJob(
+            store_uri,
+            info.variable,
+            band_index,
+            window,
+            output.piece_path(index),
+            factors,
+            overview_resampling,
+        )
         for index, window in windows
     ]
 
@@ -260,7 +318,7 @@ def mosaic_to_cog(
         _describe_vrt(vrt, info, store_uri, band_index)
         levels = _write_cog(
             vrt, output, overview_resampling, overviews=bool(overview_factors(info.height, info.width)),
-            sources=len(jobs),
+            sources=len(jobs) * (1 + len(factors)),
         )  # fmt: skip
         finish_file_output(output)
         return CogSummary(
