@@ -1,12 +1,16 @@
 """Mosaic stage: one band of a store becomes a Cloud-Optimized GeoTIFF with the scene's georeferencing.
 
-The stage contract (:mod:`eoseg.compute.stage`): each chunk of the store becomes a small GeoTIFF piece
-in the output's staging folder (:class:`eoseg.store.lifecycle.FileOutput`; memory is one chunk per
-thread, whatever the scene size); a piece that exists is done, so an interrupted mosaic resumes. The
-finalise step describes the pieces as one VRT with the store's georeferencing and GDAL's COG driver lays
-out the final file from it: 512 x 512 internal tiles, DEFLATE with the horizontal predictor, overviews by
-nearest (or mode) resampling, nodata, the class colour table and descriptive metadata tags. The result is
-validated with rio-cogeo before it is published (:mod:`eoseg.io.publish`: rename, or one S3 upload).
+The stage contract (:mod:`eoseg.compute.stage`): each chunk of the store becomes a small uncompressed
+GeoTIFF piece in the output's staging folder (:class:`eoseg.store.lifecycle.FileOutput`; memory is one
+chunk per thread, whatever the scene size), with its own overviews at the COG's factors when they divide
+the chunk size (:func:`piece_overviews`); a piece that exists is done, so an interrupted mosaic resumes.
+The pieces are written on threads of this process, in parallel. The finalise step describes the pieces
+as one VRT with the store's georeferencing (and one VRT per overview level, listed as its overviews) and
+GDAL's COG driver lays out the final file from it, compressing on all CPUs: 512 x 512 internal tiles,
+DEFLATE with the horizontal predictor, the pieces' overviews (or, when chunks do not allow them, overviews
+it computes by nearest or mode resampling), nodata, the class colour table and descriptive metadata tags.
+The result is validated with rio-cogeo before it is published (:mod:`eoseg.io.publish`: rename, or one
+S3 upload from the local file: GDAL 3.10's COG driver cannot write to ``/vsis3/``).
 """
 
 from __future__ import annotations
@@ -114,7 +118,12 @@ def cog_tags(info: StoreInfo, store_uri: str, *, extra: dict[str, str] | None = 
 
 @dataclass(frozen=True)
 class MosaicChunkJob:
-    """One chunk of the mosaic stage: which store band and window, and the piece file to write."""
+    """One chunk of the mosaic stage: which store band and window, and the piece file to write.
+
+    ``overviews``: factors of the overviews the piece builds itself (:func:`piece_overviews`), by
+    ``overview_resampling``; ``nodata``: the store's nodata, set on the piece so that mode overviews leave
+    it out as GDAL's COG driver does for the whole band.
+    """
 
     store_uri: str
     variable: str
@@ -123,6 +132,7 @@ class MosaicChunkJob:
     piece: str
     overviews: tuple[int, ...] = ()
     overview_resampling: str = "nearest"
+    nodata: float | int | None = None
 
 
 def mosaic_chunk(job: MosaicChunkJob) -> None:
@@ -153,6 +163,7 @@ def mosaic_chunk(job: MosaicChunkJob) -> None:
         "count": 1,
         "dtype": block.dtype.name,
         "compress": PIECE_COMPRESSION,
+        "nodata": job.nodata,  # mode overviews leave nodata pixels out, as GDAL does for the whole band
     }
     with publish.publishing_file(job.piece, overwrite=True) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pieces are placed by the VRT
@@ -309,6 +320,7 @@ def mosaic_to_cog(
             output.piece_path(index),
             factors,
             overview_resampling,
+            info.nodata,
         )
         for index, window in windows
     ]
