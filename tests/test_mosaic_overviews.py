@@ -90,3 +90,30 @@ def test_chunks_not_a_multiple_of_the_factors_leave_the_overviews_to_gdal(tmp_pa
     with rasterio.open(cog) as out:
         np.testing.assert_array_equal(out.read(1), pixels[1])
         assert _level(cog, 0).shape == (HEIGHT // 2, WIDTH // 2)
+
+
+def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path):
+    """1000 x 1270 px, 256 px chunks: edge pieces are partial; overviews round up (no edge pixel lost)."""
+    rng = np.random.default_rng(9)
+    pixels = rng.integers(1, 10, size=(1, 1000, 1270), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 1270, "height": 1000, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:32614", "transform": TRANSFORM, "nodata": 0}  # fmt: skip
+    with rasterio.open(tmp_path / "odd.tif", "w", **profile) as out:
+        out.write(pixels)
+    store = tmp_path / "odd.zarr"
+    tile_scene(str(tmp_path / "odd.tif"), str(store), chunk_size=256, show_progress=False)
+    assert piece_overviews(read_store_info(str(store))) == (2, 4)
+
+    cog = tmp_path / "odd_cog.tif"
+    mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
+
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(cog) as out:
+        np.testing.assert_array_equal(out.read(1), pixels[0])
+    for level, factor in enumerate((2, 4)):
+        overview = _level(cog, level)
+        assert overview.shape == (-(-1000 // factor), -(-1270 // factor))
+        # nearest: every overview pixel is a pixel of the f x f block it stands for
+        for row, col in [(0, 0), (overview.shape[0] - 1, overview.shape[1] - 1), (100, 200)]:
+            block = pixels[0, row * factor : (row + 1) * factor, col * factor : (col + 1) * factor]
+            assert overview[row, col] in block
