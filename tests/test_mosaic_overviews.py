@@ -2,8 +2,9 @@
 
 Each piece (one store chunk) builds its own overviews; the pieces' VRT lists them, and GDAL's COG driver
 copies them instead of reading the whole band once more to compute them (eoseg/mosaic/cog.py). With
-chunks a multiple of every overview factor no block of pixels straddles two chunks, so the COG's
-overviews must equal GDAL's overviews of the whole band in one file, for nearest and mode resampling.
+chunks of at least one COG block and a multiple of every overview factor no block of pixels straddles two
+chunks, so the COG's overviews must equal GDAL's overviews of the whole band in one file, for nearest and
+mode resampling.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from eoseg.mosaic.cog import mosaic_to_cog, piece_overviews
 from eoseg.store.layout import read_store_info
 from eoseg.tile.stage import tile_scene
 
-HEIGHT, WIDTH = 1024, 1280  # overviews 2 and 4 (the smallest within one 512 px block)
+HEIGHT, WIDTH = 2048, 2560  # overviews 2, 4 and 8 (the smallest within one 512 px block)
 TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
 
 
@@ -43,8 +44,8 @@ def _whole_band_overviews(band, path, resampling):
                "crs": "EPSG:32614", "transform": TRANSFORM}  # fmt: skip
     with rasterio.open(path, "w", **profile) as out:
         out.write(band, 1)
-        out.build_overviews([2, 4], Resampling[resampling])
-    return [_level(path, level) for level in (0, 1)]
+        out.build_overviews([2, 4, 8], Resampling[resampling])
+    return [_level(path, level) for level in (0, 1, 2)]
 
 
 def _level(path, level):
@@ -56,17 +57,17 @@ def _level(path, level):
 def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling, tmp_path):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(7))
     store = tmp_path / "scene.zarr"
-    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=256, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == (2, 4)  # the pieces build them
+    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=512, show_progress=False)
+    assert piece_overviews(read_store_info(str(store))) == (2, 4, 8)  # the pieces build them
 
     cog = tmp_path / "band1.tif"
     summary = mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
 
-    assert summary.overview_levels == (2, 4)
+    assert summary.overview_levels == (2, 4, 8)
     assert cog_validate(str(cog), quiet=True) == (True, [], [])
     with rasterio.open(cog) as out:
         assert (out.width, out.height, out.transform, out.nodata) == (WIDTH, HEIGHT, TRANSFORM, 0)
-        assert out.overviews(1) == [2, 4]
+        assert out.overviews(1) == [2, 4, 8]
         np.testing.assert_array_equal(out.read(1), pixels[0])
     expected = _whole_band_overviews(pixels[0], tmp_path / "whole.tif", resampling)
     for level, want in enumerate(expected):
@@ -76,16 +77,17 @@ def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling
     assert not list(tmp_path.glob(".band1.tif*")), "the staging folder is removed once published"
 
 
-def test_chunks_not_a_multiple_of_the_factors_leave_the_overviews_to_gdal(tmp_path):
+@pytest.mark.parametrize("chunk_size", [660, 256])  # not a multiple of 8; smaller than a COG block
+def test_other_chunks_leave_the_overviews_to_gdal(chunk_size, tmp_path):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(8))
     store = tmp_path / "scene.zarr"
-    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=330, show_progress=False)
+    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=chunk_size, show_progress=False)
     assert piece_overviews(read_store_info(str(store))) == ()
 
     cog = tmp_path / "band2.tif"
     summary = mosaic_to_cog(str(store), str(cog), band=2, show_progress=False)
 
-    assert summary.overview_levels == (2, 4)
+    assert summary.overview_levels == (2, 4, 8)
     assert cog_validate(str(cog), quiet=True) == (True, [], [])
     with rasterio.open(cog) as out:
         np.testing.assert_array_equal(out.read(1), pixels[1])
@@ -93,15 +95,15 @@ def test_chunks_not_a_multiple_of_the_factors_leave_the_overviews_to_gdal(tmp_pa
 
 
 def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path):
-    """1000 x 1270 px, 256 px chunks: edge pieces are partial; overviews round up (no edge pixel lost)."""
+    """1100 x 1390 px, 512 px chunks: edge pieces are partial; overviews round up (no edge pixel lost)."""
     rng = np.random.default_rng(9)
-    pixels = rng.integers(1, 10, size=(1, 1000, 1270), dtype=np.uint8)
-    profile = {"driver": "GTiff", "width": 1270, "height": 1000, "count": 1, "dtype": "uint8",
+    pixels = rng.integers(1, 10, size=(1, 1100, 1390), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 1390, "height": 1100, "count": 1, "dtype": "uint8",
                "crs": "EPSG:32614", "transform": TRANSFORM, "nodata": 0}  # fmt: skip
     with rasterio.open(tmp_path / "odd.tif", "w", **profile) as out:
         out.write(pixels)
     store = tmp_path / "odd.zarr"
-    tile_scene(str(tmp_path / "odd.tif"), str(store), chunk_size=256, show_progress=False)
+    tile_scene(str(tmp_path / "odd.tif"), str(store), chunk_size=512, show_progress=False)
     assert piece_overviews(read_store_info(str(store))) == (2, 4)
 
     cog = tmp_path / "odd_cog.tif"
@@ -112,7 +114,7 @@ def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path
         np.testing.assert_array_equal(out.read(1), pixels[0])
     for level, factor in enumerate((2, 4)):
         overview = _level(cog, level)
-        assert overview.shape == (-(-1000 // factor), -(-1270 // factor))
+        assert overview.shape == (-(-1100 // factor), -(-1390 // factor))
         # nearest: every overview pixel is a pixel of the f x f block it stands for
         for row, col in [(0, 0), (overview.shape[0] - 1, overview.shape[1] - 1), (100, 200)]:
             block = pixels[0, row * factor : (row + 1) * factor, col * factor : (col + 1) * factor]

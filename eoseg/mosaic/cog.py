@@ -222,14 +222,17 @@ def _pieces_vrt(info: StoreInfo, jobs: list[MosaicChunkJob], output: FileOutput)
 
 
 def piece_overviews(info: StoreInfo) -> tuple[int, ...]:
-    """Overview factors every piece builds itself: the COG's, when each divides the chunk size (else none).
+    """Overview factors every piece builds itself: the COG's, when the chunks allow it (else none).
 
     A piece is one store chunk; its nearest (or mode) overview at factor ``f`` is exactly the window of the
     whole band's overview when ``f`` divides the chunk's rows and columns (no block of ``f x f`` pixels
-    straddles two chunks). Otherwise GDAL's COG driver computes the overviews from the whole band.
+    straddles two chunks). Chunks smaller than one COG block (512 px) are left to GDAL's COG driver too:
+    with 256 px chunks the many tiny overview sources cost more than they save (1x benchmark scene: 18.6
+    against 14.7 CPU s; 512 px chunks: 7.9-8.7 against 8.6-10.4).
     """
     factors = tuple(overview_factors(info.height, info.width))
-    if all(info.chunk_rows % factor == 0 and info.chunk_cols % factor == 0 for factor in factors):
+    rows, cols = info.chunk_rows, info.chunk_cols
+    if min(rows, cols) >= COG_BLOCK_SIZE and all(rows % f == 0 and cols % f == 0 for f in factors):
         return factors
     return ()
 
