@@ -119,3 +119,46 @@ def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path
         for row, col in [(0, 0), (overview.shape[0] - 1, overview.shape[1] - 1), (100, 200)]:
             block = pixels[0, row * factor : (row + 1) * factor, col * factor : (col + 1) * factor]
             assert overview[row, col] in block
+
+
+class _Killed(Exception):
+    """Stands for a run stopped half way (a kill, a lost machine)."""
+
+
+def _interrupted_mosaic(store, cog, *, pieces, resampling):
+    """Run the mosaic in this process and stop it once ``pieces`` pieces are written."""
+    from eoseg.compute import stage as contract
+
+    run_chunks = contract.map_chunks
+
+    def first_pieces_then_killed(function, items, **options):
+        run_chunks(function, list(items)[:pieces], **options)
+        raise _Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contract, "map_chunks", first_pieces_then_killed)
+        with pytest.raises(_Killed):
+            mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
+
+
+def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_resampling(tmp_path, caplog):
+    pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(10))
+    store = tmp_path / "scene.zarr"
+    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=512, show_progress=False)
+    whole = _whole_band_overviews(pixels[0], tmp_path / "whole.tif", "mode")
+    cog = tmp_path / "map.tif"
+    caplog.set_level("INFO", logger="eoseg")
+
+    _interrupted_mosaic(store, cog, pieces=7, resampling="nearest")
+    assert not cog.exists()
+    # Another resampling: the nearest pieces' overviews are not reused, every piece is written again.
+    _interrupted_mosaic(store, cog, pieces=5, resampling="mode")
+    assert "mosaic: 20 of 20 chunks to compute (0 done)" in caplog.messages
+    mosaic_to_cog(str(store), str(cog), band=1, overview_resampling="mode", show_progress=False)
+    assert "mosaic: 15 of 20 chunks to compute (5 done)" in caplog.messages
+
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(cog) as out:
+        np.testing.assert_array_equal(out.read(1), pixels[0])
+    for level, want in enumerate(whole):
+        np.testing.assert_array_equal(_level(cog, level), want)
