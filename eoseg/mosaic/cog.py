@@ -365,10 +365,10 @@ def _write_cog(
 ) -> tuple[int, ...]:
     """Lay out ``source`` as a validated COG and publish it at the output's target; returns its overviews.
 
-    ``sources``: how many files the VRT ``source`` reads. GDAL keeps at most 100 of them open
-    (``GDAL_MAX_DATASET_POOL_SIZE``) and the COG driver reads the whole source twice (overviews, then
-    the full resolution), so with more pieces than that they would be closed and re-opened, their
-    decoded blocks dropped, over and over; the pool is sized to hold them all.
+    ``sources``: how many datasets the VRT ``source`` reads (pieces, and each piece once more per overview
+    level it carries). GDAL keeps at most 100 of them open (``GDAL_MAX_DATASET_POOL_SIZE``) and the COG
+    driver reads the source in several passes (overviews, then the full resolution), so with more than
+    that they would be closed and re-opened over and over; the pool is sized to hold them all.
 
     Raises:
         RuntimeError: the written file fails COG validation (nothing is published).
