@@ -257,17 +257,13 @@ def mcl_lc_rows(
 
 
 def train_precision_rows(
-    pixels: np.ndarray,
-    valid: np.ndarray,
-    truth: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    *,
-    seeds: list[int],
-    config: str,
-    precisions: list[str],
+    scene: tuple[np.ndarray, ...], *, seeds: list[int], config: str, precisions: list[str]
 ) -> dict[str, Any]:
-    """The clusterer rows of one scene trained in each of ``precisions``, inferred in fp32, per seed."""
+    """The clusterer rows of one scene trained in each of ``precisions``, inferred in fp32, per seed.
+
+    ``scene``: pixels, valid mask, reference, band means and band stds, as ``main`` reads them.
+    """
+    pixels, valid, truth, mean, std = scene
     methods: dict[str, Any] = {f"clusterer, trained {p}": {"runs": []} for p in precisions}
     for seed in seeds:
         for precision in precisions:
@@ -462,11 +458,7 @@ def main() -> None:
                 continue
             if args.train_precisions:
                 results["scenes"][scene] = train_precision_rows(
-                    pixels,
-                    valid,
-                    truth,
-                    mean,
-                    std,
+                    (pixels, valid, truth, mean, std),
                     seeds=args.seeds,
                     config=args.config,
                     precisions=args.train_precisions,
