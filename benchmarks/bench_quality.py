@@ -330,13 +330,18 @@ def markdown(results: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {s['majority_collapsed']}/{len(block['runs'])} | {seconds:.0f} |"
             )
-    lines += [
-        "",
-        "clusterer+slic: the same clusterer labels refined by SLIC majority vote (`--refine slic`, "
-        "default segment size 16 px, compactness 0.5); time = clusterer + refinement.",
-        "",
-        "Goal (issue 13): clusterer macro F1 above k-means by more than the seed spread on LoveDA.",
-    ]
+    refined = any("clusterer+slic" in methods for methods in results["scenes"].values())
+    lines += (
+        [
+            "",
+            "clusterer+slic: the same clusterer labels refined by SLIC majority vote (`--refine slic`, "
+            "default segment size 16 px, compactness 0.5); time = clusterer + refinement.",
+            "",
+            "Goal (issue 13): clusterer macro F1 above k-means by more than the seed spread on LoveDA.",
+        ]
+        if refined
+        else [""]
+    )
     for scene, methods in results["scenes"].items():
         if "clusterer+slic" in methods:
             for mapping in ("majority", "hungarian"):
