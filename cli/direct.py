@@ -19,10 +19,8 @@ from eoseg.geometry import ChunkGrid
 
 __all__ = ["mosaic_direct", "predict_direct", "tile_direct"]
 
-logger = logging.getLogger("eoseg.cli")
 
-
-def _log_to_terminal() -> None:
+def log_to_terminal() -> None:
     """Print eoseg's INFO lines on stderr as Prefect's console handler would (it is not set up here)."""
     if not logging.root.handlers:
         logging.basicConfig(format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
@@ -40,19 +38,11 @@ def tile_direct(
     Raises:
         EosegError: Bad input (before anything is written), or an existing output without ``overwrite``.
     """
-    from cli.runs import local_cluster_requested
-    from eoseg.scene.sources import open_scene_sources
+    from cli.runs import local_cluster_requested, scene_sources
     from eoseg.tile.stage import tile_scene
 
-    _log_to_terminal()
-    scene = open_scene_sources(
-        scene_uri, allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps,
-        resample=options.resample,
-    ).scene  # fmt: skip
-    logger.info(
-        "scene %s: %d x %d px, %d band(s), %s", scene.uri, scene.width, scene.height, scene.band_count,
-        scene.dtype,
-    )  # fmt: skip
+    log_to_terminal()
+    scene = scene_sources(scene_uri, options).scene  # read by the preflight; the stage logs its size
     chunks = len(ChunkGrid(scene.height, scene.width, options.chunk_size, options.chunk_size))
     # Tiling is GDAL decoding and Blosc compression, which release the GIL: threads of this process do it
     # without worker processes' start-up (benchmarks/results/tile_mosaic.md), unless a cluster was asked for.
@@ -83,7 +73,7 @@ def predict_direct(
     from eoseg.predict.stage import predict_store
     from eoseg.store.layout import read_store_info
 
-    _log_to_terminal()
+    log_to_terminal()
     chunks = len(read_store_info(store_uri).grid)
     with stage_cluster(cluster, work_chunks=chunks) as address, connect(address) as client:
         info = predict_store(
@@ -100,7 +90,7 @@ def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overw
 
     from eoseg.mosaic.cog import mosaic_to_cog
 
-    _log_to_terminal()
+    log_to_terminal()
     summary = mosaic_to_cog(
         store_uri, cog_uri, band=options.band, overwrite=overwrite,
         overview_resampling=options.overview_resampling, max_pixels=options.max_pixels,

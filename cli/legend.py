@@ -32,12 +32,14 @@ def legend(
     """Name every cluster after the reference class it overlaps most (majority), and write the legend.
 
     Clusters of one class are merged (`merge: true`); clusters with no reference pixel keep their id
-    and are listed. Apply the legend with `eoseg run ... --legend legend.yaml`.
+    and are listed, those that do not occur in the map at all apart. Apply the legend with
+    `eoseg run ... --legend legend.yaml`.
     """
     import tempfile
 
     from eoseg.evaluate.reference import is_vector_reference
     from eoseg.io.publish import write_text
+    from eoseg.io.rasters import label_values
     from eoseg.mosaic.legend import derive_legend, legend_yaml, rasterize_classes
     from eoseg.store.lifecycle import check_file_output
 
@@ -47,7 +49,7 @@ def legend(
         for text in class_name or []:
             value, _, name = text.partition("=")
             if not value.strip().isdigit() or not name.strip():
-                raise EosegError(f"--class-name {text!r}: write it as VALUE=NAME, e.g. 6=forest")
+                raise EosegError(f"--class-name {text}: not VALUE=NAME; write it e.g. as 6=forest")
             names[int(value)] = name.strip()
         with tempfile.TemporaryDirectory(prefix="eoseg-legend-") as scratch:
             ignored = list(ignore or [])
@@ -57,14 +59,21 @@ def legend(
             derived = derive_legend(label_map, reference, class_names=names, ignore_values=ignored)
     except (EosegError, FileNotFoundError, ValueError) as error:
         fail(error)
-    comment = f"derived from {reference} by majority overlap with {label_map}"
-    if derived.unmatched:
-        comment += f"\nclusters without reference pixels (named cluster_<id>): {list(derived.unmatched)}"
+    # A cluster without reference pixels either occurs where the reference has no class, or not at all.
+    present = label_values(label_map) if derived.unmatched else set()
+    unreferenced = [c for c in derived.unmatched if c in present]
+    absent = [c for c in derived.unmatched if c not in present]
+    notes = []
+    if unreferenced:
+        notes.append(f"no reference pixels for clusters {unreferenced} (named cluster_<id>)")
+    if absent:
+        notes.append(f"clusters {absent} do not occur in the map (named cluster_<id>)")
+    comment = "\n".join([f"derived from {reference} by majority overlap with {label_map}", *notes])
     write_text(out, legend_yaml(derived, comment=comment), overwrite=True)
     for cluster, (name, _) in sorted(derived.clusters.items()):
         typer.echo(f"cluster {cluster} -> {name}")
-    if derived.unmatched:
-        typer.echo(f"no reference pixels for clusters {list(derived.unmatched)} (named cluster_<id>)")
+    for note in notes:
+        typer.echo(note)
     typer.echo(f"legend: {out}")
 
 

@@ -5,15 +5,16 @@ its flow (recorded there); without one, ``tile``/``predict``/``mosaic`` call the
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
+from cli.evaluate import register as register_scoring
 from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
+from cli.preflight import preflight_checkpoint, preflight_outputs, preflight_run
 from cli.runs import (
     SCENE_HELP,
     WARP_GCPS_HELP,
@@ -27,6 +28,7 @@ from cli.runs import (
     cluster_spec,
     fail,
     preflight_scene,
+    preflight_stores,
     run_flow,
     scene_argument,
     stage_runner,
@@ -133,18 +135,21 @@ def tile(
     """
     from eoseg.config import TileOptions
 
-    tile_scene = stage_runner("flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct")
     options = checked_options(
         TileOptions, chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps,
         resample=resample,
     )  # fmt: skip
+    preflight_outputs(stores=[out], overwrite=overwrite)
     preflight_scene(scene_argument(scene), options)
+    tile_scene = stage_runner(
+        "flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct", record="tile-scene"
+    )
     info = run_flow(
         tile_scene, scene_argument(scene), out, options=options, cluster=cluster_spec(), overwrite=overwrite
     )
     typer.echo(
         f"tile store: {out}  ({info['width']} x {info['height']} px, {info['band_count']} band(s), "
-        f"{info['dtype']}, chunks {info['chunk_rows']} x {info['chunk_cols']})"
+        f"{info['dtype']}, chunks {info['chunk_cols']} x {info['chunk_rows']} px)"
     )
 
 
@@ -171,8 +176,12 @@ def mosaic(
     """
     from eoseg.config import MosaicOptions
 
-    mosaic_store = stage_runner("flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct")
     options = checked_options(MosaicOptions, band=band, overview_resampling=overview_resampling)
+    preflight_stores([store], None)
+    preflight_outputs(files=[out], overwrite=overwrite)
+    mosaic_store = stage_runner(
+        "flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct", record="mosaic-store"
+    )
     summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite)
     typer.echo(
         f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
@@ -180,50 +189,7 @@ def mosaic(
     )
 
 
-@app.command()
-def evaluate(
-    label_map: Annotated[str, typer.Argument(help="Label map to score (GeoTIFF from `eoseg run`/`mosaic`).")],
-    reference: Annotated[
-        str, typer.Argument(help="Reference raster on the same grid (any GDAL format), or GeoJSON polygons.")
-    ],
-    ignore: Annotated[
-        list[int] | None, typer.Option("--ignore", help="Reference value to leave out (repeatable).")
-    ] = None,
-    matching: Annotated[
-        str, typer.Option(help="Cluster -> class mapping: 'majority' (paper protocol) or 'hungarian' (1:1).")
-    ] = "majority",
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
-    ] = False,
-    class_names: ClassNamesOption = None,
-) -> None:
-    """Score a label map against a reference: per-class and mean F1/IoU, overall accuracy, Cohen's kappa.
-
-    Per-class rows list their support (reference pixels); when every cluster maps to one class (the
-    mapping collapsed) the text and the JSON say so ("collapsed", "warning").
-    """
-    import tempfile
-
-    from eoseg.evaluate.class_names import reference_class_names
-    from eoseg.evaluate.reference import is_vector_reference, rasterize_reference
-    from eoseg.evaluate.scores import MappingMethod, evaluate_label_map
-
-    if matching not in ("majority", "hungarian"):
-        fail(EosegError(f"--matching must be 'majority' or 'hungarian', got {matching!r}"))
-    method = cast(MappingMethod, matching)  # one of MappingMethod's values, checked above
-
-    try:
-        names = reference_class_names(reference, class_names)
-        with tempfile.TemporaryDirectory(prefix="eoseg-eval-") as scratch:
-            if is_vector_reference(reference):  # polygons: burn them onto the map's grid first
-                reference = rasterize_reference(reference, label_map, f"{scratch}/reference.tif")
-            report = evaluate_label_map(
-                label_map, reference, ignore_values=tuple(ignore or ()), method=method
-            ).with_class_names(names)
-    except (EosegError, FileNotFoundError, ValueError) as error:
-        fail(error)
-    typer.echo(json.dumps(report.to_dict(), sort_keys=True) if as_json else report.to_text())
-
+register_scoring(app)  # evaluate (here: the order of `eoseg --help`) and quicklook
 
 train_app = typer.Typer(help="Train a model on tile stores.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -255,10 +221,13 @@ def predict(
     """
     from eoseg.config import PredictOptions
 
-    predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
     options = checked_options(
         PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision, refine=refinement
     )
+    preflight_stores([store], None)
+    preflight_checkpoint(model)
+    preflight_outputs(stores=[out], overwrite=overwrite)
+    predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
     info = run_flow(
         predict_labels, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
     )
@@ -322,7 +291,6 @@ def run(
     """
     from eo_models.family import family_names
     from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions
-    from flows.segment_flows import segment_scene_flow
 
     if model not in family_names():
         fail(EosegError(f"--model must be one of {family_names()}, got {model!r}"))
@@ -334,7 +302,10 @@ def run(
         resample=resample,
     )  # fmt: skip
     patch_size = None if weights else training.training_params().get("patch_size")
+    preflight_run(out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite)
     preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
+    from flows.segment_flows import segment_scene_flow  # Prefect and torch: after the cheap checks
+
     result = run_flow(
         segment_scene_flow,
         scene_argument(scene),
@@ -354,23 +325,6 @@ def run(
         legend_uri=legend,
     )
     typer.echo(format_run_summary(result))
-
-
-@app.command()
-def quicklook(
-    scene: Annotated[str, typer.Argument(help="The scene (GeoTIFF).")],
-    label_map: Annotated[str, typer.Argument(help="Its label map (COG).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="PNG to write.")],
-    max_size: Annotated[int, typer.Option(min=64, help="Longest side of each panel in pixels.")] = 1024,
-) -> None:
-    """Write a PNG with the scene and its label map side by side, in the map's class colours."""
-    from eoseg.mosaic.quicklook import write_quicklook
-
-    try:
-        write_quicklook(scene, label_map, out, max_size=max_size)
-    except (EosegError, FileNotFoundError, ValueError) as error:
-        fail(error)
-    typer.echo(f"quick-look: {out}")
 
 
 from cli.train import register as _register_training  # noqa: E402  (commands live in their own module)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.options import with_options
+from cli.preflight import preflight_model_output
 from cli.runs import cluster_spec, preflight_stores, run_flow
 
 __all__ = ["register"]
@@ -67,9 +68,10 @@ def _train_command(family_name: str) -> Callable[..., None]:
         overwrite: OverwriteCheckpoint = False,
         training: Any = None,
     ) -> None:
-        from flows.train_flows import TRAIN_FLOWS
-
         preflight_stores(list(stores), training.training_params().get("patch_size"))
+        preflight_model_output(out, overwrite=overwrite, resume=resume, resumable=family.supports_resume)
+        from flows.train_flows import TRAIN_FLOWS  # Prefect and torch: after the cheap checks
+
         summary = run_flow(
             TRAIN_FLOWS[family_name],
             list(stores),

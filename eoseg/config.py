@@ -124,3 +124,27 @@ class EvaluateOptions(_Options):
         "and score that map the same way, as MAP.kmeans.tif and MAP.kmeans.scores.json.",
     )
     seed: int = Field(default=0, ge=0, description="Seed of the baseline's pixel sample and k-means.")
+
+
+def check_run_model(model: str, *, weights_uri: str | None, training: TrainingOptions) -> None:
+    """Refuse a segmentation run (``segment-scene``, ``eoseg run``) that cannot get its model: a family
+    that must be fine-tuned first without ``weights_uri``, or training options of another family.
+
+    Cheap (no torch), so the CLI asks before anything starts and the flow asks again.
+
+    Raises:
+        ConfigurationError: What is wrong and what to run instead.
+        KeyError: ``model`` is not a registered family (:func:`eo_models.family.get_family`).
+    """
+    from eo_models.family import get_family
+    from eoseg.errors import ConfigurationError
+
+    family = get_family(model)
+    # finetune_params, not finetune: the latter imports the family's torch code (seconds).
+    if weights_uri is None and family.finetune_params is not None:
+        raise ConfigurationError(
+            f"{model} needs pre-trained, fine-tuned weights: run `eoseg train {model}` and "
+            "`eoseg finetune`, then pass --weights"
+        )
+    if weights_uri is None and training.params_class is not family.training_params:
+        raise ConfigurationError(f"the training options given are not those of the {model} model family")

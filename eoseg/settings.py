@@ -56,8 +56,9 @@ class EosegSettings(BaseSettings):
     prefect: bool | None = Field(
         default=None,
         description="Run commands as Prefect flows (true) or call the stage functions directly (false). "
-        "Unset: flows when a Prefect API is configured (PREFECT_API_URL in the environment, the active "
-        "Prefect profile or prefect.toml), else direct calls: Prefect's temporary server alone costs ~7 s.",
+        "Unset: when a Prefect API is configured (PREFECT_API_URL in the environment, the active Prefect "
+        "profile or prefect.toml) predict runs its flow and tile/mosaic call the stage and record the run "
+        "there (no Prefect import); else direct calls: Prefect's temporary server alone costs ~7 s.",
     )
     gpu_limit: str = Field(
         default="eoseg-gpu",

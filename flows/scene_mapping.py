@@ -58,7 +58,11 @@ class SceneMapping:
 
 def _for_deployment_users(message: str) -> str:
     """A deployment's user sets parameters and runs deployments: say so instead of naming CLI commands."""
-    message = re.sub(r"[Pp]ass --overwrite", "Run again with `-p overwrite=true`", message)
+    message = re.sub(
+        r"([Pp])ass --overwrite",
+        lambda found: ("R" if found[1] == "P" else "r") + "un again with `-p overwrite=true`",
+        message,
+    )
     return message.replace(
         "Train one with `eoseg train`.", "Publish it with the train-model deployment (docs/production.md, 6)."
     )

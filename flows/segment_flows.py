@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger
 
-from eo_models.family import family_names, get_family
+from eo_models.family import family_names
 from eoseg.compute.cluster import ClusterSpec, dask_cluster
-from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions
-from eoseg.errors import ConfigurationError
+from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions, check_run_model
 from eoseg.mosaic.cog import check_single_cog_size
 from eoseg.mosaic.legend import read_legend
 from eoseg.outputs import RunOutputs
@@ -86,14 +85,7 @@ def segment_scene_flow(
     """
     logger = get_run_logger()
     outputs = RunOutputs.for_map(map_uri)
-    family = get_family(model)
-    if weights_uri is None and family.finetune is not None:
-        raise ConfigurationError(
-            f"{model} needs pre-trained, fine-tuned weights: run `eoseg train {model}` and "
-            "`eoseg finetune`, then pass --weights"
-        )
-    if weights_uri is None and training.params_class is not family.training_params:
-        raise ConfigurationError(f"the training options given are not those of the {model} model family")
+    check_run_model(model, weights_uri=weights_uri, training=training)
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
     if legend_uri:
         read_legend(legend_uri)  # a bad legend is refused before any work

@@ -107,7 +107,7 @@ def test_existing_outputs_are_refused_unless_overwrite(tiny_scene, tmp_path):
     store = tmp_path / "out.zarr"
     tile_scene(str(tiny_scene), str(store), show_progress=False)
     with pytest.raises(
-        OutputExistsError, match=re.escape("out.zarr: output already exists. Pass --overwrite")
+        OutputExistsError, match=re.escape("out.zarr: output already exists; pass --overwrite")
     ):
         tile_scene(str(tiny_scene), str(store), show_progress=False)
     tile_scene(str(tiny_scene), str(store), overwrite=True, show_progress=False)

@@ -216,7 +216,7 @@ def test_eoseg_lines_reach_the_run_logs_once_whatever_the_environment(monkeypatc
 
 
 def test_errors_met_by_deployment_users_name_parameters_and_deployments_not_cli_commands():
-    message = _for_deployment_users("s3://b/a.tif: output already exists. Pass --overwrite to replace it.")
+    message = _for_deployment_users("s3://b/a.tif: output already exists; pass --overwrite to replace it")
     assert "--overwrite" not in message and "`-p overwrite=true`" in message
     message = _for_deployment_users("s3://b/m.pt: model checkpoint not found. Train one with `eoseg train`.")
     assert "eoseg train" not in message and "train-model deployment" in message

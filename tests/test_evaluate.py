@@ -248,7 +248,8 @@ def test_shape_mismatch_names_both_files(tmp_path: Path) -> None:
     message = str(raised.value)
     assert isinstance(raised.value, ValueError)
     assert "prediction_3x5.tif" in message and "reference_4x5.tif" in message
-    assert "3 x 5" in message and "4 x 5" in message
+    assert message.startswith(f"{prediction_path}: ")  # error: FILE: what; what to do
+    assert "5 x 3 px" in message and "5 x 4 px" in message  # width x height, as the CLI prints sizes
     assert "same grid" in message
 
 

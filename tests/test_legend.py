@@ -78,7 +78,11 @@ def test_derive_a_legend_from_the_loveda_reference_and_apply_it(tmp_path, loveda
         assert name == NAMES[int(values[counts.argmax()])]
     without_reference = sorted(set(range(8)) - set(np.unique(clusters[reference != 0]).tolist()))
     assert legend.merge and sorted(set(range(8)) - set(legend.clusters)) == without_reference
-    assert f"no reference pixels for clusters {without_reference}" in result.output
+    in_map = set(np.unique(clusters).tolist()) - {255}
+    unreferenced = [c for c in without_reference if c in in_map]
+    absent = [c for c in without_reference if c not in in_map]
+    assert (f"no reference pixels for clusters {unreferenced}" in result.output) == bool(unreferenced)
+    assert (f"clusters {absent} do not occur in the map" in result.output) == bool(absent)
 
     # Applied by the run: merged class values, colours, category names (in-file tag and GDAL's sidecar).
     out = tmp_path / "named.tif"
@@ -129,3 +133,48 @@ def test_bad_legends_are_refused_with_what_to_do():
     )
     assert merged.lookup(4) == {0: 0, 1: 1, 2: 1, 3: 2}
     assert [name for _, name, _ in merged.classes(4)] == ["water", "trees", "cluster_3"]
+
+
+def test_legend_tells_clusters_without_reference_from_clusters_absent_from_the_map(tmp_path):
+    """A 4-cluster map where cluster 1 lies only under unlabelled reference pixels and clusters 2 and 3
+    do not occur at all; bad inputs get the one `error: FILE: what; what to do` line."""
+    from conftest import write_geotiff
+
+    clusters = np.zeros((32, 32), dtype=np.uint8)
+    clusters[:, 16:] = 1
+    reference = np.zeros((32, 32), dtype=np.uint8)
+    reference[:, :16] = 6  # forest under cluster 0; cluster 1 only where the reference is 0 (ignored)
+    label_map = write_geotiff(tmp_path / "map.tif", clusters, nodata=255)
+    with rasterio.open(label_map, "r+") as dataset:
+        dataset.update_tags(EOSEG_NUM_CLASSES="4")
+    ref = write_geotiff(tmp_path / "reference.tif", reference)
+    out = tmp_path / "legend.yaml"
+    args = [
+        "legend",
+        str(label_map),
+        str(ref),
+        "--out",
+        str(out),
+        "--ignore",
+        "0",
+        "--class-name",
+        "6=forest",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "cluster 0 -> forest" in result.output
+    assert "no reference pixels for clusters [1] (named cluster_<id>)" in result.output
+    assert "clusters [2, 3] do not occur in the map (named cluster_<id>)" in result.output
+    assert "clusters [2, 3] do not occur in the map" in out.read_text()
+
+    missing = tmp_path / "missing.tif"
+    refused = CliRunner().invoke(app, ["legend", str(missing), str(ref), "--out", str(tmp_path / "x.yaml")])
+    assert refused.exit_code == 2
+    assert refused.output.strip() == f"error: {missing}: prediction raster not found; check the path"
+    small = write_geotiff(tmp_path / "small.tif", clusters[:8, :8])
+    refused = CliRunner().invoke(app, ["legend", str(small), str(ref), "--out", str(tmp_path / "x.yaml")])
+    assert refused.exit_code == 2
+    assert refused.output.startswith(
+        f"error: {small}: the map is 8 x 8 px (width x height) but the reference"
+    )
+    assert not (tmp_path / "x.yaml").exists()

@@ -200,10 +200,7 @@ def _expected(stage: StageCase, inputs: dict[str, str]) -> dict[str, Any]:
 
 
 def _refusal(out: str) -> str:
-    return (
-        f"{storage.normalise_uri(out)}: output already exists. Pass --overwrite (flow "
-        "parameter overwrite=True) to replace it."
-    )
+    return f"{storage.normalise_uri(out)}: output already exists; pass --overwrite to replace it"
 
 
 def _environment() -> dict[str, str]:
@@ -429,7 +426,7 @@ def test_tile_flow_resumes_an_interrupted_store_and_refuses_a_finished_one(
         tile_scene_flow(str(tiny_scene), target, options=options, cluster=cluster)
     assert f"tile: {total - 7} of {total} chunks to compute (7 done)" in messages
     _assert_same(_store_contents(target), _store_contents(reference))
-    with pytest.raises(OutputExistsError, match=r"x.zarr: output already exists. Pass --overwrite"):
+    with pytest.raises(OutputExistsError, match=r"x.zarr: output already exists; pass --overwrite"):
         tile_scene_flow(str(tiny_scene), target, options=options, cluster=cluster)
     with _Messages() as messages:
         tile_scene_flow(str(tiny_scene), target, options=options, cluster=cluster, overwrite=True)
@@ -467,8 +464,7 @@ def test_something_else_at_an_s3_target_is_refused(tiny_scene, s3_bucket):
     storage.s3_filesystem().pipe_file(f"{s3_bucket}/x.zarr/notes.txt", b"not a store")
     with pytest.raises(
         OutputExistsError,
-        match=r"something that is not an eoseg store .* exists there. Pass "
-        "--overwrite",
+        match=r"something that is not an eoseg store .* exists there; pass --overwrite",
     ):
         tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, show_progress=False)
     tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, overwrite=True, show_progress=False)

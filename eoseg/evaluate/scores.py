@@ -108,7 +108,7 @@ def confusion_matrix_from_rasters(
 
     if not pair_totals:
         raise EmptySceneError(
-            f"no pixel of {prediction_path} against {reference_path} is left to evaluate: every one is "
+            f"{prediction_path}: no pixel is left to evaluate against {reference_path}: every one is "
             f"prediction nodata ({prediction_nodata}) or a reference value in ignore_values "
             f"{tuple(ignored.tolist())}; check both options"
         )
@@ -144,8 +144,8 @@ def _open_label_raster(path: str, *, role: str) -> Iterator[DatasetReader]:
     with open_raster(path, role=f"{role} raster") as dataset:
         if not np.issubdtype(np.dtype(dataset.dtypes[0]), np.integer):
             raise UnsupportedDtypeError(
-                f"{role} raster {path} holds {dataset.dtypes[0]} values; labels and classes must be "
-                "integers: convert it (e.g. gdal_translate -ot Byte)"
+                f"{path}: the {role} raster holds {dataset.dtypes[0]} values, labels and classes must be "
+                "integers; convert it (e.g. gdal_translate -ot Byte)"
             )
         yield dataset
 
@@ -157,9 +157,10 @@ def _check_same_grid(
     reference_shape = (reference.height, reference.width)
     if prediction_shape != reference_shape:
         raise GridMismatchError(
-            f"prediction {prediction_path} is {prediction_shape[0]} x {prediction_shape[1]} pixels but "
-            f"reference {reference_path} is {reference_shape[0]} x {reference_shape[1]}; they must be on "
-            "the same grid: resample or crop one onto the other first (e.g. gdalwarp -te ... -ts ...)"
+            f"{prediction_path}: the map is {prediction_shape[1]} x {prediction_shape[0]} px (width x "
+            f"height) but the reference {reference_path} is {reference_shape[1]} x {reference_shape[0]} px; "
+            "they must be on the same grid: resample or crop one onto the other first (e.g. gdalwarp "
+            "-te ... -ts ...)"
         )
     # Only comparable when both are georeferenced; masks often carry no CRS of their own.
     if prediction.crs and reference.crs:
@@ -167,9 +168,9 @@ def _check_same_grid(
         if not grids_match(predicted_grid, reference_grid):
             offset = grid_offset_pixels(predicted_grid, reference_grid)
             raise GridMismatchError(
-                f"prediction {prediction_path} ({prediction.crs}, {tuple(prediction.transform)[:6]}) and "
-                f"reference {reference_path} ({reference.crs}, {tuple(reference.transform)[:6]}) have the "
-                f"same shape but different georeferencing (corners up to {offset:.3g} pixels apart, or "
+                f"{prediction_path}: the map ({prediction.crs}, {tuple(prediction.transform)[:6]}) and "
+                f"the reference {reference_path} ({reference.crs}, {tuple(reference.transform)[:6]}) have "
+                f"the same shape but different georeferencing (corners up to {offset:.3g} pixels apart, or "
                 "another CRS); they must be on the same grid: reproject one onto the other"
             )
 

@@ -32,13 +32,37 @@ def open_raster(path: str | os.PathLike[str], *, role: str) -> Iterator[DatasetR
     """
     path = os.fspath(path)
     if _is_local(path) and not os.path.exists(path):
-        raise SceneNotFoundError(f"{role} {path} does not exist; check the path")
+        raise SceneNotFoundError(f"{path}: {role} not found; check the path")
     try:
         with warnings.catch_warnings():
             # PNGs and plain masks have no georeferencing; they are compared or drawn pixel for pixel.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(path)
     except RasterioIOError as error:
-        raise CorruptSceneError(f"GDAL cannot read {role} {path} ({error}); is it a raster?") from error
+        raise CorruptSceneError(f"{path}: GDAL cannot read this {role} ({error}); is it a raster?") from error
     with dataset:
         yield dataset
+
+
+def label_values(path: str | os.PathLike[str], *, role: str = "label map") -> set[int]:
+    """The values that occur in band 1 of a label raster (nodata left out), read block by block.
+
+    Args:
+        path: The label raster (e.g. a map from ``eoseg run``/``mosaic``; uint8 cluster ids).
+        role: What the raster is for the caller, named in errors (:func:`open_raster`).
+
+    Returns:
+        The set of values present; memory stays at one block plus a count per possible value.
+
+    Raises:
+        SceneNotFoundError, CorruptSceneError: as :func:`open_raster`.
+    """
+    import numpy as np
+
+    seen: set[int] = set()
+    with open_raster(path, role=role) as dataset:
+        for _, window in dataset.block_windows(1):
+            seen.update(np.unique(dataset.read(1, window=window)).tolist())
+        if dataset.nodata is not None:
+            seen.discard(int(dataset.nodata))
+    return {int(value) for value in seen}

@@ -58,9 +58,7 @@ _VOLATILE_ATTRIBUTES = frozenset({"created", "complete", "band_stats", "layout_v
 
 
 def _refusal(target: str, what: str = "output already exists") -> OutputExistsError:
-    return OutputExistsError(
-        f"{target}: {what}. Pass --overwrite (flow parameter overwrite=True) to replace it."
-    )
+    return OutputExistsError(f"{target}: {what}; pass --overwrite to replace it")
 
 
 @dataclass(frozen=True)
@@ -105,6 +103,38 @@ def store_staging_uri(target: str) -> str:
     return target if storage.is_s3(target) else publish.partial_sibling(target)
 
 
+def check_store_output(target: str, *, overwrite: bool) -> str:
+    """Refuse a finished store, or something that is not an eoseg store, at ``target`` unless ``overwrite``.
+
+    Cheap (an existence check and at most the store's attributes; nothing is created), so the CLI asks it
+    before any heavy import or cluster. An unfinished store passes: :func:`open_store_output` resumes it
+    or starts over.
+
+    Returns:
+        The normalised ``target``.
+
+    Raises:
+        OutputExistsError: what is at ``target`` would be replaced and ``overwrite`` is False.
+    """
+    target = storage.normalise_uri(target)
+    staging = store_staging_uri(target)
+    if overwrite:
+        return target
+    if staging != target:
+        if storage.exists(target):
+            raise _refusal(target)
+        return target
+    if storage.exists(staging):  # S3: written in place, finished once flagged complete
+        previous = _existing_store(staging)
+        if previous is None:
+            raise _refusal(
+                target, "something that is not an eoseg store (of a layout this eoseg reads) exists there"
+            )
+        if previous.complete:
+            raise _refusal(target)
+    return target
+
+
 def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> StoreOutput:
     """Decide how the store ``target`` is written: created afresh, resumed, or refused.
 
@@ -118,21 +148,12 @@ def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> Sto
 
     Raises:
         OutputExistsError: a finished store, or something that is not an eoseg store, is at ``target``
-            and ``overwrite`` is False (nothing is changed).
+            and ``overwrite`` is False (nothing is changed; :func:`check_store_output`).
     """
-    target = storage.normalise_uri(target)
+    target = check_store_output(target, overwrite=overwrite)
     staging = store_staging_uri(target)
-    in_place = staging == target
-    if not in_place and storage.exists(target) and not overwrite:
-        raise _refusal(target)
     if storage.exists(staging) and not overwrite:
         previous = _existing_store(staging)
-        if in_place and previous is None:
-            raise _refusal(
-                target, "something that is not an eoseg store (of a layout this eoseg reads) exists there"
-            )
-        if in_place and previous is not None and previous.complete:
-            raise _refusal(target)
         # A hidden local staging store may even be complete: the run died between `complete` and the rename.
         if previous is not None and _comparable(previous) == _comparable(wanted):
             done = chunks_done(staging)

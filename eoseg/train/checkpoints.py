@@ -8,11 +8,11 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from eoseg.errors import SceneNotFoundError
+from eoseg.errors import OutputExistsError, SceneNotFoundError
 from eoseg.io import storage
 from eoseg.io.publish import publishing_file
 
-__all__ = ["load_checkpoint_from", "save_checkpoint_to"]
+__all__ = ["check_checkpoint_exists", "check_model_output", "load_checkpoint_from", "save_checkpoint_to"]
 
 
 def save_checkpoint_to(uri: str, checkpoint: dict[str, Any], *, overwrite: bool) -> None:
@@ -28,6 +28,32 @@ def save_checkpoint_to(uri: str, checkpoint: dict[str, Any], *, overwrite: bool)
         save_checkpoint(staging, checkpoint)
 
 
+def check_model_output(
+    model_uri: str, *, overwrite: bool, resume_uri: str | None = None, resumable: bool = False
+) -> None:
+    """Refuse to replace an existing checkpoint unless ``overwrite`` or it is the one being resumed
+    (cheap: no torch import, so the CLI asks before any work).
+
+    Raises:
+        OutputExistsError: ``model_uri`` exists, ``overwrite`` is False and it is not ``resume_uri``.
+    """
+    if storage.exists(model_uri) and not overwrite and model_uri != resume_uri:
+        raise OutputExistsError(
+            f"{model_uri}: checkpoint already exists; pass --overwrite to replace it"
+            + (" (or --resume it to continue its training)" if resumable else "")
+        )
+
+
+def check_checkpoint_exists(uri: str) -> None:
+    """Refuse a missing checkpoint (cheap: no torch import), before any work.
+
+    Raises:
+        SceneNotFoundError: If there is no checkpoint at ``uri``.
+    """
+    if not storage.exists(uri):
+        raise SceneNotFoundError(f"{uri}: model checkpoint not found. Train one with `eoseg train`.")
+
+
 def load_checkpoint_from(uri: str) -> dict[str, Any]:
     """Read a checkpoint from a local path or S3 (``torch.load(weights_only=True)``), validated.
 
@@ -37,7 +63,6 @@ def load_checkpoint_from(uri: str) -> dict[str, Any]:
     """
     from eo_models.checkpoint import load_checkpoint
 
-    if not storage.exists(uri):
-        raise SceneNotFoundError(f"{uri}: model checkpoint not found. Train one with `eoseg train`.")
+    check_checkpoint_exists(uri)
     with tempfile.TemporaryDirectory(prefix="eoseg-ckpt-") as scratch:
         return load_checkpoint(storage.fetch_to_local(uri, scratch))

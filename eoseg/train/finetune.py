@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from eoseg.compute.chunks import current_worker_address
-from eoseg.errors import BandCountError, ConfigurationError, OutputExistsError
+from eoseg.errors import BandCountError, ConfigurationError
 from eoseg.io import storage
 from eoseg.store.layout import StoreInfo, read_store_info
-from eoseg.train.checkpoints import load_checkpoint_from, save_checkpoint_to
+from eoseg.train.checkpoints import check_model_output, load_checkpoint_from, save_checkpoint_to
 from eoseg.train.labels import (
     IGNORE_INDEX,
     ZarrLabelledPatchSource,
@@ -100,8 +100,7 @@ def finetune_on_store(
     """
     model_uri, store_uri = storage.normalise_uri(model_uri), storage.normalise_uri(store_uri)
     tuned_uri = storage.normalise_uri(tuned_uri)
-    if storage.exists(tuned_uri) and not overwrite:
-        raise OutputExistsError(f"{tuned_uri}: checkpoint already exists. Pass --overwrite to replace it.")
+    check_model_output(tuned_uri, overwrite=overwrite)
     if not 0.0 < label_fraction <= 1.0:
         raise ConfigurationError(f"label fraction must be in (0, 1], got {label_fraction}")
     info = read_store_info(store_uri)

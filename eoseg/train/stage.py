@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eoseg.compute.chunks import current_worker_address
-from eoseg.errors import ConfigurationError, OutputExistsError
+from eoseg.errors import ConfigurationError
 from eoseg.io import storage
-from eoseg.train.checkpoints import load_checkpoint_from, save_checkpoint_to
+from eoseg.train.checkpoints import check_model_output, load_checkpoint_from, save_checkpoint_to
 from eoseg.train.patches import MultiStorePatchSource
 from eoseg.train.stores import read_same_band_stores
 
@@ -156,11 +156,9 @@ def train_on_stores(
         raise ConfigurationError(
             f"{family.name} training cannot be resumed or stopped early; train it in one run"
         )
-    if storage.exists(model_uri) and not overwrite and model_uri != resume_uri:
-        raise OutputExistsError(
-            f"{model_uri}: checkpoint already exists. Pass --overwrite to replace it"
-            + (" (or --resume it to continue its training)." if family.supports_resume else ".")
-        )
+    check_model_output(
+        model_uri, overwrite=overwrite, resume_uri=resume_uri, resumable=family.supports_resume
+    )
     training = family_params(family, params)
     infos = read_same_band_stores(store_uris)
     recorded = {**plain_dict(training), "store_uris": store_uris, "max_patches": max_patches}

@@ -1,0 +1,164 @@
+"""The mosaic's overviews are built chunk by chunk in the parallel stage, and are those of the whole band.
+
+Each piece (one store chunk) builds its own overviews; the pieces' VRT lists them, and GDAL's COG driver
+copies them instead of reading the whole band once more to compute them (eoseg/mosaic/cog.py). With
+chunks of at least one COG block and a multiple of every overview factor no block of pixels straddles two
+chunks, so the COG's overviews must equal GDAL's overviews of the whole band in one file, for nearest and
+mode resampling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rio_cogeo.cogeo import cog_validate
+
+from eoseg.mosaic.cog import mosaic_to_cog, piece_overviews
+from eoseg.store.layout import read_store_info
+from eoseg.tile.stage import tile_scene
+
+HEIGHT, WIDTH = 2048, 2560  # overviews 2, 4 and 8 (the smallest within one 512 px block)
+TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
+
+
+def _scene(path, rng):
+    """A 2-band uint8 scene of class-like patches (values 1..9), nodata 0 in one corner."""
+    coarse = rng.integers(1, 10, size=(2, HEIGHT // 8, WIDTH // 8), dtype=np.uint8)
+    pixels = coarse.repeat(8, axis=1).repeat(8, axis=2)
+    noise = rng.random(pixels.shape) < 0.3
+    pixels[noise] = rng.integers(1, 10, size=int(noise.sum()), dtype=np.uint8)
+    pixels[:, :100, :300] = 0
+    profile = {"driver": "GTiff", "width": WIDTH, "height": HEIGHT, "count": 2, "dtype": "uint8",
+               "crs": "EPSG:32614", "transform": TRANSFORM, "nodata": 0}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(pixels)
+    return pixels
+
+
+def _whole_band_overviews(band, path, resampling):
+    """GDAL's overviews of ``band`` built over the whole band in one GeoTIFF."""
+    profile = {"driver": "GTiff", "width": WIDTH, "height": HEIGHT, "count": 1, "dtype": "uint8", "nodata": 0,
+               "crs": "EPSG:32614", "transform": TRANSFORM}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(band, 1)
+        out.build_overviews([2, 4, 8], Resampling[resampling])
+    return [_level(path, level) for level in (0, 1, 2)]
+
+
+def _level(path, level):
+    with rasterio.open(path, overview_level=level) as dataset:
+        return dataset.read(1)
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "mode"])
+def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling, tmp_path):
+    pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(7))
+    store = tmp_path / "scene.zarr"
+    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=512, show_progress=False)
+    assert piece_overviews(read_store_info(str(store))) == (2, 4, 8)  # the pieces build them
+
+    cog = tmp_path / "band1.tif"
+    summary = mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
+
+    assert summary.overview_levels == (2, 4, 8)
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(cog) as out:
+        assert (out.width, out.height, out.transform, out.nodata) == (WIDTH, HEIGHT, TRANSFORM, 0)
+        assert out.overviews(1) == [2, 4, 8]
+        np.testing.assert_array_equal(out.read(1), pixels[0])
+    expected = _whole_band_overviews(pixels[0], tmp_path / "whole.tif", resampling)
+    for level, want in enumerate(expected):
+        got = _level(cog, level)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    assert not list(tmp_path.glob(".band1.tif*")), "the staging folder is removed once published"
+
+
+@pytest.mark.parametrize("chunk_size", [660, 256])  # not a multiple of 8; smaller than a COG block
+def test_other_chunks_leave_the_overviews_to_gdal(chunk_size, tmp_path):
+    pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(8))
+    store = tmp_path / "scene.zarr"
+    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=chunk_size, show_progress=False)
+    assert piece_overviews(read_store_info(str(store))) == ()
+
+    cog = tmp_path / "band2.tif"
+    summary = mosaic_to_cog(str(store), str(cog), band=2, show_progress=False)
+
+    assert summary.overview_levels == (2, 4, 8)
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(cog) as out:
+        np.testing.assert_array_equal(out.read(1), pixels[1])
+        assert _level(cog, 0).shape == (HEIGHT // 2, WIDTH // 2)
+
+
+def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path):
+    """1100 x 1390 px, 512 px chunks: edge pieces are partial; overviews round up (no edge pixel lost)."""
+    rng = np.random.default_rng(9)
+    pixels = rng.integers(1, 10, size=(1, 1100, 1390), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 1390, "height": 1100, "count": 1, "dtype": "uint8",
+               "crs": "EPSG:32614", "transform": TRANSFORM, "nodata": 0}  # fmt: skip
+    with rasterio.open(tmp_path / "odd.tif", "w", **profile) as out:
+        out.write(pixels)
+    store = tmp_path / "odd.zarr"
+    tile_scene(str(tmp_path / "odd.tif"), str(store), chunk_size=512, show_progress=False)
+    assert piece_overviews(read_store_info(str(store))) == (2, 4)
+
+    cog = tmp_path / "odd_cog.tif"
+    mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
+
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(cog) as out:
+        np.testing.assert_array_equal(out.read(1), pixels[0])
+    for level, factor in enumerate((2, 4)):
+        overview = _level(cog, level)
+        assert overview.shape == (-(-1100 // factor), -(-1390 // factor))
+        # nearest: every overview pixel is a pixel of the f x f block it stands for
+        for row, col in [(0, 0), (overview.shape[0] - 1, overview.shape[1] - 1), (100, 200)]:
+            block = pixels[0, row * factor : (row + 1) * factor, col * factor : (col + 1) * factor]
+            assert overview[row, col] in block
+
+
+class _Killed(Exception):
+    """Stands for a run stopped half way (a kill, a lost machine)."""
+
+
+def _interrupted_mosaic(store, cog, *, pieces, resampling):
+    """Run the mosaic in this process and stop it once ``pieces`` pieces are written."""
+    from eoseg.compute import stage as contract
+
+    run_chunks = contract.map_chunks
+
+    def first_pieces_then_killed(function, items, **options):
+        run_chunks(function, list(items)[:pieces], **options)
+        raise _Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contract, "map_chunks", first_pieces_then_killed)
+        with pytest.raises(_Killed):
+            mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
+
+
+def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_resampling(tmp_path, caplog):
+    pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(10))
+    store = tmp_path / "scene.zarr"
+    tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=512, show_progress=False)
+    whole = _whole_band_overviews(pixels[0], tmp_path / "whole.tif", "mode")
+    cog = tmp_path / "map.tif"
+    caplog.set_level("INFO", logger="eoseg")
+
+    _interrupted_mosaic(store, cog, pieces=7, resampling="nearest")
+    assert not cog.exists()
+    # Another resampling: the nearest pieces' overviews are not reused, every piece is written again.
+    _interrupted_mosaic(store, cog, pieces=5, resampling="mode")
+    assert "mosaic: 20 of 20 chunks to compute (0 done)" in caplog.messages
+    mosaic_to_cog(str(store), str(cog), band=1, overview_resampling="mode", show_progress=False)
+    assert "mosaic: 15 of 20 chunks to compute (5 done)" in caplog.messages
+
+    assert cog_validate(str(cog), quiet=True) == (True, [], [])
+    with rasterio.open(cog) as out:
+        np.testing.assert_array_equal(out.read(1), pixels[0])
+    for level, want in enumerate(whole):
+        np.testing.assert_array_equal(_level(cog, level), want)

@@ -1,0 +1,126 @@
+"""A bad invocation is refused before the heavy imports (torch, Prefect, dask.distributed) and before any
+cluster or output: one ``error: FILE: what; what to do`` line, exit code 2, nothing written (issue 12,
+point 0: a missing input took `eoseg run` 5-6.5 s to refuse, an existing output 14.7 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_direct_commands import _env_without_prefect_api
+
+from eoseg.tile.stage import tile_scene
+
+HEAVY_MODULES = ("torch", "prefect", "distributed")
+# Every command of the list in one process (each ends with SystemExit), so the test costs one start-up;
+# the modules loaded after all of them were refused are what each refusal needed at most.
+REFUSE_ALL = """
+import json, runpy, sys
+commands, heavy = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+codes = []
+for command in commands:
+    sys.argv = ["eoseg", *command]
+    print("--- next", file=sys.stderr, flush=True)
+    try:
+        runpy.run_module("cli.main", run_name="__main__")
+        codes.append(0)
+    except SystemExit as exit:
+        codes.append(exit.code)
+print(json.dumps({"codes": codes, "loaded": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def _refuse(commands: list[list[str]], cwd: Path) -> tuple[list[int], list[str], list[str]]:
+    """Run ``commands`` in one fresh process; returns exit codes, stderr of each, heavy modules loaded."""
+    env = dict(_env_without_prefect_api(cwd), NO_COLOR="1")
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSE_ALL, json.dumps(commands), json.dumps(HEAVY_MODULES)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    errors = [part.strip() for part in result.stderr.split("--- next")[1:]]
+    return report["codes"], errors, report["loaded"]
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))}
+
+
+def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_scene, tmp_path):
+    store = tmp_path / "tiny.zarr"
+    tile_scene(str(tiny_scene), str(store), chunk_size=32, show_progress=False)
+    existing = {name: tmp_path / name for name in ("map.tif", "model.pt", "labels.zarr", "out.tif")}
+    for path in existing.values():
+        path.write_bytes(b"precious")
+    missing = tmp_path / "missing.tif"
+    cases = {
+        # command: the one error line it must print
+        ("run", str(missing), "--out", str(tmp_path / "new" / "map.tif")): f"{missing}: scene not found",
+        ("run", str(tiny_scene), "--out", str(existing["map.tif"])): (
+            f"{existing['map.tif']}: output already exists; pass --overwrite to replace it"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--model", "mcl-lc"): (
+            "mcl-lc needs pre-trained, fine-tuned weights: run `eoseg train mcl-lc` and `eoseg finetune`"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--legend", str(tmp_path / "no.yaml")): (
+            f"{tmp_path / 'no.yaml'}: legend not found"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--weights", str(tmp_path / "no.pt")): (
+            f"{tmp_path / 'no.pt'}: model checkpoint not found"
+        ),
+        ("tile", str(tiny_scene), "--out", str(store)): f"{store}: output already exists; pass --overwrite",
+        ("tile", str(missing), "--out", str(tmp_path / "new.zarr")): f"{missing}: scene not found",
+        ("predict", str(tmp_path / "none.zarr"), "--model", str(existing["model.pt"]), "--out",
+         str(tmp_path / "l.zarr")): f"{tmp_path / 'none.zarr'}: store not found",
+        ("predict", str(store), "--model", str(tmp_path / "none.pt"), "--out", str(tmp_path / "l.zarr")): (
+            f"{tmp_path / 'none.pt'}: model checkpoint not found"
+        ),
+        ("predict", str(store), "--model", str(existing["model.pt"]), "--out",
+         str(existing["labels.zarr"])): f"{existing['labels.zarr']}: output already exists; pass --overwrite",
+        ("mosaic", str(store), "--out", str(existing["out.tif"])): (
+            f"{existing['out.tif']}: output already exists; pass --overwrite"
+        ),
+        ("train", "clusterer", str(store), "--out", str(existing["model.pt"])): (
+            f"{existing['model.pt']}: checkpoint already exists; pass --overwrite to replace it"
+        ),
+    }  # fmt: skip
+    before = _tree(tmp_path)
+    codes, errors, loaded = _refuse([list(command) for command in cases], tmp_path)
+    for (command, expected), code, stderr in zip(cases.items(), codes, errors, strict=True):
+        assert code == 2, (command, stderr)
+        assert stderr.splitlines() == [stderr.splitlines()[0]], (command, stderr)  # one line, no traceback
+        assert stderr.startswith(f"error: {expected}"), (command, stderr)
+    assert loaded == [], f"imported before refusing: {loaded}"
+    assert _tree(tmp_path) == before  # nothing written, nothing half-written, the outputs untouched
+    assert not os.path.exists(tmp_path / "new")
+
+
+def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path, shared_data):
+    """With a Prefect API configured, `eoseg tile` records its run there (cli.prefect_record); a server
+    that does not answer is said in one line before anything is written."""
+    import socket
+
+    from conftest import REAL_SCENES
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        _env_without_prefect_api(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1"
+    )
+    out = tmp_path / "landsat.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "tile", str(REAL_SCENES["landsat"]), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(
+        f"error: http://127.0.0.1:{port}/api: the Prefect API did not record the run ("
+    ), result.stderr
+    assert "--no-prefect" in lines[0]
+    assert not out.exists() and not (tmp_path / ".landsat.zarr.partial").exists()
