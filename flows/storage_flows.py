@@ -35,7 +35,8 @@ def tile_scene_flow(
     cluster: ClusterSpec = ClusterSpec(),
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Tile a scene into one chunked Zarr v3 store, in parallel on Dask.
+    """Tile a scene into one chunked Zarr v3 store, in parallel: on threads of this process, or on the Dask
+    cluster when one is given (an address, a configuration file, or a local cluster shape).
 
     The scene is a GeoTIFF (local path or s3:// URI) or many on one grid: a list, a folder, an s3://
     prefix or a VRT of tiles; they become one store on their union grid (gaps are nodata; where tiles
@@ -46,7 +47,9 @@ def tile_scene_flow(
     """
     scene = inspect_scene_logged(scene_uri, options)
     chunks = len(ChunkGrid(scene["height"], scene["width"], options.chunk_size, options.chunk_size))
-    with stage_cluster(cluster, work_chunks=chunks) as address:
+    # Tiling releases the GIL (GDAL decoding, Blosc): threads of the flow's process, as `eoseg tile` without
+    # Prefect, unless a cluster (address, configuration file, a local shape other than the defaults) is given.
+    with stage_cluster(cluster, work_chunks=chunks, threads=True) as address:
         info = tile_task(
             scene_uri, store_uri, options=options, overwrite=overwrite, scheduler_address=address
         )

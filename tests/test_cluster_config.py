@@ -82,3 +82,11 @@ def test_unreachable_scheduler_is_a_clear_error():
         dask_cluster(ClusterSpec(address="tcp://127.0.0.1:9")),
     ):
         pass
+
+
+def test_a_local_cluster_shape_is_given_only_when_it_differs_from_the_defaults():
+    assert not ClusterSpec().local_shape_given()
+    assert not ClusterSpec(address="tcp://10.0.0.5:8786", config_file="cluster.yaml").local_shape_given()
+    assert ClusterSpec(n_workers=3).local_shape_given()
+    assert ClusterSpec(processes=False).local_shape_given()
+    assert ClusterSpec(memory_limit="4GiB").local_shape_given()

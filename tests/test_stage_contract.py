@@ -434,6 +434,20 @@ def test_tile_flow_resumes_an_interrupted_store_and_refuses_a_finished_one(
     _assert_same(_store_contents(target), _store_contents(reference))
 
 
+def test_tile_flow_without_a_cluster_runs_on_threads_like_the_direct_command(tiny_scene, tmp_path):
+    """No Dask cluster is started for the tile flow's GIL-releasing work unless one is given (as `eoseg tile`
+    without Prefect); the store is the one tile_scene writes."""
+    from eoseg.config import TileOptions
+    from flows.storage_flows import tile_scene_flow
+
+    reference, target = str(tmp_path / "reference.zarr"), str(tmp_path / "x.zarr")
+    tile_scene(str(tiny_scene), reference, chunk_size=16, show_progress=False)
+    with _Messages() as messages:
+        tile_scene_flow(str(tiny_scene), target, options=TileOptions(chunk_size=16))
+    assert "30 chunks of GIL-releasing work: running on threads in this process" in " ".join(messages)
+    _assert_same(_store_contents(target), _store_contents(reference))
+
+
 def test_a_store_of_another_input_at_the_s3_target_is_started_over(tiny_scene, tmp_path, s3_bucket):
     other = write_geotiff(tmp_path / "other.tif", np.full((3, 70, 90), 9, np.uint8), nodata=0)
     target = f"{s3_bucket}/x.zarr"

@@ -46,3 +46,45 @@ def test_write_chunk_stores_the_bytes_zarr_writes(tmp_path, dtype, fill):
     assert "image/c/0/0/0" not in stores["write_chunk"]
     assert stores["write_chunk"] == stores["zarr"]
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "write_chunk.zarr" / "image")[:], data)
+
+
+def _write_both_ways(tmp_path: Path, data: np.ndarray, chunks: tuple[int, ...], **options) -> dict[str, dict]:
+    """The files of an array written chunk by chunk by zarr and by ``write_chunk``."""
+    stores = {}
+    for name in ("zarr", "write_chunk"):
+        root = tmp_path / f"{name}.zarr"
+        group = zarr.open_group(root, mode="w", zarr_format=3)
+        array = group.create_array("values", shape=data.shape, dtype=data.dtype, chunks=chunks, **options)
+        for index in np.ndindex(*(-(-size // chunk) for size, chunk in zip(data.shape, chunks, strict=True))):
+            selection = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, chunks, strict=True))
+            if name == "zarr":
+                array[selection] = data[selection]
+            else:
+                write_chunk(str(root), "values", index, data[selection])
+        stores[name] = _files(root)
+    return stores
+
+
+def test_zstd_chunks_such_as_the_done_flags_are_the_bytes_zarr_writes(tmp_path):
+    flags = np.random.default_rng(1).integers(0, 2, size=(3, 4)).astype(np.uint8)  # chunk_done, (1, 1)
+    stores = _write_both_ways(tmp_path, flags, (1, 1), fill_value=0)  # zarr's default codec: zstd
+    assert stores["write_chunk"] == stores["zarr"]
+
+
+def test_a_store_recreated_at_the_same_path_is_encoded_with_its_new_settings(tmp_path):
+    """The encoding kept between writes follows the array's metadata: another chunk shape, dtype or
+    codec at the same path (an overwritten store) is written as zarr writes it."""
+    data = np.random.default_rng(2).integers(0, 300, size=(2, 50, 60)).astype(np.uint16)
+    blosc = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),)
+    first = _write_both_ways(tmp_path, data, (2, 32, 32), fill_value=0, compressors=blosc)
+    assert first["write_chunk"] == first["zarr"]
+    for chunks, dtype, level in (
+        ((2, 16, 16), "uint16", 1),
+        ((2, 16, 16), "int32", 1),
+        ((2, 16, 16), "int32", 5),
+    ):
+        compressors = (BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle"),)
+        again = _write_both_ways(tmp_path, data.astype(dtype), chunks, fill_value=0, compressors=compressors)
+        assert again["write_chunk"] == again["zarr"]
+        assert again["write_chunk"] != first["write_chunk"]
+        first = again

@@ -53,6 +53,12 @@ class ClusterSpec(BaseModel):
         f"infra/clusters/). Empty: the fields above, unless {CONFIG_ENV_VAR} names a file.",
     )
 
+    def local_shape_given(self) -> bool:
+        """Whether a local cluster's shape (workers, threads per worker, memory limit, processes, GPU
+        workers) differs from the defaults: a local cluster was asked for, not left to eoseg."""
+        defaults = ClusterSpec()
+        return any(getattr(self, name) != getattr(defaults, name) for name in _LOCAL_SHAPE)
+
     def resolved_address(self) -> str | None:
         """The scheduler address: this spec's, else ``EOSEG_CLUSTER`` (read when the run starts)."""
         return self.address or load_settings().cluster or None
@@ -60,6 +66,9 @@ class ClusterSpec(BaseModel):
     def resolved_config_file(self) -> str | None:
         """The cluster configuration file: this spec's, else ``EOSEG_CLUSTER_CONFIG``."""
         return self.config_file or load_settings().cluster_config or None
+
+
+_LOCAL_SHAPE = ("n_workers", "threads_per_worker", "memory_limit", "processes", "gpu_workers")
 
 
 def _client(*args: Any, **kwargs: Any) -> Client:
@@ -119,9 +128,10 @@ def stage_cluster(
     With no configured cluster (``--cluster``, ``EOSEG_CLUSTER``, a configuration file), ``None`` is
     yielded and the work runs on threads in this process when there is at most one chunk (starting worker
     processes costs ~2-3 s, more than a chunk's work: benchmarks/results/command_overhead.md) or when
-    ``threads`` is set: the caller's chunk work releases the GIL (the tile stage: GDAL decoding and Blosc
-    compression), so worker processes would only add their start-up, imports and pickling
-    (benchmarks/results/tile_mosaic.md: ~3.5x the CPU seconds of threads for the same tiling).
+    ``threads`` is set and no local cluster shape differs from the defaults
+    (:meth:`ClusterSpec.local_shape_given`): the caller's chunk work releases the GIL (the tile stage:
+    GDAL decoding and Blosc compression), so worker processes would only add their start-up, imports and
+    pickling (benchmarks/results/tile_mosaic.md: ~3.5x the CPU seconds of threads for the same tiling).
 
     Yields:
         The scheduler address, or ``None`` (no cluster; :func:`connect` then yields no client).
@@ -130,6 +140,7 @@ def stage_cluster(
         ConfigurationError: The configured scheduler cannot be reached.
     """
     spec = spec or ClusterSpec()
+    threads = threads and not spec.local_shape_given()
     if (work_chunks <= 1 or threads) and not spec.resolved_address() and not spec.resolved_config_file():
         if work_chunks <= 1:
             logger.info("one chunk of work: running on threads in this process (no Dask cluster started)")

@@ -77,12 +77,55 @@ def read_valid_window(
     """
     bands = model_band_indexes(dataset) if indexes is None else indexes
     block = dataset.read(list(bands), window=window)
+    compared = _nodata_comparisons(dataset, bands, block.dtype)
+    if compared is not None:  # GDAL's mask is a comparison with nodata (or all valid): made here, exactly
+        valid = np.ones(block.shape[1:], dtype=bool)
+        for layer, nodata in zip(block, compared, strict=True):
+            if nodata is not None:
+                valid &= layer != nodata
+                if fill is not None and fill != nodata:
+                    layer[layer == nodata] = fill
+        return block, valid
     band_valid = dataset.read_masks(list(bands), window=window) > 0
     if np.issubdtype(block.dtype, np.floating):
         band_valid &= np.isfinite(block)
     if fill is not None:
         block[~band_valid] = fill
     return block, np.all(band_valid, axis=0)
+
+
+def _nodata_comparisons(
+    dataset: DatasetReaderBase, bands: tuple[int, ...], dtype: np.dtype[Any]
+) -> list[int | None] | None:
+    """Per band, the nodata value GDAL's mask band compares integer pixels with (None: the band is all
+    valid), when every band's mask is only that (GDAL's ``GMF_NODATA`` or ``GMF_ALL_VALID`` flags, RFC 15);
+    else None, and GDAL's masks are read.
+
+    Reading the masks of a nodata band makes GDAL compare every pixel again and hand over one byte per
+    pixel and band: ~20 % of a tile chunk's read (benchmarks/results/tile_mosaic.md). The shortcut is
+    taken only where the comparison is exact: 8- to 32-bit integer pixels and an integral nodata value in
+    their range (GDAL casts another in-range value to the pixel type first).
+    """
+    from rasterio.enums import MaskFlags
+
+    if dtype.kind not in "iu" or dtype.itemsize > 4:
+        return None
+    flags, nodata_values, limits = dataset.mask_flag_enums, dataset.nodatavals, np.iinfo(dtype)
+    compared: list[int | None] = []
+    for band in bands:
+        nodata = nodata_values[band - 1]
+        if flags[band - 1] == [MaskFlags.all_valid]:
+            compared.append(None)
+        elif (
+            flags[band - 1] == [MaskFlags.nodata]
+            and nodata is not None
+            and float(nodata).is_integer()
+            and limits.min <= nodata <= limits.max
+        ):
+            compared.append(int(nodata))
+        else:
+            return None
+    return compared
 
 
 def valid_pixel_mask(block: np.ndarray, nodata: float | int | None) -> np.ndarray:

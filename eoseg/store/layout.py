@@ -17,8 +17,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
 import os
 import struct
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -275,49 +277,92 @@ def write_chunk(uri: str, variable: str, chunk_index: tuple[int, ...], block: np
     """Write ``block`` as the whole chunk ``chunk_index`` of the store's ``variable`` (an edge chunk's block
     may be smaller than the chunk shape).
 
-    The bytes are those zarr writes (the edge chunk padded with the fill value, the ``bytes`` then
-    ``blosc`` codecs with the array's own settings, the chunk key of its metadata), encoded by numcodecs'
-    Blosc directly and stored in one write: zarr-python's own write path took twice as long as that
-    encoding for a 4 x 1024 x 1024 uint8 chunk (0.115-0.148 s against 0.061-0.064 s, same bytes;
-    benchmarks/results/tile_mosaic.md). Other codecs, non-integer pixels and chunks holding only the
-    fill value (which zarr does not store) go through zarr itself.
+    The bytes are those zarr writes (the edge chunk padded with the fill value, the ``bytes`` codec then
+    the array's ``blosc`` or ``zstd`` codec with its own settings, the chunk key of its metadata), encoded
+    by numcodecs directly and stored in one write: zarr-python's own write path took twice as long as that
+    encoding for a 4 x 1024 x 1024 uint8 chunk (0.115-0.148 s against 0.061-0.064 s, same bytes), and
+    opening the array for each chunk (reading and parsing its ``zarr.json``) cost ~4 ms per write, so a
+    local array's encoding is kept between writes while its ``zarr.json`` is unchanged
+    (benchmarks/results/tile_mosaic.md). Other codecs, non-integer pixels and chunks holding only the
+    fill value (which zarr does not store) go through zarr itself. A local chunk file is written under
+    a temporary name and renamed, as zarr does: a killed write leaves no partial chunk.
     """
-    from zarr.codecs import BloscCodec, BytesCodec
-    from zarr.core.metadata import ArrayV3Metadata
-
-    array = open_data_array(uri, variable, mode="r+")
-    chunks = tuple(array.chunks)
-    selection = tuple(
-        slice(index * size, index * size + extent)
-        for index, size, extent in zip(chunk_index, chunks, block.shape, strict=True)
-    )
-    metadata = array.metadata
-    codecs = metadata.codecs if isinstance(metadata, ArrayV3Metadata) else ()
-    blosc = codecs[1] if len(codecs) == 2 and isinstance(codecs[0], BytesCodec) else None
-    fill_value = array.fill_value
-    if array.dtype.kind not in "iu" or not isinstance(blosc, BloscCodec) or np.all(block == fill_value):
-        array[selection] = block
+    encoding = _chunk_encoding(uri, variable)
+    chunks, fill_value = encoding.chunks, encoding.fill_value
+    only_fill = block.flat[0] == fill_value and bool(np.all(block == fill_value))
+    if encoding.codec is None or only_fill:
+        selection = tuple(
+            slice(index * size, index * size + extent)
+            for index, size, extent in zip(chunk_index, chunks, block.shape, strict=True)
+        )
+        open_data_array(uri, variable, mode="r+")[selection] = block
         return
-    from numcodecs import Blosc  # type: ignore[import-untyped]  # numcodecs ships no type information
-
     padded = block
     if block.shape != chunks:
-        padded = np.full(chunks, fill_value, dtype=array.dtype)
+        padded = np.full(chunks, fill_value, dtype=encoding.dtype)
         padded[tuple(slice(0, extent) for extent in block.shape)] = block
-    ordered = np.ascontiguousarray(padded, dtype=array.dtype.newbyteorder("<"))
-    encoder = Blosc.from_config({
-        "cname": blosc.cname.name, "clevel": blosc.clevel, "blocksize": blosc.blocksize,
-        "shuffle": ("noshuffle", "shuffle", "bitshuffle").index(blosc.shuffle.name),
-        "typesize": blosc.typesize,
-    })  # fmt: skip
-    data = encoder.encode(ordered.view(np.uint8).reshape(-1))
-    key = f"{uri.rstrip('/')}/{variable}/{array.metadata.encode_chunk_key(chunk_index)}"
+    ordered = np.ascontiguousarray(padded, dtype=encoding.dtype.newbyteorder("<"))
+    data = encoding.codec.encode(ordered.view(np.uint8).reshape(-1))
+    key = f"{uri.rstrip('/')}/{variable}/{encoding.metadata.encode_chunk_key(chunk_index)}"
     if storage.is_s3(key):
         storage.s3_filesystem().pipe_file(key, bytes(data))
         return
     os.makedirs(os.path.dirname(key), exist_ok=True)
-    with open(key, "wb") as handle:
-        handle.write(data)
+    temporary = f"{key}.{uuid.uuid4().hex}.partial"  # written whole, then renamed: as zarr's LocalStore
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, key)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@dataclass(frozen=True)
+class _ChunkEncoding:
+    """How :func:`write_chunk` encodes an array's chunks: its metadata, and the numcodecs codec equal to
+    its ``bytes`` + ``blosc``/``zstd`` codecs for integer pixels (None: written through zarr)."""
+
+    metadata: Any
+    chunks: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fill_value: Any
+    codec: Any
+
+
+def _chunk_encoding(uri: str, variable: str) -> _ChunkEncoding:
+    """The array's :class:`_ChunkEncoding`; for a local store, kept while its ``zarr.json`` holds the same
+    bytes (read each time: a few kilobytes, ~100 times faster than opening the array)."""
+    if storage.is_s3(uri):
+        return _read_chunk_encoding(uri, variable)
+    with open(os.path.join(uri, variable, "zarr.json"), "rb") as handle:
+        return _cached_chunk_encoding(uri, variable, handle.read())
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_chunk_encoding(uri: str, variable: str, _document: bytes) -> _ChunkEncoding:
+    return _read_chunk_encoding(uri, variable)
+
+
+def _read_chunk_encoding(uri: str, variable: str) -> _ChunkEncoding:
+    from numcodecs import Blosc, Zstd  # type: ignore[import-untyped]  # numcodecs ships no type information
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+    from zarr.core.metadata import ArrayV3Metadata
+
+    array = open_data_array(uri, variable)
+    metadata = array.metadata
+    codecs = metadata.codecs if isinstance(metadata, ArrayV3Metadata) else ()
+    last = codecs[1] if len(codecs) == 2 and isinstance(codecs[0], BytesCodec) else None
+    codec: Any = None
+    if array.dtype.kind in "iu" and isinstance(last, BloscCodec):
+        codec = Blosc.from_config({
+            "cname": last.cname.name, "clevel": last.clevel, "blocksize": last.blocksize,
+            "shuffle": ("noshuffle", "shuffle", "bitshuffle").index(last.shuffle.name),
+            "typesize": last.typesize,
+        })  # fmt: skip
+    elif array.dtype.kind in "iu" and isinstance(last, ZstdCodec):
+        codec = Zstd.from_config({"level": last.level, "checksum": last.checksum})
+    return _ChunkEncoding(metadata, tuple(array.chunks), np.dtype(array.dtype), array.fill_value, codec)
 
 
 def read_image_window(uri: str, info: StoreInfo, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,14 @@ import numpy as np
 
 from eoseg.errors import EosegError, IncompleteStoreError, OutputExistsError
 from eoseg.io import publish, storage
-from eoseg.store.layout import StoreInfo, create_store, open_data_array, read_store_info, update_store_info
+from eoseg.store.layout import (
+    StoreInfo,
+    create_store,
+    open_data_array,
+    read_store_info,
+    update_store_info,
+    write_chunk,
+)
 
 logger = logging.getLogger("eoseg.store.lifecycle")
 
@@ -166,8 +173,12 @@ def chunks_done(uri: str) -> np.ndarray:
 
 
 def mark_chunk_done(uri: str, chunk_index: tuple[int, int]) -> None:
-    """Flag one chunk done; call only after its data is written (a killed write leaves no flag)."""
-    open_data_array(uri, "chunk_done", mode="r+")[chunk_index] = 1
+    """Flag one chunk done; call only after its data is written (a killed write leaves no flag: the flag's
+    file is written under a temporary name and renamed, :func:`eoseg.store.layout.write_chunk`)."""
+    write_chunk(uri, "chunk_done", chunk_index, _DONE_FLAG)
+
+
+_DONE_FLAG = np.ones((1, 1), dtype=np.uint8)
 
 
 def mark_complete(uri: str, info: StoreInfo) -> StoreInfo:
