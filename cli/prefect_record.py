@@ -42,8 +42,9 @@ __all__ = ["PrefectApi", "recorded_in_prefect"]
 
 logger = logging.getLogger("eoseg.cli")
 
-# Seconds to wait for one API call; a local server answers in milliseconds.
-API_TIMEOUT_S = 10.0
+# Seconds to wait for one API call. A local server answers in milliseconds; the wait is long because a
+# temporary SQLite-backed server on a 2-core machine at load 13 can stall for seconds.
+API_TIMEOUT_S = 30.0
 # Seconds between two batches of a running command's log lines (Prefect's own handler: 2 s).
 LOG_BATCH_S = 5.0
 
