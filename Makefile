@@ -62,7 +62,7 @@ test-all: install  ## every test, slow ones included
 # Every speed benchmark; each rewrites its benchmarks/results/NAME.{md,json} with the machine and load.
 bench: install  ## speed benchmarks: command overhead, tile/mosaic, inference and training fp32/bf16, clusterer, scaling (~1 h on 2 cores)
 	$(BIN)/python benchmarks/bench_command_overhead.py
-	$(BIN)/python benchmarks/bench_tile_mosaic.py
+	$(BIN)/python benchmarks/bench_tile_mosaic.py --sizes 0.25x,1x,4x
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_clusterer_speed.py
