@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from eoseg.errors import EosegError
 
-__all__ = ["PrefectApi", "recorded_in_prefect"]
+__all__ = ["PrefectApi", "check_reachable", "recorded_in_prefect"]
 
 logger = logging.getLogger("eoseg.cli")
 
@@ -57,8 +57,9 @@ class PrefectApi:
     key: str | None = None
     auth_string: str | None = None
 
-    def call(self, path: str, body: Any) -> Any:
-        """POST ``body`` as JSON to ``url + path``; returns the decoded JSON answer (``None`` when empty).
+    def call(self, path: str, body: Any = None, *, method: str = "POST") -> Any:
+        """``method`` (POST with ``body`` as JSON, or GET) on ``url + path``; returns the decoded JSON
+        answer (``None`` when empty).
 
         Raises:
             OSError: The server could not be reached or answered with an HTTP error
@@ -69,9 +70,9 @@ class PrefectApi:
             headers["Authorization"] = f"Bearer {self.key}"
         elif self.auth_string:
             headers["Authorization"] = "Basic " + base64.b64encode(self.auth_string.encode()).decode()
-        request = urllib.request.Request(
-            self.url.rstrip("/") + path, data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
+        data = None if method == "GET" else json.dumps(body).encode()
+        url = self.url.rstrip("/") + path
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
         with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as answer:
             content = answer.read()
         return json.loads(content) if content else None
@@ -82,6 +83,22 @@ class PrefectApi:
 
         base = os.environ.get("PREFECT_UI_URL") or self.url.rstrip("/").removesuffix("/api")
         return f"{base}/runs/flow-run/{flow_run_id}"
+
+
+def check_reachable(api: PrefectApi) -> None:
+    """Refuse to start a Prefect flow against an API that does not answer (``GET /health``), in one line
+    instead of Prefect's traceback after its client's retries.
+
+    Raises:
+        EosegError: The API could not be reached or refused the call.
+    """
+    try:
+        api.call("/health", method="GET")
+    except OSError as error:
+        raise EosegError(
+            f"{api.url}: the Prefect API does not answer ({_reason(error)}); start the server or fix "
+            "PREFECT_API_URL, or pass --no-prefect to run without Prefect"
+        ) from error
 
 
 def _json_value(value: Any) -> Any:

@@ -179,8 +179,15 @@ def checked_options(model: type[M], **values: Any) -> M:
 
 def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """Call a flow (or a stage directly: :mod:`cli.direct`); turn eoseg's input errors into a one-line
-    message and exit code 2."""
+    message and exit code 2. A flow with a configured Prefect API that does not answer is refused the
+    same way before it starts (:func:`cli.prefect_record.check_reachable`), not with Prefect's traceback."""
+    flows = sys.modules.get("prefect.flows")  # imported already when ``function`` is a flow
+    api = prefect_api() if flows is not None and isinstance(function, flows.Flow) else None
     try:
+        if api is not None:
+            from cli.prefect_record import check_reachable
+
+            check_reachable(api)
         return function(*args, **kwargs)
     except EosegError as error:
         fail(error)

@@ -124,3 +124,31 @@ def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path
     ), result.stderr
     assert "--no-prefect" in lines[0]
     assert not out.exists() and not (tmp_path / ".landsat.zarr.partial").exists()
+
+
+def test_an_unreachable_prefect_api_refuses_a_flow_before_it_starts(tmp_path, shared_data):
+    """`eoseg run` runs a Prefect flow; with a configured API that does not answer it stops with one line
+    (not Prefect's traceback after its client's retries, exit 1) before any output is started."""
+    import socket
+
+    from conftest import REAL_SCENES
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        _env_without_prefect_api(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1"
+    )
+    out = tmp_path / "map.tif"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", str(REAL_SCENES["landsat"]), "--out", str(out),
+         "--epochs", "1", "--iterations", "2", "--max-patches", "8"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(
+        f"error: http://127.0.0.1:{port}/api: the Prefect API does not answer ("
+    ), result.stderr
+    assert "--no-prefect" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("map", ".map"))) == []

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,8 +111,7 @@ def cog_tags(info: StoreInfo, store_uri: str, *, extra: dict[str, str] | None = 
         tags["EOSEG_NUM_CLASSES"] = str(info.num_classes)
     if info.model:
         tags["EOSEG_MODEL"] = json.dumps(info.model, sort_keys=True)
-    tags.update(extra or {})
-    return tags
+    return tags | (extra or {})
 
 
 @dataclass(frozen=True)
@@ -133,6 +131,7 @@ class MosaicChunkJob:
     overviews: tuple[int, ...] = ()
     overview_resampling: str = "nearest"
     nodata: float | int | None = None
+    transform: tuple[float, ...] | None = None  # the window's affine (a, b, c, d, e, f): no GDAL warning
 
 
 def mosaic_chunk(job: MosaicChunkJob) -> None:
@@ -143,7 +142,6 @@ def mosaic_chunk(job: MosaicChunkJob) -> None:
     """
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning
 
     rows, cols = job.window.slices
     try:
@@ -164,13 +162,15 @@ def mosaic_chunk(job: MosaicChunkJob) -> None:
         "dtype": block.dtype.name,
         "compress": PIECE_COMPRESSION,
         "nodata": job.nodata,  # mode overviews leave nodata pixels out, as GDAL does for the whole band
+        "transform": rasterio.Affine(*job.transform or (1, 0, 0, 0, 1, 0)),  # the VRT places by pixel
     }
-    with publish.publishing_file(job.piece, overwrite=True) as staging, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pieces are placed by the VRT
-        with rasterio.open(staging, "w", **profile) as out:
-            out.write(block, 1)
-            if job.overviews:
-                out.build_overviews(list(job.overviews), Resampling[job.overview_resampling])
+    with (
+        publish.publishing_file(job.piece, overwrite=True) as staging,
+        rasterio.open(staging, "w", **profile) as out,
+    ):
+        out.write(block, 1)
+        if job.overviews:
+            out.build_overviews(list(job.overviews), Resampling[job.overview_resampling])
 
 
 def _vrt_xml(
@@ -196,8 +196,11 @@ def _vrt_xml(
         "<SourceBand>1</SourceBand></Overview>"
         for factor in (jobs[0].overviews if jobs else ())
     )  # fmt: skip
+    a, b, c, d, e, f = tuple(info.geobox.affine)[:6]  # georeferenced from the start: no rasterio warning
+    geo = "" if level is not None else f"<GeoTransform>{c!r},{a!r},{b!r},{f!r},{d!r},{e!r}</GeoTransform>"
     return (
         f'<VRTDataset rasterXSize="{-(-info.width // factor)}" rasterYSize="{-(-info.height // factor)}">'
+        f"{geo}"
         f'<VRTRasterBand dataType="{typename_fwd[dtype_rev[info.dtype]]}" band="1">{"".join(sources)}'
         f"{overviews}</VRTRasterBand></VRTDataset>"
     )
@@ -324,6 +327,7 @@ def mosaic_to_cog(
             factors,
             overview_resampling,
             info.nodata,
+            tuple(info.geobox[window.slices].affine)[:6],
         )
         for index, window in windows
     ]
