@@ -171,9 +171,18 @@ def fail(error: BaseException) -> NoReturn:
 
 def checked_options(model: type[M], **values: Any) -> M:
     """The option model built from a command's values; an invalid value ends the command (:func:`fail`)."""
+    from pydantic import ValidationError
+
     try:
         return model(**values)
-    except ValueError as error:  # pydantic's ValidationError is a ValueError
+    except ValidationError as error:  # one line per command, named by the option, not pydantic's report
+        names = ["-".join(map(str, problem["loc"])).replace("_", "-") for problem in error.errors()]
+        problems = "; ".join(
+            f"--{name}: {problem['msg']}" if name else problem["msg"]
+            for name, problem in zip(names, error.errors(), strict=True)
+        )
+        fail(EosegError(f"{problems}; see the command's --help"))
+    except ValueError as error:
         fail(EosegError(str(error)))
 
 

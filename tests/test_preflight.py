@@ -152,3 +152,23 @@ def test_an_unreachable_prefect_api_refuses_a_flow_before_it_starts(tmp_path, sh
     ), result.stderr
     assert "--no-prefect" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("map", ".map"))) == []
+
+
+def test_a_bad_option_value_is_one_line_naming_the_option(tmp_path, shared_data):
+    """An option value the option model refuses (here `--resample`) is said in one line naming the CLI
+    option, not pydantic's multi-line report; exit 2, nothing written."""
+    from conftest import REAL_SCENES
+
+    out = tmp_path / "landsat.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "tile", str(REAL_SCENES["landsat"]), "--out", str(out),
+         "--resample", "bogus"],
+        env=dict(_env_without_prefect_api(tmp_path), NO_COLOR="1"), capture_output=True, text=True,
+        timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --resample: Input should be 'nearest', 'bilinear', 'cubic', 'average' or 'mode'; "
+        "see the command's --help"
+    ]
+    assert not out.exists()
