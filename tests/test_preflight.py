@@ -99,19 +99,23 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
     assert not os.path.exists(tmp_path / "new")
 
 
+def _env_with_unreachable_prefect_api(tmp_path):
+    """The test environment with ``PREFECT_API_URL`` on a loopback port nothing listens on; and the port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    return dict(_env_without_prefect_api(tmp_path), PREFECT_API_URL=url, NO_COLOR="1"), port
+
+
 def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path, shared_data):
     """With a Prefect API configured, `eoseg tile` records its run there (cli.prefect_record); a server
     that does not answer is said in one line before anything is written."""
-    import socket
-
     from conftest import REAL_SCENES
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(
-        _env_without_prefect_api(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1"
-    )
+    env, port = _env_with_unreachable_prefect_api(tmp_path)
     out = tmp_path / "landsat.zarr"
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "tile", str(REAL_SCENES["landsat"]), "--out", str(out)],
@@ -129,16 +133,9 @@ def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path
 def test_an_unreachable_prefect_api_refuses_a_flow_before_it_starts(tmp_path, shared_data):
     """`eoseg run` runs a Prefect flow; with a configured API that does not answer it stops with one line
     (not Prefect's traceback after its client's retries, exit 1) before any output is started."""
-    import socket
-
     from conftest import REAL_SCENES
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(
-        _env_without_prefect_api(tmp_path), PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NO_COLOR="1"
-    )
+    env, port = _env_with_unreachable_prefect_api(tmp_path)
     out = tmp_path / "map.tif"
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "run", str(REAL_SCENES["landsat"]), "--out", str(out),
