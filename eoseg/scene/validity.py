@@ -81,10 +81,12 @@ def read_valid_window(
     if compared is not None:  # GDAL's mask is a comparison with nodata (or all valid): made here, exactly
         valid = np.ones(block.shape[1:], dtype=bool)
         for layer, nodata in zip(block, compared, strict=True):
-            if nodata is not None:
+            if nodata is not None and fill is not None and fill != nodata:
+                missing = layer == nodata  # compared once: for the mask and for the fill
+                valid &= ~missing
+                layer[missing] = fill
+            elif nodata is not None:
                 valid &= layer != nodata
-                if fill is not None and fill != nodata:
-                    layer[layer == nodata] = fill
         return block, valid
     band_valid = dataset.read_masks(list(bands), window=window) > 0
     if np.issubdtype(block.dtype, np.floating):
