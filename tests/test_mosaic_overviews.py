@@ -1,11 +1,10 @@
-"""The mosaic's overviews are built chunk by chunk in the parallel stage, and are those of the whole band.
+"""The mosaic's overviews are built piece by piece in the parallel stage, and are those of the whole band.
 
-Each piece (one store chunk) builds its own overviews; the pieces' VRT lists them, and GDAL's COG driver
-copies them instead of reading the whole band once more to compute them (eoseg/mosaic/cog.py). With
-chunks of at least one COG block and a multiple of every overview factor no block of pixels straddles two
-chunks, so the COG's overviews must equal GDAL's overviews of the whole band in one file, for nearest and
-mode resampling.
-"""
+Each piece (a 1024 px region, or the chunk size when that is a multiple of 1024) builds its own overviews
+at every COG factor (eoseg/mosaic/pieces.py); the levels whole in 512 px tiles are copied from the pieces,
+the coarser ones written from a VRT of the pieces' overviews. As no block of pixels straddles two pieces,
+the COG's overviews must equal GDAL's overviews of the whole band in one file, for nearest and mode
+resampling, whatever the store's chunk size."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rio_cogeo.cogeo import cog_validate
 
-from eoseg.mosaic.cog import mosaic_to_cog, piece_overviews
-from eoseg.store.layout import read_store_info
+from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.tile.stage import tile_scene
 
 HEIGHT, WIDTH = 2048, 2560  # overviews 2, 4 and 8 (the smallest within one 512 px block)
@@ -58,7 +56,6 @@ def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(7))
     store = tmp_path / "scene.zarr"
     tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=512, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == (2, 4, 8)  # the pieces build them
 
     cog = tmp_path / "band1.tif"
     summary = mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
@@ -82,7 +79,6 @@ def test_other_chunks_leave_the_overviews_to_gdal(chunk_size, tmp_path):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(8))
     store = tmp_path / "scene.zarr"
     tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=chunk_size, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == ()
 
     cog = tmp_path / "band2.tif"
     summary = mosaic_to_cog(str(store), str(cog), band=2, show_progress=False)
@@ -104,7 +100,6 @@ def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path
         out.write(pixels)
     store = tmp_path / "odd.zarr"
     tile_scene(str(tmp_path / "odd.tif"), str(store), chunk_size=512, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == (2, 4)
 
     cog = tmp_path / "odd_cog.tif"
     mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
@@ -149,13 +144,13 @@ def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_
     cog = tmp_path / "map.tif"
     caplog.set_level("INFO", logger="eoseg")
 
-    _interrupted_mosaic(store, cog, pieces=7, resampling="nearest")
+    _interrupted_mosaic(store, cog, pieces=3, resampling="nearest")
     assert not cog.exists()
     # Another resampling: the nearest pieces' overviews are not reused, every piece is written again.
-    _interrupted_mosaic(store, cog, pieces=5, resampling="mode")
-    assert "mosaic: 20 of 20 chunks to compute (0 done)" in caplog.messages
+    _interrupted_mosaic(store, cog, pieces=2, resampling="mode")
+    assert "mosaic: 6 of 6 chunks to compute (0 done)" in caplog.messages  # 1024 px pieces of 2048 x 2560
     mosaic_to_cog(str(store), str(cog), band=1, overview_resampling="mode", show_progress=False)
-    assert "mosaic: 15 of 20 chunks to compute (5 done)" in caplog.messages
+    assert "mosaic: 4 of 6 chunks to compute (2 done)" in caplog.messages
 
     assert cog_validate(str(cog), quiet=True) == (True, [], [])
     with rasterio.open(cog) as out:
