@@ -265,3 +265,25 @@ def write_label_store(uri: str, labels: np.ndarray, chunk: int, *, num_classes: 
             write_chunk(uri, info.variable, (row, col), block)
     mark_complete(uri, info)
     return read_store_info(uri)
+
+
+class StoppedHalfWay(Exception):
+    """Stands for a run stopped half way (a kill, a lost machine): not an eoseg error, so no stage discards
+    its partial output."""
+
+
+def interrupted_mosaic(store: str, target: str, *, pieces: int, **options: Any) -> None:
+    """Run ``mosaic_to_cog(store, target, **options)`` here; stop it once ``pieces`` pieces are written."""
+    from eoseg.compute import stage as contract
+    from eoseg.mosaic.cog import mosaic_to_cog
+
+    run_chunks = contract.map_chunks
+
+    def first_pieces_then_stopped(function: Any, items: Any, **map_options: Any) -> Any:
+        run_chunks(function, list(items)[:pieces], **map_options)
+        raise StoppedHalfWay
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contract, "map_chunks", first_pieces_then_stopped)
+        with pytest.raises(StoppedHalfWay):
+            mosaic_to_cog(store, target, show_progress=False, **options)

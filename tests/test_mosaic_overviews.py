@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import interrupted_mosaic
 from rasterio.enums import Resampling
 from rio_cogeo.cogeo import cog_validate
 
@@ -116,26 +117,6 @@ def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path
             assert overview[row, col] in block
 
 
-class _Killed(Exception):
-    """Stands for a run stopped half way (a kill, a lost machine)."""
-
-
-def _interrupted_mosaic(store, cog, *, pieces, resampling):
-    """Run the mosaic in this process and stop it once ``pieces`` pieces are written."""
-    from eoseg.compute import stage as contract
-
-    run_chunks = contract.map_chunks
-
-    def first_pieces_then_killed(function, items, **options):
-        run_chunks(function, list(items)[:pieces], **options)
-        raise _Killed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(contract, "map_chunks", first_pieces_then_killed)
-        with pytest.raises(_Killed):
-            mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
-
-
 def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_resampling(tmp_path, caplog):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(10))
     store = tmp_path / "scene.zarr"
@@ -144,10 +125,10 @@ def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_
     cog = tmp_path / "map.tif"
     caplog.set_level("INFO", logger="eoseg")
 
-    _interrupted_mosaic(store, cog, pieces=3, resampling="nearest")
+    interrupted_mosaic(str(store), str(cog), pieces=3, band=1, overview_resampling="nearest")
     assert not cog.exists()
     # Another resampling: the nearest pieces' overviews are not reused, every piece is written again.
-    _interrupted_mosaic(store, cog, pieces=2, resampling="mode")
+    interrupted_mosaic(str(store), str(cog), pieces=2, band=1, overview_resampling="mode")
     assert "mosaic: 6 of 6 chunks to compute (0 done)" in caplog.messages  # 1024 px pieces of 2048 x 2560
     mosaic_to_cog(str(store), str(cog), band=1, overview_resampling="mode", show_progress=False)
     assert "mosaic: 4 of 6 chunks to compute (2 done)" in caplog.messages

@@ -22,7 +22,7 @@ import rasterio
 import rasterio.shutil
 import tifffile
 from affine import Affine
-from conftest import class_patches, write_label_store
+from conftest import class_patches, interrupted_mosaic, write_label_store
 from rasterio.enums import Resampling
 from rio_cogeo.cogeo import cog_validate
 
@@ -216,25 +216,6 @@ def test_s3_cog_pieces_on_s3_by_worker_processes_streamed_without_a_local_copy(
         assert cog_validate(storage.gdal_path(target), quiet=True) == (True, [], [])
 
 
-class _Killed(Exception):
-    """Stands for a run stopped half way (a kill, a lost machine)."""
-
-
-def _interrupted(store: str, target: str, *, pieces: int, client=None) -> None:
-    from eoseg.compute import stage as contract
-
-    run_chunks = contract.map_chunks
-
-    def first_pieces_then_killed(function, items, **options):
-        run_chunks(function, list(items)[:pieces], **options)
-        raise _Killed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(contract, "map_chunks", first_pieces_then_killed)
-        with pytest.raises(_Killed):
-            mosaic_to_cog(store, target, client=client, show_progress=False)
-
-
 def test_interrupted_s3_mosaic_resumes_from_the_pieces_on_s3(s3_bucket, dask_client, tmp_path, caplog):
     labels = _labels(2048, 2048, seed=4)
     store = f"{s3_bucket}/labels.zarr"
@@ -242,7 +223,7 @@ def test_interrupted_s3_mosaic_resumes_from_the_pieces_on_s3(s3_bucket, dask_cli
     target = f"{s3_bucket}/map.tif"
     caplog.set_level("INFO", logger="eoseg")
 
-    _interrupted(store, target, pieces=3, client=dask_client)
+    interrupted_mosaic(store, target, pieces=3, client=dask_client)
     assert not storage.exists(target)
     pieces = storage.file_names(storage.join(file_staging_dir(target), "pieces"))
     assert len(pieces) == 3, pieces  # on S3, beside the target
@@ -261,7 +242,7 @@ def test_pieces_of_an_older_format_are_not_reused(tmp_path, caplog):
     _label_store(store, labels, chunk=1024)
     target = str(tmp_path / "map.tif")
     caplog.set_level("INFO", logger="eoseg")
-    _interrupted(store, target, pieces=2)
+    interrupted_mosaic(store, target, pieces=2)
     staging = Path(file_staging_dir(target))
     plan = json.loads((staging / "plan.json").read_text())
     # What eoseg wrote before: uncompressed one-chunk pieces; the pieces left there must not be taken.
