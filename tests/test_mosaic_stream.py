@@ -10,6 +10,7 @@ pieces of an older format are never reused.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -258,3 +259,30 @@ def test_pieces_of_an_older_format_are_not_reused(tmp_path, caplog):
     assert cog_validate(target, quiet=True) == (True, [], [])
     with rasterio.open(target) as out:
         out.read(1, out_shape=(512, 512), resampling=Resampling.nearest)  # reads the overviews
+
+
+@pytest.mark.parametrize(("tile_bytes", "bigtiff"), [(1000, False), (2**22, True)])
+def test_header_is_bigtiff_only_when_the_offsets_need_it(tile_bytes, bigtiff, tmp_path):
+    """A 32768 x 32768 map (4096 tiles at full resolution): 4 MiB tiles make it over 4 GiB."""
+    from eoseg.mosaic import layout
+
+    template_path = tmp_path / "template.tif"
+    with rasterio.open(template_path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8",
+                       tiled=True, blockxsize=16, blockysize=16, compress="DEFLATE", predictor=2,
+                       crs="EPSG:32614", transform=TRANSFORM, nodata=255) as dataset:  # fmt: skip
+        dataset.update_tags(EOSEG_KIND="labels")
+    shapes = [(32768 // f, 32768 // f) for f in (1, 2, 4)]
+    counts = [[tile_bytes] * ((-(-h // 512)) * (-(-w // 512))) for h, w in shapes]
+
+    header = layout.cog_header(layout.read_template(str(template_path)), shapes, counts, 512)
+
+    assert header[:4] == (b"II+\x00" if bigtiff else b"II*\x00")
+    with tifffile.TiffFile(io.BytesIO(header)) as tiff:
+        pages = list(tiff.pages)
+        assert [page.shape for page in pages] == shapes
+        # data follows the header, smallest level first, each tile right after the one before
+        assert pages[2].dataoffsets[0] == len(header)
+        assert pages[0].dataoffsets[0] == len(header) + (len(counts[1]) + len(counts[2])) * tile_bytes
+        assert list(pages[0].databytecounts) == counts[0]
+        assert all(282 not in page.tags and 296 not in page.tags for page in pages)
+        assert pages[0].tags[42113].value == "255"
