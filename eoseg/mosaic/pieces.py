@@ -150,7 +150,12 @@ def write_piece(job: PieceJob) -> TileTable:
     }
     with tempfile.TemporaryDirectory(prefix="eoseg-piece-") as scratch:
         local = os.path.join(scratch, "piece.tif")
-        with rasterio.Env(**OVERVIEW_CONFIG), rasterio.open(local, "w", **profile) as out:
+        # GDAL compresses in its own threads: a rasterio close or overview build holds the GIL meanwhile
+        threads = {"GDAL_NUM_THREADS": "ALL_CPUS"}
+        with (
+            rasterio.Env(**OVERVIEW_CONFIG, **threads),
+            rasterio.open(local, "w", num_threads="ALL_CPUS", **profile) as out,
+        ):
             out.write(block, 1)
             if job.overviews:
                 out.build_overviews(list(job.overviews), Resampling[job.overview_resampling])
