@@ -75,8 +75,8 @@ def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling
     assert not list(tmp_path.glob(".band1.tif*")), "the staging folder is removed once published"
 
 
-@pytest.mark.parametrize("chunk_size", [660, 256])  # not a multiple of 8; smaller than a COG block
-def test_other_chunks_leave_the_overviews_to_gdal(chunk_size, tmp_path):
+@pytest.mark.parametrize("chunk_size", [660, 256])  # not a multiple of 8; smaller than a COG block: 1024 px pieces
+def test_other_chunk_sizes_give_the_same_band_and_overviews(chunk_size, tmp_path):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(8))
     store = tmp_path / "scene.zarr"
     tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=chunk_size, show_progress=False)

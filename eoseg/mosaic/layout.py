@@ -32,7 +32,11 @@ OVERVIEW_TAGS = (42113,)
 """Copied to every overview IFD (as GDAL's COG driver does): GDAL_NODATA."""
 RESOLUTION_TAGS = (282, 283, 296)
 """XResolution, YResolution, ResolutionUnit: tifffile always writes them, GDAL's COG driver does not (GDAL
-would list them as ``TIFFTAG_*RESOLUTION`` metadata); :func:`_drop_tags` takes them out of each IFD."""
+would list them as ``TIFFTAG_*RESOLUTION`` metadata); :func:`_edit_ifds` takes them out of each IFD."""
+PREDICTOR_PLACEHOLDER = 65000
+"""The Predictor (317) is written under this private code and renamed in the IFD (:func:`_edit_ifds`):
+tifffile's own ``predictor`` looks up an encoder (the floating-point one needs imagecodecs) although no
+pixel is encoded here, and it does not write tag 317 given as an extra tag."""
 BATCH_BYTES = 32 * 2**20
 """Tile bytes read (concurrently on S3) and written per batch of :func:`assemble`."""
 
@@ -75,6 +79,7 @@ def _ifds(template: TiffTemplate, shapes: Sequence[tuple[int, int]], tile: int, 
     """The IFD chain (full resolution, then overviews) with empty tile tables to be patched."""
     import tifffile
 
+    predictor = [(PREDICTOR_PLACEHOLDER, 3, 1, template.predictor, True)] if template.predictor > 1 else []
     buffer = io.BytesIO()
     with tifffile.TiffWriter(buffer, bigtiff=bigtiff, byteorder="<") as writer:
         for index, shape in enumerate(shapes):
@@ -85,11 +90,11 @@ def _ifds(template: TiffTemplate, shapes: Sequence[tuple[int, int]], tile: int, 
                 dtype=template.dtype,
                 tile=(tile, tile),
                 compression=template.compression,
-                predictor=template.predictor,
                 photometric=template.photometric,
                 colormap=template.colormap,
                 subfiletype=1 if index else 0,
-                extratags=[(*tag, True) for tag in (template.overview_tags if index else template.main_tags)],
+                extratags=predictor
+                + [(*tag, True) for tag in (template.overview_tags if index else template.main_tags)],
                 metadata=None,
                 software=False,
             )
@@ -128,17 +133,29 @@ def cog_header(
             page.tags[324].overwrite(level_offsets)  # TileOffsets, TileByteCounts: same count, in place
             page.tags[325].overwrite(list(counts))
         ifd_offsets = [page.offset for page in pages]
-    patched = _drop_tags(bytearray(buffer.getvalue()), ifd_offsets, RESOLUTION_TAGS, bigtiff=bigtiff)
+    patched = _edit_ifds(
+        bytearray(buffer.getvalue()),
+        ifd_offsets,
+        RESOLUTION_TAGS,
+        {PREDICTOR_PLACEHOLDER: 317},
+        bigtiff=bigtiff,
+    )
     if len(patched) != len(header):
         raise RuntimeError("the COG header grew while its tile tables were written; please report this")
     return patched
 
 
-def _drop_tags(
-    header: bytearray, ifd_offsets: Sequence[int], codes: Sequence[int], *, bigtiff: bool
+def _edit_ifds(
+    header: bytearray,
+    ifd_offsets: Sequence[int],
+    drop: Sequence[int],
+    rename: dict[int, int],
+    *,
+    bigtiff: bool,
 ) -> bytes:
-    """Remove the entries ``codes`` from each IFD in place (TIFF 6.0 section 2; BigTIFF): the later entries
-    and the next-IFD offset move up, the IFD's entry count drops; the bytes freed stay unused."""
+    """Remove the entries ``drop`` from each IFD and give entries of a code in ``rename`` the new code,
+    in place (TIFF 6.0 section 2; BigTIFF), entries kept in ascending order of code: the later entries and
+    the next-IFD offset move up, the IFD's entry count drops; the bytes freed stay unused."""
     count_format, entry_size, next_size = ("<Q", 20, 8) if bigtiff else ("<H", 12, 4)
     count_size = struct.calcsize(count_format)
     for offset in ifd_offsets:
@@ -146,7 +163,14 @@ def _drop_tags(
         start = offset + count_size
         entries = [bytes(header[start + i * entry_size : start + (i + 1) * entry_size]) for i in range(count)]
         following = bytes(header[start + count * entry_size : start + count * entry_size + next_size])
-        kept = [entry for entry in entries if struct.unpack_from("<H", entry)[0] not in codes]
+        kept = sorted(
+            (
+                struct.pack("<H", rename.get(code, code)) + entry[2:]
+                for entry in entries
+                if (code := struct.unpack_from("<H", entry)[0]) not in drop
+            ),
+            key=lambda entry: struct.unpack_from("<H", entry)[0],
+        )
         block = b"".join(kept) + following
         struct.pack_into(count_format, header, offset, len(kept))
         header[start : start + len(block)] = block
