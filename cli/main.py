@@ -106,8 +106,12 @@ def main_options(
             prefect=prefect,
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        fail(EosegError(f"EOSEG_* settings: {problems}; fix the environment variable or pass the option."))
+        problems = "; ".join(
+            f"--{name.replace('_', '-')} (EOSEG_{name.upper()}): {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+            for name in [".".join(map(str, e["loc"]))]
+        )
+        fail(EosegError(f"{problems}; fix the option or the environment variable"))
     use_settings(settings)
     # eoseg's progress at INFO in the terminal and in the run's Prefect logs; Dask's chatter kept out.
     configure_logging(verbose=verbose)

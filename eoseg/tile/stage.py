@@ -316,7 +316,7 @@ def tile_scene(
         finalise=finalise,
     )
     logger.info(
-        "tiling %s (%d file(s), %d x %d px, %d bands, %s) into %d chunks",
+        "tiling %s (%d file(s), %d x %d px, %d band(s), %s) into %d chunk(s)",
         scene.uri,
         len(sources.tiles),
         scene.width,
