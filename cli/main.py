@@ -1,6 +1,6 @@
 """The ``eoseg`` command line, above the Prefect flows: with a Prefect API configured every command runs
 its flow (recorded there); without one, ``tile``/``predict``/``mosaic`` call their stages directly
-(:mod:`cli.direct`). ``--prefect/--no-prefect`` decides explicitly (:func:`cli.runs.use_prefect`).
+(:mod:`cli.direct`). ``--prefect/--no-prefect`` decides explicitly (:func:`cli.runs.stage_runner`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ __all__ = [
     "scene_sources",
     "stage_runner",
     "use_interrupt_hint",
-    "use_prefect",
     "use_settings",
 ]
 
@@ -129,13 +128,6 @@ def prefect_api_configured() -> bool:
     """Whether Prefect would talk to a configured API rather than start its temporary server
     (:func:`prefect_api`)."""
     return prefect_api() is not None
-
-
-def use_prefect() -> bool:
-    """Whether this command runs as a Prefect flow: ``--prefect/--no-prefect`` or ``EOSEG_PREFECT`` when
-    given, else only when a Prefect API is configured (:func:`prefect_api_configured`)."""
-    settings = _RUN_SETTINGS.get(None) or load_settings()
-    return settings.prefect if settings.prefect is not None else prefect_api_configured()
 
 
 def stage_runner(flow: str, direct: str, *, record: str | None = None) -> Callable[..., dict[str, Any]]:
