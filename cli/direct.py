@@ -3,7 +3,7 @@
 A Prefect flow run costs a command ~1.5 s of imports and, when no Prefect server is configured, ~7 s to
 start Prefect's temporary server (measured; see benchmarks/results/command_overhead.md), against
 ~0.2 s of work to tile a small scene. So ``eoseg tile``, ``predict`` and ``mosaic`` call the stages
-directly unless Prefect is wanted (:func:`cli.runs.use_prefect`): the outputs, their lifecycle (resume,
+directly unless Prefect is wanted (:func:`cli.runs.stage_runner`): the outputs, their lifecycle (resume,
 overwrite, atomic publish), the Dask cluster and the log lines are the same; only the run history and
 Prefect's retries are missing. This module never imports Prefect.
 """

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from eoseg.compute.stage import ChunkedStage, run_stage
-from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
+from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError, reason
 from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.scene.inspect import SceneInfo, open_scene_dataset
@@ -194,7 +194,7 @@ def read_tile_window(uri: str, window: Window, *, job: TileChunkJob) -> tuple[np
     except Exception as error:
         raise CorruptSceneError(
             f"{uri}: reading pixels at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
-            f"failed ({error}); the file is truncated or corrupt. Re-download or re-export it."
+            f"failed ({reason(error)}); the file is truncated or corrupt. Re-download or re-export it."
         ) from error
 
 
@@ -316,7 +316,7 @@ def tile_scene(
         finalise=finalise,
     )
     logger.info(
-        "tiling %s (%d file(s), %d x %d px, %d bands, %s) into %d chunks",
+        "tiling %s (%d file(s), %d x %d px, %d band(s), %s) into %d chunk(s)",
         scene.uri,
         len(sources.tiles),
         scene.width,
