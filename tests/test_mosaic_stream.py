@@ -286,3 +286,18 @@ def test_header_is_bigtiff_only_when_the_offsets_need_it(tile_bytes, bigtiff, tm
         assert list(pages[0].databytecounts) == counts[0]
         assert all(282 not in page.tags and 296 not in page.tags for page in pages)
         assert pages[0].tags[42113].value == "255"
+
+
+def test_a_failed_s3_assembly_leaves_no_object(s3_bucket, tmp_path):
+    """A tile that cannot be read aborts the multipart upload: nothing appears, not even a partial file."""
+    from eoseg.mosaic import layout
+
+    source = tmp_path / "tiles.bin"
+    source.write_bytes(bytes(range(256)) * 8)
+    target = f"{s3_bucket}/.map.tif.partial/assembled.tif"
+    with pytest.raises(OSError, match="expected"):
+        layout.assemble(target, b"II*\x00", [[(str(source), 0, 1024), (str(source), 2000, 100)]])
+    assert not storage.exists(target)
+    layout.assemble(target, b"II*\x00", [[(str(source), 0, 1024), (str(source), 1024, 100)]])
+    with storage.open_file(target, "rb") as handle:
+        assert handle.read() == b"II*\x00" + source.read_bytes()[:1124]

@@ -216,22 +216,38 @@ def assemble(target: str, header: bytes, levels: Sequence[Sequence[TileRef]]) ->
         header: :func:`cog_header`'s bytes, whose offsets assume exactly this order.
         levels: per level (full resolution first), each tile's :data:`TileRef`, row-major.
     """
-    written = 0
-    with storage.open_file(target, "wb") as out:
-        out.write(header)
-        written += len(header)
-        for batch in _batches(_runs([ref for level in reversed(levels) for ref in level])):
-            by_file: dict[str, list[int]] = {}
-            for index, (uri, _, _) in enumerate(batch):
-                by_file.setdefault(uri, []).append(index)
-            chunks: list[bytes] = [b""] * len(batch)
-            for uri, indices in by_file.items():
-                ranges = [(batch[i][1], batch[i][1] + batch[i][2]) for i in indices]
-                for index, chunk in zip(indices, storage.read_ranges(uri, ranges), strict=True):
-                    chunks[index] = chunk
-            for run, chunk in zip(batch, chunks, strict=True):
-                if len(chunk) != run[2]:
-                    raise OSError(f"{run[0]}: {len(chunk)} bytes read at {run[1]}, {run[2]} expected")
-                out.write(chunk)
-                written += len(chunk)
+    out = storage.open_file(target, "wb")
+    try:
+        written = _copy_tiles(out, header, levels)
+    except BaseException:
+        # An S3 upload is aborted (closing would complete it); a local file is left for the next run to
+        # replace. Either way it is in the staging folder, never at the target.
+        abort = getattr(out, "discard", None)
+        if callable(abort):
+            abort()
+            out.closed = True  # s3fs's discard leaves it open: a later close (even from __del__) fails
+        else:
+            out.close()
+        raise
+    out.close()
+    return written
+
+
+def _copy_tiles(out: Any, header: bytes, levels: Sequence[Sequence[TileRef]]) -> int:
+    out.write(header)
+    written = len(header)
+    for batch in _batches(_runs([ref for level in reversed(levels) for ref in level])):
+        by_file: dict[str, list[int]] = {}
+        for index, (uri, _, _) in enumerate(batch):
+            by_file.setdefault(uri, []).append(index)
+        chunks: list[bytes] = [b""] * len(batch)
+        for uri, indices in by_file.items():
+            ranges = [(batch[i][1], batch[i][1] + batch[i][2]) for i in indices]
+            for index, chunk in zip(indices, storage.read_ranges(uri, ranges), strict=True):
+                chunks[index] = chunk
+        for run, chunk in zip(batch, chunks, strict=True):
+            if len(chunk) != run[2]:
+                raise OSError(f"{run[0]}: {len(chunk)} bytes read at {run[1]}, {run[2]} expected")
+            out.write(chunk)
+            written += len(chunk)
     return written
