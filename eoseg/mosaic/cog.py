@@ -153,7 +153,7 @@ def _template(info: StoreInfo, store_uri: str, band_index: int | None) -> layout
 
 
 def _level_shapes(info: StoreInfo, factors: tuple[int, ...]) -> list[tuple[int, int]]:
-    """``(height, width)`` of the full resolution and of each overview (rounded up, as GDAL does)."""
+    """``(height, width)`` of the full resolution and each overview, rounded up (as gdaladdo rounds)."""
     return [(-(-info.height // f), -(-info.width // f)) for f in (1, *factors)]
 
 
