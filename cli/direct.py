@@ -42,7 +42,8 @@ def tile_direct(
     from eoseg.tile.stage import tile_scene
 
     log_to_terminal()
-    scene = scene_sources(scene_uri, options).scene  # read by the preflight; the stage logs its size
+    sources = scene_sources(scene_uri, options)  # read by the preflight: the stage reads no header again
+    scene = sources.scene
     chunks = len(ChunkGrid(scene.height, scene.width, options.chunk_size, options.chunk_size))
     # Tiling is GDAL decoding and Blosc compression, which release the GIL: threads of this process do it
     # without worker processes' start-up (benchmarks/results/tile_mosaic.md), unless a cluster was asked for.
@@ -51,7 +52,7 @@ def tile_direct(
         info = tile_scene(
             scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,
-            resample=options.resample,
+            resample=options.resample, sources=sources,
         )  # fmt: skip
     return info.to_attrs()
 
