@@ -85,15 +85,20 @@ def predict_direct(
     return info.to_attrs()
 
 
-def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool) -> dict[str, Any]:
-    """``eoseg mosaic`` without Prefect; returns the COG's summary."""
+def mosaic_direct(
+    store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool, cluster: ClusterSpec
+) -> dict[str, Any]:
+    """``eoseg mosaic`` without Prefect; returns the COG's summary. The pieces of an ``s3://`` COG go to
+    the configured cluster when there is one (as ``mosaic-store`` does), else to threads of this process."""
     from dataclasses import asdict
 
-    from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.mosaic.cog import mosaic_to_cog, pieces_for_workers
 
     log_to_terminal()
-    summary = mosaic_to_cog(
-        store_uri, cog_uri, band=options.band, overwrite=overwrite,
-        overview_resampling=options.overview_resampling, max_pixels=options.max_pixels,
-    )  # fmt: skip
+    work = pieces_for_workers(store_uri, cog_uri)
+    with stage_cluster(cluster, work_chunks=work, threads=True) as address, connect(address) as client:
+        summary = mosaic_to_cog(
+            store_uri, cog_uri, band=options.band, overwrite=overwrite,
+            overview_resampling=options.overview_resampling, max_pixels=options.max_pixels, client=client,
+        )  # fmt: skip
     return asdict(summary)

@@ -187,7 +187,7 @@ def mosaic(
     mosaic_store = stage_runner(
         "flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct", record="mosaic-store"
     )
-    summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite)
+    summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite, cluster=cluster_spec())
     typer.echo(
         f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
         f"{list(summary['overview_levels'])})"

@@ -124,6 +124,16 @@ def segment_scene_flow(
             overwrite=overwrite,
             scheduler_address=address,
         )
+        if single_cog:  # an s3:// COG's pieces are written by the cluster's workers (a local one's here)
+            # A label store has one band: the mosaic options' band (for image stores) does not apply.
+            label_mosaic = mosaic.model_copy(update={"band": None})
+            mosaic_task(
+                outputs.labels,
+                outputs.cog,
+                options=label_mosaic,
+                overwrite=overwrite,
+                scheduler_address=address,
+            )
     tile_maps, the_map, quicklook = None, outputs.cog, outputs.quicklook
     if per_tile_maps:
         name = scene_label(outputs.cog)
@@ -133,12 +143,8 @@ def segment_scene_flow(
         )  # fmt: skip
         if not single_cog:
             the_map, quicklook = tile_maps["vrt"], tile_maps["quicklook"]
-    if single_cog:
-        # A label store has one band: the mosaic options' band (for image stores) does not apply.
-        label_mosaic = mosaic.model_copy(update={"band": None})
-        mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
-        if legend_uri:
-            legend_task(outputs.cog, legend_uri)
+    if single_cog and legend_uri:
+        legend_task(outputs.cog, legend_uri)
     scores = baseline_scores = None
     if reference_uri:
         ignore, names = tuple(evaluate.ignore), evaluate.class_names

@@ -301,3 +301,28 @@ def test_a_failed_s3_assembly_leaves_no_object(s3_bucket, tmp_path):
     layout.assemble(target, b"II*\x00", [[(str(source), 0, 1024), (str(source), 1024, 100)]])
     with storage.open_file(target, "rb") as handle:
         assert handle.read() == b"II*\x00" + source.read_bytes()[:1124]
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_cli_mosaic_gives_an_s3_cogs_pieces_to_the_cluster(where, s3_bucket, dask_client, tmp_path):
+    """`eoseg --cluster ADDRESS mosaic STORE s3://...`: the pieces are Dask tasks on the cluster's workers;
+    a local COG's pieces are written by threads of the command (they must land on its disk)."""
+    import subprocess
+    import sys
+
+    from distributed import get_task_stream
+
+    store = f"{s3_bucket}/labels.zarr"
+    _label_store(store, _labels(2048, 2048, seed=5), chunk=1024)
+    target = f"{s3_bucket}/map.tif" if where == "s3" else str(tmp_path / "map.tif")
+    command = [str(Path(sys.executable).parent / "eoseg"), "--cluster", dask_client.scheduler.address]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # the direct call
+    with get_task_stream(dask_client) as stream:
+        done = subprocess.run(
+            [*command, "--no-prefect", "mosaic", store, "--out", target],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pieces = [task for task in stream.data if str(task["key"]).startswith("mosaic-")]
+    assert len(pieces) == (4 if where == "s3" else 0), [task["key"] for task in stream.data]
+    assert storage.exists(target)

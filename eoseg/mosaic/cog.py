@@ -184,6 +184,17 @@ def _tile_refs(
     return refs
 
 
+def pieces_for_workers(store_uri: str, cog_uri: str) -> int:
+    """How many pieces of the mosaic of ``store_uri`` into ``cog_uri`` Dask workers can write: the store's
+    chunks when the COG goes to S3 (its pieces are staged on S3, where any worker can write them), else 0
+    (a local COG's pieces land on this machine's disk: threads of this process write them). For
+    :func:`eoseg.compute.cluster.stage_cluster`: no cluster is started or used for a local COG."""
+    if not storage.is_s3(storage.normalise_uri(cog_uri)):
+        return 0
+    info = read_store_info(storage.normalise_uri(store_uri))
+    return len(info.grid)
+
+
 def mosaic_to_cog(
     store_uri: str,
     cog_uri: str,
