@@ -66,11 +66,12 @@ def preflight_run(
 
 
 def preflight_checkpoint(uri: str) -> None:
-    """Refuse a missing checkpoint without importing torch (one ``error:`` line, exit 2)."""
-    from eoseg.train.checkpoints import check_checkpoint_exists
+    """Refuse a missing checkpoint, or a file that is not one (not a readable zip archive: truncated, a
+    GeoTIFF...), without importing torch (one ``error:`` line, exit 2)."""
+    from eoseg.train.checkpoints import check_checkpoint_file
 
     try:
-        check_checkpoint_exists(uri)
+        check_checkpoint_file(uri)
     except EosegError as error:
         fail(error)
 

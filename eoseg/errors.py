@@ -52,6 +52,10 @@ class CorruptStoreError(IncompleteStoreError):
     """A chunk of a finished store cannot be read back (damaged on disk or in the bucket)."""
 
 
+class CorruptCheckpointError(EosegError, ValueError):
+    """A model checkpoint exists but cannot be read as one (truncated, another file format, bad contents)."""
+
+
 class TileGridMismatchError(EosegError, ValueError):
     """The input tiles of one scene are not on one pixel grid (CRS, resolution, lattice, bands differ)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,26 @@ def test_saving_refuses_values_weights_only_cannot_load(
 def test_unknown_family_is_refused(trained_checkpoint: dict[str, Any]) -> None:
     with pytest.raises(CheckpointError, match="unknown model family"):
         load_predictor({**trained_checkpoint, "family": "no-such-model"}, device="cpu")
+
+
+def test_the_stages_loader_raises_one_line_eoseg_errors(
+    trained_checkpoint: dict[str, Any], tmp_path: Path
+) -> None:
+    """What a stage, flow or direct call reads: a torn copy (no zip central directory), a GeoTIFF and a
+    zip archive torch cannot load all raise CorruptCheckpointError (an EosegError), naming the file."""
+    from eoseg.errors import CorruptCheckpointError
+    from eoseg.train.checkpoints import load_checkpoint_from
+
+    whole = tmp_path / "model.pt"
+    save_checkpoint(whole, trained_checkpoint)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    not_torch = tmp_path / "other.pt"
+    with zipfile.ZipFile(not_torch, "w") as archive:
+        archive.writestr("readme.txt", "not a checkpoint")
+    tiff = tmp_path / "scene.tif"
+    tiff.write_bytes(b"II*\x00" + bytes(64))
+    for path in (torn, not_torch, tiff):
+        with pytest.raises(CorruptCheckpointError, match=re.escape(f"{path}: not a")):
+            load_checkpoint_from(str(path))
+    assert load_checkpoint_from(str(whole))["family"] == trained_checkpoint["family"]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from test_direct_commands import _env_without_prefect_api
@@ -56,6 +57,10 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
     existing = {name: tmp_path / name for name in ("map.tif", "model.pt", "labels.zarr", "out.tif")}
     for path in existing.values():
         path.write_bytes(b"precious")
+    with zipfile.ZipFile(existing["model.pt"], "w") as archive:  # passes the checkpoint's header check
+        archive.writestr("archive/data.pkl", b"precious")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(existing["model.pt"].read_bytes()[:40])  # a torn copy: no central directory
     missing = tmp_path / "missing.tif"
     cases = {
         # command: the one error line it must print
@@ -71,6 +76,15 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
         ),
         ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--weights", str(tmp_path / "no.pt")): (
             f"{tmp_path / 'no.pt'}: model checkpoint not found"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--weights", str(truncated)): (
+            f"{truncated}: not a model checkpoint (not a readable PyTorch zip archive"
+        ),
+        ("predict", str(store), "--model", str(truncated), "--out", str(tmp_path / "l.zarr")): (
+            f"{truncated}: not a model checkpoint (not a readable PyTorch zip archive"
+        ),
+        ("predict", str(store), "--model", str(tiny_scene), "--out", str(tmp_path / "l.zarr")): (
+            f"{tiny_scene}: not a model checkpoint (not a readable PyTorch zip archive"
         ),
         ("tile", str(tiny_scene), "--out", str(store)): f"{store}: output already exists; pass --overwrite",
         ("tile", str(missing), "--out", str(tmp_path / "new.zarr")): f"{missing}: scene not found",
