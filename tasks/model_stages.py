@@ -172,11 +172,12 @@ def evaluate_task(
         publish_file(local_scores, scores_uri, overwrite=True)
     for method, report in reports.items():
         get_run_logger().info(
-            "%s mapping of %s: F1 %.3f, IoU %.3f, OA %.3f, kappa %.3f",
-            method, cog_uri, report.f1, report.iou, report.oa, report.kappa,
+            "%s mapping of %s: F1 %.3f, IoU %.3f, OA %.3f, kappa %s",
+            method, cog_uri, report.f1, report.iou, report.oa,
+            "n/a" if report.kappa is None else f"{report.kappa:.3f}",
         )  # fmt: skip
-        if report.collapsed:
-            get_run_logger().warning("%s: %s", cog_uri, report.collapse_message())
+        if report.warning():
+            get_run_logger().warning("%s: %s", cog_uri, report.warning())
     return scores
 
 

@@ -176,3 +176,29 @@ def test_quicklook_key_shows_the_names_of_labels(tmp_path: Path) -> None:
     assert key_text_pixels(named) > 1.5 * key_text_pixels(plain)
     with Image.open(plain) as a, Image.open(named) as b:
         assert np.array_equal(np.asarray(a)[:30], np.asarray(b)[:30])  # same panels
+
+
+def test_a_one_class_reference_has_undefined_kappa_and_a_warning(collapsing_pair: tuple[str, str]) -> None:
+    """--ignore leaves one reference class: kappa is 0/0, reported as null / n/a with a warning, not 1."""
+    result = runner.invoke(app, ["evaluate", *collapsing_pair, "--ignore", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert list(document["per_class"]) == ["7"] and document["kappa"] is None
+    assert "the reference has one class (7)" in document["warning"]
+    assert "kappa is undefined" in document["warning"]
+    text = runner.invoke(app, ["evaluate", *collapsing_pair, "--ignore", "4"]).output
+    assert "kappa n/a" in text and "WARNING: the reference has one class (7)" in text
+    assert "n/a" in comparison_text({"majority": document, "hungarian": document})
+
+
+def test_a_geojson_reference_off_the_map_is_refused(collapsing_pair: tuple[str, str], tmp_path: Path) -> None:
+    """Polygons that all lie off the map would leave a reference of background only (perfect scores)."""
+    far = {"type": "Polygon", "coordinates": [[[100, -40], [100.1, -40], [100.1, -40.1], [100, -40]]]}
+    geojson = tmp_path / "elsewhere.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [{"geometry": far}]}))
+    result = runner.invoke(app, ["evaluate", collapsing_pair[0], str(geojson)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {geojson}: the reference does not overlap the map {collapsing_pair[0]} (none of its 1 "
+        "feature(s) lies on it); check that both cover the same place and CRS"
+    ]

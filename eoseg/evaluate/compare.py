@@ -47,7 +47,7 @@ def comparison_text(
         cells = [f"{report['per_class'][value]['f1']:.3f}" for _, report in columns]
         rows.append([label, f"{row['support']:,}", *cells])
     for key, title in (("f1", "macro F1"), ("iou", "macro IoU"), ("oa", "OA"), ("kappa", "kappa")):
-        rows.append([title, "", *(f"{report[key]:.3f}" for _, report in columns)])
+        rows.append([title, "", *(_figure(report[key]) for _, report in columns)])
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(
@@ -60,6 +60,11 @@ def comparison_text(
     lines.insert(len(first) + 2, "-" * len(lines[0]))
     lines.append("per-class F1; maj. = majority mapping (paper), hung. = one-to-one Hungarian mapping")
     for title, report in columns:
-        if report.get("collapsed"):
+        if report.get("warning"):
             lines.append(f"WARNING ({title}): {report['warning']}")
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    """A score to three decimals, or ``n/a`` when it is undefined (kappa of a one-class reference)."""
+    return "n/a" if value is None else f"{value:.3f}"

@@ -55,7 +55,9 @@ def score(counts: ConfusionCounts, mapping: dict[int, int], *, method: str = "cu
     """Score the mapped label map: per-class and mean F1 and IoU, overall accuracy, kappa.
 
     Means are macro averages over the reference classes present in ``counts``. Precision of a class
-    that is never predicted, and any other 0/0, counts as 0.
+    that is never predicted, and any other 0/0 of a per-class score, counts as 0. Cohen's kappa
+    ``(p_o - p_e) / (1 - p_e)`` is None (undefined) when the chance agreement ``p_e`` is 1, i.e. the
+    reference holds one class and every cluster maps to it.
 
     Args:
         counts: Pair counts from :func:`confusion_matrix_from_rasters`.
@@ -97,11 +99,10 @@ def score(counts: ConfusionCounts, mapping: dict[int, int], *, method: str = "cu
     iou = _divide_or_zero(true_positives, predicted + actual - true_positives)
     overall_accuracy = float(true_positives.sum() / total)
     chance_agreement = float((predicted * actual).sum() / total**2)
-    # Chance agreement of 1 means one class everywhere in both maps: perfect, not undefined.
-    if chance_agreement >= 1.0:
-        kappa = 1.0
-    else:
-        kappa = (overall_accuracy - chance_agreement) / (1.0 - chance_agreement)
+    # Chance agreement of 1 means one class everywhere in both maps: kappa is 0/0, undefined (None).
+    kappa = (
+        None if chance_agreement >= 1.0 else (overall_accuracy - chance_agreement) / (1.0 - chance_agreement)
+    )
 
     per_class = {
         value: ClassScores(
@@ -117,7 +118,7 @@ def score(counts: ConfusionCounts, mapping: dict[int, int], *, method: str = "cu
         f1=float(f1.mean()),
         iou=float(iou.mean()),
         oa=overall_accuracy,
-        kappa=float(kappa),
+        kappa=None if kappa is None else float(kappa),
         per_class=per_class,
         mapping={cluster: mapping[cluster] for cluster in counts.prediction_labels},
         method=method,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from eoseg.errors import CorruptSceneError, MissingCRSError, SceneNotFoundError
+from eoseg.errors import CorruptSceneError, EmptySceneError, MissingCRSError, SceneNotFoundError
 from eoseg.geometry import GeoBox, geobox_of, rasterio_grid_profile
 
 VECTOR_SUFFIXES = (".geojson", ".json")
@@ -96,6 +96,7 @@ def rasterize_reference(
         SceneNotFoundError: ``vector_path`` does not exist.
         CorruptSceneError: it is not a GeoJSON FeatureCollection.
         MissingCRSError: the grid has no CRS, so the polygons cannot be placed on it.
+        EmptySceneError: no polygon lies on the grid (the reference does not overlap the map).
     """
     import rasterio
     from rasterio.crs import CRS
@@ -131,6 +132,11 @@ def rasterize_reference(
         if not placed.intersects(grid_box):
             outside.append(str(feature.get("id", number)))
         shapes.append((placed, burn_value))
+    if len(outside) == len(shapes):  # no polygon on the map: the reference would be all background
+        raise EmptySceneError(
+            f"{vector_path}: the reference does not overlap the map {grid_name} (none of its "
+            f"{len(features)} feature(s) lies on it); check that both cover the same place and CRS"
+        )
     if outside:
         logger.warning(
             "%s: %d of %d polygon(s) lie outside %s and are not on the reference map (features %s)",

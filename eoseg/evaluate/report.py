@@ -31,7 +31,8 @@ class EvaluationReport:
         f1: Mean F1 over reference classes (macro).
         iou: Mean intersection-over-union over reference classes (macro).
         oa: Overall accuracy, the fraction of evaluated pixels whose mapped class is right.
-        kappa: Cohen's kappa of the mapped classes against the reference.
+        kappa: Cohen's kappa of the mapped classes against the reference; None when undefined (0/0:
+            the reference has one class, see :attr:`single_class`).
         per_class: Scores of every reference class present, by class value.
         mapping: The cluster -> class mapping the scores were computed with.
         method: How the mapping was made (``"majority"``, ``"hungarian"`` or ``"custom"``).
@@ -42,7 +43,7 @@ class EvaluationReport:
     f1: float
     iou: float
     oa: float
-    kappa: float
+    kappa: float | None
     per_class: dict[int, ClassScores]
     mapping: dict[int, int]
     method: str
@@ -63,6 +64,23 @@ class EvaluationReport:
         mapping when one class dominates every cluster).
         """
         return len(self.classes_predicted) == 1 and len(self.per_class) > 1
+
+    @property
+    def single_class(self) -> bool:
+        """True when the reference has one class: every cluster maps to it, OA, F1 and IoU are 1 by
+        construction and kappa is undefined."""
+        return len(self.per_class) == 1
+
+    def warning(self) -> str | None:
+        """The sentence saying why these scores mislead (one reference class, collapsed mapping), or None."""
+        if self.single_class:
+            only = self.class_label(next(iter(self.per_class)))
+            return (
+                f"the reference has one class ({only}) where the map was scored: every cluster maps to it, "
+                "so OA, F1 and IoU are 1 by construction and kappa is undefined (n/a); score against a "
+                "reference with several classes (see --ignore)"
+            )
+        return self.collapse_message()
 
     def with_class_names(self, names: Mapping[int, str] | None) -> EvaluationReport:
         """The same report with names for the reference class values (those present)."""
@@ -109,7 +127,7 @@ class EvaluationReport:
             "pixels": self.pixels,
             "classes_predicted": list(self.classes_predicted),
             "collapsed": self.collapsed,
-            "warning": self.collapse_message(),
+            "warning": self.warning(),
         }
 
     def to_text(self) -> str:
@@ -128,10 +146,11 @@ class EvaluationReport:
         lines = [f"Evaluation of {self.pixels:,} pixels, clusters mapped to classes by {self.method}"]
         for row in [header, *rows]:
             lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-        lines.append(f"overall accuracy {self.oa:.4f}   kappa {self.kappa:.4f}")
+        kappa = "n/a" if self.kappa is None else f"{self.kappa:.4f}"
+        lines.append(f"overall accuracy {self.oa:.4f}   kappa {kappa}")
         mapping = ", ".join(f"{cluster}->{target}" for cluster, target in sorted(self.mapping.items()))
         lines.append(f"mapping (cluster->class): {mapping}")
-        message = self.collapse_message()
+        message = self.warning()
         if message:
             lines.append(f"WARNING: {message}")
         return "\n".join(lines)
