@@ -308,7 +308,10 @@ def run(
     )  # fmt: skip
     patch_size = None if weights else training.training_params().get("patch_size")
     preflight_run(out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite)
-    preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
+    preflight_scene(
+        scene_argument(scene), tile, patch_size=patch_size, weights=weights, evaluate=evaluate_options,
+        reference=reference,
+    )  # fmt: skip
     from flows.segment_flows import segment_scene_flow  # Prefect and torch: after the cheap checks
 
     result = run_flow(

@@ -21,7 +21,7 @@ from eoseg.settings import EosegSettings, load_settings
 if TYPE_CHECKING:
     from cli.prefect_record import PrefectApi
     from eoseg.compute.cluster import ClusterSpec
-    from eoseg.config import TileOptions
+    from eoseg.config import EvaluateOptions, TileOptions
     from eoseg.scene.sources import SceneSources
 
 __all__ = [
@@ -241,15 +241,22 @@ def scene_sources(scene: str | list[str], tile: TileOptions) -> SceneSources:
 
 
 def preflight_scene(
-    scene: str | list[str], tile: TileOptions, *, patch_size: int | None = None, weights: str | None = None
+    scene: str | list[str],
+    tile: TileOptions,
+    *,
+    patch_size: int | None = None,
+    weights: str | None = None,
+    evaluate: EvaluateOptions | None = None,
+    reference: str | None = None,
 ) -> None:
     """Refuse a bad scene before any flow, cluster or output exists: one ``error:`` line, exit 2.
 
     Checks the header and edge blocks (:func:`eoseg.scene.inspect.inspect_scene`; the headers of every
     file of a many-file scene, :func:`eoseg.scene.sources.open_scene_sources`), when the command
     trains, that one ``patch_size`` patch fits in the scene, and, with ``weights``, that the model was
-    trained on as many bands as the scene has. The flows check the same again for runs that
-    do not come from the CLI.
+    trained on as many bands as the scene has, and with ``reference``, that it exists, is on the
+    scene's CRS and ``evaluate.class_names`` names classes (:func:`eoseg.evaluate.reference.check_reference`).
+    The flows check the same again for runs that do not come from the CLI.
     """
     try:  # one GeoTIFF is inspected as before; many are checked onto one grid (headers only)
         info = scene_sources(scene, tile).scene
@@ -261,6 +268,11 @@ def preflight_scene(
             from eoseg.predict.stage import check_model_bands
 
             check_model_bands(info.uri, info.band_count, weights)
+        if reference is not None:
+            from eoseg.evaluate.reference import check_reference
+
+            class_names = evaluate.class_names if evaluate else None
+            check_reference(reference, class_names, crs_wkt=info.crs_wkt)
     except EosegError as error:
         fail(error)
 

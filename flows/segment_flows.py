@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from eo_models.family import family_names
 from eoseg.compute.cluster import ClusterSpec, dask_cluster, stage_cluster
 from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions, check_run_model
+from eoseg.evaluate.reference import check_reference
 from eoseg.geometry import ChunkGrid
 from eoseg.mosaic.cog import check_single_cog_size
 from eoseg.mosaic.legend import read_legend
@@ -91,6 +92,8 @@ def segment_scene_flow(
     if legend_uri:
         read_legend(legend_uri)  # a bad legend is refused before any work
     scene = inspect_scene_logged(scene_uri, tile)
+    if reference_uri:  # a missing reference, bad --class-names, another CRS: refused before any work
+        check_reference(reference_uri, evaluate.class_names, crs_wkt=scene["crs_wkt"])
     single_cog = scene["height"] * scene["width"] <= mosaic.max_pixels
     if not single_cog and per_tile_maps is None:
         check_single_cog_size(scene["height"] * scene["width"], limit=mosaic.max_pixels, what=outputs.cog)

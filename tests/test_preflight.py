@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import pytest
+from conftest import write_geotiff
 from test_direct_commands import _env_without_prefect_api
 
 from eoseg.tile.stage import tile_scene
@@ -62,6 +66,8 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(existing["model.pt"].read_bytes()[:40])  # a torn copy: no central directory
     missing = tmp_path / "missing.tif"
+    elsewhere = write_geotiff(tmp_path / "wgs84.tif", np.zeros((70, 90), np.uint8), crs="EPSG:4326")
+    small = ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--patch-size", "32", "--reference")
     cases = {
         # command: the one error line it must print
         ("run", str(missing), "--out", str(tmp_path / "new" / "map.tif")): f"{missing}: scene not found",
@@ -85,6 +91,12 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
         ),
         ("predict", str(store), "--model", str(tiny_scene), "--out", str(tmp_path / "l.zarr")): (
             f"{tiny_scene}: not a model checkpoint (not a readable PyTorch zip archive"
+        ),
+        (*small, str(missing)): f"{missing}: reference raster not found",
+        (*small, str(tmp_path / "no.geojson")): f"{tmp_path / 'no.geojson'}: reference not found",
+        (*small, str(tiny_scene), "--class-names", "lovda"): "lovda: not class names",
+        (*small, str(elsewhere)): (
+            f"{elsewhere}: reference raster is on EPSG:4326, the map will be on EPSG:32616"
         ),
         ("tile", str(tiny_scene), "--out", str(store)): f"{store}: output already exists; pass --overwrite",
         ("tile", str(missing), "--out", str(tmp_path / "new.zarr")): f"{missing}: scene not found",
@@ -192,3 +204,25 @@ def test_a_bad_option_value_is_one_line_naming_the_option(tmp_path, shared_data)
         "see the command's --help"
     ]
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_segment_flow_refuses_a_bad_reference_before_any_work(tiny_scene, tmp_path):
+    """Runs that do not come from the CLI: the flow checks --reference and its class names up front."""
+    from eoseg.config import EvaluateOptions
+    from eoseg.errors import ConfigurationError, SceneNotFoundError
+    from flows.segment_flows import segment_scene_flow
+
+    out = tmp_path / "out" / "map.tif"
+    with pytest.raises(
+        SceneNotFoundError, match=re.escape(f"{tmp_path / 'no.tif'}: reference raster not found")
+    ):
+        segment_scene_flow(str(tiny_scene), str(out), reference_uri=str(tmp_path / "no.tif"))
+    with pytest.raises(ConfigurationError, match="lovda: not class names"):
+        segment_scene_flow(
+            str(tiny_scene),
+            str(out),
+            reference_uri=str(tiny_scene),
+            evaluate=EvaluateOptions(class_names="lovda"),
+        )
+    assert not (tmp_path / "out").exists()  # refused before any work

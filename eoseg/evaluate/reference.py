@@ -31,6 +31,43 @@ def is_vector_reference(path: str) -> bool:
     return Path(path).suffix.lower() in VECTOR_SUFFIXES
 
 
+def check_reference(reference: str, class_names: str | None = None, *, crs_wkt: str | None = None) -> None:
+    """Refuse a reference a run could not score, before the run does any work (headers only).
+
+    Args:
+        reference: The reference raster or GeoJSON (local path).
+        class_names: The ``--class-names`` value (a built-in table's name or a JSON file), or None.
+        crs_wkt: The CRS of the map the run will write (WKT), or None to skip the CRS check; a raster
+            reference must be on the map's grid, so on its CRS (a GeoJSON one is reprojected).
+
+    Raises:
+        SceneNotFoundError: There is no file at ``reference``.
+        CorruptSceneError: GDAL cannot read the raster's header.
+        ConfigurationError: ``class_names`` is neither a built-in table nor a JSON object of names.
+        GridMismatchError: The raster reference's CRS is not the map's.
+    """
+    from rasterio.crs import CRS
+
+    from eoseg.evaluate.class_names import reference_class_names
+    from eoseg.evaluate.scores import GridMismatchError
+    from eoseg.io.rasters import open_raster
+
+    reference_crs = None
+    if is_vector_reference(reference):
+        if not Path(reference).exists():
+            raise SceneNotFoundError(f"{reference}: reference not found; check the path")
+    else:
+        with open_raster(reference, role="reference raster") as dataset:
+            reference_crs = dataset.crs
+    reference_class_names(reference, class_names)
+    if crs_wkt is not None and reference_crs is not None and reference_crs != CRS.from_wkt(crs_wkt):
+        raise GridMismatchError(
+            f"{reference}: reference raster is on {reference_crs.to_string()}, the map will be on "
+            f"{CRS.from_wkt(crs_wkt).to_string()}; reproject the reference onto the scene's grid "
+            "(e.g. gdalwarp -t_srs) or give it as GeoJSON polygons"
+        )
+
+
 def _geojson_crs(collection: dict[str, Any]) -> str:
     """The collection's CRS: its legacy ``crs`` member if present, else RFC 7946's WGS 84."""
     name = str(collection.get("crs", {}).get("properties", {}).get("name") or "")
