@@ -14,6 +14,7 @@ from eoseg.compute.cluster import ClusterSpec, dask_cluster, stage_cluster
 from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions, check_run_model
 from eoseg.evaluate.reference import check_reference
 from eoseg.geometry import ChunkGrid
+from eoseg.io import storage
 from eoseg.mosaic.cog import check_single_cog_size
 from eoseg.mosaic.legend import read_legend
 from eoseg.outputs import RunOutputs
@@ -87,6 +88,9 @@ def segment_scene_flow(
     """
     logger = get_run_logger()
     outputs = RunOutputs.for_map(map_uri)
+    # Absolute: workers and STAC hrefs (resolved against their JSON) do not share this working folder.
+    weights_uri = storage.normalise_uri(weights_uri) if weights_uri else None
+    legend_uri = storage.normalise_uri(legend_uri) if legend_uri else None
     check_run_model(model, weights_uri=weights_uri, training=training)
     check_file_output(outputs.cog, overwrite=overwrite)  # before hours of work, not after
     if legend_uri:

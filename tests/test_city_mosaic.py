@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,12 +255,20 @@ def reference_colours(map_path: Path) -> dict[int, tuple[int, ...]]:
         return out.colormap(1)
 
 
-def test_city_run_equals_the_whole_scene_run_pixel_for_pixel(tmp_path, whole, whole_run, dask_address):
-    """The issue's contract: the same weights on 3 x 3 tiles and on the whole scene give identical labels."""
+def test_city_run_equals_the_whole_scene_run_pixel_for_pixel(
+    tmp_path, whole, whole_run, dask_address, monkeypatch
+):
+    """The issue's contract: the same weights on 3 x 3 tiles and on the whole scene give identical labels.
+    The weights are given as a path relative to the working folder (as `--weights out/m.pt`)."""
     map_path, weights = whole_run
     tiles = cut(whole, CUTS["3x3"], tmp_path / "tiles")
     maps = tmp_path / "maps"
-    labels = run_city(tiles, tmp_path / "city.tif", weights, dask_address, whole, per_tile_maps=str(maps))
+    (tmp_path / "out").mkdir()
+    shutil.copy(weights, tmp_path / "out" / "m.pt")
+    monkeypatch.chdir(tmp_path)
+    labels = run_city(
+        tiles, tmp_path / "city.tif", Path("out/m.pt"), dask_address, whole, per_tile_maps=str(maps)
+    )
     with open_map_on_scene_grid(map_path, whole) as reference:
         expected = reference.read(1)
     print(f"\ncity (3 x 3 tiles) vs whole scene: {np.mean(labels == expected):.4%} of pixels equal")
@@ -282,7 +291,9 @@ def test_city_run_equals_the_whole_scene_run_pixel_for_pixel(tmp_path, whole, wh
     collection = pystac.Collection.from_file(str(maps / "collection.json"))
     items = sorted(collection.get_items(), key=lambda item: item.id)
     assert [item.id for item in items] == [tile.stem for tile in tiles]
-    assert collection.assets["model"].href == str(weights)
+    model = str(tmp_path / "out" / "m.pt")  # STAC resolves hrefs against the JSON, not the working folder
+    assert collection.assets["model"].get_absolute_href() == model
+    assert all(item.assets["model"].get_absolute_href() == model for item in items)
     assert items[4].properties["proj:shape"] == [114, 114] and "map" in items[4].assets
 
 

@@ -336,7 +336,7 @@ def catalogue_map(
         scene_uri=scene.uri,
         acquired_tag=scene.acquired,
         scene_modified=storage.modified_time(scene.uri),
-        model_uri=model_uri,
+        model_uri=storage.normalise_uri(model_uri) if model_uri else None,  # not relative to the cwd
         quicklook_uri=quicklook_uri,
         scores_uri=scores_uri,
         properties=properties,

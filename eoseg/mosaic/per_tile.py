@@ -160,7 +160,9 @@ def write_per_tile_maps(
     )  # fmt: skip
     publish.write_text(vrt, xml, overwrite=True)
     quicklook = _write_quicklook(sources, vrt, join_uri(folder, f"{name}.png"), max_size=max_size)
-    assets = {"model": model_uri, "legend": legend_uri}
+    # Absolute (a relative path is the caller's working folder, not the JSON's, which STAC resolves against).
+    assets = {key: storage.normalise_uri(uri) if uri else None for key, uri in (("model", model_uri),
+              ("legend", legend_uri))}  # fmt: skip
     collection = _write_collection(info, sources, targets, folder, name=name, assets=assets)
     return PerTileMaps(tuple(targets), vrt, quicklook, collection)
 
