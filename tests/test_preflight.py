@@ -93,6 +93,9 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
             "see `eoseg tile --help`"
         ),
         ("tile", str(tiny_scene), "--bogus"): "No such option: --bogus",
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--refine-compactness", "-5"): (
+            "--refine-compactness: Input should be greater than 0; see the command's --help"
+        ),
         ("mosaic", str(store)): "Missing option '--out' / '-o'; see `eoseg mosaic --help`",
         ("segment", str(tiny_scene)): "No such command 'segment'. Did you mean 'legend'? See `eoseg --help`",
         ("bogus",): "No such command 'bogus'; see `eoseg --help`",
