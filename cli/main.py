@@ -231,7 +231,7 @@ def predict(
     options = checked_options(
         PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision, refine=refinement
     )
-    preflight_stores([store], None)
+    preflight_stores([store], None, images=True)
     preflight_checkpoint(model)
     preflight_outputs(stores=[out], overwrite=overwrite)
     predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")

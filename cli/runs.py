@@ -276,14 +276,27 @@ def preflight_scene(
         fail(error)
 
 
-def preflight_stores(stores: list[str], patch_size: int | None) -> None:
-    """Refuse unreadable or too small tile stores before a training flow starts (one line, exit 2)."""
+def preflight_stores(stores: list[str], patch_size: int | None, *, images: bool = False) -> None:
+    """Refuse unreadable or too small stores before a flow starts (one line, exit 2); with ``images``
+    (training, prediction) also label stores and tile stores of different band counts."""
     from eoseg.store.layout import read_store_info
     from eoseg.train.patches import check_patch_fits
 
     try:
+        first = None
         for store in stores:
             info = read_store_info(store)
+            if images and info.kind != "image":
+                raise EosegError(
+                    f"{store}: is a label store (written by eoseg predict), not a tile store; give the "
+                    "tile store the scene was tiled into (eoseg tile)"
+                )
+            if images and first is not None and info.band_count != first[1].band_count:
+                raise EosegError(
+                    f"{store}: has {info.band_count} band(s) but {first[0]} has {first[1].band_count}; one "
+                    "model is trained on stores of one kind of scene"
+                )
+            first = first or (store, info)
             if patch_size is not None:
                 check_patch_fits(store, info.height, info.width, patch_size)
     except EosegError as error:
