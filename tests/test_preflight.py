@@ -98,6 +98,9 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
             "see `eoseg tile --help`"
         ),
         ("tile", str(tiny_scene), "--bogus"): "No such option: --bogus",
+        ("tile", str(tiny_scene), str(tiny_scene), "--out", str(tmp_path / "new.zarr")): (
+            f"{tiny_scene}: given twice (as a file, in a folder or a VRT); list each tile once"
+        ),
         ("train", "clusterer", str(label_store), "--out", str(tmp_path / "new.pt")): (
             f"{label_store}: is a label store (written by eoseg predict), not a tile store"
         ),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from affine import Affine
 
-from eoseg.errors import SceneNotFoundError, TileGridMismatchError
+from eoseg.errors import ConfigurationError, SceneNotFoundError, TileGridMismatchError
 from eoseg.geometry import GRID_TOLERANCE_PIXELS, GeoBox, Window, make_geobox
 from eoseg.io import storage
 from eoseg.scene.inspect import SceneInfo, inspect_scene
@@ -171,6 +171,7 @@ def list_scene_files(scene: str | Sequence[str]) -> tuple[str, list[str]]:
 
     Raises:
         SceneNotFoundError: an empty list, a folder or prefix without GeoTIFFs, or a missing file.
+        ConfigurationError: a file is listed twice (e.g. given and in a folder also given).
     """
     items = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     if not items:
@@ -186,6 +187,11 @@ def list_scene_files(scene: str | Sequence[str]) -> tuple[str, list[str]]:
             files += _list_folder(uri)
         else:
             files.append(uri)
+    repeated = sorted({uri for uri in files if files.count(uri) > 1})
+    if repeated:
+        raise ConfigurationError(
+            f"{repeated[0]}: given twice (as a file, in a folder or a VRT); list each tile once"
+        )
     return describe_inputs(uris), files
 
 
