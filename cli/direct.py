@@ -3,7 +3,7 @@
 A Prefect flow run costs a command ~1.5 s of imports and, when no Prefect server is configured, ~7 s to
 start Prefect's temporary server (measured; see benchmarks/results/command_overhead.md), against
 ~0.2 s of work to tile a small scene. So ``eoseg tile``, ``predict`` and ``mosaic`` call the stages
-directly unless Prefect is wanted (:func:`cli.runs.use_prefect`): the outputs, their lifecycle (resume,
+directly unless Prefect is wanted (:func:`cli.runs.stage_runner`): the outputs, their lifecycle (resume,
 overwrite, atomic publish), the Dask cluster and the log lines are the same; only the run history and
 Prefect's retries are missing. This module never imports Prefect.
 """
@@ -42,7 +42,8 @@ def tile_direct(
     from eoseg.tile.stage import tile_scene
 
     log_to_terminal()
-    scene = scene_sources(scene_uri, options).scene  # read by the preflight; the stage logs its size
+    sources = scene_sources(scene_uri, options)  # read by the preflight: the stage reads no header again
+    scene = sources.scene
     chunks = len(ChunkGrid(scene.height, scene.width, options.chunk_size, options.chunk_size))
     # Tiling is GDAL decoding and Blosc compression, which release the GIL: threads of this process do it
     # without worker processes' start-up (benchmarks/results/tile_mosaic.md), unless a cluster was asked for.
@@ -51,7 +52,7 @@ def tile_direct(
         info = tile_scene(
             scene_uri, store_uri, chunk_size=options.chunk_size, overwrite=overwrite,
             allow_ungeoreferenced=options.allow_ungeoreferenced, warp_gcps=options.warp_gcps, client=client,
-            resample=options.resample,
+            resample=options.resample, sources=sources,
         )  # fmt: skip
     return info.to_attrs()
 
@@ -84,15 +85,20 @@ def predict_direct(
     return info.to_attrs()
 
 
-def mosaic_direct(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool) -> dict[str, Any]:
-    """``eoseg mosaic`` without Prefect; returns the COG's summary."""
+def mosaic_direct(
+    store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool, cluster: ClusterSpec
+) -> dict[str, Any]:
+    """``eoseg mosaic`` without Prefect; returns the COG's summary. The pieces of an ``s3://`` COG go to
+    the configured cluster when there is one (as ``mosaic-store`` does), else to threads of this process."""
     from dataclasses import asdict
 
-    from eoseg.mosaic.cog import mosaic_to_cog
+    from eoseg.mosaic.cog import mosaic_to_cog, pieces_for_workers
 
     log_to_terminal()
-    summary = mosaic_to_cog(
-        store_uri, cog_uri, band=options.band, overwrite=overwrite,
-        overview_resampling=options.overview_resampling, max_pixels=options.max_pixels,
-    )  # fmt: skip
+    work = pieces_for_workers(store_uri, cog_uri)
+    with stage_cluster(cluster, work_chunks=work, threads=True) as address, connect(address) as client:
+        summary = mosaic_to_cog(
+            store_uri, cog_uri, band=options.band, overwrite=overwrite,
+            overview_resampling=options.overview_resampling, max_pixels=options.max_pixels, client=client,
+        )  # fmt: skip
     return asdict(summary)

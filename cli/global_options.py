@@ -8,7 +8,7 @@ the front before Click parses the command line; everything else keeps its place 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from typer.core import TyperGroup
 
@@ -72,8 +72,27 @@ def hoist_global_options(args: Sequence[str]) -> list[str]:
     return args[:start] + moved + kept
 
 
+SHARED_OPTIONS_EPILOG = (
+    "Shared options, before or after the command: --cluster, --cluster-config, --workers, "
+    "--threads-per-worker, --memory-limit, --prefect/--no-prefect, --verbose (`eoseg --help` explains them)."
+)
+
+
 class GlobalOptionsGroup(TyperGroup):
-    """The root command group: shared options may follow the command name."""
+    """The root command group: shared options may follow the command name, and every command's ``--help``
+    ends by naming them (:data:`SHARED_OPTIONS_EPILOG`)."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(args))
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        pending = [command]
+        while pending:  # the command, or a group's commands (eoseg train clusterer)
+            current = pending.pop()
+            if current is None:
+                continue
+            pending.extend(getattr(current, "commands", {}).values())
+            if SHARED_OPTIONS_EPILOG not in (current.epilog or ""):
+                current.epilog = "\n\n".join(filter(None, [current.epilog, SHARED_OPTIONS_EPILOG]))
+        return command

@@ -1,11 +1,12 @@
 """The ``eoseg`` command line, above the Prefect flows: with a Prefect API configured every command runs
 its flow (recorded there); without one, ``tile``/``predict``/``mosaic`` call their stages directly
-(:mod:`cli.direct`). ``--prefect/--no-prefect`` decides explicitly (:func:`cli.runs.use_prefect`).
+(:mod:`cli.direct`). ``--prefect/--no-prefect`` decides explicitly (:func:`cli.runs.stage_runner`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -106,8 +107,12 @@ def main_options(
             prefect=prefect,
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        fail(EosegError(f"EOSEG_* settings: {problems}; fix the environment variable or pass the option."))
+        problems = "; ".join(
+            f"--{name.replace('_', '-')} (EOSEG_{name.upper()}): {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+            for name in [".".join(map(str, e["loc"]))]
+        )
+        fail(EosegError(f"{problems}; fix the option or the environment variable"))
     use_settings(settings)
     # eoseg's progress at INFO in the terminal and in the run's Prefect logs; Dask's chatter kept out.
     configure_logging(verbose=verbose)
@@ -182,7 +187,7 @@ def mosaic(
     mosaic_store = stage_runner(
         "flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct", record="mosaic-store"
     )
-    summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite)
+    summary = run_flow(mosaic_store, store, out, options=options, overwrite=overwrite, cluster=cluster_spec())
     typer.echo(
         f"COG: {out}  ({summary['width']} x {summary['height']} px, overviews "
         f"{list(summary['overview_levels'])})"
@@ -347,7 +352,25 @@ def main() -> None:
         if name.strip()
     ]
     os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(dict.fromkeys([*extra, "eoseg"]))
-    app()
+    try:
+        from typer._click import exceptions as click_errors  # typer >= 0.22 vendors Click
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:  # `eoseg` alone: the help, as Click shows it
+        error.show()
+        sys.exit(error.exit_code)
+    except click_errors.UsageError as error:  # a bad option or argument: one line, as every refusal
+        message = error.format_message().rstrip(".")
+        if error.ctx is not None:  # "No such command 'x'. Did you mean 'y'?" ends a sentence already
+            message += f"{' S' if message.endswith('?') else '; s'}ee `{error.ctx.command_path} --help`"
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.secho("aborted", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

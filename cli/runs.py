@@ -36,7 +36,7 @@ __all__ = [
     "run_flow",
     "scene_sources",
     "stage_runner",
-    "use_prefect",
+    "use_interrupt_hint",
     "use_settings",
 ]
 
@@ -130,13 +130,6 @@ def prefect_api_configured() -> bool:
     return prefect_api() is not None
 
 
-def use_prefect() -> bool:
-    """Whether this command runs as a Prefect flow: ``--prefect/--no-prefect`` or ``EOSEG_PREFECT`` when
-    given, else only when a Prefect API is configured (:func:`prefect_api_configured`)."""
-    settings = _RUN_SETTINGS.get(None) or load_settings()
-    return settings.prefect if settings.prefect is not None else prefect_api_configured()
-
-
 def stage_runner(flow: str, direct: str, *, record: str | None = None) -> Callable[..., dict[str, Any]]:
     """The function a command calls: the Prefect flow ``flow`` (``"module:name"``), or the stage called
     directly (``direct``, ``"module:name"`` in :mod:`cli.direct`).
@@ -186,10 +179,23 @@ def checked_options(model: type[M], **values: Any) -> M:
         fail(EosegError(str(error)))
 
 
+RESUME_HINT = "finished chunks are kept: run the same command again to resume (--overwrite starts afresh)"
+TRAINING_HINT = "epochs since the last checkpoint are lost (--checkpoint-every N keeps one; --resume goes on)"
+NOT_KEPT_HINT = "nothing of this run is kept; run the same command again"
+_INTERRUPT_HINT: ContextVar[str] = ContextVar("eoseg_interrupt_hint", default=RESUME_HINT)
+
+
+def use_interrupt_hint(hint: str) -> None:
+    """What an interrupted command (Ctrl-C) tells the user it keeps; default :data:`RESUME_HINT`."""
+    _INTERRUPT_HINT.set(hint)
+
+
 def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """Call a flow (or a stage directly: :mod:`cli.direct`); turn eoseg's input errors into a one-line
     message and exit code 2. A flow with a configured Prefect API that does not answer is refused the
-    same way before it starts (:func:`cli.prefect_record.check_reachable`), not with Prefect's traceback."""
+    same way before it starts (:func:`cli.prefect_record.check_reachable`), not with Prefect's traceback.
+    Ctrl-C ends the command with one line saying what is kept (:func:`use_interrupt_hint`) and exit code
+    130, the shell's code for an interrupt; nothing unfinished is published (the output lifecycle)."""
     flows = sys.modules.get("prefect.flows")  # imported already when ``function`` is a flow
     api = prefect_api() if flows is not None and isinstance(function, flows.Flow) else None
     try:
@@ -202,6 +208,11 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
         fail(error)
     except FileExistsError as error:  # the final rename/upload found a competitor's output
         fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
+    except KeyboardInterrupt:
+        typer.secho(
+            f"interrupted: nothing was published; {_INTERRUPT_HINT.get()}", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(code=130) from None
 
 
 # The scenes this command opened (headers), by scene and tile options: the preflight's reading serves the

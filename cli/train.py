@@ -17,7 +17,14 @@ import typer
 
 from cli.options import with_options
 from cli.preflight import preflight_model_output
-from cli.runs import cluster_spec, preflight_stores, run_flow
+from cli.runs import (
+    NOT_KEPT_HINT,
+    TRAINING_HINT,
+    cluster_spec,
+    preflight_stores,
+    run_flow,
+    use_interrupt_hint,
+)
 
 __all__ = ["register"]
 
@@ -72,6 +79,8 @@ def _train_command(family_name: str) -> Callable[..., None]:
         preflight_model_output(out, overwrite=overwrite, resume=resume, resumable=family.supports_resume)
         from flows.train_flows import TRAIN_FLOWS  # Prefect and torch: after the cheap checks
 
+        use_interrupt_hint(TRAINING_HINT if family.supports_resume else NOT_KEPT_HINT)
+
         summary = run_flow(
             TRAIN_FLOWS[family_name],
             list(stores),
@@ -114,6 +123,8 @@ def _finetune_command(family_name: str) -> Callable[..., None]:
         training: Any = None,
     ) -> None:
         from flows.train_flows import FINETUNE_FLOWS
+
+        use_interrupt_hint(NOT_KEPT_HINT)
 
         summary = run_flow(
             FINETUNE_FLOWS[family_name],

@@ -54,3 +54,16 @@ class CorruptStoreError(IncompleteStoreError):
 
 class TileGridMismatchError(EosegError, ValueError):
     """The input tiles of one scene are not on one pixel grid (CRS, resolution, lattice, bands differ)."""
+
+
+def reason(error: BaseException) -> str:
+    """The most specific message of an exception chain, for ``error: FILE: what failed (reason)`` lines.
+
+    rasterio reports a failed read as "Read failed. See previous exception for details." and chains
+    GDAL's own message (e.g. ``band 1: IReadBlock failed at X offset 0, Y offset 0``) as the cause; that
+    message is the one a user can act on.
+    """
+    message, cause = str(error), error.__cause__ or error.__context__
+    while cause is not None and "previous exception" in message:
+        message, cause = str(cause), cause.__cause__ or cause.__context__
+    return message

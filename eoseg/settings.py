@@ -21,12 +21,35 @@ Environment variable      Meaning
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "EOSEG_"
+
+
+def check_memory_limit(value: str) -> str:
+    """A Dask worker memory limit: ``auto`` or a byte size Dask reads (``4GiB``, ``4 GB``, ``4000000000``).
+
+    Raises:
+        ValueError: anything else (pydantic reports it as the option's or variable's error).
+    """
+    if value.strip().lower() == "auto":
+        return "auto"
+    from dask.utils import parse_bytes  # only when a limit is given: keeps refusals fast
+
+    try:
+        size = parse_bytes(value)
+    except (ValueError, TypeError):
+        size = 0
+    if size <= 0:
+        raise ValueError(f"{value!r} is not a memory size; give 'auto' or e.g. '4GiB'")
+    return value
+
+
+MemoryLimit = Annotated[str, AfterValidator(check_memory_limit)]
+"""A worker memory limit checked by :func:`check_memory_limit`."""
 
 
 class EosegSettings(BaseSettings):
@@ -50,7 +73,7 @@ class EosegSettings(BaseSettings):
     )
     workers: int = Field(default=2, ge=1, description="Local cluster: worker processes.")
     threads_per_worker: int = Field(default=1, ge=1, description="Local cluster: threads per worker.")
-    memory_limit: str = Field(
+    memory_limit: MemoryLimit = Field(
         default="auto", description="Local cluster: memory limit per worker ('auto' or e.g. '4GiB')."
     )
     prefect: bool | None = Field(

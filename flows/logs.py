@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 EOSEG_LOGGER = "eoseg"
 # Libraries whose INFO lines drown a run's own: kept at WARNING unless verbose.
@@ -60,6 +61,10 @@ def configure_logging(verbose: bool = False) -> logging.Logger:
     level_name = logging.getLevelName(library_level).lower()
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", level_name)
     os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
+    if "dask.config" in sys.modules:  # read the environment already: distributed's import would set INFO
+        import dask.config
+
+        dask.config.set({"logging.distributed": level_name, "logging.tornado": "critical"})
     _attach_prefect_run_log_handlers(eoseg)
     for name in _SECOND_TRACEBACK_LOGGERS:
         prefect_logger = logging.getLogger(name)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from prefect import flow, get_run_logger
 
 from eo_models.family import family_names
-from eoseg.compute.cluster import ClusterSpec, dask_cluster
+from eoseg.compute.cluster import ClusterSpec, dask_cluster, stage_cluster
 from eoseg.config import EvaluateOptions, MosaicOptions, PredictOptions, TileOptions, check_run_model
+from eoseg.geometry import ChunkGrid
 from eoseg.mosaic.cog import check_single_cog_size
 from eoseg.mosaic.legend import read_legend
 from eoseg.outputs import RunOutputs
@@ -99,7 +100,8 @@ def segment_scene_flow(
         )
     else:  # and a model trained on other bands: refuse before tiling
         check_model_bands(scene["uri"], scene["band_count"], weights_uri)
-    with dask_cluster(cluster) as address:
+    chunks = len(ChunkGrid(scene["height"], scene["width"], tile.chunk_size, tile.chunk_size))
+    with stage_cluster(cluster, work_chunks=chunks) as address:  # one chunk: no cluster to start
         tile_task(scene_uri, outputs.tiles, options=tile, overwrite=overwrite, scheduler_address=address)
         training_summary = None
         model_uri = weights_uri
@@ -122,6 +124,16 @@ def segment_scene_flow(
             overwrite=overwrite,
             scheduler_address=address,
         )
+        if single_cog:  # an s3:// COG's pieces are written by the cluster's workers (a local one's here)
+            # A label store has one band: the mosaic options' band (for image stores) does not apply.
+            label_mosaic = mosaic.model_copy(update={"band": None})
+            mosaic_task(
+                outputs.labels,
+                outputs.cog,
+                options=label_mosaic,
+                overwrite=overwrite,
+                scheduler_address=address,
+            )
     tile_maps, the_map, quicklook = None, outputs.cog, outputs.quicklook
     if per_tile_maps:
         name = scene_label(outputs.cog)
@@ -131,12 +143,8 @@ def segment_scene_flow(
         )  # fmt: skip
         if not single_cog:
             the_map, quicklook = tile_maps["vrt"], tile_maps["quicklook"]
-    if single_cog:
-        # A label store has one band: the mosaic options' band (for image stores) does not apply.
-        label_mosaic = mosaic.model_copy(update={"band": None})
-        mosaic_task(outputs.labels, outputs.cog, options=label_mosaic, overwrite=overwrite)
-        if legend_uri:
-            legend_task(outputs.cog, legend_uri)
+    if single_cog and legend_uri:
+        legend_task(outputs.cog, legend_uri)
     scores = baseline_scores = None
     if reference_uri:
         ignore, names = tuple(evaluate.ignore), evaluate.class_names

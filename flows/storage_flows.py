@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from eoseg.compute.cluster import ClusterSpec, stage_cluster
 from eoseg.config import MosaicOptions, TileOptions
 from eoseg.geometry import ChunkGrid
+from eoseg.mosaic.cog import pieces_for_workers
 from tasks.storage_stages import inspect_scene_task, mosaic_task, tile_task
 
 
@@ -63,8 +64,17 @@ def mosaic_flow(
     cog_uri: str,
     options: MosaicOptions = MosaicOptions(),
     overwrite: bool = False,
+    cluster: ClusterSpec = ClusterSpec(),
 ) -> dict[str, Any]:
-    """Write one band of a Zarr store (a label map, or an image band) as a Cloud-Optimized GeoTIFF."""
-    summary = mosaic_task(store_uri, cog_uri, options=options, overwrite=overwrite)
+    """Write one band of a Zarr store (a label map, or an image band) as a Cloud-Optimized GeoTIFF.
+
+    The pieces of an ``s3://`` COG go to the configured Dask cluster (``cluster``) when there is one, else
+    to threads of this process; a local COG's pieces are written by threads of this process.
+    """
+    work = pieces_for_workers(store_uri, cog_uri)
+    with stage_cluster(cluster, work_chunks=work, threads=True) as address:
+        summary = mosaic_task(
+            store_uri, cog_uri, options=options, overwrite=overwrite, scheduler_address=address
+        )
     get_run_logger().info("COG written: %s", cog_uri)
     return summary

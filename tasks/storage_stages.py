@@ -53,18 +53,26 @@ def tile_task(
 
 
 @storage_task("mosaic", run_name_from="cog_uri")
-def mosaic_task(store_uri: str, cog_uri: str, *, options: MosaicOptions, overwrite: bool) -> dict[str, Any]:
+def mosaic_task(
+    store_uri: str,
+    cog_uri: str,
+    *,
+    options: MosaicOptions,
+    overwrite: bool,
+    scheduler_address: str | None = None,
+) -> dict[str, Any]:
     """Write one band of a store (``options.band``) as a Cloud-Optimized GeoTIFF; returns a summary.
 
-    A store of more than ``options.max_pixels`` pixels is refused (per-tile maps are the way out).
+    A store of more than ``options.max_pixels`` pixels is refused (per-tile maps are the way out). The
+    pieces of an ``s3://`` COG are written by the workers of the cluster at ``scheduler_address``.
     """
     band, resampling = options.band, options.overview_resampling
-    return asdict(
-        mosaic_to_cog(
+    with connect(scheduler_address) as client:
+        summary = mosaic_to_cog(
             store_uri, cog_uri, band=band, overwrite=overwrite, overview_resampling=resampling,
-            max_pixels=options.max_pixels,
-        )
-    )  # fmt: skip
+            max_pixels=options.max_pixels, client=client,
+        )  # fmt: skip
+    return asdict(summary)
 
 
 @storage_task("tile-maps", run_name_from="labels_uri")

@@ -231,3 +231,59 @@ def open_map_on_scene_grid(map_path: str | Path, scene_path: str | Path) -> Iter
             scene.height,
         )
         yield out
+
+
+def class_patches(height: int, width: int, seed: int, *, num_classes: int = 6) -> np.ndarray:
+    """uint8 labels: class-like 8 px patches (0..num_classes-1), noise, a nodata (255) corner."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, num_classes, size=(-(-height // 8), -(-width // 8)), dtype=np.uint8)
+    labels = coarse.repeat(8, axis=0).repeat(8, axis=1)[:height, :width].copy()
+    noise = rng.random(labels.shape) < 0.3
+    labels[noise] = rng.integers(0, num_classes, size=int(noise.sum()), dtype=np.uint8)
+    labels[:40, :70] = 255
+    return labels
+
+
+def write_label_store(uri: str, labels: np.ndarray, chunk: int, *, num_classes: int = 6) -> Any:
+    """A finished label store of ``labels`` (2-D uint8, nodata 255) with ``chunk`` px chunks, as `eoseg
+    predict` writes one (EPSG:32614, 0.5 m pixels); returns its StoreInfo."""
+    from eoseg.geometry import make_geobox
+    from eoseg.store.layout import StoreInfo, create_store, read_store_info, write_chunk
+    from eoseg.store.lifecycle import mark_complete
+
+    transform = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
+    info = StoreInfo(
+        kind="labels", geobox=make_geobox(labels.shape, tuple(transform)[:6], "EPSG:32614"), band_count=1,
+        dtype="uint8", chunk_rows=chunk, chunk_cols=chunk, nodata=255, band_names=("class",),
+        band_descriptions=("class label",), source_uri="synthetic.tif", num_classes=num_classes,
+        model={"family": "clusterer", "checkpoint": "model.pt"},
+    )  # fmt: skip
+    create_store(uri, info)
+    for row in range(-(-labels.shape[0] // chunk)):
+        for col in range(-(-labels.shape[1] // chunk)):
+            block = labels[row * chunk : (row + 1) * chunk, col * chunk : (col + 1) * chunk]
+            write_chunk(uri, info.variable, (row, col), block)
+    mark_complete(uri, info)
+    return read_store_info(uri)
+
+
+class StoppedHalfWay(Exception):
+    """Stands for a run stopped half way (a kill, a lost machine): not an eoseg error, so no stage discards
+    its partial output."""
+
+
+def interrupted_mosaic(store: str, target: str, *, pieces: int, **options: Any) -> None:
+    """Run ``mosaic_to_cog(store, target, **options)`` here; stop it once ``pieces`` pieces are written."""
+    from eoseg.compute import stage as contract
+    from eoseg.mosaic.cog import mosaic_to_cog
+
+    run_chunks = contract.map_chunks
+
+    def first_pieces_then_stopped(function: Any, items: Any, **map_options: Any) -> Any:
+        run_chunks(function, list(items)[:pieces], **map_options)
+        raise StoppedHalfWay
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contract, "map_chunks", first_pieces_then_stopped)
+        with pytest.raises(StoppedHalfWay):
+            mosaic_to_cog(store, target, show_progress=False, **options)

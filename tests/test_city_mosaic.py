@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -335,6 +336,8 @@ def test_cli_run_on_tiles_equals_the_whole_scene_run(tmp_path, whole, whole_run)
         "--chunk-size", str(CHUNK),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "started a local Dask cluster" in done.stderr  # many chunks: worker processes...
+    assert not re.search(r"distributed\.\w+ - INFO|Traceback", done.stderr)  # ...without Dask's chatter
     with (
         open_map_on_scene_grid(tmp_path / "city.tif", whole) as city,
         rasterio.open(whole_run[0]) as reference,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -52,6 +53,19 @@ def test_help_explains_every_option(command):
     for name in _option_names(command):
         assert name in text, f"{name} missing from `eoseg {command or ''} --help`"
     assert len(text.splitlines()) > 8
+
+
+@pytest.mark.parametrize("command", [["tile"], ["run"], ["train", "clusterer"], ["legend"]])
+def test_every_command_help_names_the_shared_options(command):
+    from cli.main import main_options
+
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(_plain(result.output).split())
+    assert "Shared options, before or after the command:" in text
+    for parameter in inspect.signature(main_options).parameters.values():  # each shared option is named
+        name = "--" + parameter.name.replace("_", "-")
+        assert name in text, f"{name} missing from `eoseg {' '.join(command)} --help`"
 
 
 def _flow_runs(flow_name: str):

@@ -40,12 +40,24 @@ def test_settings_come_from_the_environment_and_options_win(monkeypatch):
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_bad_setting_is_one_line_and_exit_2(tmp_path, tiny_scene, monkeypatch):
-    monkeypatch.setenv("EOSEG_WORKERS", "zero")
-    result = run_eoseg("tile", str(tiny_scene), "--out", str(tmp_path / "x.zarr"))
+@pytest.mark.parametrize(
+    ("env", "options", "start"),
+    [
+        ({"EOSEG_WORKERS": "zero"}, [], "error: --workers (EOSEG_WORKERS): "),
+        (
+            {},
+            ["--memory-limit", "lots"],
+            "error: --memory-limit (EOSEG_MEMORY_LIMIT): 'lots' is not a memory size",
+        ),
+    ],
+)
+def test_bad_setting_is_one_line_and_exit_2(tmp_path, tiny_scene, monkeypatch, env, options, start):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_eoseg(*options, "tile", str(tiny_scene), "--out", str(tmp_path / "x.zarr"))
     assert result.returncode == 2
     lines = [line for line in _plain(result.stderr).splitlines() if line.strip()]
-    assert lines == [lines[-1]] and lines[-1].startswith("error: EOSEG_* settings: workers:"), result.stderr
+    assert lines == [lines[-1]] and lines[-1].startswith(start), result.stderr
     assert not (tmp_path / "x.zarr").exists()
 
 

@@ -98,3 +98,20 @@ def test_no_prefect_flag_skips_the_flow_even_with_a_server(tmp_path, shared_data
     result = run_eoseg("tile", str(REAL_SCENES["landsat"]), "--out", str(tmp_path / "b.zarr"))
     assert result.returncode == 0, result.stderr
     assert len(_flow_runs("tile-scene")) == before + 1  # the configured server records the run
+
+
+def test_tile_scene_given_opened_sources_reads_no_header_again(tmp_path, shared_data, monkeypatch):
+    """The CLI hands the sources its preflight opened to the stage: on S3, one header request per file."""
+    import eoseg.tile.stage as tile_stage
+    from eoseg.scene.sources import open_scene_sources
+
+    scene = str(REAL_SCENES["landsat"])
+    sources = open_scene_sources(scene)
+    reference = tile_stage.tile_scene(scene, str(tmp_path / "a.zarr"), show_progress=False)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the scene's headers were read again")
+
+    monkeypatch.setattr(tile_stage, "open_scene_sources", refuse)
+    given = tile_stage.tile_scene(scene, str(tmp_path / "b.zarr"), show_progress=False, sources=sources)
+    assert given.band_stats == reference.band_stats and given.geobox == reference.geobox

@@ -1,11 +1,10 @@
-"""The mosaic's overviews are built chunk by chunk in the parallel stage, and are those of the whole band.
+"""The mosaic's overviews are built piece by piece in the parallel stage, and are those of the whole band.
 
-Each piece (one store chunk) builds its own overviews; the pieces' VRT lists them, and GDAL's COG driver
-copies them instead of reading the whole band once more to compute them (eoseg/mosaic/cog.py). With
-chunks of at least one COG block and a multiple of every overview factor no block of pixels straddles two
-chunks, so the COG's overviews must equal GDAL's overviews of the whole band in one file, for nearest and
-mode resampling.
-"""
+Each piece (a 1024 px region, or the chunk size when that is a multiple of 1024) builds its own overviews
+at every COG factor (eoseg/mosaic/pieces.py); the levels whole in 512 px tiles are copied from the pieces,
+the coarser ones written from a VRT of the pieces' overviews. As no block of pixels straddles two pieces,
+the COG's overviews must equal GDAL's overviews of the whole band in one file, for nearest and mode
+resampling, whatever the store's chunk size."""
 
 from __future__ import annotations
 
@@ -13,11 +12,11 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import interrupted_mosaic
 from rasterio.enums import Resampling
 from rio_cogeo.cogeo import cog_validate
 
-from eoseg.mosaic.cog import mosaic_to_cog, piece_overviews
-from eoseg.store.layout import read_store_info
+from eoseg.mosaic.cog import mosaic_to_cog
 from eoseg.tile.stage import tile_scene
 
 HEIGHT, WIDTH = 2048, 2560  # overviews 2, 4 and 8 (the smallest within one 512 px block)
@@ -58,7 +57,6 @@ def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(7))
     store = tmp_path / "scene.zarr"
     tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=512, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == (2, 4, 8)  # the pieces build them
 
     cog = tmp_path / "band1.tif"
     summary = mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
@@ -78,11 +76,10 @@ def test_cog_overviews_built_per_chunk_equal_the_whole_band_overviews(resampling
 
 
 @pytest.mark.parametrize("chunk_size", [660, 256])  # not a multiple of 8; smaller than a COG block
-def test_other_chunks_leave_the_overviews_to_gdal(chunk_size, tmp_path):
+def test_other_chunk_sizes_give_the_same_band_and_overviews(chunk_size, tmp_path):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(8))
     store = tmp_path / "scene.zarr"
     tile_scene(str(tmp_path / "scene.tif"), str(store), chunk_size=chunk_size, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == ()
 
     cog = tmp_path / "band2.tif"
     summary = mosaic_to_cog(str(store), str(cog), band=2, show_progress=False)
@@ -91,7 +88,9 @@ def test_other_chunks_leave_the_overviews_to_gdal(chunk_size, tmp_path):
     assert cog_validate(str(cog), quiet=True) == (True, [], [])
     with rasterio.open(cog) as out:
         np.testing.assert_array_equal(out.read(1), pixels[1])
-        assert _level(cog, 0).shape == (HEIGHT // 2, WIDTH // 2)
+    # 1024 px pieces whatever the chunks: the overviews are still those of the whole band
+    for level, want in enumerate(_whole_band_overviews(pixels[1], tmp_path / "whole.tif", "nearest")):
+        np.testing.assert_array_equal(_level(cog, level), want)
 
 
 def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path):
@@ -104,7 +103,6 @@ def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path
         out.write(pixels)
     store = tmp_path / "odd.zarr"
     tile_scene(str(tmp_path / "odd.tif"), str(store), chunk_size=512, show_progress=False)
-    assert piece_overviews(read_store_info(str(store))) == (2, 4)
 
     cog = tmp_path / "odd_cog.tif"
     mosaic_to_cog(str(store), str(cog), band=1, show_progress=False)
@@ -121,26 +119,6 @@ def test_odd_sized_scene_keeps_every_pixel_and_overviews_cover_the_edge(tmp_path
             assert overview[row, col] in block
 
 
-class _Killed(Exception):
-    """Stands for a run stopped half way (a kill, a lost machine)."""
-
-
-def _interrupted_mosaic(store, cog, *, pieces, resampling):
-    """Run the mosaic in this process and stop it once ``pieces`` pieces are written."""
-    from eoseg.compute import stage as contract
-
-    run_chunks = contract.map_chunks
-
-    def first_pieces_then_killed(function, items, **options):
-        run_chunks(function, list(items)[:pieces], **options)
-        raise _Killed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(contract, "map_chunks", first_pieces_then_killed)
-        with pytest.raises(_Killed):
-            mosaic_to_cog(str(store), str(cog), band=1, overview_resampling=resampling, show_progress=False)
-
-
 def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_resampling(tmp_path, caplog):
     pixels = _scene(tmp_path / "scene.tif", np.random.default_rng(10))
     store = tmp_path / "scene.zarr"
@@ -149,13 +127,13 @@ def test_interrupted_mosaic_resumes_its_pieces_with_overviews_only_for_the_same_
     cog = tmp_path / "map.tif"
     caplog.set_level("INFO", logger="eoseg")
 
-    _interrupted_mosaic(store, cog, pieces=7, resampling="nearest")
+    interrupted_mosaic(str(store), str(cog), pieces=3, band=1, overview_resampling="nearest")
     assert not cog.exists()
     # Another resampling: the nearest pieces' overviews are not reused, every piece is written again.
-    _interrupted_mosaic(store, cog, pieces=5, resampling="mode")
-    assert "mosaic: 20 of 20 chunks to compute (0 done)" in caplog.messages
+    interrupted_mosaic(str(store), str(cog), pieces=2, band=1, overview_resampling="mode")
+    assert "mosaic: 6 of 6 chunks to compute (0 done)" in caplog.messages  # 1024 px pieces of 2048 x 2560
     mosaic_to_cog(str(store), str(cog), band=1, overview_resampling="mode", show_progress=False)
-    assert "mosaic: 15 of 20 chunks to compute (5 done)" in caplog.messages
+    assert "mosaic: 4 of 6 chunks to compute (2 done)" in caplog.messages
 
     assert cog_validate(str(cog), quiet=True) == (True, [], [])
     with rasterio.open(cog) as out:

@@ -87,6 +87,15 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
         ("train", "clusterer", str(store), "--out", str(existing["model.pt"])): (
             f"{existing['model.pt']}: checkpoint already exists; pass --overwrite to replace it"
         ),
+        # usage errors found by the command-line parser: the same one line, naming the command's --help
+        ("tile", str(tiny_scene), "--out", str(tmp_path / "new.zarr"), "--chunk-size", "5"): (
+            "Invalid value for '--chunk-size': Input should be greater than or equal to 16; "
+            "see `eoseg tile --help`"
+        ),
+        ("tile", str(tiny_scene), "--bogus"): "No such option: --bogus",
+        ("mosaic", str(store)): "Missing option '--out' / '-o'; see `eoseg mosaic --help`",
+        ("segment", str(tiny_scene)): "No such command 'segment'. Did you mean 'legend'? See `eoseg --help`",
+        ("bogus",): "No such command 'bogus'; see `eoseg --help`",
     }  # fmt: skip
     before = _tree(tmp_path)
     codes, errors, loaded = _refuse([list(command) for command in cases], tmp_path)

@@ -430,7 +430,7 @@ def test_train_model_logs_tell_the_story(guide):
     print(text[-4000:])
     for expected in (
         r"started a local Dask cluster: .* dashboard http",  # the dashboard link
-        r"tiling .*m_4709963_se_14_1_20090818\.tif .* into \d+ chunks",  # a stage start
+        r"tiling .*m_4709963_se_14_1_20090818\.tif .* into \d+ chunk\(s\)",  # a stage start
         r"\d+/\d+ chunks \(100%\)",  # chunk progress
         r"loss",  # training loss
         r"trained clusterer .* in .* s on .*; checkpoint s3://acme-eoseg/models/naip-v1\.pt",  # the output

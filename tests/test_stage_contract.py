@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from conftest import REAL_SCENES, train_tiny_clusterer, write_geotiff
+from conftest import REAL_SCENES, class_patches, train_tiny_clusterer, write_geotiff, write_label_store
 from rio_cogeo.cogeo import cog_validate
 
 from eoseg.errors import IncompleteStoreError
@@ -71,6 +71,10 @@ def _prepare_inputs(folder: Path, size: int) -> dict[str, str]:
     train_tiny_clusterer(store, model)
     labels = folder / "labels.zarr"
     predict_store(str(store), str(model), str(labels), show_progress=False)
+    # The mosaic works in pieces of at least 1024 px (eoseg/mosaic/pieces.py): a larger label store gives
+    # it as many pieces as needed for an interruption half way (16 from SIZE, 4 from SMALL_SIZE).
+    map_side = 4096 if size >= SIZE else 2048
+    write_label_store(str(folder / "map_labels.zarr"), class_patches(map_side, map_side, seed=size), 512)
     return {
         "scene": str(scene),
         "store": str(store),
@@ -78,6 +82,8 @@ def _prepare_inputs(folder: Path, size: int) -> dict[str, str]:
         "labels": str(labels),
         "folder": str(folder),
         "chunks": str((size // CHUNK) ** 2),
+        "map_labels": str(folder / "map_labels.zarr"),
+        "pieces": str((map_side // 1024) ** 2),
     }
 
 
@@ -169,8 +175,10 @@ STAGES = {
     "mosaic": StageCase(
         "mosaic",
         ".tif",
-        lambda i, out: ["mosaic", i["labels"], "--out", out],
-        lambda i, out, overwrite: mosaic_to_cog(i["labels"], out, overwrite=overwrite, show_progress=False),
+        lambda i, out: ["mosaic", i["map_labels"], "--out", out],
+        lambda i, out, overwrite: mosaic_to_cog(
+            i["map_labels"], out, overwrite=overwrite, show_progress=False
+        ),
         _cog_contents,
         lambda out: _count_files(file_staging_dir(storage.normalise_uri(out)), "pieces"),
     ),
@@ -275,7 +283,7 @@ def test_stage_killed_resumes_refuses_and_overwrites_through_the_cli(
     stage = STAGES[stage_name]
     out = _target(stage, where, request, tmp_path)
     expected = _expected(stage, inputs)
-    total = int(inputs["chunks"])
+    total = int(inputs["pieces" if stage_name == "mosaic" else "chunks"])
 
     # killed half way, then run again: only the missing chunks are computed, output as if never stopped
     done_at_kill = _kill_half_way(
@@ -343,7 +351,7 @@ def test_stage_interrupted_resumes_refuses_and_overwrites(stage_name, where, sma
     stage = STAGES[stage_name]
     out = _target(stage, where, request, tmp_path)
     expected = _expected(stage, small_inputs)
-    total = int(small_inputs["chunks"])
+    total = int(small_inputs["pieces" if stage_name == "mosaic" else "chunks"])
     done_at_kill = total // 3
 
     _interrupt(stage, small_inputs, out, chunks=done_at_kill)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eoseg.settings import ENV_PREFIX, load_settings
+from eoseg.settings import ENV_PREFIX, MemoryLimit, load_settings
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -37,7 +37,7 @@ class ClusterSpec(BaseModel):
     )
     n_workers: int = Field(default=2, ge=1, description="Local cluster: number of worker processes.")
     threads_per_worker: int = Field(default=1, ge=1, description="Local cluster: threads per worker.")
-    memory_limit: str = Field(
+    memory_limit: MemoryLimit = Field(
         default="auto", description="Local cluster: memory limit per worker, e.g. '4GiB'."
     )
     processes: bool = Field(default=True, description="Local cluster: worker processes (True) or threads.")
@@ -156,6 +156,25 @@ def stage_cluster(
         yield address
 
 
+def _probe_scheduler(address: str, *, timeout_s: float = 5.0) -> None:
+    """Fail at once when nothing listens at a ``tcp://``/``tls://`` scheduler address.
+
+    Dask's client retries a refused connection until its 30 s timeout; one plain TCP connection answers
+    the common mistakes (wrong port, scheduler not started) in milliseconds. Other schemes are left to Dask.
+
+    Raises:
+        OSError: the connection is refused, times out after ``timeout_s`` seconds, or the host is unknown.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
+        return
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+        pass
+
+
 @contextlib.contextmanager
 def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
     """Yield a scheduler address: the configured one, or that of a local cluster started here."""
@@ -168,6 +187,7 @@ def dask_cluster(spec: ClusterSpec | None = None) -> Iterator[str]:
         return
     if address:
         try:
+            _probe_scheduler(address)
             with _client(address, set_as_default=False, timeout="30s") as client:
                 logger.info(
                     "using the Dask cluster at %s (%d workers); dashboard %s",

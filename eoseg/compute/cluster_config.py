@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from eoseg.errors import ConfigurationError
+from eoseg.settings import MemoryLimit
 
 if TYPE_CHECKING:
     from dask_jobqueue.core import JobQueueCluster
@@ -32,7 +33,7 @@ class LocalClusterConfig(_Config):
     kind: Literal["local"] = "local"
     n_workers: int = Field(default=2, ge=1, description="Worker processes.")
     threads_per_worker: int = Field(default=1, ge=1, description="Threads per worker.")
-    memory_limit: str = Field(default="auto", description="Memory limit per worker, e.g. '4GiB'.")
+    memory_limit: MemoryLimit = Field(default="auto", description="Memory limit per worker, e.g. '4GiB'.")
     gpu_workers: int = Field(default=0, ge=0, description="How many workers advertise GPU=1.")
 
 

@@ -99,5 +99,5 @@ def run_stage(
 
     run_chunks(stage.compute, missing, stage.label)
     if stage.recall is not None and finished:
-        run_chunks(stage.recall, finished, f"{stage.label} (recall)")
+        run_chunks(stage.recall, finished, f"{stage.label} (re-reading finished chunks)")
     return stage.finalise(results)

@@ -94,6 +94,30 @@ def publish_file(local: str, target: str, *, overwrite: bool) -> None:
         shutil.copyfile(local, staging)
 
 
+def publish_staged(staging: str, target: str, *, overwrite: bool) -> None:
+    """Make the finished file at ``staging`` (same storage as ``target``) appear at ``target`` in one step.
+
+    Locally an ``os.replace``; on S3 a server-side copy (the object appears whole once copied) and the
+    deletion of ``staging``: the bytes never pass through this machine.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False (``staging`` is left as it is).
+    """
+    if storage.is_s3(target):
+        filesystem = storage.s3_filesystem()
+        filesystem.invalidate_cache(target)
+        if not overwrite and filesystem.exists(target):
+            raise FileExistsError(target)
+        filesystem.copy(staging, target)
+        filesystem.rm(staging)
+        return
+    if not overwrite and Path(target).exists():
+        raise FileExistsError(target)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(staging, 0o644)  # outputs are meant to be shared
+    os.replace(staging, target)
+
+
 def write_text(target: str, text: str, *, overwrite: bool) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically (JSON sidecars, STAC documents).
 

@@ -156,3 +156,54 @@ def fetch_to_local(uri: str, directory: str) -> str:
     local = os.path.join(directory, Path(urlparse(uri).path).name)
     s3_filesystem().get_file(uri, local)
     return local
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` with ``parts`` appended: ``/`` for S3 keys, the operating system's separator for paths."""
+    if is_s3(uri):
+        return "/".join([uri.rstrip("/"), *parts])
+    return os.path.join(uri, *parts)
+
+
+def open_file(uri: str, mode: str = "rb", **options: Any) -> Any:
+    """A file object for ``uri`` (fsspec; for S3 ``"wb"`` is a multipart upload, visible once closed).
+
+    ``options`` go to the file system's ``open`` (e.g. ``block_size``, ``cache_type``).
+    """
+    if is_s3(uri):
+        return s3_filesystem().open(uri, mode, **options)
+    return open(uri, mode)
+
+
+def read_text(uri: str) -> str | None:
+    """The UTF-8 text of the file or object at ``uri``, or None when there is none."""
+    try:
+        with open_file(uri, "rb") as handle:
+            return bytes(handle.read()).decode("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def file_names(uri: str) -> set[str]:
+    """The names of the files directly in the folder (or S3 prefix) ``uri``; empty when there is none."""
+    if is_s3(uri):
+        fs = s3_filesystem()
+        fs.invalidate_cache(uri)
+        try:
+            return {str(name).rsplit("/", 1)[-1] for name in fs.ls(uri, detail=False)}
+        except FileNotFoundError:
+            return set()
+    return set(os.listdir(uri)) if os.path.isdir(uri) else set()
+
+
+def read_ranges(uri: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each ``(start, end)`` range of the file or object at ``uri`` (S3: concurrent GETs)."""
+    if is_s3(uri):
+        fs = s3_filesystem()
+        return [bytes(b) for b in fs.cat_ranges([uri] * len(ranges), *map(list, zip(*ranges, strict=True)))]
+    with open(uri, "rb") as handle:
+        out = []
+        for start, end in ranges:
+            handle.seek(start)
+            out.append(handle.read(end - start))
+        return out

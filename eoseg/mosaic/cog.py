@@ -1,16 +1,19 @@
 """Mosaic stage: one band of a store becomes a Cloud-Optimized GeoTIFF with the scene's georeferencing.
 
-The stage contract (:mod:`eoseg.compute.stage`): each chunk of the store becomes a small uncompressed
-GeoTIFF piece in the output's staging folder (:class:`eoseg.store.lifecycle.FileOutput`; memory is one
-chunk per thread, whatever the scene size), with its own overviews at the COG's factors when they divide
-the chunk size (:func:`piece_overviews`); a piece that exists is done, so an interrupted mosaic resumes.
-The pieces are written on threads of this process, in parallel. The finalise step describes the pieces
-as one VRT with the store's georeferencing (and one VRT per overview level, listed as its overviews) and
-GDAL's COG driver lays out the final file from it, compressing on all CPUs: 512 x 512 internal tiles,
-DEFLATE with the horizontal predictor, the pieces' overviews (or, when chunks do not allow them, overviews
-it computes by nearest or mode resampling), nodata, the class colour table and descriptive metadata tags.
-The result is validated with rio-cogeo before it is published (:mod:`eoseg.io.publish`: rename, or one
-S3 upload from the local file: GDAL 3.10's COG driver cannot write to ``/vsis3/``).
+The stage contract (:mod:`eoseg.compute.stage`): the map is cut into pieces of ``R x R`` pixels (``R`` a
+multiple of 1024) and each piece job, on the Dask workers, reads its window from the store and has GDAL
+encode it exactly as the final COG's tiles: 512 x 512, DEFLATE with the horizontal (or floating-point)
+predictor, nodata, and internal overviews at the COG's factors by nearest or mode resampling
+(:mod:`eoseg.mosaic.pieces`). The pieces go to the output's staging folder beside the target
+(:class:`eoseg.store.lifecycle.FileOutput`; an S3 prefix for an ``s3://`` target, so workers anywhere can
+write them); a piece that exists is done, so an interrupted mosaic resumes. The finalise step writes the
+coarse overview levels (where a piece's overview is less than one tile) as one GeoTIFF per level from a
+VRT of the pieces' overviews, then :mod:`eoseg.mosaic.layout` writes the COG: a tifffile header whose tag
+values come from a tiny GeoTIFF that GDAL writes with the map's metadata (CRS, transform, nodata, class
+colour table, band description, tags), followed by every tile's compressed bytes copied verbatim from the
+pieces and level files, streamed (for S3, a multipart upload: no local copy of the file). The result is
+validated with rio-cogeo (over ``/vsis3/`` on S3) before it is published
+(:func:`eoseg.store.lifecycle.finish_file_output`: a rename, or a server-side S3 copy).
 """
 
 from __future__ import annotations
@@ -19,26 +22,23 @@ import datetime as dt
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from eoseg import __version__
 from eoseg.compute.stage import ChunkedStage, run_stage
-from eoseg.errors import BandCountError, ConfigurationError, CorruptStoreError
-from eoseg.geometry import Window, rasterio_grid_profile
-from eoseg.io import publish, storage
+from eoseg.errors import BandCountError, ConfigurationError
+from eoseg.geometry import rasterio_grid_profile
+from eoseg.io import storage
+from eoseg.mosaic import layout, pieces
 from eoseg.mosaic.colors import class_colormap
-from eoseg.store.layout import StoreInfo, open_data_array, read_store_info
+from eoseg.store.layout import StoreInfo, read_store_info
 from eoseg.store.lifecycle import FileOutput, discarded_on_bad_input, finish_file_output, open_file_output
 
 logger = logging.getLogger("eoseg.mosaic.cog")
-COG_BLOCK_SIZE = 512
+COG_BLOCK_SIZE = pieces.COG_BLOCK_SIZE
 OVERVIEW_RESAMPLINGS = ("nearest", "mode")
-PIECE_COMPRESSION = "NONE"
-"""Pieces are staged uncompressed: ZSTD level 1 cost about as much CPU (encoding here, decoding again in the
-COG driver) as the whole rest of the piece work (benchmarks/results/tile_mosaic.md); the price is local
-disk of one value per pixel (1 byte for a label map) while the COG is built."""
 
 
 @dataclass(frozen=True)
@@ -114,155 +114,85 @@ def cog_tags(info: StoreInfo, store_uri: str, *, extra: dict[str, str] | None = 
     return tags | (extra or {})
 
 
-@dataclass(frozen=True)
-class MosaicChunkJob:
-    """One chunk of the mosaic stage: which store band and window, and the piece file to write.
-
-    ``overviews``: factors of the overviews the piece builds itself (:func:`piece_overviews`), by
-    ``overview_resampling``; ``nodata``: the store's nodata, set on the piece so that mode overviews leave
-    it out as GDAL's COG driver does for the whole band.
-    """
-
-    store_uri: str
-    variable: str
-    band_index: int | None
-    window: Window
-    piece: str
-    overviews: tuple[int, ...] = ()
-    overview_resampling: str = "nearest"
-    nodata: float | int | None = None
-    transform: tuple[float, ...] | None = None  # the window's affine (a, b, c, d, e, f): no GDAL warning
-
-
-def mosaic_chunk(job: MosaicChunkJob) -> None:
-    """Write one chunk of the store's band as a GeoTIFF piece (published atomically: existing means done).
-
-    Raises:
-        CorruptStoreError: the chunk cannot be decoded (the store is damaged; re-run the stage that wrote it).
-    """
-    import rasterio
-    from rasterio.enums import Resampling
-
-    rows, cols = job.window.slices
-    try:
-        array = open_data_array(job.store_uri, job.variable)
-        block = np.asarray(array[rows, cols] if job.band_index is None else array[job.band_index, rows, cols])
-    except OSError:
-        raise  # storage trouble: worth a retry, which resumes
-    except Exception as error:
-        raise CorruptStoreError(
-            f"{job.store_uri}: the chunk at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
-            f"cannot be read ({error}); the store is damaged. Write it again (--overwrite)."
-        ) from error
-    profile = {
-        "driver": "GTiff",
-        "width": block.shape[1],
-        "height": block.shape[0],
-        "count": 1,
-        "dtype": block.dtype.name,
-        "compress": PIECE_COMPRESSION,
-        "nodata": job.nodata,  # mode overviews leave nodata pixels out, as GDAL does for the whole band
-        "transform": rasterio.Affine(*job.transform or (1, 0, 0, 0, 1, 0)),  # the VRT places by pixel
-    }
-    with (
-        publish.publishing_file(job.piece, overwrite=True) as staging,
-        rasterio.open(staging, "w", **profile) as out,
-    ):
-        out.write(block, 1)
-        if job.overviews:
-            out.build_overviews(list(job.overviews), Resampling[job.overview_resampling])
+def describe_dataset(dataset: Any, info: StoreInfo, store_uri: str, band_index: int | None) -> None:
+    """Give an open rasterio dataset (mode ``w`` or ``r+``) the map's georeferencing, nodata, colours,
+    band description, scale/offset/unit and tags: everything the COG says besides its pixels."""
+    grid = rasterio_grid_profile(info.geobox)
+    if grid["crs"]:
+        dataset.crs = grid["crs"]
+    dataset.transform = grid["transform"]
+    if info.nodata is not None:
+        dataset.nodata = info.nodata
+    if info.kind == "labels" and info.num_classes is not None and info.dtype == "uint8":
+        dataset.write_colormap(1, class_colormap(info.num_classes))
+    if info.kind == "labels":
+        dataset.set_band_description(1, "class")
+    elif band_index is not None:
+        dataset.set_band_description(1, info.band_names[band_index])
+        metadata = info.band_metadata or {}
+        if "scale" in metadata:  # the input band's physical meaning: value = DN * scale + offset
+            dataset.scales = (metadata["scale"][band_index],)
+            dataset.offsets = (metadata["offset"][band_index],)
+            dataset.units = (metadata["unit"][band_index],)
+    dataset.update_tags(**cog_tags(info, store_uri))
 
 
-def _vrt_xml(
-    info: StoreInfo, jobs: list[MosaicChunkJob], staging: str, factor: int, level: int | None
-) -> str:
-    """VRT of the pieces (``level`` None) or of their overview ``level`` (factor ``factor``)."""
-    from rasterio.dtypes import dtype_rev, typename_fwd
-
-    options = "" if level is None else f'<OpenOptions><OOI key="OVERVIEW_LEVEL">{level}</OOI></OpenOptions>'
-    sources = []
-    for job in jobs:
-        rows, cols = job.window.slices
-        height, width = -(-(rows.stop - rows.start) // factor), -(-(cols.stop - cols.start) // factor)
-        sources.append(
-            f'<SimpleSource><SourceFilename relativeToVRT="1">{os.path.relpath(job.piece, staging)}'
-            f"</SourceFilename>{options}<SourceBand>1</SourceBand>"
-            f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
-            f'<DstRect xOff="{cols.start // factor}" yOff="{rows.start // factor}" xSize="{width}" '
-            f'ySize="{height}"/></SimpleSource>'
-        )
-    overviews = "" if level is not None else "".join(
-        f'<Overview><SourceFilename relativeToVRT="1">mosaic.ovr{factor}.vrt</SourceFilename>'
-        "<SourceBand>1</SourceBand></Overview>"
-        for factor in (jobs[0].overviews if jobs else ())
-    )  # fmt: skip
-    a, b, c, d, e, f = tuple(info.geobox.affine)[:6]  # georeferenced from the start: no rasterio warning
-    geo = "" if level is not None else f"<GeoTransform>{c!r},{a!r},{b!r},{f!r},{d!r},{e!r}</GeoTransform>"
-    return (
-        f'<VRTDataset rasterXSize="{-(-info.width // factor)}" rasterYSize="{-(-info.height // factor)}">'
-        f"{geo}"
-        f'<VRTRasterBand dataType="{typename_fwd[dtype_rev[info.dtype]]}" band="1">{"".join(sources)}'
-        f"{overviews}</VRTRasterBand></VRTDataset>"
-    )
-
-
-def _pieces_vrt(info: StoreInfo, jobs: list[MosaicChunkJob], output: FileOutput) -> str:
-    """A VRT that places every piece at its window: the whole band, read piece by piece.
-
-    When the pieces carry overviews (:func:`piece_overviews`), one more VRT per overview level places the
-    pieces' overview (``OVERVIEW_LEVEL`` open option) at the window divided by the factor, and the main VRT
-    lists them as its overviews: GDAL's COG driver copies them instead of reading the whole band a second
-    time to compute them.
-    """
-    factors = jobs[0].overviews if jobs else ()
-    for level, factor in enumerate(factors):
-        with open(os.path.join(output.staging, f"mosaic.ovr{factor}.vrt"), "w", encoding="utf-8") as handle:
-            handle.write(_vrt_xml(info, jobs, output.staging, factor, level))
-    path = os.path.join(output.staging, "mosaic.vrt")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(_vrt_xml(info, jobs, output.staging, 1, None))
-    return path
-
-
-def piece_overviews(info: StoreInfo) -> tuple[int, ...]:
-    """Overview factors every piece builds itself: the COG's, when the chunks allow it (else none).
-
-    A piece is one store chunk; its nearest (or mode) overview at factor ``f`` is exactly the window of the
-    whole band's overview when ``f`` divides the chunk's rows and columns (no block of ``f x f`` pixels
-    straddles two chunks). Chunks smaller than one COG block (512 px) are left to GDAL's COG driver too:
-    with 256 px chunks the many tiny overview sources cost more than they save (1x benchmark scene: 18.6
-    against 14.7 CPU s; 512 px chunks: 7.9-8.7 against 8.6-10.4).
-    """
-    factors = tuple(overview_factors(info.height, info.width))
-    rows, cols = info.chunk_rows, info.chunk_cols
-    if min(rows, cols) >= COG_BLOCK_SIZE and all(rows % f == 0 and cols % f == 0 for f in factors):
-        return factors
-    return ()
-
-
-def _describe_vrt(path: str, info: StoreInfo, store_uri: str, band_index: int | None) -> None:
-    """Give the VRT the store's georeferencing, nodata, colours, band description and tags."""
+def _template(info: StoreInfo, store_uri: str, band_index: int | None) -> layout.TiffTemplate:
+    """The COG's tag values, from a 16 x 16 GeoTIFF that GDAL writes with the map's metadata."""
     import rasterio
 
-    with rasterio.open(path, "r+") as vrt:
-        grid = rasterio_grid_profile(info.geobox)
-        if grid["crs"]:
-            vrt.crs = grid["crs"]
-        vrt.transform = grid["transform"]
-        if info.nodata is not None:
-            vrt.nodata = info.nodata
-        if info.kind == "labels" and info.num_classes is not None and info.dtype == "uint8":
-            vrt.write_colormap(1, class_colormap(info.num_classes))
-        if info.kind == "labels":
-            vrt.set_band_description(1, "class")
-        elif band_index is not None:
-            vrt.set_band_description(1, info.band_names[band_index])
-            metadata = info.band_metadata or {}
-            if "scale" in metadata:  # the input band's physical meaning: value = DN * scale + offset
-                vrt.scales = (metadata["scale"][band_index],)
-                vrt.offsets = (metadata["offset"][band_index],)
-                vrt.units = (metadata["unit"][band_index],)
-        vrt.update_tags(**cog_tags(info, store_uri))
+    profile = pieces.tile_creation(info.dtype) | {
+        "width": 16, "height": 16, "count": 1, "dtype": info.dtype, "blockxsize": 16, "blockysize": 16,
+        "transform": rasterio_grid_profile(info.geobox)["transform"],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="eoseg-template-") as scratch:
+        path = os.path.join(scratch, "template.tif")
+        with rasterio.open(path, "w", **profile) as dataset:
+            describe_dataset(dataset, info, store_uri, band_index)
+        return layout.read_template(path)
+
+
+def _level_shapes(info: StoreInfo, factors: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``(height, width)`` of the full resolution and each overview, rounded up (as gdaladdo rounds)."""
+    return [(-(-info.height // f), -(-info.width // f)) for f in (1, *factors)]
+
+
+def _tile_refs(
+    info: StoreInfo, factors: tuple[int, ...], size: int, jobs: list[pieces.PieceJob],
+    tables: list[pieces.TileTable], levels: dict[int, tuple[str, pieces.TileTable]],
+) -> list[list[layout.TileRef]]:  # fmt: skip
+    """Per level, every COG tile's bytes: in a piece (levels whole in pieces) or in a level file."""
+    block = pieces.COG_BLOCK_SIZE
+    across = -(-info.width // size)
+    refs: list[list[layout.TileRef]] = []
+    for level, (height, width) in enumerate(_level_shapes(info, factors)):
+        tiles_y, tiles_x = -(-height // block), -(-width // block)
+        if level in levels:
+            uri, table = levels[level]
+            refs.append([(uri, o, c) for o, c in zip(*table[0], strict=True)])
+            continue
+        span = size // (1, *factors)[level] // block  # tiles across a (full) piece at this level
+        level_refs = []
+        for ty in range(tiles_y):
+            for tx in range(tiles_x):
+                index = (ty // span) * across + tx // span
+                piece_cols = -(-jobs[index].window.width // (1, *factors)[level])
+                offsets, counts = tables[index][level]
+                local = (ty % span) * -(-piece_cols // block) + tx % span
+                level_refs.append((jobs[index].piece, offsets[local], counts[local]))
+        refs.append(level_refs)
+    return refs
+
+
+def pieces_for_workers(store_uri: str, cog_uri: str) -> int:
+    """How many pieces of the mosaic of ``store_uri`` into ``cog_uri`` Dask workers can write: the store's
+    chunks when the COG goes to S3 (its pieces are staged on S3, where any worker can write them), else 0
+    (a local COG's pieces land on this machine's disk: threads of this process write them). For
+    :func:`eoseg.compute.cluster.stage_cluster`: no cluster is started or used for a local COG."""
+    if not storage.is_s3(storage.normalise_uri(cog_uri)):
+        return 0
+    info = read_store_info(storage.normalise_uri(store_uri))
+    return len(info.grid)
 
 
 def mosaic_to_cog(
@@ -274,6 +204,7 @@ def mosaic_to_cog(
     overview_resampling: str = "nearest",
     show_progress: bool | None = None,
     max_pixels: int | None = None,
+    client: Any = None,
 ) -> CogSummary:
     """Write one band of the store at ``store_uri`` as a Cloud-Optimized GeoTIFF at ``cog_uri``.
 
@@ -285,6 +216,8 @@ def mosaic_to_cog(
         overview_resampling: ``nearest`` (fast) or ``mode`` (majority class; better for labels).
         show_progress: terminal progress bar on/off (default: when stderr is a terminal).
         max_pixels: refuse a store of more pixels (:func:`check_single_cog_size`); None: no limit.
+        client: the ``distributed.Client`` whose workers write the pieces (default: the active one; for
+            a local target the pieces are written on threads of this process, which owns the disk).
 
     Raises:
         ConfigurationError: the store has more than ``max_pixels`` pixels (before any work; the message
@@ -293,6 +226,9 @@ def mosaic_to_cog(
         CorruptStoreError: a chunk of the store cannot be read (the partial output is removed).
         RuntimeError: the written file fails COG validation (nothing is left at ``cog_uri``).
         Other failures keep the finished pieces: running again resumes.
+
+    Memory: one piece (``R x R`` values, R >= 1024) per worker thread; the assembly holds one batch of
+    tiles (:data:`eoseg.mosaic.layout.BATCH_BYTES`) and, for S3, one upload part.
     """
     if overview_resampling not in OVERVIEW_RESAMPLINGS:
         raise ConfigurationError(
@@ -303,27 +239,31 @@ def mosaic_to_cog(
     if max_pixels is not None:
         check_single_cog_size(info.height * info.width, limit=max_pixels, what=store_uri)
     band_index = _select_band(info, band)
-    factors = piece_overviews(info)
+    factors = tuple(overview_factors(info.height, info.width))
+    size = pieces.piece_size(info.chunk_rows, info.chunk_cols, factors)
     plan = {
         "store": store_uri,
         "store_created": info.created,
         "band": band_index,
         "grid": [info.height, info.width, info.chunk_rows, info.chunk_cols],
         "pieces": {
-            "compress": PIECE_COMPRESSION,
+            "format": pieces.PIECE_FORMAT,
+            "size": size,
+            "creation": pieces.tile_creation(info.dtype),
             "overviews": list(factors),
             "resampling": overview_resampling,
         },
     }
     output = open_file_output(cog_uri, plan=plan, overwrite=overwrite)
-    windows = list(info.grid.windows())
+    windows = pieces.piece_windows(info.height, info.width, size)
     jobs = [
-        MosaicChunkJob(
+        pieces.PieceJob(
             store_uri,
             info.variable,
             band_index,
             window,
             output.piece_path(index),
+            info.dtype,
             factors,
             overview_resampling,
             info.nodata,
@@ -332,28 +272,35 @@ def mosaic_to_cog(
         for index, window in windows
     ]
 
-    def finalise(_: list[None]) -> CogSummary:
-        vrt = _pieces_vrt(info, jobs, output)
-        _describe_vrt(vrt, info, store_uri, band_index)
-        levels = _write_cog(
-            vrt, output, overview_resampling, overviews=bool(overview_factors(info.height, info.width)),
-            sources=len(jobs) * (1 + len(factors)),
-        )  # fmt: skip
-        finish_file_output(output)
+    def finalise(tables: list[pieces.TileTable | None]) -> CogSummary:
+        assert all(table is not None for table in tables)  # recall gives the done pieces' tables
+        levels = _write_levels(info, factors, size, jobs, output)
+        refs = _tile_refs(info, factors, size, jobs, [t for t in tables if t is not None], levels)
+        header = layout.cog_header(
+            _template(info, store_uri, band_index),
+            _level_shapes(info, factors),
+            [[count for _, _, count in level] for level in refs],
+            COG_BLOCK_SIZE,
+        )
+        assembled = output.assembly_path("assembled.tif")
+        layout.assemble(assembled, header, refs)
+        _validate(assembled, output.target)
+        finish_file_output(output, assembled)
         return CogSummary(
-            output.target, info.width, info.height, info.dtype, levels, info.nodata, info.num_classes
+            output.target, info.width, info.height, info.dtype, factors, info.nodata, info.num_classes
         )
 
     stage = ChunkedStage(
         label="mosaic",
         jobs=jobs,
         done=output.pieces_done([index for index, _ in windows]),
-        compute=mosaic_chunk,
+        compute=pieces.write_piece,
+        recall=pieces.recall_piece,
         finalise=finalise,
-        local=True,
+        local=not storage.is_s3(output.staging),  # local pieces must land on this machine's disk
     )
     with discarded_on_bad_input(output):
-        summary = run_stage(stage, show_progress=show_progress)
+        summary = run_stage(stage, client=client, show_progress=show_progress)
     logger.info(
         "wrote %s (%d x %d, overviews %s)",
         summary.uri,
@@ -364,37 +311,40 @@ def mosaic_to_cog(
     return summary
 
 
-def _write_cog(
-    source: str, output: FileOutput, overview_resampling: str, *, overviews: bool, sources: int = 0
-) -> tuple[int, ...]:
-    """Lay out ``source`` as a validated COG and publish it at the output's target; returns its overviews.
+def _write_levels(
+    info: StoreInfo, factors: tuple[int, ...], size: int, jobs: list[pieces.PieceJob], output: FileOutput
+) -> dict[int, tuple[str, pieces.TileTable]]:
+    """Write each coarse level (less than one tile per piece) as one GeoTIFF from the pieces' overviews.
 
-    ``sources``: how many datasets the VRT ``source`` reads (pieces, and each piece once more per overview
-    level it carries). GDAL keeps at most 100 of them open (``GDAL_MAX_DATASET_POOL_SIZE``) and the COG
-    driver reads the source in several passes (overviews, then the full resolution), so with more than
-    that they would be closed and re-opened over and over; the pool is sized to hold them all.
+    Returns:
+        Per level index (1 = factor 2): the level file's URI and tile table.
+    """
+    whole = pieces.piece_levels(size, factors)
+    placed = [(job.piece, job.window) for job in jobs]
+    levels = {}
+    with storage.gdal_env(output.staging):
+        for level in range(whole, len(factors) + 1):
+            factor = factors[level - 1]
+            vrt = pieces.pieces_vrt(
+                placed, info.height, info.width, info.dtype, factor, level - 1, tuple(info.geobox.affine)[:6]
+            )
+            uri = output.assembly_path(f"level-{factor}.tif")
+            levels[level] = (uri, pieces.write_level(vrt, uri, info.dtype, sources=len(jobs)))
+    return levels
+
+
+def _validate(path: str, target: str) -> None:
+    """Refuse a file rio-cogeo finds invalid or warns about.
 
     Raises:
-        RuntimeError: the written file fails COG validation (nothing is published).
+        RuntimeError: errors or warnings (nothing is published).
     """
-    import rasterio
-    import rasterio.shutil
     from rio_cogeo.cogeo import cog_validate
 
-    with publish.publishing_file(output.target, overwrite=output.overwrite) as staging:
-        creation = {
-            "BLOCKSIZE": COG_BLOCK_SIZE, "COMPRESS": "DEFLATE", "PREDICTOR": "YES", "LEVEL": 6,
-            "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO" if overviews else "NONE",
-            "OVERVIEW_RESAMPLING": overview_resampling.upper(), "RESAMPLING": "NEAREST",
-            "NUM_THREADS": "ALL_CPUS",
-        }  # fmt: skip
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_MAX_DATASET_POOL_SIZE=max(100, sources + 16)):
-            rasterio.shutil.copy(source, staging, driver="COG", **creation)
-        valid, errors, warnings = cog_validate(staging, quiet=True)
-        if not valid or errors or warnings:
-            raise RuntimeError(
-                f"{output.target}: the written file is not a valid COG (errors: {errors}; "
-                f"warnings: {warnings}); nothing was published. Please report this."
-            )
-        with rasterio.open(staging) as written:
-            return tuple(written.overviews(1))
+    with storage.gdal_env(path):
+        valid, errors, warnings = cog_validate(storage.gdal_path(path), quiet=True)
+    if not valid or errors or warnings:
+        raise RuntimeError(
+            f"{target}: the written file is not a valid COG (errors: {errors}; warnings: {warnings}); "
+            "nothing was published. Please report this."
+        )

@@ -207,10 +207,11 @@ def apply_legend(map_uri: str, legend: Legend) -> dict[int, str]:
             handle.write(
                 _styled_vrt(local, legend, num_classes=num_classes, nodata=nodata, width=width, height=height)
             )
-        with warnings.catch_warnings(), rasterio.open(vrt, "r+") as styled:  # placed on the next line
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            styled.crs, styled.transform = crs, transform
-            styled.update_tags(**tags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # opened before it is placed: next line
+            with rasterio.open(vrt, "r+") as styled:
+                styled.crs, styled.transform = crs, transform
+                styled.update_tags(**tags)
         out = os.path.join(scratch, "styled.tif")
         rasterio.shutil.copy(
             vrt,

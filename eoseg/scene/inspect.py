@@ -27,6 +27,7 @@ from eoseg.errors import (
     MissingCRSError,
     SceneNotFoundError,
     UnsupportedDtypeError,
+    reason,
 )
 from eoseg.geometry import GeoBox, GeoBoxProperties, make_geobox
 from eoseg.io import storage
@@ -189,7 +190,7 @@ def _check_readable_edges(dataset: DatasetReaderBase, uri: str) -> None:
         except Exception as error:  # rasterio raises RasterioIOError or CPLE_* errors
             raise CorruptSceneError(
                 f"{uri}: the file is truncated or corrupt: reading pixels at row {row_off}, column "
-                f"{col_off} failed ({error}). Re-download or re-export the scene and try again."
+                f"{col_off} failed ({reason(error)}). Re-download or re-export the scene and try again."
             ) from error
 
 

@@ -13,11 +13,13 @@ Zarr stores (:class:`StoreOutput`, written by ``tile`` and ``predict``):
 - a finished output is refused unless ``overwrite``; something that is not an eoseg store is refused
   unless ``overwrite``.
 
-Files assembled from chunks (:class:`FileOutput`, the mosaic's COG) keep their finished chunk pieces in a
-staging folder (``.NAME.partial/`` beside a local target; for an S3 target a folder under the system's
-temporary directory named after the target, so a re-run on the same machine resumes), each piece
-published atomically, so a piece that exists is done. The file itself is published in one step by
-:mod:`eoseg.io.publish`.
+Files assembled from pieces (:class:`FileOutput`, the mosaic's COG) keep their finished pieces in a
+staging folder beside the target (``.NAME.partial/``; for an S3 target the S3 prefix of that name, so that
+Dask workers on other machines can write and read them, and a re-run from anywhere resumes), each piece
+published atomically, so a piece that exists is done; ``plan.json`` there says what the pieces are made
+of (input, band, grid, piece format), and pieces of another plan are never reused. The file is assembled
+in the staging folder too and published by :func:`finish_file_output` (a rename locally, a server-side
+copy on S3: :mod:`eoseg.io.publish`).
 
 Bad input found while writing (an :class:`~eoseg.errors.EosegError`) discards the staging output; any
 other failure (a lost worker, a storage hiccup, an interrupt) keeps it so that a re-run, or Prefect's
@@ -27,14 +29,11 @@ retry, resumes it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,11 +196,12 @@ def finish_store_output(output: StoreOutput, info: StoreInfo) -> StoreInfo:
 
 @dataclass(frozen=True)
 class FileOutput:
-    """A file assembled from chunk pieces (the mosaic's COG) and the local folder holding the pieces.
+    """A file assembled from pieces (the mosaic's COG) and the staging folder holding the pieces.
 
     Attributes:
         target: the file's final local path or ``s3://`` URI.
-        staging: a local folder; ``pieces/`` holds one published file per finished chunk.
+        staging: ``.NAME.partial`` beside the target (a local folder, or an S3 prefix); ``pieces/`` holds
+            one published file per finished piece.
         overwrite: whether the final publish may replace a file that appeared meanwhile.
         resuming: True when pieces of an interrupted run with the same plan were found.
     """
@@ -212,20 +212,22 @@ class FileOutput:
     resuming: bool
 
     def piece_path(self, chunk_index: tuple[int, int], *, suffix: str = ".tif") -> str:
-        """The local path of the piece for one chunk (exists only once the piece is complete)."""
+        """The path (or URI) of the piece for one chunk (exists only once the piece is complete)."""
         row, col = chunk_index
-        return os.path.join(self.staging, "pieces", f"{row}-{col}{suffix}")
+        return storage.join(self.staging, "pieces", f"{row}-{col}{suffix}")
 
     def pieces_done(self, chunk_indices: Sequence[tuple[int, int]], *, suffix: str = ".tif") -> list[bool]:
-        """For each chunk, whether its piece is already complete."""
-        return [os.path.exists(self.piece_path(index, suffix=suffix)) for index in chunk_indices]
+        """For each chunk, whether its piece is already complete (one listing of the pieces folder)."""
+        names = storage.file_names(storage.join(self.staging, "pieces"))
+        return [f"{row}-{col}{suffix}" in names for row, col in chunk_indices]
+
+    def assembly_path(self, name: str) -> str:
+        """Where the file (or another staging file, ``name``) is written before it is published."""
+        return storage.join(self.staging, name)
 
 
 def file_staging_dir(target: str) -> str:
-    """The local folder for the pieces of ``target``: a hidden sibling, or for S3 a temporary folder."""
-    if storage.is_s3(target):
-        digest = hashlib.sha256(target.encode("utf-8")).hexdigest()[:16]
-        return os.path.join(tempfile.gettempdir(), "eoseg-partial", f"{Path(target).name}-{digest}")
+    """The staging folder (local path or S3 prefix) for the pieces of ``target``: its hidden sibling."""
     return publish.partial_sibling(target)
 
 
@@ -246,8 +248,8 @@ def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -
 
     Args:
         target: the file to write (local path or ``s3://`` URI).
-        plan: JSON-serialisable description of what the pieces are made from (input, band, grid); pieces
-            of an interrupted run are reused only when its plan was the same.
+        plan: JSON-serialisable description of what the pieces are made from (input, band, grid, piece
+            format); pieces of an interrupted run are reused only when its plan was the same.
         overwrite: replace an existing file and discard any pieces.
 
     Raises:
@@ -256,23 +258,25 @@ def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -
     target = check_file_output(target, overwrite=overwrite)
     staging = file_staging_dir(target)
     plan_text = json.dumps(plan, sort_keys=True, default=list)
-    plan_file = os.path.join(staging, PLAN_FILE)
-    if (
-        not overwrite
-        and os.path.exists(plan_file)
-        and Path(plan_file).read_text(encoding="utf-8") == plan_text
-    ):
+    plan_file = storage.join(staging, PLAN_FILE)
+    if not overwrite and storage.read_text(plan_file) == plan_text:
         output = FileOutput(target, staging, overwrite, resuming=True)
         logger.info("%s: resuming an interrupted write", target)
         return output
     storage.remove(staging)
-    os.makedirs(os.path.join(staging, "pieces"), exist_ok=True)
+    if not storage.is_s3(staging):
+        os.makedirs(os.path.join(staging, "pieces"), exist_ok=True)
     publish.write_text(plan_file, plan_text, overwrite=True)
     return FileOutput(target, staging, overwrite, resuming=False)
 
 
-def finish_file_output(output: FileOutput) -> None:
-    """Remove the pieces once the file is published."""
+def finish_file_output(output: FileOutput, assembled: str) -> None:
+    """Publish the finished file ``assembled`` (in the staging folder) at the target; remove the pieces.
+
+    Raises:
+        FileExistsError: the target appeared meanwhile and the output may not overwrite it.
+    """
+    publish.publish_staged(assembled, output.target, overwrite=output.overwrite)
     storage.remove(output.staging)
 
 

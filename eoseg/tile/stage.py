@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from eoseg.compute.stage import ChunkedStage, run_stage
-from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError
+from eoseg.errors import ConfigurationError, CorruptSceneError, EmptySceneError, reason
 from eoseg.geometry import Window
 from eoseg.io import storage
 from eoseg.scene.inspect import SceneInfo, open_scene_dataset
-from eoseg.scene.sources import open_scene_sources
+from eoseg.scene.sources import SceneSources, open_scene_sources
 from eoseg.scene.validity import read_valid_window
 from eoseg.scene.validity import valid_pixel_mask as valid_pixel_mask  # re-exported (layout-1 rule)
 from eoseg.store.layout import VALID_VARIABLE, StoreInfo, open_data_array, write_chunk
@@ -194,7 +194,7 @@ def read_tile_window(uri: str, window: Window, *, job: TileChunkJob) -> tuple[np
     except Exception as error:
         raise CorruptSceneError(
             f"{uri}: reading pixels at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop} "
-            f"failed ({error}); the file is truncated or corrupt. Re-download or re-export it."
+            f"failed ({reason(error)}); the file is truncated or corrupt. Re-download or re-export it."
         ) from error
 
 
@@ -250,6 +250,7 @@ def tile_scene(
     client: Any = None,
     show_progress: bool | None = None,
     resample: str | None = None,
+    sources: SceneSources | None = None,
 ) -> StoreInfo:
     """Tile ``scene_uri`` into the Zarr store ``store_uri``.
 
@@ -266,6 +267,8 @@ def tile_scene(
             with this GDAL resampling method (else they are refused; :func:`open_scene_sources`).
         client: a ``distributed.Client`` (default: the active one, else local threads).
         show_progress: terminal progress bar on/off (default: when stderr is a terminal).
+        sources: ``scene_uri`` already opened with these options (the CLI read its headers to check it);
+            None: opened here. On S3 a city's headers are one request per file, so they are read once.
 
     Returns:
         The finished store's :class:`StoreInfo`, including per-band statistics.
@@ -280,7 +283,7 @@ def tile_scene(
         raise ConfigurationError(f"chunk size must be at least 16 pixels, got {chunk_size}")
     from eoseg.tile.multi_file import multi_file_jobs, tile_multi_file_chunk
 
-    sources = open_scene_sources(
+    sources = sources or open_scene_sources(
         scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps, resample=resample
     )
     scene = sources.scene
@@ -316,7 +319,7 @@ def tile_scene(
         finalise=finalise,
     )
     logger.info(
-        "tiling %s (%d file(s), %d x %d px, %d bands, %s) into %d chunks",
+        "tiling %s (%d file(s), %d x %d px, %d band(s), %s) into %d chunk(s)",
         scene.uri,
         len(sources.tiles),
         scene.width,
