@@ -165,12 +165,12 @@ def check_store_output(target: str, *, overwrite: bool, inputs: Sequence[str] = 
     """
     target = _check_location(target, inputs)
     staging = store_staging_uri(target)
+    if storage.exists(target) and not is_zarr_store(target):
+        raise OutputExistsError(
+            f"{target}: exists and is not a Zarr store; "
+            "--overwrite replaces only a store: choose another --out"
+        )
     if overwrite:
-        if storage.exists(target) and not is_zarr_store(target):
-            raise OutputExistsError(
-                f"{target}: exists and is not a Zarr store; --overwrite replaces only a store: "
-                "choose another --out"
-            )
         return target
     if staging != target:
         if storage.exists(target):
