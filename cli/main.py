@@ -17,6 +17,7 @@ from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
 from cli.preflight import preflight_checkpoint, preflight_outputs, preflight_run
 from cli.runs import (
+    RUN_HINT,
     SCENE_HELP,
     WARP_GCPS_HELP,
     LegendOption,
@@ -33,6 +34,7 @@ from cli.runs import (
     run_flow,
     scene_argument,
     stage_runner,
+    use_interrupt_hint,
     use_settings,
 )
 from cli.summary import ClassNamesOption, format_run_summary
@@ -229,7 +231,7 @@ def predict(
     options = checked_options(
         PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision, refine=refinement
     )
-    preflight_stores([store], None)
+    preflight_stores([store], None, images=True)
     preflight_checkpoint(model)
     preflight_outputs(stores=[out], overwrite=overwrite, inputs=[store, model])
     predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
@@ -313,6 +315,7 @@ def run(
     preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     from flows.segment_flows import segment_scene_flow  # Prefect and torch: after the cheap checks
 
+    use_interrupt_hint(RUN_HINT)
     result = run_flow(
         segment_scene_flow,
         scene_argument(scene),
@@ -346,6 +349,9 @@ _register_legend(app)
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # eoseg's loggers also log outside a flow run's context (chunk threads, the stages called directly):
+    # those lines go to the terminal only, without Prefect's "without a flow run id" warning for each.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # Before Prefect is imported: its run-log handler is then attached to the "eoseg" logger too
     # (configure_logging attaches it when a flow starts, for processes started otherwise).
     extra = [

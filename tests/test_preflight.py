@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from conftest import write_geotiff, write_label_store
 from test_direct_commands import _env_without_prefect_api
 
 from eoseg.tile.stage import tile_scene
@@ -51,8 +53,11 @@ def _tree(folder: Path) -> dict[str, int]:
 
 
 def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_scene, tmp_path):
-    store = tmp_path / "tiny.zarr"
+    store, one_band, label_store = tmp_path / "tiny.zarr", tmp_path / "one-band.zarr", tmp_path / "pred.zarr"
     tile_scene(str(tiny_scene), str(store), chunk_size=32, show_progress=False)
+    one_band_scene = write_geotiff(tmp_path / "one-band.tif", np.full((1, 64, 64), 7, dtype=np.uint8))
+    tile_scene(str(one_band_scene), str(one_band), chunk_size=32, show_progress=False)
+    write_label_store(str(label_store), np.zeros((64, 64), dtype=np.uint8), 32)
     existing = {name: tmp_path / name for name in ("map.tif", "model.pt", "labels.zarr", "out.tif")}
     for path in existing.values():
         path.write_bytes(b"precious")
@@ -95,6 +100,17 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
             "see `eoseg tile --help`"
         ),
         ("tile", str(tiny_scene), "--bogus"): "No such option: --bogus",
+        ("train", "clusterer", str(label_store), "--out", str(tmp_path / "new.pt")): (
+            f"{label_store}: is a label store (written by eoseg predict), not a tile store"
+        ),
+        ("predict", str(label_store), "--model", str(existing["model.pt"]), "--out",
+         str(tmp_path / "p.zarr")): f"{label_store}: is a label store",
+        ("train", "clusterer", str(store), str(one_band), "--out", str(tmp_path / "new.pt")): (
+            f"{one_band}: has 1 band(s) but {store} has"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--refine-compactness", "-5"): (
+            "--refine-compactness: Input should be greater than 0; see the command's --help"
+        ),
         ("mosaic", str(store)): "Missing option '--out' / '-o'; see `eoseg mosaic --help`",
         ("segment", str(tiny_scene)): "No such command 'segment'. Did you mean 'legend'? See `eoseg --help`",
         ("bogus",): "No such command 'bogus'; see `eoseg --help`",
