@@ -146,7 +146,7 @@ def tile(
         TileOptions, chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps,
         resample=resample,
     )  # fmt: skip
-    preflight_outputs(stores=[out], overwrite=overwrite)
+    preflight_outputs(stores=[out], overwrite=overwrite, inputs=scene)
     preflight_scene(scene_argument(scene), options)
     tile_scene = stage_runner(
         "flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct", record="tile-scene"
@@ -185,7 +185,7 @@ def mosaic(
 
     options = checked_options(MosaicOptions, band=band, overview_resampling=overview_resampling)
     preflight_stores([store], None)
-    preflight_outputs(files=[out], overwrite=overwrite)
+    preflight_outputs(files=[out], overwrite=overwrite, inputs=[store])
     mosaic_store = stage_runner(
         "flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct", record="mosaic-store"
     )
@@ -233,7 +233,7 @@ def predict(
     )
     preflight_stores([store], None, images=True)
     preflight_checkpoint(model)
-    preflight_outputs(stores=[out], overwrite=overwrite)
+    preflight_outputs(stores=[out], overwrite=overwrite, inputs=[store, model])
     predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
     info = run_flow(
         predict_labels, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
@@ -309,7 +309,9 @@ def run(
         resample=resample,
     )  # fmt: skip
     patch_size = None if weights else training.training_params().get("patch_size")
-    preflight_run(out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite)
+    preflight_run(
+        out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite, inputs=scene
+    )
     preflight_scene(scene_argument(scene), tile, patch_size=patch_size, weights=weights)
     from flows.segment_flows import segment_scene_flow  # Prefect and torch: after the cheap checks
 

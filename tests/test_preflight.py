@@ -85,7 +85,9 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
             f"{tmp_path / 'none.pt'}: model checkpoint not found"
         ),
         ("predict", str(store), "--model", str(existing["model.pt"]), "--out",
-         str(existing["labels.zarr"])): f"{existing['labels.zarr']}: output already exists; pass --overwrite",
+         str(existing["labels.zarr"])): (  # a file, not a store: even --overwrite would not replace it
+            f"{existing['labels.zarr']}: exists and is not a Zarr store; --overwrite replaces only a store"
+        ),
         ("mosaic", str(store), "--out", str(existing["out.tif"])): (
             f"{existing['out.tif']}: output already exists; pass --overwrite"
         ),
