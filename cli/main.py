@@ -63,8 +63,9 @@ def main_options(
         str | None,
         typer.Option(
             "--cluster",
-            help="Scheduler address of an existing Dask cluster (tcp://host:8786). Default: start a local "
-            "cluster for this command. [env: EOSEG_CLUSTER]",
+            help="Scheduler address of an existing Dask cluster (tcp://host:8786). Default: a local cluster "
+            "started for a stage with many chunks (threads of the command for one chunk, tiling and "
+            "local mosaics). [env: EOSEG_CLUSTER]",
         ),
     ] = None,
     cluster_config: Annotated[
