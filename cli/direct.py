@@ -23,7 +23,9 @@ __all__ = ["mosaic_direct", "predict_direct", "tile_direct"]
 def log_to_terminal() -> None:
     """Print eoseg's INFO lines on stderr as Prefect's console handler would (it is not set up here)."""
     if not logging.root.handlers:
-        logging.basicConfig(format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+        logging.basicConfig(
+            format="%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", datefmt="%H:%M:%S"
+        )
 
 
 def tile_direct(

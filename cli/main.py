@@ -17,6 +17,7 @@ from cli.global_options import GlobalOptionsGroup
 from cli.options import with_options
 from cli.preflight import preflight_checkpoint, preflight_outputs, preflight_run
 from cli.runs import (
+    RUN_HINT,
     SCENE_HELP,
     WARP_GCPS_HELP,
     LegendOption,
@@ -33,6 +34,7 @@ from cli.runs import (
     run_flow,
     scene_argument,
     stage_runner,
+    use_interrupt_hint,
     use_settings,
 )
 from cli.summary import ClassNamesOption, format_run_summary
@@ -61,8 +63,9 @@ def main_options(
         str | None,
         typer.Option(
             "--cluster",
-            help="Scheduler address of an existing Dask cluster (tcp://host:8786). Default: start a local "
-            "cluster for this command. [env: EOSEG_CLUSTER]",
+            help="Scheduler address of an existing Dask cluster (tcp://host:8786). Default: a local cluster "
+            "started for a stage with many chunks (threads of the command for one chunk, tiling and "
+            "local mosaics). [env: EOSEG_CLUSTER]",
         ),
     ] = None,
     cluster_config: Annotated[
@@ -144,7 +147,7 @@ def tile(
         TileOptions, chunk_size=chunk_size, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps,
         resample=resample,
     )  # fmt: skip
-    preflight_outputs(stores=[out], overwrite=overwrite)
+    preflight_outputs(stores=[out], overwrite=overwrite, inputs=scene)
     preflight_scene(scene_argument(scene), options)
     tile_scene = stage_runner(
         "flows.storage_flows:tile_scene_flow", "cli.direct:tile_direct", record="tile-scene"
@@ -183,7 +186,7 @@ def mosaic(
 
     options = checked_options(MosaicOptions, band=band, overview_resampling=overview_resampling)
     preflight_stores([store], None)
-    preflight_outputs(files=[out], overwrite=overwrite)
+    preflight_outputs(files=[out], overwrite=overwrite, inputs=[store])
     mosaic_store = stage_runner(
         "flows.storage_flows:mosaic_flow", "cli.direct:mosaic_direct", record="mosaic-store"
     )
@@ -229,9 +232,9 @@ def predict(
     options = checked_options(
         PredictOptions, halo=halo, attention_pooling=attention_pooling, precision=precision, refine=refinement
     )
-    preflight_stores([store], None)
+    preflight_stores([store], None, images=True)
     preflight_checkpoint(model)
-    preflight_outputs(stores=[out], overwrite=overwrite)
+    preflight_outputs(stores=[out], overwrite=overwrite, inputs=[store, model])
     predict_labels = stage_runner("flows.segment_flows:predict_flow", "cli.direct:predict_direct")
     info = run_flow(
         predict_labels, store, model, out, options=options, cluster=cluster_spec(), overwrite=overwrite
@@ -307,13 +310,16 @@ def run(
         resample=resample,
     )  # fmt: skip
     patch_size = None if weights else training.training_params().get("patch_size")
-    preflight_run(out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite)
+    preflight_run(
+        out, model=model, weights=weights, training=training, legend=legend, overwrite=overwrite, inputs=scene
+    )
     preflight_scene(
         scene_argument(scene), tile, patch_size=patch_size, weights=weights, evaluate=evaluate_options,
         reference=reference,
     )  # fmt: skip
     from flows.segment_flows import segment_scene_flow  # Prefect and torch: after the cheap checks
 
+    use_interrupt_hint(RUN_HINT)
     result = run_flow(
         segment_scene_flow,
         scene_argument(scene),
@@ -347,6 +353,9 @@ _register_legend(app)
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # eoseg's loggers also log outside a flow run's context (chunk threads, the stages called directly):
+    # those lines go to the terminal only, without Prefect's "without a flow run id" warning for each.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # Before Prefect is imported: its run-log handler is then attached to the "eoseg" logger too
     # (configure_logging attaches it when a flow starts, for processes started otherwise).
     extra = [

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Optional, TypeVar, cast
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 __all__ = ["with_options"]
 
@@ -106,16 +106,9 @@ def with_options(model: type[BaseModel], *, into: str) -> Callable[[F], F]:
                 or model.model_fields[name].is_required()
                 or model.model_fields[name].default is None
             }
-            try:
-                options = model(**fields)
-            except ValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}"
-                    for e in error.errors()
-                )
-                typer.secho(f"error: invalid option: {problems}", fg=typer.colors.RED, err=True)
-                raise typer.Exit(code=2) from None
-            return command(**values, **{into: options})
+            from cli.runs import checked_options  # one message for a bad option value, by option name
+
+            return command(**values, **{into: checked_options(model, **fields)})
 
         # Keyword-only options must follow the command's own parameters (arguments first).
         ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added

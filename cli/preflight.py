@@ -22,16 +22,20 @@ if TYPE_CHECKING:
 __all__ = ["preflight_checkpoint", "preflight_model_output", "preflight_outputs", "preflight_run"]
 
 
-def preflight_outputs(*, stores: Sequence[str] = (), files: Sequence[str] = (), overwrite: bool) -> None:
+def preflight_outputs(
+    *, stores: Sequence[str] = (), files: Sequence[str] = (), overwrite: bool, inputs: Sequence[str] = ()
+) -> None:
     """Refuse outputs that exist, unless ``overwrite``: Zarr ``stores`` (an unfinished one passes: it is
-    resumed) and ``files`` (COGs, checkpoints). One ``error:`` line, exit 2."""
+    resumed) and ``files`` (COGs, checkpoints). Refused even with ``overwrite``: a store target that is not
+    a Zarr store, a file target that is a directory, an output that is one of ``inputs``, a folder that
+    cannot be created. One ``error:`` line, exit 2, nothing touched."""
     from eoseg.store.lifecycle import check_file_output, check_store_output
 
     try:
         for store in stores:
-            check_store_output(store, overwrite=overwrite)
+            check_store_output(store, overwrite=overwrite, inputs=inputs)
         for file in files:
-            check_file_output(file, overwrite=overwrite)
+            check_file_output(file, overwrite=overwrite, inputs=inputs)
     except EosegError as error:
         fail(error)
 
@@ -44,10 +48,12 @@ def preflight_run(
     training: TrainingOptions,
     legend: str | None,
     overwrite: bool,
+    inputs: Sequence[str] = (),
 ) -> None:
     """``eoseg run``: the model it can get (:func:`eoseg.config.check_run_model`), ``weights`` and
     ``legend`` readable, and the outputs it would refuse later: the map, the tile and label stores and,
-    when the run trains, its checkpoint (:class:`eoseg.outputs.RunOutputs`)."""
+    when the run trains, its checkpoint (:class:`eoseg.outputs.RunOutputs`), none of them one of
+    ``inputs`` (the scene files), ``weights`` or ``legend``."""
     from eoseg.config import check_run_model
     from eoseg.mosaic.legend import read_legend
     from eoseg.outputs import RunOutputs
@@ -62,7 +68,8 @@ def preflight_run(
         preflight_checkpoint(weights)
     outputs = RunOutputs.for_map(map_uri)
     files = [outputs.cog] if weights else [outputs.cog, outputs.model]
-    preflight_outputs(stores=[outputs.tiles, outputs.labels], files=files, overwrite=overwrite)
+    inputs = [*inputs, *([weights] if weights else []), *([legend] if legend else [])]
+    preflight_outputs(stores=[outputs.tiles, outputs.labels], files=files, overwrite=overwrite, inputs=inputs)
 
 
 def preflight_checkpoint(uri: str) -> None:

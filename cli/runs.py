@@ -179,9 +179,22 @@ def checked_options(model: type[M], **values: Any) -> M:
         fail(EosegError(str(error)))
 
 
-RESUME_HINT = "finished chunks are kept: run the same command again to resume (--overwrite starts afresh)"
+RESUME_HINT = (
+    "nothing was published; finished chunks are kept: run the same command again to resume (--overwrite "
+    "starts afresh)"
+)
+RUN_HINT = (
+    "the outputs of the stages that finished (MAP.tiles.zarr, MAP.model.pt, ...) are kept, an unfinished "
+    "stage's chunks too (its own command resumes it: eoseg tile/predict/mosaic); eoseg run again needs "
+    "--overwrite"
+)
 TRAINING_HINT = "epochs since the last checkpoint are lost (--checkpoint-every N keeps one; --resume goes on)"
-NOT_KEPT_HINT = "nothing of this run is kept; run the same command again"
+RUN_HINT = (
+    "the outputs of the stages that finished (MAP.tiles.zarr, MAP.model.pt, ...) are kept, and an unfinished "
+    "stage's chunks (its own command resumes them: eoseg tile/predict/mosaic); eoseg run again needs "
+    "--overwrite"
+)
+NOT_KEPT_HINT = "nothing was published; nothing of this run is kept: run the same command again"
 _INTERRUPT_HINT: ContextVar[str] = ContextVar("eoseg_interrupt_hint", default=RESUME_HINT)
 
 
@@ -209,9 +222,7 @@ def run_flow(function: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
     except FileExistsError as error:  # the final rename/upload found a competitor's output
         fail(EosegError(f"{error}: output appeared while running; pass --overwrite to replace it."))
     except KeyboardInterrupt:
-        typer.secho(
-            f"interrupted: nothing was published; {_INTERRUPT_HINT.get()}", fg=typer.colors.RED, err=True
-        )
+        typer.secho(f"interrupted: {_INTERRUPT_HINT.get()}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=130) from None
 
 
@@ -277,14 +288,27 @@ def preflight_scene(
         fail(error)
 
 
-def preflight_stores(stores: list[str], patch_size: int | None) -> None:
-    """Refuse unreadable or too small tile stores before a training flow starts (one line, exit 2)."""
+def preflight_stores(stores: list[str], patch_size: int | None, *, images: bool = False) -> None:
+    """Refuse unreadable or too small stores before a flow starts (one line, exit 2); with ``images``
+    (training, prediction) also label stores and tile stores of different band counts."""
     from eoseg.store.layout import read_store_info
     from eoseg.train.patches import check_patch_fits
 
     try:
+        first = None
         for store in stores:
             info = read_store_info(store)
+            if images and info.kind != "image":
+                raise EosegError(
+                    f"{store}: is a label store (written by eoseg predict), not a tile store; give the "
+                    "tile store the scene was tiled into (eoseg tile)"
+                )
+            if images and first is not None and info.band_count != first[1].band_count:
+                raise EosegError(
+                    f"{store}: has {info.band_count} band(s) but {first[0]} has {first[1].band_count}; one "
+                    "model is trained on stores of one kind of scene"
+                )
+            first = first or (store, info)
             if patch_size is not None:
                 check_patch_fits(store, info.height, info.width, patch_size)
     except EosegError as error:

@@ -75,7 +75,7 @@ def _train_command(family_name: str) -> Callable[..., None]:
         overwrite: OverwriteCheckpoint = False,
         training: Any = None,
     ) -> None:
-        preflight_stores(list(stores), training.training_params().get("patch_size"))
+        preflight_stores(list(stores), training.training_params().get("patch_size"), images=True)
         preflight_model_output(out, overwrite=overwrite, resume=resume, resumable=family.supports_resume)
         from flows.train_flows import TRAIN_FLOWS  # Prefect and torch: after the cheap checks
 

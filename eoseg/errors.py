@@ -40,6 +40,10 @@ class OutputExistsError(EosegError, FileExistsError):
     """The output already exists and ``overwrite`` was not given."""
 
 
+class OutputLocationError(EosegError, PermissionError):
+    """The output's folder is not a writable directory and cannot be created."""
+
+
 class IncompleteStoreError(EosegError, ValueError):
     """A Zarr store exists but was not finished by eoseg (interrupted write) or is not an eoseg store."""
 

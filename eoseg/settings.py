@@ -63,8 +63,9 @@ class EosegSettings(BaseSettings):
 
     cluster: str | None = Field(
         default=None,
-        description="Scheduler address of an existing Dask cluster (tcp://host:8786). Unset: every command "
-        "starts a local cluster for its run.",
+        description="Scheduler address of an existing Dask cluster (tcp://host:8786). Unset: a local cluster "
+        "is started for a stage with many chunks (threads of the command for one chunk, tiling and local "
+        "mosaics).",
     )
     cluster_config: str | None = Field(
         default=None,

@@ -8,12 +8,13 @@ generic. Prediction with any checkpoint is the ordinary ``predict`` / ``segment-
 # No ``from __future__ import annotations``: each flow's ``training`` annotation is its family's option
 # model, a local value that Prefect must see when it builds the parameter schema.
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 from prefect import Flow, flow
 
 from eo_models.family import family_names, get_family
-from eoseg.compute.cluster import ClusterSpec, dask_cluster
+from eoseg.compute.cluster import ClusterSpec, dask_cluster, stage_cluster
 from eoseg.train.options import finetune_options, training_options
 from eoseg.train.stores import read_same_band_stores
 from tasks.model_stages import finetune_task, train_task
@@ -25,6 +26,13 @@ __all__ = [
     "train_clusterer_flow",
     "train_mcl_lc_flow",
 ]
+
+
+def training_cluster(cluster: ClusterSpec) -> AbstractContextManager[str | None]:
+    """The cluster a training run uses: the configured one (its GPU workers train), a local one only when
+    it has GPU workers (``gpu_workers``); else none: training runs in this process, and a local cluster of
+    CPU workers would only cost its start-up (~3-4 s; training never runs on a CPU worker)."""
+    return dask_cluster(cluster) if cluster.gpu_workers else stage_cluster(cluster, work_chunks=1)
 
 
 def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
@@ -42,7 +50,7 @@ def _train_flow(family_name: str) -> Flow[..., dict[str, Any]]:
         overwrite: bool = False,
     ) -> dict[str, Any]:
         read_same_band_stores(store_uris)  # bad input is refused before a cluster starts
-        with dask_cluster(cluster) as address:
+        with training_cluster(cluster) as address:
             return train_task(
                 family_name,
                 list(store_uris),
@@ -83,7 +91,7 @@ def _finetune_flow(family_name: str) -> Flow[..., dict[str, Any]]:
         cluster: ClusterSpec = ClusterSpec(),
         overwrite: bool = False,
     ) -> dict[str, Any]:
-        with dask_cluster(cluster) as address:
+        with training_cluster(cluster) as address:
             return finetune_task(
                 model_uri,
                 store_uri,

@@ -190,6 +190,17 @@ def test_a_tile_off_the_grid_is_refused_naming_it(tmp_path, whole, change, says)
     )
 
 
+def test_every_difference_of_a_tile_is_named_and_its_crs_by_code_not_wkt(shared_data):
+    """Landsat (3 bands, EPSG:32618) then NAIP (4 bands, EPSG:26914): both differences in one short line."""
+    with pytest.raises(TileGridMismatchError) as refused:
+        open_scene_sources([str(REAL_SCENES["landsat"]), str(REAL_SCENES["naip"])])
+    message = str(refused.value)
+    assert "its CRS EPSG:26914 (NAD83 / UTM zone 14N) differs from the first tile's EPSG:32618" in message
+    assert "it has bands [1, 2, 3, 4] (alpha left out), the first tile [1, 2, 3]" in message
+    assert "PROJCS" not in message and "--resample" not in message  # bands cannot be warped
+    assert len(message) < 500
+
+
 def test_folder_list_vrt_and_s3_prefix_give_the_same_store(tmp_path, whole, s3_bucket):
     from eoseg.io import storage
 

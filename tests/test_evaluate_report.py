@@ -10,6 +10,7 @@ import pytest
 import rasterio
 from conftest import write_geotiff
 from PIL import Image
+from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -117,6 +118,9 @@ def test_kmeans_baseline_separates_distinct_pixels_and_keeps_grid_and_nodata(tmp
             source.shape,
         )
         assert baseline.nodata == NODATA_LABEL
+        assert baseline.colormap(1)[0] != baseline.colormap(1)[1]  # classes coloured as the model's map
+        assert baseline.tags()["EOSEG_BASELINE"] == "kmeans" and baseline.descriptions == ("class",)
+    assert cog_validate(out, quiet=True)[:2] == (True, [])  # a COG like the model's map
     assert (labels[:3, :3] == NODATA_LABEL).all()
     reference_path = write_geotiff(tmp_path / "reference.tif", reference)
     report = evaluate_label_map(out, str(reference_path), method="hungarian")

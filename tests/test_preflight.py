@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_geotiff
+from conftest import write_geotiff, write_label_store
 from test_direct_commands import _env_without_prefect_api
 
 from eoseg.tile.stage import tile_scene
@@ -56,8 +56,11 @@ def _tree(folder: Path) -> dict[str, int]:
 
 
 def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_scene, tmp_path):
-    store = tmp_path / "tiny.zarr"
+    store, one_band, label_store = tmp_path / "tiny.zarr", tmp_path / "one-band.zarr", tmp_path / "pred.zarr"
     tile_scene(str(tiny_scene), str(store), chunk_size=32, show_progress=False)
+    one_band_scene = write_geotiff(tmp_path / "one-band.tif", np.full((1, 64, 64), 7, dtype=np.uint8))
+    tile_scene(str(one_band_scene), str(one_band), chunk_size=32, show_progress=False)
+    write_label_store(str(label_store), np.zeros((64, 64), dtype=np.uint8), 32)
     existing = {name: tmp_path / name for name in ("map.tif", "model.pt", "labels.zarr", "out.tif")}
     for path in existing.values():
         path.write_bytes(b"precious")
@@ -106,7 +109,9 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
             f"{tmp_path / 'none.pt'}: model checkpoint not found"
         ),
         ("predict", str(store), "--model", str(existing["model.pt"]), "--out",
-         str(existing["labels.zarr"])): f"{existing['labels.zarr']}: output already exists; pass --overwrite",
+         str(existing["labels.zarr"])): (  # a file, not a store: even --overwrite would not replace it
+            f"{existing['labels.zarr']}: exists and is not a Zarr store; --overwrite replaces only a store"
+        ),
         ("mosaic", str(store), "--out", str(existing["out.tif"])): (
             f"{existing['out.tif']}: output already exists; pass --overwrite"
         ),
@@ -119,6 +124,20 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
             "see `eoseg tile --help`"
         ),
         ("tile", str(tiny_scene), "--bogus"): "No such option: --bogus",
+        ("tile", str(tiny_scene), str(tiny_scene), "--out", str(tmp_path / "new.zarr")): (
+            f"{tiny_scene}: given twice (as a file, in a folder or a VRT); list each tile once"
+        ),
+        ("train", "clusterer", str(label_store), "--out", str(tmp_path / "new.pt")): (
+            f"{label_store}: is a label store (written by eoseg predict), not a tile store"
+        ),
+        ("predict", str(label_store), "--model", str(existing["model.pt"]), "--out",
+         str(tmp_path / "p.zarr")): f"{label_store}: is a label store",
+        ("train", "clusterer", str(store), str(one_band), "--out", str(tmp_path / "new.pt")): (
+            f"{one_band}: has 1 band(s) but {store} has"
+        ),
+        ("run", str(tiny_scene), "--out", str(tmp_path / "m.tif"), "--refine-compactness", "-5"): (
+            "--refine-compactness: Input should be greater than 0; see the command's --help"
+        ),
         ("mosaic", str(store)): "Missing option '--out' / '-o'; see `eoseg mosaic --help`",
         ("segment", str(tiny_scene)): "No such command 'segment'. Did you mean 'legend'? See `eoseg --help`",
         ("bogus",): "No such command 'bogus'; see `eoseg --help`",

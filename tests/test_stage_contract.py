@@ -470,13 +470,23 @@ def test_something_else_at_an_s3_target_is_refused(tiny_scene, s3_bucket):
     from eoseg.errors import OutputExistsError
 
     storage.s3_filesystem().pipe_file(f"{s3_bucket}/x.zarr/notes.txt", b"not a store")
-    with pytest.raises(
-        OutputExistsError,
-        match=r"something that is not an eoseg store .* exists there; pass --overwrite",
-    ):
-        tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, show_progress=False)
-    tile_scene(str(tiny_scene), f"{s3_bucket}/x.zarr", chunk_size=16, overwrite=True, show_progress=False)
-    assert read_store_info(f"{s3_bucket}/x.zarr").complete
+    for overwrite in (False, True):  # --overwrite replaces only a Zarr store
+        with pytest.raises(OutputExistsError, match=r"x.zarr: exists and is not a Zarr store; --overwrite"):
+            tile_scene(
+                str(tiny_scene),
+                f"{s3_bucket}/x.zarr",
+                chunk_size=16,
+                overwrite=overwrite,
+                show_progress=False,
+            )
+    assert storage.s3_filesystem().cat(f"{s3_bucket}/x.zarr/notes.txt") == b"not a store"
+    storage.s3_filesystem().pipe_file(
+        f"{s3_bucket}/y.zarr/zarr.json", b'{"zarr_format": 3, "node_type": "group"}'
+    )
+    with pytest.raises(OutputExistsError, match=r"something that is not an eoseg store .* exists there"):
+        tile_scene(str(tiny_scene), f"{s3_bucket}/y.zarr", chunk_size=16, show_progress=False)
+    tile_scene(str(tiny_scene), f"{s3_bucket}/y.zarr", chunk_size=16, overwrite=True, show_progress=False)
+    assert read_store_info(f"{s3_bucket}/y.zarr").complete
 
 
 @pytest.mark.parametrize(

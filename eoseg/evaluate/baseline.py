@@ -15,15 +15,18 @@ window by window, so memory does not grow with the scene.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 
+from eoseg import __version__
 from eoseg.geometry import ChunkGrid
 from eoseg.io.publish import publishing_file
 from eoseg.io.rasters import open_raster
-from eoseg.mosaic.colors import NODATA_LABEL
+from eoseg.mosaic.colors import NODATA_LABEL, class_colormap
 from eoseg.tile.stage import valid_pixel_mask
 
 __all__ = ["BASELINES", "assign_clusters", "fit_kmeans", "kmeans_label_map", "kmeans_labels"]
@@ -127,7 +130,8 @@ def kmeans_label_map(
     sample_pixels: int = 250_000,
     overwrite: bool = True,
 ) -> str:
-    """Write the k-means baseline map of a scene: a uint8 GeoTIFF on the scene's grid (nodata 255).
+    """Write the k-means baseline map of a scene: a uint8 COG on the scene's grid (nodata 255), with the
+    class colour table, band description and provenance tags of the model's map (``EOSEG_BASELINE``).
 
     Args:
         scene_path: The scene (any GDAL raster; all bands are used).
@@ -163,18 +167,31 @@ def kmeans_label_map(
         profile = {
             "driver": "GTiff", "height": scene.height, "width": scene.width, "count": 1, "dtype": "uint8",
             "crs": scene.crs, "transform": scene.transform, "nodata": NODATA_LABEL,
-            "compress": "DEFLATE", "tiled": True,
+            "compress": "NONE", "tiled": True, "blockxsize": _WINDOW, "blockysize": _WINDOW,
         }  # fmt: skip
         with (
             publishing_file(out_path, overwrite=overwrite) as staging,
-            rasterio.open(staging, "w", **profile) as out,
+            tempfile.TemporaryDirectory(prefix="eoseg-kmeans-") as scratch,
         ):
-            for _, window in grid.windows():
-                block = scene.read(window=window.to_rasterio())
-                valid = valid_pixel_mask(block, scene.nodata)
-                labels = np.full(valid.size, NODATA_LABEL, dtype=np.uint8)
-                pixels = _standardised(block, mean, std)[valid.ravel()]
-                if pixels.size:
-                    labels[valid.ravel()] = assign_clusters(pixels, centres)
-                out.write(labels.reshape(valid.shape), 1, window=window.to_rasterio())
+            draft = os.path.join(scratch, "kmeans.tif")
+            with rasterio.open(draft, "w", **profile) as out:
+                for _, window in grid.windows():
+                    block = scene.read(window=window.to_rasterio())
+                    valid = valid_pixel_mask(block, scene.nodata)
+                    labels = np.full(valid.size, NODATA_LABEL, dtype=np.uint8)
+                    pixels = _standardised(block, mean, std)[valid.ravel()]
+                    if pixels.size:
+                        labels[valid.ravel()] = assign_clusters(pixels, centres)
+                    out.write(labels.reshape(valid.shape), 1, window=window.to_rasterio())
+                # the same look as the model's map: class colours, band description, provenance tags
+                out.write_colormap(1, class_colormap(num_clusters))
+                out.set_band_description(1, "class")
+                out.update_tags(
+                    EOSEG_VERSION=__version__, EOSEG_KIND="labels", EOSEG_NUM_CLASSES=str(num_clusters),
+                    EOSEG_BASELINE="kmeans", EOSEG_SOURCE=str(scene_path),
+                )  # fmt: skip
+            rasterio.shutil.copy(
+                draft, staging, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE", PREDICTOR="YES",
+                OVERVIEW_RESAMPLING="NEAREST",
+            )  # fmt: skip
     return out_path

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from eoseg.io import storage
 
 PARTIAL_SUFFIX = ".partial"
+AUX_SUFFIX = ".aux.xml"  # the GDAL sidecar beside a GeoTIFF (category names, statistics)
 
 
 def partial_sibling(target: str, *, unique: bool = False) -> str:

@@ -69,6 +69,15 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
+def is_dir(uri: str) -> bool:
+    """Whether ``uri`` is a local directory, or an S3 prefix with objects under it (not an object)."""
+    if is_s3(uri):
+        fs = s3_filesystem()
+        fs.invalidate_cache(uri)
+        return bool(fs.isdir(uri))
+    return Path(uri).is_dir()
+
+
 def remove(uri: str) -> None:
     """Delete a file, a directory tree, or everything under an S3 prefix; missing is fine."""
     if is_s3(uri):

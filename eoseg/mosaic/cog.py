@@ -254,7 +254,7 @@ def mosaic_to_cog(
             "resampling": overview_resampling,
         },
     }
-    output = open_file_output(cog_uri, plan=plan, overwrite=overwrite)
+    output = open_file_output(cog_uri, plan=plan, overwrite=overwrite, inputs=[store_uri])
     windows = pieces.piece_windows(info.height, info.width, size)
     jobs = [
         pieces.PieceJob(

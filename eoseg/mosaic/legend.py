@@ -223,8 +223,8 @@ def apply_legend(map_uri: str, legend: Legend) -> dict[int, str]:
             OVERVIEW_RESAMPLING="NEAREST",
         )
         publish.publish_file(out, map_uri, overwrite=True)
-        if os.path.exists(out + ".aux.xml"):  # the category names GDAL keeps beside a GeoTIFF
-            publish.publish_file(out + ".aux.xml", map_uri + ".aux.xml", overwrite=True)
+        if os.path.exists(out + publish.AUX_SUFFIX):  # the category names GDAL keeps beside a GeoTIFF
+            publish.publish_file(out + publish.AUX_SUFFIX, map_uri + publish.AUX_SUFFIX, overwrite=True)
     return classes
 
 

@@ -289,7 +289,7 @@ def predict_store(
         source_uri=info.source_uri,
         complete=False,
     )
-    output = open_store_output(labels_uri, wanted, overwrite=overwrite)
+    output = open_store_output(labels_uri, wanted, overwrite=overwrite, inputs=[store_uri, model_uri])
     staging, labels_info = output.staging, output.info
     done = output.chunks_done()
     device = None  # "auto": CUDA where the worker has it; GPU workers are chosen by the resource below

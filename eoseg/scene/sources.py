@@ -28,7 +28,7 @@ from pathlib import Path
 
 from affine import Affine
 
-from eoseg.errors import SceneNotFoundError, TileGridMismatchError
+from eoseg.errors import ConfigurationError, SceneNotFoundError, TileGridMismatchError
 from eoseg.geometry import GRID_TOLERANCE_PIXELS, GeoBox, Window, make_geobox
 from eoseg.io import storage
 from eoseg.scene.inspect import SceneInfo, inspect_scene
@@ -171,6 +171,7 @@ def list_scene_files(scene: str | Sequence[str]) -> tuple[str, list[str]]:
 
     Raises:
         SceneNotFoundError: an empty list, a folder or prefix without GeoTIFFs, or a missing file.
+        ConfigurationError: a file is listed twice (e.g. given and in a folder also given).
     """
     items = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     if not items:
@@ -186,6 +187,11 @@ def list_scene_files(scene: str | Sequence[str]) -> tuple[str, list[str]]:
             files += _list_folder(uri)
         else:
             files.append(uri)
+    repeated = sorted({uri for uri in files if files.count(uri) > 1})
+    if repeated:
+        raise ConfigurationError(
+            f"{repeated[0]}: given twice (as a file, in a folder or a VRT); list each tile once"
+        )
     return describe_inputs(uris), files
 
 
@@ -223,6 +229,15 @@ def _footprint_window(first: SceneInfo, tile: SceneInfo) -> Window:
     return Window(row0, col0, row1 - row0, col1 - col0)
 
 
+def _crs_name(scene: SceneInfo) -> str:
+    """A CRS as a person reads it: ``EPSG:26914 (NAD83 / UTM zone 14N)``, not its WKT; "none" without."""
+    crs = scene.geobox.crs
+    if crs is None or scene.crs_wkt is None:
+        return "none"
+    name = crs.proj.name
+    return f"EPSG:{crs.epsg} ({name})" if crs.epsg is not None else repr(name)
+
+
 def _check_same_grid(
     first: SceneInfo, tile: SceneInfo, tolerance: float, resample: str | None = None
 ) -> tuple[Window, bool]:
@@ -233,25 +248,26 @@ def _check_same_grid(
         TileGridMismatchError: bands, pixel type or nodata differ, or (without ``resample``) CRS,
             resolution or lattice; the message names ``--resample`` where it would help.
     """
-    what = None
-    grid_only = True
+    problems = []  # every difference, so that one run of the command names them all
     if (first.crs_wkt is None) != (tile.crs_wkt is None) or (
         first.geobox.crs is not None and tile.geobox.crs is not None and first.geobox.crs != tile.geobox.crs
     ):
-        what = f"its CRS ({tile.geobox.crs}) differs from the first tile's ({first.geobox.crs})"
-    elif (tile.band_count, tile.band_indexes) != (first.band_count, first.band_indexes):
+        problems.append(f"its CRS {_crs_name(tile)} differs from the first tile's {_crs_name(first)}")
+    grid_only = True  # a CRS or pixel grid that differs can be warped (--resample); the rest cannot
+    if (tile.band_count, tile.band_indexes) != (first.band_count, first.band_indexes):
         grid_only = False
-        what = (
+        problems.append(
             f"it has bands {list(tile.band_indexes)} (alpha left out), the first tile "
             f"{list(first.band_indexes)}"
         )
-    elif tile.dtype != first.dtype:
+    if tile.dtype != first.dtype:
         grid_only = False
-        what = f"its pixel type {tile.dtype} differs from the first tile's {first.dtype}"
-    elif tile.nodata != first.nodata and not (tile.nodata != tile.nodata and first.nodata != first.nodata):
+        problems.append(f"its pixel type {tile.dtype} differs from the first tile's {first.dtype}")
+    if tile.nodata != first.nodata and not (tile.nodata != tile.nodata and first.nodata != first.nodata):
         grid_only = False
-        what = f"its nodata {tile.nodata!r} differs from the first tile's {first.nodata!r}"
-    else:
+        problems.append(f"its nodata {tile.nodata!r} differs from the first tile's {first.nodata!r}")
+    what = "; ".join(problems) or None
+    if not problems:
         a, b, _, d, e, _ = first.transform
         ta, tb, _, td, te, _ = tile.transform
         # Resolution: the tile's pixel size in the first tile's pixels must be 1 across the whole tile.

@@ -11,7 +11,10 @@ Zarr stores (:class:`StoreOutput`, written by ``tile`` and ``predict``):
 - an unfinished store made from the same input with the same grid is resumed: only chunks without a flag
   are computed; one made from anything else is started over;
 - a finished output is refused unless ``overwrite``; something that is not an eoseg store is refused
-  unless ``overwrite``.
+  unless ``overwrite``;
+- ``overwrite`` replaces only an output of the same kind: a store target is replaced only when it is a Zarr
+  store (``zarr.json`` at its root), a file target never when it is a directory; an output that is also
+  one of the command's inputs, or whose folder cannot be created, is refused whatever ``overwrite`` says.
 
 Files assembled from pieces (:class:`FileOutput`, the mosaic's COG) keep their finished pieces in a
 staging folder beside the target (``.NAME.partial/``; for an S3 target the S3 prefix of that name, so that
@@ -38,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from eoseg.errors import EosegError, IncompleteStoreError, OutputExistsError
+from eoseg.errors import EosegError, IncompleteStoreError, OutputExistsError, OutputLocationError
 from eoseg.io import publish, storage
 from eoseg.store.layout import (
     StoreInfo,
@@ -58,6 +61,43 @@ _VOLATILE_ATTRIBUTES = frozenset({"created", "complete", "band_stats", "layout_v
 
 def _refusal(target: str, what: str = "output already exists") -> OutputExistsError:
     return OutputExistsError(f"{target}: {what}; pass --overwrite to replace it")
+
+
+def _check_location(target: str, inputs: Sequence[str]) -> str:
+    """The normalised ``target``, refused when it is one of ``inputs`` or its local folder cannot be made.
+
+    Nothing is left behind: a missing folder is probed by creating and removing its first missing level.
+
+    Raises:
+        OutputExistsError: ``target`` is (after normalisation) one of ``inputs``.
+        OutputLocationError: the folder of a local ``target`` is not a writable directory and cannot be made.
+    """
+    target = storage.normalise_uri(target)
+    if target in {storage.normalise_uri(uri) for uri in inputs}:
+        raise OutputExistsError(f"{target}: is also an input of this command; choose another --out")
+    if storage.is_s3(target):
+        return target
+    folder, missing = os.path.dirname(target), ""
+    while not os.path.lexists(folder):
+        folder, missing = os.path.dirname(folder), folder
+    try:
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(folder)
+        if missing:
+            os.mkdir(missing)
+            os.rmdir(missing)
+    except OSError as error:
+        why = error.strerror or "not a writable directory"
+        raise OutputLocationError(
+            f"{target}: cannot create the folder {os.path.dirname(target)} ({why}); "
+            "check the path and permissions"
+        ) from error
+    return target
+
+
+def is_zarr_store(uri: str) -> bool:
+    """Whether ``uri`` (local path or ``s3://``) is a Zarr v3 store: a ``zarr.json`` at its root."""
+    return storage.exists(storage.join(uri, "zarr.json"))
 
 
 @dataclass(frozen=True)
@@ -102,21 +142,34 @@ def store_staging_uri(target: str) -> str:
     return target if storage.is_s3(target) else publish.partial_sibling(target)
 
 
-def check_store_output(target: str, *, overwrite: bool) -> str:
+def check_store_output(target: str, *, overwrite: bool, inputs: Sequence[str] = ()) -> str:
     """Refuse a finished store, or something that is not an eoseg store, at ``target`` unless ``overwrite``.
 
     Cheap (an existence check and at most the store's attributes; nothing is created), so the CLI asks it
     before any heavy import or cluster. An unfinished store passes: :func:`open_store_output` resumes it
-    or starts over.
+    or starts over. ``overwrite`` replaces only a Zarr store: a file, or a folder that is not a Zarr
+    store, is refused even then.
+
+    Args:
+        target: the store to write (local path or ``s3://`` URI).
+        overwrite: whether an existing store may be replaced.
+        inputs: the command's inputs (scenes, stores, model); ``target`` must be none of them.
 
     Returns:
         The normalised ``target``.
 
     Raises:
-        OutputExistsError: what is at ``target`` would be replaced and ``overwrite`` is False.
+        OutputExistsError: what is at ``target`` would be replaced and ``overwrite`` is False; or it is
+            not a Zarr store; or ``target`` is one of ``inputs``.
+        OutputLocationError: the folder of ``target`` cannot be created.
     """
-    target = storage.normalise_uri(target)
+    target = _check_location(target, inputs)
     staging = store_staging_uri(target)
+    if storage.exists(target) and not is_zarr_store(target):
+        raise OutputExistsError(
+            f"{target}: exists and is not a Zarr store; "
+            "--overwrite replaces only a store: choose another --out"
+        )
     if overwrite:
         return target
     if staging != target:
@@ -134,13 +187,16 @@ def check_store_output(target: str, *, overwrite: bool) -> str:
     return target
 
 
-def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> StoreOutput:
+def open_store_output(
+    target: str, wanted: StoreInfo, *, overwrite: bool, inputs: Sequence[str] = ()
+) -> StoreOutput:
     """Decide how the store ``target`` is written: created afresh, resumed, or refused.
 
     Args:
         target: the store to write (local path or ``s3://`` URI).
         wanted: the attributes of the store to write (``complete`` False).
         overwrite: replace a finished output (and discard any unfinished one).
+        inputs: the stage's inputs; ``target`` must be none of them (:func:`check_store_output`).
 
     Returns:
         The output, its (possibly resumed) attributes and its staging location, created when fresh.
@@ -149,7 +205,7 @@ def open_store_output(target: str, wanted: StoreInfo, *, overwrite: bool) -> Sto
         OutputExistsError: a finished store, or something that is not an eoseg store, is at ``target``
             and ``overwrite`` is False (nothing is changed; :func:`check_store_output`).
     """
-    target = check_store_output(target, overwrite=overwrite)
+    target = check_store_output(target, overwrite=overwrite, inputs=inputs)
     staging = store_staging_uri(target)
     if storage.exists(staging) and not overwrite:
         previous = _existing_store(staging)
@@ -231,19 +287,27 @@ def file_staging_dir(target: str) -> str:
     return publish.partial_sibling(target)
 
 
-def check_file_output(target: str, *, overwrite: bool) -> str:
+def check_file_output(target: str, *, overwrite: bool, inputs: Sequence[str] = ()) -> str:
     """Refuse an existing file at ``target`` unless ``overwrite``; returns the normalised target.
 
+    A directory at ``target`` is refused even with ``overwrite`` (it replaces only a file).
+
     Raises:
-        OutputExistsError: ``target`` exists and ``overwrite`` is False.
+        OutputExistsError: ``target`` exists and ``overwrite`` is False; or it is a directory; or it is
+            one of ``inputs``.
+        OutputLocationError: the folder of ``target`` cannot be created.
     """
-    target = storage.normalise_uri(target)
+    target = _check_location(target, inputs)
+    if storage.is_dir(target):
+        raise OutputExistsError(f"{target}: is a directory; give a file name")
     if not overwrite and storage.exists(target):
         raise _refusal(target)
     return target
 
 
-def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -> FileOutput:
+def open_file_output(
+    target: str, *, plan: Mapping[str, Any], overwrite: bool, inputs: Sequence[str] = ()
+) -> FileOutput:
     """Decide how the file ``target`` is assembled: refused, resumed from its pieces, or started afresh.
 
     Args:
@@ -251,11 +315,13 @@ def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -
         plan: JSON-serialisable description of what the pieces are made from (input, band, grid, piece
             format); pieces of an interrupted run are reused only when its plan was the same.
         overwrite: replace an existing file and discard any pieces.
+        inputs: the stage's inputs; ``target`` must be none of them.
 
     Raises:
-        OutputExistsError: ``target`` exists and ``overwrite`` is False.
+        OutputExistsError: ``target`` exists and ``overwrite`` is False, or is a directory, or an input.
+        OutputLocationError: the folder of ``target`` cannot be created.
     """
-    target = check_file_output(target, overwrite=overwrite)
+    target = check_file_output(target, overwrite=overwrite, inputs=inputs)
     staging = file_staging_dir(target)
     plan_text = json.dumps(plan, sort_keys=True, default=list)
     plan_file = storage.join(staging, PLAN_FILE)
@@ -273,10 +339,15 @@ def open_file_output(target: str, *, plan: Mapping[str, Any], overwrite: bool) -
 def finish_file_output(output: FileOutput, assembled: str) -> None:
     """Publish the finished file ``assembled`` (in the staging folder) at the target; remove the pieces.
 
+    A GDAL sidecar ``TARGET.aux.xml`` left from an earlier file (category names of a ``--legend`` run) is
+    removed: it would describe the old file. A step that styles the new file writes its own afterwards
+    (:func:`eoseg.mosaic.legend.apply_legend`).
+
     Raises:
         FileExistsError: the target appeared meanwhile and the output may not overwrite it.
     """
     publish.publish_staged(assembled, output.target, overwrite=output.overwrite)
+    storage.remove(output.target + publish.AUX_SUFFIX)  # a stale sidecar would describe the old file
     storage.remove(output.staging)
 
 

@@ -287,7 +287,10 @@ def tile_scene(
         scene_uri, allow_ungeoreferenced=allow_ungeoreferenced, warp_gcps=warp_gcps, resample=resample
     )
     scene = sources.scene
-    output = open_store_output(store_uri, _store_info_for(scene, chunk_size), overwrite=overwrite)
+    inputs = [scene_uri] if isinstance(scene_uri, str) else list(scene_uri)
+    output = open_store_output(
+        store_uri, _store_info_for(scene, chunk_size), overwrite=overwrite, inputs=inputs
+    )
     windows = list(output.info.grid.windows())
     jobs: list[TileChunkJob] = [
         TileChunkJob(

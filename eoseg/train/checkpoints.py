@@ -44,8 +44,11 @@ def check_model_output(
     (cheap: no torch import, so the CLI asks before any work).
 
     Raises:
-        OutputExistsError: ``model_uri`` exists, ``overwrite`` is False and it is not ``resume_uri``.
+        OutputExistsError: ``model_uri`` exists, ``overwrite`` is False and it is not ``resume_uri``;
+            or ``model_uri`` is a directory (refused even with ``overwrite``).
     """
+    if storage.is_dir(model_uri):
+        raise OutputExistsError(f"{model_uri}: is a directory; give a file name")
     if storage.exists(model_uri) and not overwrite and model_uri != resume_uri:
         raise OutputExistsError(
             f"{model_uri}: checkpoint already exists; pass --overwrite to replace it"
