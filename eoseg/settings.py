@@ -14,6 +14,7 @@ Environment variable      Meaning
 ``EOSEG_THREADS_PER_WORKER``  local cluster: threads per worker (default 1)
 ``EOSEG_MEMORY_LIMIT``    local cluster: memory limit per worker (default ``auto``)
 ``EOSEG_GPU_LIMIT``       Prefect global concurrency limit held around GPU stages (``eoseg-gpu``)
+``EOSEG_MOSAIC_PIECE_SIZE``  side of the mosaic's pieces in pixels, a multiple of 1024 (default 4096)
 ``EOSEG_PREFECT``         ``true``: run commands as Prefect flows; ``false``: call the stages directly;
                           unset: flows only when a Prefect API is configured (``PREFECT_API_URL``)
 ========================  ==================================================================
@@ -83,6 +84,13 @@ class EosegSettings(BaseSettings):
         "Unset: when a Prefect API is configured (PREFECT_API_URL in the environment, the active Prefect "
         "profile or prefect.toml) predict runs its flow and tile/mosaic call the stage and record the run "
         "there (no Prefect import); else direct calls: Prefect's temporary server alone costs ~7 s.",
+    )
+    mosaic_piece_size: int = Field(
+        default=4096,
+        ge=1024,
+        description="Side in pixels of the mosaic's pieces, a multiple of 1024: larger pieces cost less CPU "
+        "per pixel (benchmarks/results/tile_mosaic.md), smaller ones hold less memory (~25 MiB per "
+        "megapixel of a piece) and spread a small map over more workers.",
     )
     gpu_limit: str = Field(
         default="eoseg-gpu",

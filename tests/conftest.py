@@ -100,6 +100,13 @@ def dask_address():
 
 
 @pytest.fixture()
+def mosaic_pieces_1024(monkeypatch):
+    """Mosaic pieces of 1024 px (``EOSEG_MOSAIC_PIECE_SIZE``; default 4096), so that the small maps of the
+    tests that interrupt, resume or spread a mosaic over workers have several pieces."""
+    monkeypatch.setenv("EOSEG_MOSAIC_PIECE_SIZE", "1024")
+
+
+@pytest.fixture()
 def dask_client(dask_address):
     from distributed import Client
 

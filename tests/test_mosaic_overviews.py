@@ -22,6 +22,9 @@ from eoseg.tile.stage import tile_scene
 HEIGHT, WIDTH = 2048, 2560  # overviews 2, 4 and 8 (the smallest within one 512 px block)
 TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
 
+# The tests count, interrupt and spread pieces: 1024 px pieces give these small maps several.
+pytestmark = pytest.mark.usefixtures("mosaic_pieces_1024")
+
 
 def _scene(path, rng):
     """A 2-band uint8 scene of class-like patches (values 1..9), nodata 0 in one corner."""

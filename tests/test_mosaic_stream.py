@@ -40,6 +40,9 @@ STRUCTURE_TAGS_IGNORED = {273, 279, 324, 325}  # where the tiles are and how lon
 # integer): written or left out, the file means the same; tifffile and GDAL differ only there.
 TIFF_DEFAULTS = {254: 0, 284: 1, 339: 1}
 
+# The tests count, interrupt and spread pieces: 1024 px pieces give these small maps several.
+pytestmark = pytest.mark.usefixtures("mosaic_pieces_1024")
+
 
 def _labels(height: int, width: int, seed: int) -> np.ndarray:
     return class_patches(height, width, seed, num_classes=NUM_CLASSES)
@@ -124,6 +127,20 @@ def test_cog_equals_what_gdals_cog_driver_writes(resampling, tmp_path):
         assert out.tags()["EOSEG_NUM_CLASSES"] == str(NUM_CLASSES)
         assert "TIFFTAG_XRESOLUTION" not in out.tags()
     assert not list(tmp_path.glob(".map.tif*")), "the staging folder is removed once published"
+
+
+def test_default_4096_px_pieces_give_the_same_cog(monkeypatch, tmp_path, caplog):
+    """The default piece size (EOSEG_MOSAIC_PIECE_SIZE unset: 4096 px): a 640 x 4608 map is 2 pieces."""
+    monkeypatch.delenv("EOSEG_MOSAIC_PIECE_SIZE")
+    labels = _labels(640, 4608, seed=6)
+    info = _label_store(str(tmp_path / "labels.zarr"), labels, chunk=512)
+    caplog.set_level("INFO", logger="eoseg")
+
+    mosaic_to_cog(str(tmp_path / "labels.zarr"), str(tmp_path / "map.tif"), show_progress=False)
+
+    assert "mosaic: 2 of 2 chunks to compute (0 done)" in caplog.messages
+    reference = _reference_cog(labels, info, str(tmp_path / "labels.zarr"), tmp_path / "ref.tif", "nearest")
+    _same_map(tmp_path / "map.tif", reference)
 
 
 @pytest.mark.parametrize("chunk", [256, 512, 2048])

@@ -42,7 +42,7 @@ from eoseg.store.layout import open_data_array, read_store_info
 from eoseg.store.lifecycle import chunks_done, file_staging_dir, store_staging_uri
 from eoseg.tile.stage import tile_scene
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = pytest.mark.usefixtures("prefect_server", "mosaic_pieces_1024")
 EOSEG = str(Path(sys.executable).parent / "eoseg")
 CHUNK = 16  # small chunks: many of them, so that a kill lands half way
 SIZE = 256  # 16 x 16 = 256 chunks

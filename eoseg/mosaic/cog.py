@@ -33,6 +33,7 @@ from eoseg.geometry import rasterio_grid_profile
 from eoseg.io import storage
 from eoseg.mosaic import layout, pieces
 from eoseg.mosaic.colors import class_colormap
+from eoseg.settings import load_settings
 from eoseg.store.layout import StoreInfo, read_store_info
 from eoseg.store.lifecycle import FileOutput, discarded_on_bad_input, finish_file_output, open_file_output
 
@@ -240,7 +241,8 @@ def mosaic_to_cog(
         check_single_cog_size(info.height * info.width, limit=max_pixels, what=store_uri)
     band_index = _select_band(info, band)
     factors = tuple(overview_factors(info.height, info.width))
-    size = pieces.piece_size(info.chunk_rows, info.chunk_cols, factors)
+    target_size = load_settings().mosaic_piece_size
+    size = pieces.piece_size(info.chunk_rows, info.chunk_cols, factors, target=target_size)
     plan = {
         "store": store_uri,
         "store_created": info.created,

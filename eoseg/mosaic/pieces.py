@@ -1,13 +1,13 @@
 """The mosaic's pieces: regions of the map encoded exactly as the final COG's tiles, written in parallel.
 
-A piece covers ``R x R`` pixels of the map (``R`` a multiple of 1024, :func:`piece_size`; partial at the
-map's right and bottom edges), read from the store across as many chunks as it spans. GDAL writes it as a
-tiled GeoTIFF with the COG's encoding (:data:`TILE_CREATION`: 512 x 512 tiles, DEFLATE level 6 with the
-horizontal or floating-point predictor) and internal overviews at every COG factor, compressed the same
-way. The piece's tiles at the levels where ``R / f`` is a whole number of 512 px tiles (full resolution and
-factor 2 at least) *are* the COG's tiles at that place, byte for byte; :mod:`eoseg.mosaic.layout` copies
-them. Coarser levels are written afterwards as one GeoTIFF per level from the pieces' overviews
-(:func:`write_level`), encoded the same way.
+A piece covers ``R x R`` pixels of the map (``R`` a multiple of 1024, 4096 by default: :func:`piece_size`;
+partial at the map's right and bottom edges), read from the store across as many chunks as it spans. GDAL
+writes it as a tiled GeoTIFF with the COG's encoding (:data:`TILE_CREATION`: 512 x 512 tiles, DEFLATE level
+6 with the horizontal or floating-point predictor) and internal overviews at every COG factor, compressed
+the same way. The piece's tiles at the levels where ``R / f`` is a whole number of 512 px tiles (full
+resolution and factor 2 at least) *are* the COG's tiles at that place, byte for byte;
+:mod:`eoseg.mosaic.layout` copies them. Coarser levels are written afterwards as one GeoTIFF per level from
+the pieces' overviews (:func:`write_level`), encoded the same way.
 
 Each piece job returns the piece's tile table (offsets and byte counts of every tile of every level,
 from its header, read with tifffile), so the assembly reads no piece header again.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eoseg.errors import CorruptStoreError
+from eoseg.errors import ConfigurationError, CorruptStoreError
 from eoseg.geometry import Window
 from eoseg.io import publish, storage
 from eoseg.store.layout import open_data_array
@@ -57,13 +57,22 @@ def tile_creation(dtype: str) -> dict[str, object]:
 OVERVIEW_CONFIG = {"GDAL_TIFF_OVR_BLOCKSIZE": COG_BLOCK_SIZE, "ZLEVEL_OVERVIEW": 6}
 
 
-def piece_size(chunk_rows: int, chunk_cols: int, factors: tuple[int, ...]) -> int:
-    """Side of a piece in pixels: the chunk size when it is a multiple of 1024, else 1024.
+def piece_size(chunk_rows: int, chunk_cols: int, factors: tuple[int, ...], *, target: int = 4096) -> int:
+    """Side of a piece in pixels: the chunk size when it is a multiple of ``target`` (a multiple of 1024,
+    the ``EOSEG_MOSAIC_PIECE_SIZE`` setting, default 4096), else ``target``.
 
-    Raised to a multiple of the largest overview factor, so that no ``f x f`` block of pixels straddles
-    two pieces: each piece's overviews are then exactly the whole band's at its place.
+    Large pieces cost less: per-piece work (GDAL datasets, the tile table) is paid less often, and the
+    pieces' own overviews cover more levels in whole 512 px tiles, leaving fewer coarse levels to write
+    afterwards. On the 73 MP benchmark scene (``results/tile_mosaic.md``) ``mosaic_to_cog`` took 5.0 s
+    (6.9 CPU s) with 1024 px pieces, 3.5 s (5.7) with 2048 and 2.8 s (4.8) with 4096, against 3.7-4.8 s
+    for ``gdal_translate -of COG`` in the same runs; peak memory 245, 270 and 400 MiB. Smaller pieces
+    spread a small map over more workers and hold less memory. Raised to a multiple of the largest
+    overview factor, so that no ``f x f`` block of pixels straddles two pieces: each piece's overviews
+    are then exactly the whole band's at its place.
     """
-    size = chunk_rows if chunk_rows == chunk_cols and chunk_rows % 1024 == 0 else 1024
+    if target % 1024:
+        raise ConfigurationError(f"the mosaic piece size must be a multiple of 1024 px, got {target}")
+    size = chunk_rows if chunk_rows == chunk_cols and chunk_rows % target == 0 else target
     largest = max(factors, default=1)
     return -(-size // largest) * largest if size % largest else size
 
