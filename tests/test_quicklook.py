@@ -128,3 +128,37 @@ def test_spacenet_panchromatic_quicklook_is_decimated(spacenet_dir: Path, tmp_pa
     assert (scene_panel[..., 0] == scene_panel[..., 1]).all()  # one band shown as grey
     assert scene_panel.std() > 20  # uint16 values stretched, not a flat dark image
     assert leftover_temporary_files(tmp_path) == []
+
+
+def test_a_label_map_of_another_place_is_warned_about(
+    tiny_scene_and_labels: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The panels are drawn side by side as they are: a map of another extent or CRS gets a warning."""
+    scene, labels = tiny_scene_and_labels
+    caplog.set_level("WARNING", logger="eoseg")
+    write_quicklook(scene, labels, tmp_path / "same.png")
+    assert not [
+        r for r in caplog.records if "does not show" in r.getMessage() or "do not show" in r.getMessage()
+    ]
+
+    elsewhere = tmp_path / "elsewhere.tif"
+    with rasterio.open(labels) as source:
+        profile = dict(source.profile, transform=source.transform * rasterio.Affine.translation(500, 0))
+        with rasterio.open(elsewhere, "w", **profile) as out:
+            out.write(source.read())
+    write_quicklook(scene, elsewhere, tmp_path / "elsewhere.png")
+    assert any(
+        "extent" in r.getMessage() and "do not show the same place" in r.getMessage() for r in caplog.records
+    )
+
+    caplog.clear()
+    other_crs = tmp_path / "other-crs.tif"
+    with (
+        rasterio.open(labels) as source,
+        rasterio.open(other_crs, "w", **dict(source.profile, crs="EPSG:4326")) as out,
+    ):
+        out.write(source.read())
+    write_quicklook(scene, other_crs, tmp_path / "other-crs.png")
+    assert any(
+        "CRS" in r.getMessage() and "do not show the same place" in r.getMessage() for r in caplog.records
+    )

@@ -11,11 +11,14 @@ overviews of a Cloud-Optimized GeoTIFF for that), so a city-sized scene costs a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from rasterio.coords import BoundingBox
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 
@@ -23,6 +26,8 @@ from eoseg.io.publish import publishing_file
 from eoseg.io.rasters import open_raster
 from eoseg.mosaic.colors import class_color
 from eoseg.store.lifecycle import check_file_output
+
+logger = logging.getLogger("eoseg.mosaic.quicklook")
 
 PANEL_GAP = 8
 """Pixels of background between the scene panel and the label panel."""
@@ -53,7 +58,8 @@ def write_quicklook(
     The scene shows bands 1-3 as RGB (any 3+ band scene, e.g. RGBA or RGBN) or band 1 as grey,
     each band stretched between its 2nd and 98th percentile of valid pixels, so ``uint16`` imagery
     is visible. The label map is coloured with ``colormap``; nodata and transparent entries are black.
-    Both rasters are assumed to cover the same extent (the label map is resampled onto the scene panel).
+    Both rasters should cover the same extent (the label map is resampled onto the scene panel): a map on
+    another CRS or extent (beyond one scene pixel) is drawn all the same, with a logged warning.
 
     Args:
         scene_path: The input scene (GeoTIFF or anything GDAL reads).
@@ -84,10 +90,12 @@ def write_quicklook(
     check_file_output(out_png, overwrite=overwrite)
 
     with open_raster(scene_path, role="scene") as scene:
+        scene_crs, scene_bounds, pixel = scene.crs, scene.bounds, max(abs(scene.res[0]), abs(scene.res[1]))
         scale = min(1.0, max_size / max(scene.height, scene.width))
         panel_shape = (max(1, round(scene.height * scale)), max(1, round(scene.width * scale)))
         scene_rgb = _render_scene(scene, panel_shape)
     with open_raster(labels_path, role="label map") as labels_file:
+        _warn_if_elsewhere(scene_path, labels_path, scene_crs, scene_bounds, labels_file, pixel)
         labels = labels_file.read(1, out_shape=panel_shape, resampling=Resampling.nearest)
         nodata = labels_file.nodata
         if colormap is None:
@@ -105,6 +113,29 @@ def write_quicklook(
     with publishing_file(out_png, overwrite=overwrite) as staging:
         image.save(staging, format="PNG")
     return out_png
+
+
+def _warn_if_elsewhere(
+    scene_path: object,
+    labels_path: object,
+    crs: CRS | None,
+    bounds: BoundingBox,
+    labels: DatasetReader,
+    pixel: float,
+) -> None:
+    """Log a warning when the label map is not on the scene's CRS or extent (to a scene pixel): the panels
+    are drawn side by side as they are, so they would not show the same place."""
+    if crs is not None and labels.crs is not None and labels.crs != crs:
+        logger.warning(
+            "%s: the label map's CRS (%s) differs from the scene's %s (%s); the panels do not show the "
+            "same place: give the map made from this scene", labels_path, labels.crs, scene_path, crs
+        )  # fmt: skip
+    elif crs is not None and any(abs(a - b) > pixel for a, b in zip(labels.bounds, bounds, strict=True)):
+        logger.warning(
+            "%s: the label map's extent %s differs from the scene's %s %s; the panels do not show the "
+            "same place: give the map made from this scene", labels_path, tuple(labels.bounds), scene_path,
+            tuple(bounds),
+        )  # fmt: skip
 
 
 def _render_scene(scene: DatasetReader, panel_shape: tuple[int, int]) -> np.ndarray:
