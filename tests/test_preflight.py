@@ -153,15 +153,23 @@ def test_bad_invocations_are_refused_before_heavy_imports_with_one_line(tiny_sce
     assert not os.path.exists(tmp_path / "new")
 
 
-def _env_with_unreachable_prefect_api(tmp_path):
-    """The test environment with ``PREFECT_API_URL`` on a loopback port nothing listens on; and the port."""
+def _refused_with_an_unreachable_prefect_api(tmp_path, *args: str) -> tuple[str, str]:
+    """Run ``eoseg ARGS`` with ``PREFECT_API_URL`` on a loopback port nothing listens on; assert exit 2 and
+    exactly one stderr line naming ``--no-prefect``; return that line and the API's URL."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    return dict(_env_without_prefect_api(tmp_path), PREFECT_API_URL=url, NO_COLOR="1"), port
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    env = dict(_env_without_prefect_api(tmp_path), PREFECT_API_URL=url, NO_COLOR="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "--no-prefect" in lines[0], result.stderr
+    return lines[0], url
 
 
 def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path, shared_data):
@@ -169,18 +177,11 @@ def test_an_unreachable_prefect_api_refuses_the_command_before_any_work(tmp_path
     that does not answer is said in one line before anything is written."""
     from conftest import REAL_SCENES
 
-    env, port = _env_with_unreachable_prefect_api(tmp_path)
     out = tmp_path / "landsat.zarr"
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "tile", str(REAL_SCENES["landsat"]), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines == [lines[0]] and lines[0].startswith(
-        f"error: http://127.0.0.1:{port}/api: the Prefect API did not record the run ("
-    ), result.stderr
-    assert "--no-prefect" in lines[0]
+    line, url = _refused_with_an_unreachable_prefect_api(
+        tmp_path, "tile", str(REAL_SCENES["landsat"]), "--out", str(out)
+    )
+    assert line.startswith(f"error: {url}: the Prefect API did not record the run (")
     assert not out.exists() and not (tmp_path / ".landsat.zarr.partial").exists()
 
 
@@ -189,19 +190,11 @@ def test_an_unreachable_prefect_api_refuses_a_flow_before_it_starts(tmp_path, sh
     (not Prefect's traceback after its client's retries, exit 1) before any output is started."""
     from conftest import REAL_SCENES
 
-    env, port = _env_with_unreachable_prefect_api(tmp_path)
-    out = tmp_path / "map.tif"
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", str(REAL_SCENES["landsat"]), "--out", str(out),
-         "--epochs", "1", "--iterations", "2", "--max-patches", "8"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    line, url = _refused_with_an_unreachable_prefect_api(
+        tmp_path, "run", str(REAL_SCENES["landsat"]), "--out", str(tmp_path / "map.tif"), "--epochs", "1",
+        "--iterations", "2", "--max-patches", "8",
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines == [lines[0]] and lines[0].startswith(
-        f"error: http://127.0.0.1:{port}/api: the Prefect API does not answer ("
-    ), result.stderr
-    assert "--no-prefect" in lines[0]
+    assert line.startswith(f"error: {url}: the Prefect API does not answer (")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("map", ".map"))) == []
 
 
